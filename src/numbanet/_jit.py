@@ -1,0 +1,54 @@
+"""The one place that chooses Numba compilation flags.
+
+Every kernel in :mod:`numbanet.kernels` is compiled through :func:`kernel` (serial) or
+:func:`parallel_kernel` (``parallel=True``), so flags change in one place.
+
+Why these flags:
+
+* ``fastmath`` is the explicit set ``{'reassoc', 'contract', 'nsz', 'arcp'}``, not
+  ``True``: ``True`` also enables ``nnan``/``ninf``, which lets LLVM fold ``isnan`` to
+  ``False`` and would hide the NaN checks we rely on. ``reassoc`` lets reductions
+  vectorize; ``contract`` turns ``a * b + c`` into FMAs.
+* ``error_model='numpy'`` makes division by zero return inf/nan instead of raising, which
+  removes the per-element zero check that blocks vectorization.
+* ``cache=True`` writes compiled code to ``__pycache__`` so a new process does not pay
+  the compile time again. Kernels are module-level functions for this reason: closures
+  built by factories miss the disk cache in every new process.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import numba
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+FASTMATH = frozenset({"reassoc", "contract", "nsz", "arcp"})
+
+_COMMON: dict[str, Any] = {
+    "cache": True,
+    "fastmath": set(FASTMATH),
+    "error_model": "numpy",
+    "nogil": True,
+}
+
+
+def kernel(func: F | None = None, **overrides: Any) -> Any:
+    """Compile ``func`` as a serial kernel with numbanet's flags.
+
+    Usable bare (``@kernel``) or with overrides (``@kernel(inline="always")``).
+    """
+    options = {**_COMMON, **overrides}
+    if func is None:
+        return numba.njit(**options)
+    return numba.njit(**options)(func)
+
+
+def parallel_kernel(func: F | None = None, **overrides: Any) -> Any:
+    """Compile ``func`` with ``parallel=True`` (``prange`` loops run on all threads)."""
+    options = {**_COMMON, "parallel": True, **overrides}
+    if func is None:
+        return numba.njit(**options)
+    return numba.njit(**options)(func)
