@@ -1,0 +1,93 @@
+"""The ``numbanet`` command line.
+
+Subcommands live in their own modules and are imported only when run, so
+``numbanet info`` does not pay for compiling training kernels:
+
+* ``train``, ``evaluate``, ``predict``: :mod:`numbanet._train_cli`
+* ``plugins``: :mod:`numbanet._plugins_cli`
+* ``info``: below
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+# subcommand -> (module, one-line help). Each module has ``main(argv) -> int``.
+_SUBCOMMANDS = {
+    "train": ("numbanet._train_cli", "train a model (default: an MLP on the bundled digits)"),
+    "evaluate": ("numbanet._train_cli", "evaluate a saved model on a dataset"),
+    "predict": ("numbanet._train_cli", "predict with a saved model"),
+    "plugins": ("numbanet._plugins_cli", "list installed plugins and what they provide"),
+    "info": ("numbanet.cli", "versions, threading layer, threads and CPU"),
+}
+
+
+def info_lines() -> list[str]:
+    """What ``numbanet info`` prints: versions, threading layer, threads, CPU."""
+    import platform
+
+    import numba
+    import numpy as np
+
+    import numbanet
+
+    # The threading layer is chosen when the first parallel kernel runs; run a tiny one.
+    from numbanet.kernels.checks import _all_finite_parallel
+
+    _all_finite_parallel(np.zeros(1, dtype=np.float64))
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return [
+        f"numbanet        {numbanet.__version__}",
+        f"python          {platform.python_version()}",
+        f"numpy           {np.__version__}",
+        f"numba           {numba.__version__}",
+        f"threading layer {numba.threading_layer()}",
+        f"threads         {numbanet.get_num_threads()} of {numba.config.NUMBA_NUM_THREADS}",
+        f"cpu             {cpu} ({numba.config.NUMBA_DEFAULT_NUM_THREADS} logical cores)",
+        f"llvm target cpu {numba.core.config.CPU_NAME or 'host'}",
+    ]
+
+
+def _info_main(argv: Sequence[str]) -> int:
+    argparse.ArgumentParser(prog="numbanet info", description=_SUBCOMMANDS["info"][1]).parse_args(
+        argv
+    )
+    print("\n".join(info_lines()))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``numbanet`` command."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = argparse.ArgumentParser(
+        prog="numbanet",
+        description="Train neural networks on every core of your CPU.",
+        epilog="Run 'numbanet COMMAND --help' for a command's options.",
+    )
+    parser.add_argument("command", choices=sorted(_SUBCOMMANDS), help="what to do")
+    if not argv or argv[0] in ("-h", "--help"):
+        parser.print_help()
+        return 0 if argv else 2
+    args = parser.parse_args(argv[:1])
+    rest = argv[1:]
+    if args.command == "info":
+        return _info_main(rest)
+    module = importlib.import_module(_SUBCOMMANDS[args.command][0])
+    if args.command in ("evaluate", "predict", "train"):
+        return int(module.main([args.command, *rest]))
+    return int(module.main(rest))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())
