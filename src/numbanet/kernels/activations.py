@@ -1,0 +1,836 @@
+"""Activation functions and their derivatives, forward and backward side by side.
+
+Elementwise activations (``identity``, ``sigmoid``, ``relu``, ``leaky_relu``, ``tanh``,
+``gelu``, ``elu``, ``selu``, ``silu``, ``softplus``) work on any rank: the kernels see a
+flat 1-D view of C-contiguous arrays. Row-wise activations (``softmax``, ``log_softmax``)
+normalise along the last axis of a 2-D array.
+
+Every public function follows the kernel contract of ``docs/dev/contracts.md``:
+
+* ``name(x, out)`` writes ``act(x)`` into ``out`` (``out is x`` is allowed);
+* ``name_backward(x, y, dy, dx)`` writes ``dL/dx`` into ``dx`` given the activation input
+  ``x``, its output ``y = name(x)`` and ``dy = dL/dy`` (``dx is dy`` is allowed);
+* all arrays are C-contiguous float32 or float64 of one dtype and one shape; outputs are
+  writeable; the functions return ``None``.
+
+The hot path for fused GEMM epilogues is :func:`activation_forward_1d` /
+:func:`activation_backward_1d`, serial ``@njit`` functions that take an integer id from
+:data:`ACTIVATION_IDS`. They branch on the id once, outside the element loop, so each
+activation's loop is a plain loop that LLVM can vectorize where the maths allows
+(``math.exp`` and friends are scalar calls in numba 0.68, so transcendental loops stay
+scalar whatever we do).
+
+Parallel contract: the public elementwise functions split the flat array into
+fixed-size chunks of :data:`CHUNK` elements and run ``prange`` over the chunks; each
+chunk is written by exactly one thread and each output element depends on the same
+index of the inputs only, so the loop is race-free. Chunk boundaries do not depend on the
+thread count, so results are bit-identical under any number of threads (and identical
+to the serial twin, which walks the same chunks). Row-wise kernels run ``prange`` over
+rows; a row is reduced by one thread in a fixed order.
+
+Numerical notes: sigmoid, silu and softplus evaluate ``exp(-|x|)`` only, so they never
+overflow (``|x| = 1000`` is fine in float32); softmax and log_softmax subtract the row
+maximum before exponentiating. Constants are built with ``x.dtype.type(...)`` so float32
+kernels stay float32 (a bare ``0.5`` literal is float64 and would promote the loop).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numba
+import numpy as np
+
+from numbanet._jit import kernel, parallel_kernel
+from numbanet._validation import check_float_array
+
+__all__ = [
+    "ACTIVATIONS",
+    "ACTIVATION_IDS",
+    "CHUNK",
+    "Activation",
+    "activation_backward_1d",
+    "activation_forward_1d",
+    "elu",
+    "elu_backward",
+    "gelu",
+    "gelu_backward",
+    "get_activation",
+    "identity",
+    "identity_backward",
+    "leaky_relu",
+    "leaky_relu_backward",
+    "log_softmax",
+    "log_softmax_backward",
+    "logsumexp_rows",
+    "relu",
+    "relu_backward",
+    "selu",
+    "selu_backward",
+    "sigmoid",
+    "sigmoid_backward",
+    "silu",
+    "silu_backward",
+    "softmax",
+    "softmax_backward",
+    "softplus",
+    "softplus_backward",
+    "tanh",
+    "tanh_backward",
+]
+
+# Integer ids, used as compile-time constants inside the kernels and by the GEMM epilogue.
+IDENTITY = 0
+SIGMOID = 1
+RELU = 2
+LEAKY_RELU = 3
+TANH = 4
+GELU = 5
+ELU = 6
+SELU = 7
+SILU = 8
+SOFTPLUS = 9
+
+#: Ids of the elementwise activations, for :func:`activation_forward_1d` and fused epilogues.
+ACTIVATION_IDS: dict[str, int] = {
+    "identity": IDENTITY,
+    "sigmoid": SIGMOID,
+    "relu": RELU,
+    "leaky_relu": LEAKY_RELU,
+    "tanh": TANH,
+    "gelu": GELU,
+    "elu": ELU,
+    "selu": SELU,
+    "silu": SILU,
+    "softplus": SOFTPLUS,
+}
+
+#: Every activation name, elementwise first, then the row-wise ones.
+ACTIVATIONS: tuple[str, ...] = (*ACTIVATION_IDS, "softmax", "log_softmax")
+
+# SELU constants as in PyTorch (Klambauer et al. 2017, "Self-Normalizing Neural Networks").
+SELU_ALPHA = 1.6732632423543772848170429916717
+SELU_SCALE = 1.0507009873554804934193349852946
+# PyTorch's softplus(beta=1, threshold=20) returns x itself above the threshold.
+SOFTPLUS_THRESHOLD = 20.0
+_INV_SQRT2 = 0.7071067811865476
+_INV_SQRT_2PI = 0.3989422804014327
+
+#: Elements per parallel task. Fixed (not derived from the thread count) so results are
+#: bit-identical under any number of threads; a multiple of 64 so every chunk but the last
+#: runs whole vector iterations.
+CHUNK = 8192
+
+#: Below this many elements the elementwise functions run the serial twin: a parallel
+#: launch costs a few microseconds, more than the whole job for small arrays.
+#: Cheap activations (no transcendental call) need more work to pay for the launch.
+PARALLEL_MIN_CHEAP = 1 << 16
+PARALLEL_MIN_TRANSCENDENTAL = 1 << 13
+#: Row-wise kernels: total elements (rows x columns) above which rows go to ``prange``.
+PARALLEL_MIN_ROWWISE = 1 << 13
+
+_CHEAP = frozenset({IDENTITY, RELU, LEAKY_RELU})
+
+
+# ---------------------------------------------------------------------------------------
+# Serial 1-D building blocks (the GEMM epilogue calls these directly)
+# ---------------------------------------------------------------------------------------
+
+
+@kernel
+def activation_forward_1d(act_id, param, z, y):  # noqa: C901 - one branch per activation
+    """Serial unchecked forward pass ``y = act(z)`` on 1-D views.
+
+    Args:
+        act_id: an id from :data:`ACTIVATION_IDS` (unknown ids leave ``y`` untouched).
+        param: negative slope of ``leaky_relu`` or ``alpha`` of ``elu``; ignored otherwise.
+            Passed as a float64; cast to ``z``'s dtype once.
+        z: activation input, 1-D float32/float64, length ``n``.
+        y: output, 1-D, same length and dtype; may alias ``z``.
+
+    Each element of ``y`` depends only on the same element of ``z``, so any split of the
+    index range across callers is race-free.
+    """
+    n = z.shape[0]
+    zero = z.dtype.type(0)
+    one = z.dtype.type(1)
+    half = z.dtype.type(0.5)
+    p = z.dtype.type(param)
+    if act_id == IDENTITY:
+        for i in range(n):
+            y[i] = z[i]
+    elif act_id == SIGMOID:
+        for i in range(n):
+            v = z[i]
+            # exp(-|v|) <= 1 never overflows; the two halves are s and 1 - s = e * s.
+            e = math.exp(-abs(v))
+            s = one / (one + e)
+            y[i] = s if v >= zero else e * s
+    elif act_id == RELU:
+        for i in range(n):
+            v = z[i]
+            # `v < 0` is False for NaN, so NaN propagates like numpy.maximum.
+            y[i] = zero if v < zero else v
+    elif act_id == LEAKY_RELU:
+        for i in range(n):
+            v = z[i]
+            y[i] = v * p if v < zero else v
+    elif act_id == TANH:
+        for i in range(n):
+            y[i] = math.tanh(z[i])
+    elif act_id == GELU:
+        c = z.dtype.type(_INV_SQRT2)
+        for i in range(n):
+            v = z[i]
+            y[i] = half * v * math.erfc(-v * c)
+    elif act_id == ELU:
+        for i in range(n):
+            v = z[i]
+            y[i] = v if v > zero else p * math.expm1(v)
+    elif act_id == SELU:
+        scale = z.dtype.type(SELU_SCALE)
+        sa = z.dtype.type(SELU_SCALE * SELU_ALPHA)
+        for i in range(n):
+            v = z[i]
+            y[i] = scale * v if v > zero else sa * math.expm1(v)
+    elif act_id == SILU:
+        for i in range(n):
+            v = z[i]
+            e = math.exp(-abs(v))
+            s = one / (one + e)
+            y[i] = v * (s if v >= zero else e * s)
+    elif act_id == SOFTPLUS:
+        t = z.dtype.type(SOFTPLUS_THRESHOLD)
+        for i in range(n):
+            v = z[i]
+            # log(1 + e^v) = max(v, 0) + log1p(e^-|v|): no overflow, no cancellation.
+            y[i] = v if v > t else max(v, zero) + math.log1p(math.exp(-abs(v)))
+
+
+@kernel
+def activation_backward_1d(act_id, param, z, y, dy, dz):  # noqa: C901
+    """Serial unchecked backward pass ``dz = act'(z) * dy`` on 1-D views.
+
+    Args:
+        act_id: an id from :data:`ACTIVATION_IDS`.
+        param: as in :func:`activation_forward_1d`.
+        z: activation input, 1-D float32/float64, length ``n``.
+        y: activation output ``act(z)``, same length and dtype.
+        dy: gradient w.r.t. ``y``.
+        dz: receives the gradient w.r.t. ``z``; may alias ``dy``.
+
+    Sigmoid and tanh read ``y``; the others read ``z`` (elu/selu recompute ``exp(z)``
+    rather than use ``y + alpha``, which cancels catastrophically for very negative
+    ``z``). At kinks the derivative follows PyTorch: relu' (0) = 0, leaky_relu'(0) =
+    slope, elu'(0) = alpha.
+    """
+    n = z.shape[0]
+    zero = z.dtype.type(0)
+    one = z.dtype.type(1)
+    half = z.dtype.type(0.5)
+    p = z.dtype.type(param)
+    if act_id == IDENTITY:
+        for i in range(n):
+            dz[i] = dy[i]
+    elif act_id == SIGMOID:
+        for i in range(n):
+            s = y[i]
+            dz[i] = dy[i] * s * (one - s)
+    elif act_id == RELU:
+        for i in range(n):
+            # PyTorch's threshold_backward: zero where z <= 0 (so NaN z passes dy on).
+            dz[i] = zero if z[i] <= zero else dy[i]
+    elif act_id == LEAKY_RELU:
+        for i in range(n):
+            g = dy[i]
+            dz[i] = g if z[i] > zero else g * p
+    elif act_id == TANH:
+        for i in range(n):
+            t = y[i]
+            dz[i] = dy[i] * (one - t * t)
+    elif act_id == GELU:
+        c = z.dtype.type(_INV_SQRT2)
+        d = z.dtype.type(_INV_SQRT_2PI)
+        for i in range(n):
+            v = z[i]
+            cdf = half * math.erfc(-v * c)
+            pdf = d * math.exp(-half * v * v)
+            dz[i] = dy[i] * (cdf + v * pdf)
+    elif act_id == ELU:
+        for i in range(n):
+            v = z[i]
+            g = dy[i]
+            dz[i] = g if v > zero else g * p * math.exp(v)
+    elif act_id == SELU:
+        scale = z.dtype.type(SELU_SCALE)
+        sa = z.dtype.type(SELU_SCALE * SELU_ALPHA)
+        for i in range(n):
+            v = z[i]
+            g = dy[i]
+            dz[i] = g * scale if v > zero else g * sa * math.exp(v)
+    elif act_id == SILU:
+        for i in range(n):
+            v = z[i]
+            e = math.exp(-abs(v))
+            s = one / (one + e)
+            s = s if v >= zero else e * s
+            dz[i] = dy[i] * s * (one + v * (one - s))
+    elif act_id == SOFTPLUS:
+        t = z.dtype.type(SOFTPLUS_THRESHOLD)
+        for i in range(n):
+            v = z[i]
+            g = dy[i]
+            e = math.exp(-abs(v))
+            s = one / (one + e)
+            s = s if v >= zero else e * s
+            dz[i] = g if v > t else g * s
+
+
+# ---------------------------------------------------------------------------------------
+# Chunked drivers: one parallel kernel and one serial twin per direction, shared by all
+# elementwise activations (fewer compiles: 4 per dtype instead of 40).
+# ---------------------------------------------------------------------------------------
+
+
+@parallel_kernel
+def _forward_parallel(act_id, param, x, y):
+    """``y = act(x)`` on flat 1-D arrays; ``prange`` over fixed chunks of :data:`CHUNK`.
+
+    Race-free: chunk ``c`` writes ``y[c*CHUNK:(c+1)*CHUNK]`` only.
+    """
+    n = x.shape[0]
+    nchunks = (n + CHUNK - 1) // CHUNK
+    for c in numba.prange(nchunks):
+        lo = c * CHUNK
+        hi = min(lo + CHUNK, n)
+        activation_forward_1d(act_id, param, x[lo:hi], y[lo:hi])
+
+
+@kernel
+def _forward_serial(act_id, param, x, y):
+    """Serial twin of :func:`_forward_parallel` walking the same chunks."""
+    n = x.shape[0]
+    nchunks = (n + CHUNK - 1) // CHUNK
+    for c in range(nchunks):
+        lo = c * CHUNK
+        hi = min(lo + CHUNK, n)
+        activation_forward_1d(act_id, param, x[lo:hi], y[lo:hi])
+
+
+@parallel_kernel
+def _backward_parallel(act_id, param, x, y, dy, dx):
+    """``dx = act'(x) * dy`` on flat 1-D arrays; ``prange`` over fixed chunks.
+
+    Race-free: chunk ``c`` writes its own slice of ``dx`` only.
+    """
+    n = x.shape[0]
+    nchunks = (n + CHUNK - 1) // CHUNK
+    for c in numba.prange(nchunks):
+        lo = c * CHUNK
+        hi = min(lo + CHUNK, n)
+        activation_backward_1d(act_id, param, x[lo:hi], y[lo:hi], dy[lo:hi], dx[lo:hi])
+
+
+@kernel
+def _backward_serial(act_id, param, x, y, dy, dx):
+    """Serial twin of :func:`_backward_parallel` walking the same chunks."""
+    n = x.shape[0]
+    nchunks = (n + CHUNK - 1) // CHUNK
+    for c in range(nchunks):
+        lo = c * CHUNK
+        hi = min(lo + CHUNK, n)
+        activation_backward_1d(act_id, param, x[lo:hi], y[lo:hi], dy[lo:hi], dx[lo:hi])
+
+
+# ---------------------------------------------------------------------------------------
+# Argument checks and dispatch
+# ---------------------------------------------------------------------------------------
+
+
+def _check_param(name: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
+    value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value}")
+    return value
+
+
+def _check_arrays(first: tuple[str, object], *rest: tuple[str, object], writeable: str) -> None:
+    """Check ``first`` is a C-contiguous float array and ``rest`` match its dtype and shape."""
+    name, ref = first
+    ref = check_float_array(name, ref)
+    for other_name, other in rest:
+        check_float_array(
+            other_name,
+            other,
+            dtype=ref.dtype,
+            shape=ref.shape,
+            writeable=other_name == writeable,
+        )
+
+
+def _threshold(act_id: int) -> int:
+    return PARALLEL_MIN_CHEAP if act_id in _CHEAP else PARALLEL_MIN_TRANSCENDENTAL
+
+
+def _elementwise_forward(act_id: int, param: float, x: np.ndarray, out: np.ndarray) -> None:
+    _check_arrays(("x", x), ("out", out), writeable="out")
+    xf = x.reshape(-1)
+    yf = out.reshape(-1)
+    if xf.shape[0] >= _threshold(act_id):
+        _forward_parallel(act_id, param, xf, yf)
+    else:
+        _forward_serial(act_id, param, xf, yf)
+
+
+def _elementwise_backward(
+    act_id: int, param: float, x: np.ndarray, y: np.ndarray, dy: np.ndarray, dx: np.ndarray
+) -> None:
+    _check_arrays(("x", x), ("y", y), ("dy", dy), ("dx", dx), writeable="dx")
+    args = (x.reshape(-1), y.reshape(-1), dy.reshape(-1), dx.reshape(-1))
+    if args[0].shape[0] >= _threshold(act_id):
+        _backward_parallel(act_id, param, *args)
+    else:
+        _backward_serial(act_id, param, *args)
+
+
+# ---------------------------------------------------------------------------------------
+# Public elementwise activations: forward and backward side by side
+# ---------------------------------------------------------------------------------------
+
+_SHAPES = """
+    Args:
+        x: activation input, C-contiguous float32/float64 array of any shape.
+        out: writeable array of ``x``'s shape and dtype; receives the result.
+            ``out is x`` is allowed.
+
+    Raises:
+        TypeError: an argument is not a float32/float64 ndarray, or dtypes differ.
+        ValueError: shapes differ, an array is not C-contiguous, or ``out`` is read-only.
+"""
+
+_BACKWARD_SHAPES = """
+    Args:
+        x: the activation input given to the forward pass.
+        y: the forward output.
+        dy: gradient of the loss w.r.t. ``y``.
+        dx: writeable; receives the gradient w.r.t. ``x``. ``dx is dy`` is allowed.
+            All four arrays are C-contiguous, of one shape and one float dtype.
+
+    Raises:
+        TypeError: an argument is not a float32/float64 ndarray, or dtypes differ.
+        ValueError: shapes differ, an array is not C-contiguous, or ``dx`` is read-only.
+"""
+
+
+def identity(x: np.ndarray, out: np.ndarray) -> None:
+    """``out = x`` (a copy)."""
+    _elementwise_forward(IDENTITY, 0.0, x, out)
+
+
+def identity_backward(x: np.ndarray, y: np.ndarray, dy: np.ndarray, dx: np.ndarray) -> None:
+    """``dx = dy``."""
+    _elementwise_backward(IDENTITY, 0.0, x, y, dy, dx)
+
+
+def sigmoid(x: np.ndarray, out: np.ndarray) -> None:
+    """``out = 1 / (1 + exp(-x))``, evaluated without overflow for any ``x``."""
+    _elementwise_forward(SIGMOID, 0.0, x, out)
+
+
+def sigmoid_backward(x: np.ndarray, y: np.ndarray, dy: np.ndarray, dx: np.ndarray) -> None:
+    """``dx = dy * y * (1 - y)`` (reads ``y`` only)."""
+    _elementwise_backward(SIGMOID, 0.0, x, y, dy, dx)
+
+
+def relu(x: np.ndarray, out: np.ndarray) -> None:
+    """``out = max(x, 0)``; NaN propagates."""
+    _elementwise_forward(RELU, 0.0, x, out)
+
+
+def relu_backward(x: np.ndarray, y: np.ndarray, dy: np.ndarray, dx: np.ndarray) -> None:
+    """``dx = dy where x > 0 else 0`` (the derivative at 0 is taken as 0, like PyTorch)."""
+    _elementwise_backward(RELU, 0.0, x, y, dy, dx)
+
+
+def leaky_relu(x: np.ndarray, out: np.ndarray, negative_slope: float = 0.01) -> None:
+    """``out = x if x >= 0 else negative_slope * x``."""
+    _elementwise_forward(LEAKY_RELU, _check_param("negative_slope", negative_slope), x, out)
+
+
+def leaky_relu_backward(
+    x: np.ndarray, y: np.ndarray, dy: np.ndarray, dx: np.ndarray, negative_slope: float = 0.01
+) -> None:
+    """``dx = dy if x > 0 else negative_slope * dy``."""
+    slope = _check_param("negative_slope", negative_slope)
+    _elementwise_backward(LEAKY_RELU, slope, x, y, dy, dx)
+
+
+def tanh(x: np.ndarray, out: np.ndarray) -> None:
+    """``out = tanh(x)``."""
+    _elementwise_forward(TANH, 0.0, x, out)
+
+
+def tanh_backward(x: np.ndarray, y: np.ndarray, dy: np.ndarray, dx: np.ndarray) -> None:
+    """``dx = dy * (1 - y**2)`` (reads ``y`` only)."""
+    _elementwise_backward(TANH, 0.0, x, y, dy, dx)
+
+
+def gelu(x: np.ndarray, out: np.ndarray) -> None:
+    """Exact GELU ``out = x * Phi(x) = 0.5 * x * (1 + erf(x / sqrt(2)))`` (PyTorch's default,
+    not the tanh approximation; Hendrycks & Gimpel 2016)."""
+    _elementwise_forward(GELU, 0.0, x, out)
+
+
+def gelu_backward(x: np.ndarray, y: np.ndarray, dy: np.ndarray, dx: np.ndarray) -> None:
+    """``dx = dy * (Phi(x) + x * phi(x))`` with ``phi`` the standard normal density."""
+    _elementwise_backward(GELU, 0.0, x, y, dy, dx)
+
+
+def elu(x: np.ndarray, out: np.ndarray, alpha: float = 1.0) -> None:
+    """``out = x if x > 0 else alpha * (exp(x) - 1)`` (computed with ``expm1``)."""
+    _elementwise_forward(ELU, _check_param("alpha", alpha), x, out)
+
+
+def elu_backward(
+    x: np.ndarray, y: np.ndarray, dy: np.ndarray, dx: np.ndarray, alpha: float = 1.0
+) -> None:
+    """``dx = dy if x > 0 else dy * alpha * exp(x)``."""
+    _elementwise_backward(ELU, _check_param("alpha", alpha), x, y, dy, dx)
+
+
+def selu(x: np.ndarray, out: np.ndarray) -> None:
+    """``out = scale * (x if x > 0 else alpha * (exp(x) - 1))`` with PyTorch's constants
+    ``alpha = 1.6732632423543772``, ``scale = 1.0507009873554805``."""
+    _elementwise_forward(SELU, 0.0, x, out)
+
+
+def selu_backward(x: np.ndarray, y: np.ndarray, dy: np.ndarray, dx: np.ndarray) -> None:
+    """``dx = dy * scale if x > 0 else dy * scale * alpha * exp(x)``."""
+    _elementwise_backward(SELU, 0.0, x, y, dy, dx)
+
+
+def silu(x: np.ndarray, out: np.ndarray) -> None:
+    """SiLU / swish ``out = x * sigmoid(x)``."""
+    _elementwise_forward(SILU, 0.0, x, out)
+
+
+def silu_backward(x: np.ndarray, y: np.ndarray, dy: np.ndarray, dx: np.ndarray) -> None:
+    """``dx = dy * s * (1 + x * (1 - s))`` with ``s = sigmoid(x)``."""
+    _elementwise_backward(SILU, 0.0, x, y, dy, dx)
+
+
+def softplus(x: np.ndarray, out: np.ndarray) -> None:
+    """``out = log(1 + exp(x))``, and ``x`` itself where ``x > 20`` (PyTorch's
+    ``beta=1, threshold=20``). Evaluated as ``max(x, 0) + log1p(exp(-|x|))``."""
+    _elementwise_forward(SOFTPLUS, 0.0, x, out)
+
+
+def softplus_backward(x: np.ndarray, y: np.ndarray, dy: np.ndarray, dx: np.ndarray) -> None:
+    """``dx = dy * sigmoid(x)``, and ``dy`` where ``x > 20``."""
+    _elementwise_backward(SOFTPLUS, 0.0, x, y, dy, dx)
+
+
+for _f in (identity, sigmoid, relu, leaky_relu, tanh, gelu, elu, selu, silu, softplus):
+    _f.__doc__ = (_f.__doc__ or "") + "\n" + _SHAPES
+for _f in (
+    identity_backward,
+    sigmoid_backward,
+    relu_backward,
+    leaky_relu_backward,
+    tanh_backward,
+    gelu_backward,
+    elu_backward,
+    selu_backward,
+    silu_backward,
+    softplus_backward,
+):
+    _f.__doc__ = (_f.__doc__ or "") + "\n" + _BACKWARD_SHAPES
+del _f
+
+
+# ---------------------------------------------------------------------------------------
+# Row-wise: softmax, log_softmax, logsumexp over the last axis of a 2-D array
+# ---------------------------------------------------------------------------------------
+
+SOFTMAX = 0
+LOG_SOFTMAX = 1
+
+
+@kernel
+def _row_forward(mode, xr, yr):
+    """One row of softmax (``mode == 0``) or log_softmax (``mode == 1``); ``yr`` may alias ``xr``.
+
+    Subtracting the row maximum keeps ``exp`` in ``(0, 1]``: no overflow for huge logits.
+    """
+    m = xr.shape[0]
+    if m == 0:
+        return
+    mx = xr[0]
+    for j in range(1, m):
+        v = xr[j]
+        mx = v if v > mx else mx
+    s = xr.dtype.type(0)
+    if mode == SOFTMAX:
+        for j in range(m):
+            e = math.exp(xr[j] - mx)
+            yr[j] = e
+            s += e
+        inv = xr.dtype.type(1) / s
+        for j in range(m):
+            yr[j] *= inv
+    else:
+        for j in range(m):
+            s += math.exp(xr[j] - mx)
+        # (x - max) - log(sum) rather than x - (max + log(sum)): the small terms stay exact.
+        ls = math.log(s)
+        for j in range(m):
+            yr[j] = (xr[j] - mx) - ls
+
+
+@kernel
+def _row_backward(mode, yr, dyr, dxr):
+    """One row of the softmax / log_softmax backward pass; ``dxr`` may alias ``dyr``.
+
+    softmax: ``dx = y * (dy - sum(dy * y))``; log_softmax: ``dx = dy - exp(y) * sum(dy)``.
+    """
+    m = yr.shape[0]
+    s = yr.dtype.type(0)
+    if mode == SOFTMAX:
+        for j in range(m):
+            s += dyr[j] * yr[j]
+        for j in range(m):
+            dxr[j] = yr[j] * (dyr[j] - s)
+    else:
+        for j in range(m):
+            s += dyr[j]
+        for j in range(m):
+            dxr[j] = dyr[j] - math.exp(yr[j]) * s
+
+
+@kernel
+def _row_logsumexp(xr):
+    """``log(sum(exp(xr)))`` of one row, stable; ``-inf`` for an empty or all ``-inf`` row."""
+    m = xr.shape[0]
+    if m == 0:
+        return -np.inf
+    mx = xr[0]
+    for j in range(1, m):
+        v = xr[j]
+        mx = v if v > mx else mx
+    if math.isinf(mx):
+        # All -inf (or some +inf): the sum below would be exp(nan); the limit is mx.
+        return mx
+    s = xr.dtype.type(0)
+    for j in range(m):
+        s += math.exp(xr[j] - mx)
+    return mx + math.log(s)
+
+
+@parallel_kernel
+def _rows_forward_parallel(mode, x, y):
+    """Row-wise forward on ``(n, m)`` arrays; ``prange`` over rows, each row owned by one
+    thread and reduced in a fixed order, so the result is independent of the thread count."""
+    for i in numba.prange(x.shape[0]):
+        _row_forward(mode, x[i], y[i])
+
+
+@kernel
+def _rows_forward_serial(mode, x, y):
+    """Serial twin of :func:`_rows_forward_parallel`."""
+    for i in range(x.shape[0]):
+        _row_forward(mode, x[i], y[i])
+
+
+@parallel_kernel
+def _rows_backward_parallel(mode, y, dy, dx):
+    """Row-wise backward; ``prange`` over rows (row ``i`` writes ``dx[i]`` only)."""
+    for i in numba.prange(y.shape[0]):
+        _row_backward(mode, y[i], dy[i], dx[i])
+
+
+@kernel
+def _rows_backward_serial(mode, y, dy, dx):
+    """Serial twin of :func:`_rows_backward_parallel`."""
+    for i in range(y.shape[0]):
+        _row_backward(mode, y[i], dy[i], dx[i])
+
+
+@parallel_kernel
+def _logsumexp_parallel(x, out):
+    """``out[i] = logsumexp(x[i])``; ``prange`` over rows (row ``i`` writes ``out[i]``)."""
+    for i in numba.prange(x.shape[0]):
+        out[i] = _row_logsumexp(x[i])
+
+
+@kernel
+def _logsumexp_serial(x, out):
+    """Serial twin of :func:`_logsumexp_parallel`."""
+    for i in range(x.shape[0]):
+        out[i] = _row_logsumexp(x[i])
+
+
+def _rowwise_forward(mode: int, x: np.ndarray, out: np.ndarray) -> None:
+    check_float_array("x", x, ndim=2)
+    check_float_array("out", out, dtype=x.dtype, shape=x.shape, writeable=True)
+    if x.size >= PARALLEL_MIN_ROWWISE:
+        _rows_forward_parallel(mode, x, out)
+    else:
+        _rows_forward_serial(mode, x, out)
+
+
+def _rowwise_backward(
+    mode: int, x: np.ndarray, y: np.ndarray, dy: np.ndarray, dx: np.ndarray
+) -> None:
+    check_float_array("x", x, ndim=2)
+    for name, arr in (("y", y), ("dy", dy), ("dx", dx)):
+        check_float_array(name, arr, dtype=x.dtype, shape=x.shape, writeable=name == "dx")
+    if x.size >= PARALLEL_MIN_ROWWISE:
+        _rows_backward_parallel(mode, y, dy, dx)
+    else:
+        _rows_backward_serial(mode, y, dy, dx)
+
+
+def softmax(x: np.ndarray, out: np.ndarray) -> None:
+    """Row-wise softmax ``out[i] = exp(x[i] - max(x[i])) / sum(exp(x[i] - max(x[i])))``.
+
+    Args:
+        x: logits, C-contiguous float32/float64 array of shape ``(n, m)``.
+        out: writeable ``(n, m)`` array of the same dtype; ``out is x`` is allowed.
+
+    Raises:
+        TypeError: not a float32/float64 ndarray, or dtypes differ.
+        ValueError: ``x`` is not 2-D, shapes differ, not C-contiguous, ``out`` read-only.
+    """
+    _rowwise_forward(SOFTMAX, x, out)
+
+
+def softmax_backward(x: np.ndarray, y: np.ndarray, dy: np.ndarray, dx: np.ndarray) -> None:
+    """``dx[i] = y[i] * (dy[i] - <dy[i], y[i]>)`` (reads ``y`` and ``dy``; ``x`` only for checks).
+
+    Args:
+        x: the ``(n, m)`` logits given to :func:`softmax`.
+        y: its output.
+        dy: gradient w.r.t. ``y``.
+        dx: writeable, receives the gradient w.r.t. ``x``; ``dx is dy`` is allowed.
+
+    Raises:
+        TypeError, ValueError: as for :func:`softmax`.
+    """
+    _rowwise_backward(SOFTMAX, x, y, dy, dx)
+
+
+def log_softmax(x: np.ndarray, out: np.ndarray) -> None:
+    """Row-wise ``out[i] = (x[i] - max(x[i])) - log(sum(exp(x[i] - max(x[i]))))``.
+
+    Args:
+        x: logits, C-contiguous float32/float64 array of shape ``(n, m)``.
+        out: writeable ``(n, m)`` array of the same dtype; ``out is x`` is allowed.
+
+    Raises:
+        TypeError: not a float32/float64 ndarray, or dtypes differ.
+        ValueError: ``x`` is not 2-D, shapes differ, not C-contiguous, ``out`` read-only.
+    """
+    _rowwise_forward(LOG_SOFTMAX, x, out)
+
+
+def log_softmax_backward(x: np.ndarray, y: np.ndarray, dy: np.ndarray, dx: np.ndarray) -> None:
+    """``dx[i] = dy[i] - exp(y[i]) * sum(dy[i])`` (``y`` is the log_softmax output).
+
+    Args:
+        x: the ``(n, m)`` logits given to :func:`log_softmax`.
+        y: its output.
+        dy: gradient w.r.t. ``y``.
+        dx: writeable, receives the gradient w.r.t. ``x``; ``dx is dy`` is allowed.
+
+    Raises:
+        TypeError, ValueError: as for :func:`log_softmax`.
+    """
+    _rowwise_backward(LOG_SOFTMAX, x, y, dy, dx)
+
+
+def logsumexp_rows(x: np.ndarray, out: np.ndarray) -> None:
+    """``out[i] = log(sum_j exp(x[i, j]))``, computed stably (row maximum subtracted).
+
+    A row of all ``-inf`` gives ``-inf``; a row containing ``+inf`` gives ``+inf``.
+
+    Args:
+        x: C-contiguous float32/float64 array of shape ``(n, m)``.
+        out: writeable 1-D array of shape ``(n,)`` and ``x``'s dtype.
+
+    Raises:
+        TypeError: not a float32/float64 ndarray, or dtypes differ.
+        ValueError: wrong rank or shape, not C-contiguous, ``out`` read-only.
+    """
+    check_float_array("x", x, ndim=2)
+    check_float_array("out", out, dtype=x.dtype, shape=(x.shape[0],), writeable=True)
+    if x.size >= PARALLEL_MIN_ROWWISE:
+        _logsumexp_parallel(x, out)
+    else:
+        _logsumexp_serial(x, out)
+
+
+# ---------------------------------------------------------------------------------------
+# Registry
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Activation:
+    """An activation's forward/backward pair and the data a layer needs to use it.
+
+    Attributes:
+        name: the name used in :data:`ACTIVATIONS`, e.g. ``"relu"``.
+        id: the id in :data:`ACTIVATION_IDS` for elementwise activations, ``-1`` for
+            row-wise ones (they cannot be fused into a GEMM epilogue).
+        forward: ``forward(x, out)``, the public checked kernel.
+        backward: ``backward(x, y, dy, dx)``, the public checked kernel.
+        default_param: the value to pass as ``param`` to :func:`activation_forward_1d`
+            (``0.01`` for leaky_relu, ``1.0`` for elu, ``0.0`` otherwise).
+        elementwise: ``True`` for activations that act on each element independently.
+    """
+
+    name: str
+    id: int
+    forward: Callable[..., None]
+    backward: Callable[..., None]
+    default_param: float
+    elementwise: bool
+
+
+_REGISTRY: dict[str, Activation] = {
+    name: Activation(
+        name=name,
+        id=ACTIVATION_IDS.get(name, -1),
+        forward=globals()[name],
+        backward=globals()[name + "_backward"],
+        default_param={"leaky_relu": 0.01, "elu": 1.0}.get(name, 0.0),
+        elementwise=name in ACTIVATION_IDS,
+    )
+    for name in ACTIVATIONS
+}
+
+
+def get_activation(name: str) -> Activation:
+    """Look up an activation by name.
+
+    Args:
+        name: one of :data:`ACTIVATIONS` (case-sensitive).
+
+    Returns:
+        The :class:`Activation` record.
+
+    Raises:
+        TypeError: ``name`` is not a string.
+        ValueError: unknown name; the message lists the known ones.
+    """
+    if not isinstance(name, str):
+        raise TypeError(f"activation name must be a str, got {type(name).__name__}")
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        known = ", ".join(ACTIVATIONS)
+        raise ValueError(f"unknown activation {name!r}; known activations: {known}") from None
