@@ -1,0 +1,231 @@
+"""Layers: Dense, Activation and Dropout.
+
+Each layer computes through :mod:`numbanet.kernels` into its own workspace buffers, so a
+training step reuses memory instead of allocating it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from numbanet._validation import check_positive_int
+from numbanet.kernels.activations import ACTIVATION_IDS, get_activation
+from numbanet.kernels.dropout import dropout_backward, dropout_forward
+from numbanet.kernels.matmul import dense_forward, matmul
+from numbanet.kernels.reductions import column_sum
+from numbanet.nn.init import init_weight
+from numbanet.nn.module import Module
+
+_IDENTITY_ID = ACTIVATION_IDS["identity"]
+
+
+def _activation_name(activation: str | None) -> str:
+    if activation is None:
+        return "identity"
+    if not isinstance(activation, str):
+        raise TypeError(f"activation must be a name (str) or None, got {type(activation).__name__}")
+    return get_activation(activation).name  # raises ValueError listing known names
+
+
+class Dense(Module):
+    """Fully connected layer: ``y = activation(x @ weight + bias)``.
+
+    Args:
+        in_features: width of the input rows.
+        out_features: width of the output rows.
+        activation: name of an activation (see ``numbanet.kernels.activations.ACTIVATIONS``)
+            or ``None`` for identity. It also picks the initialisation
+            (:mod:`numbanet.nn.init`).
+
+    Shapes: ``x`` is ``(batch, in_features)``; ``weight.value`` ``(in_features,
+    out_features)``; ``bias.value`` ``(out_features,)``; the output ``(batch, out_features)``.
+
+    The forward pass is one GEMM whose epilogue adds the bias and applies an elementwise
+    activation while the output tile is in cache. Backward computes
+    ``dz = dy * act'(z)``, ``dW = x.T @ dz``, ``db = sum(dz, axis=0)``, ``dx = dz @ W.T``.
+    """
+
+    def __init__(self, in_features: int, out_features: int, activation: str | None = None):
+        super().__init__()
+        self.in_features = check_positive_int("in_features", in_features)
+        self.out_features = check_positive_int("out_features", out_features)
+        self.activation = _activation_name(activation)
+        self._act = get_activation(self.activation)
+        self._x: np.ndarray | None = None
+        self._z: np.ndarray | None = None
+        self._y: np.ndarray | None = None
+
+    @property
+    def weight(self):
+        return self._params["weight"]
+
+    @property
+    def bias(self):
+        return self._params["bias"]
+
+    def parameter_shapes(self) -> list[tuple[str, tuple[int, ...]]]:
+        return [("weight", (self.in_features, self.out_features)), ("bias", (self.out_features,))]
+
+    def initialize(self, rng: np.random.Generator) -> None:
+        init_weight(rng, self.in_features, self.out_features, self.activation, self.weight.value)
+        self.bias.value[...] = 0
+
+    def output_features(self, in_features: int) -> int:
+        if in_features != self.in_features:
+            raise ValueError(
+                f"{self!r} expects {self.in_features} input features but receives {in_features}"
+            )
+        return self.out_features
+
+    def get_config(self) -> dict[str, Any]:
+        return {
+            "type": "Dense",
+            "in_features": self.in_features,
+            "out_features": self.out_features,
+            "activation": None if self.activation == "identity" else self.activation,
+        }
+
+    def forward(self, x: np.ndarray, training: bool) -> np.ndarray:
+        rows = x.shape[0]
+        z = self.workspace.get("z", rows, self.out_features)
+        act = self._act
+        if act.name == "identity":
+            y = z
+            dense_forward(x, self.weight.value, self.bias.value, z, z, _IDENTITY_ID, 0.0)
+        elif act.elementwise:
+            y = self.workspace.get("y", rows, self.out_features)
+            dense_forward(x, self.weight.value, self.bias.value, z, y, act.id, act.default_param)
+        else:  # row-wise (softmax, log_softmax): needs the whole row of z first
+            y = self.workspace.get("y", rows, self.out_features)
+            dense_forward(x, self.weight.value, self.bias.value, z, z, _IDENTITY_ID, 0.0)
+            act.forward(z, y)
+        self._x, self._z, self._y = x, z, y
+        return y
+
+    def backward(self, dy: np.ndarray, need_input_grad: bool = True) -> np.ndarray | None:
+        if self._x is None:
+            raise RuntimeError("Dense.backward called before forward")
+        rows = dy.shape[0]
+        if self._act.name == "identity":
+            dz = dy
+        else:
+            dz = self.workspace.get("dz", rows, self.out_features)
+            self._act.backward(self._z, self._y, dy, dz)
+        matmul(self._x, dz, self.weight.grad, transpose_a=True)
+        column_sum(dz, self.bias.grad)
+        if not need_input_grad:
+            return None
+        dx = self.workspace.get("dx", rows, self.in_features)
+        matmul(dz, self.weight.value, dx, transpose_b=True)
+        return dx
+
+    def __repr__(self) -> str:
+        act = "" if self.activation == "identity" else f", activation={self.activation!r}"
+        return f"Dense({self.in_features}, {self.out_features}{act})"
+
+
+class Activation(Module):
+    """An activation applied on its own: ``y = activation(x)``, same shape as ``x``.
+
+    Args:
+        name: an activation name; softmax and log_softmax work along each row.
+    """
+
+    def __init__(self, name: str):
+        super().__init__()
+        self.name = _activation_name(name)
+        self._act = get_activation(self.name)
+        self._x: np.ndarray | None = None
+        self._y: np.ndarray | None = None
+
+    def get_config(self) -> dict[str, Any]:
+        return {"type": "Activation", "name": self.name}
+
+    def forward(self, x: np.ndarray, training: bool) -> np.ndarray:
+        y = self.workspace.get("y", x.shape[0], x.shape[1])
+        self._act.forward(x, y)
+        self._x, self._y = x, y
+        return y
+
+    def backward(self, dy: np.ndarray, need_input_grad: bool = True) -> np.ndarray | None:
+        if self._x is None:
+            raise RuntimeError("Activation.backward called before forward")
+        if not need_input_grad:
+            return None
+        dx = self.workspace.get("dx", dy.shape[0], dy.shape[1])
+        self._act.backward(self._x, self._y, dy, dx)
+        return dx
+
+    def __repr__(self) -> str:
+        return f"Activation({self.name!r})"
+
+
+class Dropout(Module):
+    """Inverted dropout: in training, zero each input with probability ``rate`` and scale
+    the survivors by ``1 / (1 - rate)``; at inference, pass the input through unchanged.
+
+    Args:
+        rate: drop probability, ``0 <= rate < 1``.
+
+    The random numbers come from the model's generator (seeded by ``Sequential(seed=...)``),
+    so a seeded run is reproducible.
+    """
+
+    def __init__(self, rate: float):
+        super().__init__()
+        if isinstance(rate, bool) or not isinstance(rate, (int, float, np.floating)):
+            raise TypeError(f"Dropout rate must be a float, got {type(rate).__name__}")
+        if not 0.0 <= float(rate) < 1.0:
+            raise ValueError(f"Dropout rate must satisfy 0 <= rate < 1, got {rate}")
+        self.rate = float(rate)
+        self.rng: np.random.Generator | None = None  # set by the owning model
+        self._u: np.ndarray | None = None
+
+    def get_config(self) -> dict[str, Any]:
+        return {"type": "Dropout", "rate": self.rate}
+
+    def forward(self, x: np.ndarray, training: bool) -> np.ndarray:
+        if not training or self.rate == 0.0:
+            self._u = None
+            return x
+        if self.rng is None:
+            raise RuntimeError("Dropout has no random generator; put it in a Sequential")
+        rows, width = x.shape
+        u = self.workspace.get("u", rows, width)
+        self.rng.random(dtype=u.dtype, out=u)
+        y = self.workspace.get("y", rows, width)
+        dropout_forward(x, u, 1.0 - self.rate, y)
+        self._u = u
+        return y
+
+    def backward(self, dy: np.ndarray, need_input_grad: bool = True) -> np.ndarray | None:
+        if not need_input_grad:
+            return None
+        if self._u is None:
+            return dy
+        dx = self.workspace.get("dx", dy.shape[0], dy.shape[1])
+        dropout_backward(dy, self._u, 1.0 - self.rate, dx)
+        return dx
+
+    def __repr__(self) -> str:
+        return f"Dropout({self.rate})"
+
+
+LAYER_TYPES: dict[str, type[Module]] = {"Dense": Dense, "Activation": Activation, "Dropout": Dropout}
+
+
+def layer_from_config(config: dict[str, Any]) -> Module:
+    """Rebuild a layer from :meth:`Module.get_config` output."""
+    if not isinstance(config, dict) or "type" not in config:
+        raise ValueError(f"layer config must be a dict with a 'type' key, got {config!r}")
+    kind = config["type"]
+    cls = LAYER_TYPES.get(kind)
+    if cls is None:
+        raise ValueError(f"unknown layer type {kind!r}; known: {sorted(LAYER_TYPES)}")
+    kwargs = {k: v for k, v in config.items() if k != "type"}
+    try:
+        return cls(**kwargs)
+    except TypeError as exc:
+        raise ValueError(f"bad arguments for layer {kind}: {exc}") from None
