@@ -1,0 +1,106 @@
+"""Side-by-side GFLOP/s of ``numbanet.kernels.matmul`` and ``numpy.matmul`` (BLAS).
+
+Run: ``python asv_benchmarks/compare_matmul.py [--threads 2] [--repeats 15]``.
+
+Shapes are those of training a 784-256-128-10 MLP at batch 256 (forward, and the two
+backward products ``dW = X^T dZ`` and ``dX = dZ W^T``), plus square products. The two
+libraries are timed in interleaved repeats (A, B, A, B, ...) so that noise from other
+processes hits both alike; each figure is the median. numpy's BLAS thread count is
+capped to the same number of threads when ``threadpoolctl`` is installed; otherwise set
+``OPENBLAS_NUM_THREADS`` before starting Python.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+# (label, m, k, n, transpose_a, transpose_b); out = op(a) @ op(b) is m x n, inner dim k.
+SHAPES = [
+    ("fwd 256x784 @ 784x256", 256, 784, 256, False, False),
+    ("fwd 256x256 @ 256x784", 256, 256, 784, False, False),
+    ("square 1024^3", 1024, 1024, 1024, False, False),
+    ("dW  (256x784)^T @ 256x256", 784, 256, 256, True, False),
+    ("dX  256x256 @ (784x256)^T", 256, 256, 784, False, True),
+    ("dW2 (256x256)^T @ 256x128", 256, 256, 128, True, False),
+    ("dX2 256x128 @ (256x128)^T", 256, 128, 256, False, True),
+    ("fwd 64x784 @ 784x256", 64, 784, 256, False, False),
+    ("512x1024 @ 1024x1024", 512, 1024, 1024, False, False),
+]
+
+
+def _operands(rng, m, k, n, ta, tb, dtype):
+    import numpy as np
+
+    a = rng.standard_normal((k, m) if ta else (m, k)).astype(dtype)
+    b = rng.standard_normal((n, k) if tb else (k, n)).astype(dtype)
+    return a, b, np.empty((m, n), dtype)
+
+
+def _time(fn, min_seconds=2e-3):
+    """Seconds per call, looping until one sample lasts at least ``min_seconds``."""
+    calls = 1
+    while True:
+        t0 = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        elapsed = time.perf_counter() - t0
+        if elapsed >= min_seconds:
+            return elapsed / calls
+        calls *= 2
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--dtype", choices=["float32", "float64", "both"], default="both")
+    args = parser.parse_args()
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", str(args.threads))
+
+    import numpy as np
+
+    import numbanet
+    from numbanet.kernels.matmul import matmul
+
+    numbanet.set_num_threads(args.threads)
+    try:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(args.threads)
+    except ImportError:
+        pass
+
+    dtypes = ["float32", "float64"] if args.dtype == "both" else [args.dtype]
+    rng = np.random.default_rng(0)
+    print(f"threads={args.threads} repeats={args.repeats} (medians, GFLOP/s)")
+    for dtype in dtypes:
+        t0 = time.perf_counter()
+        a, b, out = _operands(rng, 64, 64, 64, False, False, dtype)
+        matmul(a, b, out)
+        print(f"\n{dtype}: warm-up incl. compile/cache load {time.perf_counter() - t0:.2f} s")
+        print(f"{'shape':<30} {'numbanet':>9} {'numpy':>9} {'ratio':>6}")
+        ratios = []
+        for label, m, k, n, ta, tb in SHAPES:
+            a, b, out = _operands(rng, m, k, n, ta, tb, dtype)
+            ref = np.empty_like(out)
+            op_a = a.T if ta else a
+            op_b = b.T if tb else b
+            matmul(a, b, out, ta, tb)
+            np.matmul(op_a, op_b, out=ref)
+            ours, theirs = [], []
+            for _ in range(args.repeats):
+                ours.append(_time(lambda: matmul(a, b, out, ta, tb)))  # noqa: B023
+                theirs.append(_time(lambda: np.matmul(op_a, op_b, out=ref)))  # noqa: B023
+            flops = 2.0 * m * n * k
+            g_ours = flops / np.median(ours) / 1e9
+            g_np = flops / np.median(theirs) / 1e9
+            ratios.append(g_ours / g_np)
+            print(f"{label:<30} {g_ours:9.1f} {g_np:9.1f} {g_ours / g_np:6.2f}")
+        geo = float(np.exp(np.mean(np.log(ratios))))
+        print(f"{'geometric mean ratio':<30} {'':>9} {'':>9} {geo:6.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,715 @@
+"""Blocked, packed, parallel GEMM written in Numba, with a fused bias + activation epilogue.
+
+``matmul(a, b, out, transpose_a, transpose_b)`` computes ``out = op(a) @ op(b)`` and
+``dense_forward(x, w, bias, z, y, act_id, param)`` computes ``z = x @ w + bias`` and
+``y = act(z)``, both without BLAS. The structure follows the GotoBLAS/BLIS recipe:
+
+1. **Pack** ``op(a)`` into panels of ``MR`` rows and ``op(b)`` into panels of ``NR``
+   columns, each cut into blocks of at most ``KC`` steps of ``k`` and laid out so the
+   micro-kernel reads both with unit stride (``[k][MR]`` and ``[k][NR]``). Panels at
+   the matrix edge are zero-padded, so the micro-kernel always computes a full tile.
+   Transposes are absorbed here: the four ``op`` combinations differ only in how a panel
+   is gathered, and everything after packing is shared.
+2. **Compute** the output in macro tiles of ``MR * mb`` rows by ``NR * nb`` columns (the
+   parallel tasks). Inside a task: for each ``KC`` block, for each B panel (kept in L1),
+   for each A panel (kept in L2), run the micro-kernel.
+3. The **micro-kernel** holds an ``MR x NR`` tile of the output in ``MR * 2`` vector
+   registers (12 x 32 float32 or 12 x 16 float64 on 24 zmm registers) and performs one
+   broadcast-FMA per register per step of ``k`` (see :mod:`numbanet.kernels._simd`).
+4. After the last ``KC`` block of a tile, the **epilogue** adds the bias and applies the
+   activation to the tile's row segments while they are still in L1.
+
+Parallel contract: two ``prange`` loops per call, never nested. The first packs; its
+iterations write disjoint panels of the workspace. The second runs the macro tiles; each
+iteration writes a disjoint rectangle of ``out`` (and ``y``) and its own scratch tile,
+and only reads the packed panels, so it is race-free. The summation order for an output
+element depends only on the shapes, never on the thread count: results are bitwise
+identical for any number of threads.
+
+Below ``SERIAL_WORK`` multiply-adds (``m * n * k``) the serial twin runs instead, so tiny
+products do not wake the thread pool.
+
+NaN and infinity propagate as in ``numpy.matmul`` (the packed zero padding only meets
+padding rows and columns, whose results are discarded). Results agree with numpy to
+rounding; the summation order differs (FMA, blocked), as between BLAS libraries.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+from numba import prange
+
+from numbanet._jit import kernel, parallel_kernel
+from numbanet._validation import check_float_array
+from numbanet.kernels._simd import (
+    LANES_FLOAT32,
+    LANES_FLOAT64,
+    vadd,
+    vbroadcast,
+    vfma,
+    vlanes,
+    vload,
+    vstore,
+    vzero,
+)
+from numbanet.kernels.activations import ACTIVATION_IDS, activation_forward_1d
+
+__all__ = [
+    "GemmPlan",
+    "KC",
+    "MR",
+    "SERIAL_WORK",
+    "dense_forward",
+    "gemm_into",
+    "gemm_plan",
+    "matmul",
+]
+
+#: Rows of the micro-kernel's register tile.
+MR = 12
+#: Vectors per row of the register tile: NR = NV * lanes (32 float32, 16 float64).
+NV = 2
+#: Steps of ``k`` per packed block: a B panel (KC x NR) stays in L1, an A block in L2.
+KC = 256
+#: Below this many multiply-adds (m * n * k), run the serial twin.
+SERIAL_WORK = 1 << 20
+# Target macro-tile size in panels (MB * MR rows by NB * NR columns) before balancing.
+_MB = 8
+_NB = 8
+# No epilogue (plain matmul) is encoded as act_id = -1.
+_NO_ACTIVATION = -1
+
+
+# ---------------------------------------------------------------------------------------
+# Micro-kernel
+# ---------------------------------------------------------------------------------------
+
+
+@kernel
+def _micro_kernel(kc, wa, oa, wb, ob, c, oc, ldc, accumulate):
+    """``C[MR, NR] (+)= A_panel @ B_panel`` on one register tile.
+
+    Args:
+        kc: steps of ``k`` in this block.
+        wa, oa: packed A (1-D) and the offset of a ``[kc][MR]`` panel in it.
+        wb, ob: packed B (1-D) and the offset of a ``[kc][NR]`` panel in it.
+        c, oc, ldc: C-contiguous output (any rank), flat offset of the tile's first
+            element and the row stride in elements; the tile must lie inside ``c``.
+        accumulate: add to the tile instead of overwriting it.
+
+    Serial. The accumulators are SIMD values, so LLVM keeps them in registers; the
+    inner loop is ``NV`` vector loads of B and ``MR`` broadcast-FMAs per vector.
+    """
+    lanes = vlanes(wb)
+    c0_0, c0_1 = vzero(wb), vzero(wb)
+    c1_0, c1_1 = vzero(wb), vzero(wb)
+    c2_0, c2_1 = vzero(wb), vzero(wb)
+    c3_0, c3_1 = vzero(wb), vzero(wb)
+    c4_0, c4_1 = vzero(wb), vzero(wb)
+    c5_0, c5_1 = vzero(wb), vzero(wb)
+    c6_0, c6_1 = vzero(wb), vzero(wb)
+    c7_0, c7_1 = vzero(wb), vzero(wb)
+    c8_0, c8_1 = vzero(wb), vzero(wb)
+    c9_0, c9_1 = vzero(wb), vzero(wb)
+    c10_0, c10_1 = vzero(wb), vzero(wb)
+    c11_0, c11_1 = vzero(wb), vzero(wb)
+    for _ in range(kc):
+        b0 = vload(wb, ob)
+        b1 = vload(wb, ob + lanes)
+        x = vbroadcast(wa, oa)
+        c0_0 = vfma(x, b0, c0_0)
+        c0_1 = vfma(x, b1, c0_1)
+        x = vbroadcast(wa, oa + 1)
+        c1_0 = vfma(x, b0, c1_0)
+        c1_1 = vfma(x, b1, c1_1)
+        x = vbroadcast(wa, oa + 2)
+        c2_0 = vfma(x, b0, c2_0)
+        c2_1 = vfma(x, b1, c2_1)
+        x = vbroadcast(wa, oa + 3)
+        c3_0 = vfma(x, b0, c3_0)
+        c3_1 = vfma(x, b1, c3_1)
+        x = vbroadcast(wa, oa + 4)
+        c4_0 = vfma(x, b0, c4_0)
+        c4_1 = vfma(x, b1, c4_1)
+        x = vbroadcast(wa, oa + 5)
+        c5_0 = vfma(x, b0, c5_0)
+        c5_1 = vfma(x, b1, c5_1)
+        x = vbroadcast(wa, oa + 6)
+        c6_0 = vfma(x, b0, c6_0)
+        c6_1 = vfma(x, b1, c6_1)
+        x = vbroadcast(wa, oa + 7)
+        c7_0 = vfma(x, b0, c7_0)
+        c7_1 = vfma(x, b1, c7_1)
+        x = vbroadcast(wa, oa + 8)
+        c8_0 = vfma(x, b0, c8_0)
+        c8_1 = vfma(x, b1, c8_1)
+        x = vbroadcast(wa, oa + 9)
+        c9_0 = vfma(x, b0, c9_0)
+        c9_1 = vfma(x, b1, c9_1)
+        x = vbroadcast(wa, oa + 10)
+        c10_0 = vfma(x, b0, c10_0)
+        c10_1 = vfma(x, b1, c10_1)
+        x = vbroadcast(wa, oa + 11)
+        c11_0 = vfma(x, b0, c11_0)
+        c11_1 = vfma(x, b1, c11_1)
+        oa += 12
+        ob += 2 * lanes
+    if accumulate:
+        c0_0 = vadd(c0_0, vload(c, oc))
+        c0_1 = vadd(c0_1, vload(c, oc + lanes))
+        c1_0 = vadd(c1_0, vload(c, oc + 1 * ldc))
+        c1_1 = vadd(c1_1, vload(c, oc + 1 * ldc + lanes))
+        c2_0 = vadd(c2_0, vload(c, oc + 2 * ldc))
+        c2_1 = vadd(c2_1, vload(c, oc + 2 * ldc + lanes))
+        c3_0 = vadd(c3_0, vload(c, oc + 3 * ldc))
+        c3_1 = vadd(c3_1, vload(c, oc + 3 * ldc + lanes))
+        c4_0 = vadd(c4_0, vload(c, oc + 4 * ldc))
+        c4_1 = vadd(c4_1, vload(c, oc + 4 * ldc + lanes))
+        c5_0 = vadd(c5_0, vload(c, oc + 5 * ldc))
+        c5_1 = vadd(c5_1, vload(c, oc + 5 * ldc + lanes))
+        c6_0 = vadd(c6_0, vload(c, oc + 6 * ldc))
+        c6_1 = vadd(c6_1, vload(c, oc + 6 * ldc + lanes))
+        c7_0 = vadd(c7_0, vload(c, oc + 7 * ldc))
+        c7_1 = vadd(c7_1, vload(c, oc + 7 * ldc + lanes))
+        c8_0 = vadd(c8_0, vload(c, oc + 8 * ldc))
+        c8_1 = vadd(c8_1, vload(c, oc + 8 * ldc + lanes))
+        c9_0 = vadd(c9_0, vload(c, oc + 9 * ldc))
+        c9_1 = vadd(c9_1, vload(c, oc + 9 * ldc + lanes))
+        c10_0 = vadd(c10_0, vload(c, oc + 10 * ldc))
+        c10_1 = vadd(c10_1, vload(c, oc + 10 * ldc + lanes))
+        c11_0 = vadd(c11_0, vload(c, oc + 11 * ldc))
+        c11_1 = vadd(c11_1, vload(c, oc + 11 * ldc + lanes))
+    vstore(c, oc, c0_0)
+    vstore(c, oc + lanes, c0_1)
+    vstore(c, oc + 1 * ldc, c1_0)
+    vstore(c, oc + 1 * ldc + lanes, c1_1)
+    vstore(c, oc + 2 * ldc, c2_0)
+    vstore(c, oc + 2 * ldc + lanes, c2_1)
+    vstore(c, oc + 3 * ldc, c3_0)
+    vstore(c, oc + 3 * ldc + lanes, c3_1)
+    vstore(c, oc + 4 * ldc, c4_0)
+    vstore(c, oc + 4 * ldc + lanes, c4_1)
+    vstore(c, oc + 5 * ldc, c5_0)
+    vstore(c, oc + 5 * ldc + lanes, c5_1)
+    vstore(c, oc + 6 * ldc, c6_0)
+    vstore(c, oc + 6 * ldc + lanes, c6_1)
+    vstore(c, oc + 7 * ldc, c7_0)
+    vstore(c, oc + 7 * ldc + lanes, c7_1)
+    vstore(c, oc + 8 * ldc, c8_0)
+    vstore(c, oc + 8 * ldc + lanes, c8_1)
+    vstore(c, oc + 9 * ldc, c9_0)
+    vstore(c, oc + 9 * ldc + lanes, c9_1)
+    vstore(c, oc + 10 * ldc, c10_0)
+    vstore(c, oc + 10 * ldc + lanes, c10_1)
+    vstore(c, oc + 11 * ldc, c11_0)
+    vstore(c, oc + 11 * ldc + lanes, c11_1)
+
+
+# ---------------------------------------------------------------------------------------
+# Packing
+# ---------------------------------------------------------------------------------------
+
+
+@kernel
+def _pack_a_panel(a, transpose_a, ip, m, k, wa):
+    """Pack rows ``ip*MR .. ip*MR+MR`` of ``op(a)`` into ``wa`` (``[kblock][panel][k][MR]``).
+
+    Rows past ``m`` are zero. Serial; panels are disjoint, so callers may pack
+    different ``ip`` concurrently.
+    """
+    mp = (m + MR - 1) // MR * MR
+    i0 = ip * MR
+    mr = min(MR, m - i0)
+    for k0 in range(0, k, KC):
+        kcb = min(KC, k - k0)
+        start = k0 * mp + ip * MR * kcb
+        dst = wa[start : start + MR * kcb]
+        if transpose_a:
+            # a is (k, m): each step of k is a contiguous run of mr values.
+            for kk in range(kcb):
+                src = a[k0 + kk, i0 : i0 + mr]
+                d = dst[kk * MR : kk * MR + MR]
+                for r in range(mr):
+                    d[r] = src[r]
+                for r in range(mr, MR):
+                    d[r] = 0
+        else:
+            # a is (m, k): a transposing gather, row by row of a.
+            for r in range(mr):
+                src = a[i0 + r, k0 : k0 + kcb]
+                d = dst[r:]
+                for kk in range(kcb):
+                    d[kk * MR] = src[kk]
+            for r in range(mr, MR):
+                d = dst[r:]
+                for kk in range(kcb):
+                    d[kk * MR] = 0
+
+
+@kernel
+def _pack_b_panel(b, transpose_b, jp, n, k, wb):
+    """Pack columns ``jp*NR .. jp*NR+NR`` of ``op(b)`` into ``wb`` (``[kblock][panel][k][NR]``).
+
+    Columns past ``n`` are zero. Serial; panels are disjoint.
+    """
+    lanes = vlanes(wb)
+    nr = NV * lanes
+    np_ = (n + nr - 1) // nr * nr
+    j0 = jp * nr
+    nn = min(nr, n - j0)
+    for k0 in range(0, k, KC):
+        kcb = min(KC, k - k0)
+        start = k0 * np_ + jp * nr * kcb
+        dst = wb[start : start + nr * kcb]
+        if transpose_b:
+            # b is (n, k): a transposing gather, row by row of b.
+            for j in range(nn):
+                src = b[j0 + j, k0 : k0 + kcb]
+                d = dst[j:]
+                for kk in range(kcb):
+                    d[kk * nr] = src[kk]
+            for j in range(nn, nr):
+                d = dst[j:]
+                for kk in range(kcb):
+                    d[kk * nr] = 0
+        elif nn == nr:
+            # b is (k, n) and the panel is full: whole-vector copies.
+            for kk in range(kcb):
+                s = (k0 + kk) * n + j0
+                for v in range(NV):
+                    vstore(dst, kk * nr + v * lanes, vload(b, s + v * lanes))
+        else:
+            for kk in range(kcb):
+                src = b[k0 + kk, j0 : j0 + nn]
+                d = dst[kk * nr : kk * nr + nr]
+                for j in range(nn):
+                    d[j] = src[j]
+                for j in range(nn, nr):
+                    d[j] = 0
+
+
+# ---------------------------------------------------------------------------------------
+# Macro tile (one parallel task) and epilogue
+# ---------------------------------------------------------------------------------------
+
+
+@kernel
+def _epilogue(z, y, bias, has_bias, act_id, param, i0, mr, j0, nn):
+    """Add ``bias`` and apply the activation to ``z[i0:i0+mr, j0:j0+nn]`` (into ``y``)."""
+    bseg = bias[j0 : j0 + nn]
+    for r in range(mr):
+        zrow = z[i0 + r, j0 : j0 + nn]
+        if has_bias:
+            for j in range(nn):
+                zrow[j] += bseg[j]
+        if act_id >= 0:
+            activation_forward_1d(act_id, param, zrow, y[i0 + r, j0 : j0 + nn])
+
+
+@kernel
+def _macro_tile(t, mb, nb, out, k, wa, wb, work_scratch, bias, has_bias, y, act_id, param):
+    """Compute macro tile ``t`` of ``out`` from the packed panels (one parallel task).
+
+    Task ``t`` covers A panels ``(t // n_blocks) * mb ...`` and B panels
+    ``(t % n_blocks) * nb ...``; it writes only that rectangle of ``out``/``y`` and its
+    own ``MR * NR`` scratch tile at ``work_scratch[t * MR * NR:]``.
+    """
+    m, n = out.shape
+    lanes = vlanes(wb)
+    nr = NV * lanes
+    n_pm = (m + MR - 1) // MR
+    n_pn = (n + nr - 1) // nr
+    mp = n_pm * MR
+    np_ = n_pn * nr
+    n_blocks = (n_pn + nb - 1) // nb
+    pi0 = (t // n_blocks) * mb
+    pi1 = min(n_pm, pi0 + mb)
+    pj0 = (t % n_blocks) * nb
+    pj1 = min(n_pn, pj0 + nb)
+    sc = work_scratch[t * MR * nr : (t + 1) * MR * nr]
+    epilogue = has_bias or act_id >= 0
+    for k0 in range(0, k, KC):
+        kcb = min(KC, k - k0)
+        acc = k0 > 0
+        last = k0 + kcb >= k
+        for jp in range(pj0, pj1):
+            j0 = jp * nr
+            nn = min(nr, n - j0)
+            ob = k0 * np_ + jp * nr * kcb
+            for ip in range(pi0, pi1):
+                i0 = ip * MR
+                mr = min(MR, m - i0)
+                oa = k0 * mp + ip * MR * kcb
+                if mr == MR and nn == nr:
+                    _micro_kernel(kcb, wa, oa, wb, ob, out, i0 * n + j0, n, acc)
+                else:
+                    # Edge tile: compute the full padded tile into scratch, copy the
+                    # valid part.
+                    _micro_kernel(kcb, wa, oa, wb, ob, sc, 0, nr, False)
+                    for r in range(mr):
+                        orow = out[i0 + r, j0 : j0 + nn]
+                        srow = sc[r * nr : r * nr + nn]
+                        if acc:
+                            for j in range(nn):
+                                orow[j] += srow[j]
+                        else:
+                            for j in range(nn):
+                                orow[j] = srow[j]
+                if last and epilogue:
+                    _epilogue(out, y, bias, has_bias, act_id, param, i0, mr, j0, nn)
+
+
+@kernel
+def _zero_k_fill(out, y, bias, has_bias, act_id, param):
+    """The ``k == 0`` case: ``out = 0`` (plus bias and activation)."""
+    m, n = out.shape
+    for i in range(m):
+        row = out[i]
+        for j in range(n):
+            row[j] = 0
+    if has_bias or act_id >= 0:
+        _epilogue(out, y, bias, has_bias, act_id, param, 0, m, 0, n)
+
+
+# ---------------------------------------------------------------------------------------
+# Drivers: the parallel kernel and its serial twin (same body, range instead of prange)
+# ---------------------------------------------------------------------------------------
+
+
+@parallel_kernel
+def _gemm_parallel(a, b, out, transpose_a, transpose_b, work, mb, nb,
+                   bias, has_bias, y, act_id, param):
+    """Parallel GEMM on validated arguments (see the module docstring for the contract).
+
+    Shapes: ``out`` is (m, n); ``a`` is (m, k), or (k, m) if ``transpose_a``; ``b`` is
+    (k, n), or (n, k) if ``transpose_b``. ``work`` is 1-D with at least
+    ``gemm_plan(...).workspace`` elements; ``bias`` is (n,) (ignored unless
+    ``has_bias``); ``y`` is (m, n) (ignored unless ``act_id >= 0``), may be ``out``.
+    All of one dtype, C-contiguous.
+
+    ``prange`` 1 packs panels (disjoint writes); ``prange`` 2 runs macro tiles (disjoint
+    rectangles of ``out`` and ``y``, private scratch).
+    """
+    m, n = out.shape
+    k = a.shape[0] if transpose_a else a.shape[1]
+    if m == 0 or n == 0:
+        return
+    if k == 0:
+        _zero_k_fill(out, y, bias, has_bias, act_id, param)
+        return
+    nr = NV * vlanes(work)
+    n_pm = (m + MR - 1) // MR
+    n_pn = (n + nr - 1) // nr
+    size_a = n_pm * MR * k
+    size_b = n_pn * nr * k
+    wa = work[:size_a]
+    wb = work[size_a : size_a + size_b]
+    scratch = work[size_a + size_b :]
+    for p in prange(n_pm + n_pn):
+        if p < n_pm:
+            _pack_a_panel(a, transpose_a, p, m, k, wa)
+        else:
+            _pack_b_panel(b, transpose_b, p - n_pm, n, k, wb)
+    n_tasks = ((n_pm + mb - 1) // mb) * ((n_pn + nb - 1) // nb)
+    for t in prange(n_tasks):
+        _macro_tile(t, mb, nb, out, k, wa, wb, scratch, bias, has_bias, y, act_id, param)
+
+
+@kernel
+def _gemm_serial(a, b, out, transpose_a, transpose_b, work, mb, nb,
+                 bias, has_bias, y, act_id, param):
+    """Serial twin of :func:`_gemm_parallel` (same arguments, same results bit for bit)."""
+    m, n = out.shape
+    k = a.shape[0] if transpose_a else a.shape[1]
+    if m == 0 or n == 0:
+        return
+    if k == 0:
+        _zero_k_fill(out, y, bias, has_bias, act_id, param)
+        return
+    nr = NV * vlanes(work)
+    n_pm = (m + MR - 1) // MR
+    n_pn = (n + nr - 1) // nr
+    size_a = n_pm * MR * k
+    size_b = n_pn * nr * k
+    wa = work[:size_a]
+    wb = work[size_a : size_a + size_b]
+    scratch = work[size_a + size_b :]
+    for p in range(n_pm + n_pn):
+        if p < n_pm:
+            _pack_a_panel(a, transpose_a, p, m, k, wa)
+        else:
+            _pack_b_panel(b, transpose_b, p - n_pm, n, k, wb)
+    n_tasks = ((n_pm + mb - 1) // mb) * ((n_pn + nb - 1) // nb)
+    for t in range(n_tasks):
+        _macro_tile(t, mb, nb, out, k, wa, wb, scratch, bias, has_bias, y, act_id, param)
+
+
+# ---------------------------------------------------------------------------------------
+# Planning, workspaces and the public wrappers
+# ---------------------------------------------------------------------------------------
+
+
+class GemmPlan(tuple):
+    """Blocking of one GEMM shape: ``(mb, nb, workspace, parallel)``.
+
+    Attributes:
+        mb: A panels (of ``MR`` rows) per macro tile.
+        nb: B panels (of ``NR`` columns) per macro tile.
+        workspace: elements the 1-D ``work`` array needs.
+        parallel: whether :func:`gemm_into` runs the parallel kernel.
+    """
+
+    __slots__ = ()
+
+    def __new__(cls, mb: int, nb: int, workspace: int, parallel: bool) -> GemmPlan:
+        return super().__new__(cls, (mb, nb, workspace, parallel))
+
+    mb = property(lambda self: self[0])
+    nb = property(lambda self: self[1])
+    workspace = property(lambda self: self[2])
+    parallel = property(lambda self: self[3])
+
+
+def _lanes(dtype: np.dtype) -> int:
+    return LANES_FLOAT32 if np.dtype(dtype) == np.float32 else LANES_FLOAT64
+
+
+def _ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def gemm_plan(m: int, n: int, k: int, dtype: object) -> GemmPlan:
+    """Choose macro tiles and the workspace size for an (m x k) @ (k x n) product.
+
+    The plan depends on the shape, the dtype and the size of the thread pool
+    (``NUMBA_NUM_THREADS``), not on :func:`numbanet.set_num_threads`, so a workspace
+    allocated once stays valid for the whole process.
+
+    Args:
+        m, n, k: the product's dimensions (``op(a)`` is m x k, ``op(b)`` is k x n).
+        dtype: float32 or float64.
+
+    Returns:
+        A :class:`GemmPlan`.
+    """
+    import numba
+
+    nr = NV * _lanes(dtype)
+    n_pm = max(1, _ceil_div(m, MR))
+    n_pn = max(1, _ceil_div(n, nr))
+    parallel = m * n * k >= SERIAL_WORK
+    blocks_m = _ceil_div(n_pm, _MB)
+    blocks_n = _ceil_div(n_pn, _NB)
+    if parallel:
+        # Enough tasks that the static split over threads is balanced.
+        target = 2 * int(numba.config.NUMBA_NUM_THREADS)
+        while blocks_m * blocks_n < target:
+            if blocks_n < n_pn and (n_pn / blocks_n >= n_pm / blocks_m or blocks_m >= n_pm):
+                blocks_n += 1
+            elif blocks_m < n_pm:
+                blocks_m += 1
+            else:
+                break
+    mb = _ceil_div(n_pm, blocks_m)
+    nb = _ceil_div(n_pn, blocks_n)
+    tasks = _ceil_div(n_pm, mb) * _ceil_div(n_pn, nb)
+    workspace = n_pm * MR * k + n_pn * nr * k + tasks * MR * nr
+    return GemmPlan(mb, nb, workspace, parallel)
+
+
+def gemm_into(
+    a: np.ndarray,
+    b: np.ndarray,
+    out: np.ndarray,
+    transpose_a: bool,
+    transpose_b: bool,
+    work: np.ndarray,
+    plan: GemmPlan,
+    bias: np.ndarray | None = None,
+    y: np.ndarray | None = None,
+    act_id: int = _NO_ACTIVATION,
+    param: float = 0.0,
+) -> None:
+    """Unchecked hot path: ``out = op(a) @ op(b)`` (+ bias, activation into ``y``).
+
+    For layers that validated their arrays once and own a workspace: nothing is
+    allocated here except when ``bias``/``y`` are omitted (a cached empty array / ``out``).
+
+    Args:
+        a, b, out, transpose_a, transpose_b: as in :func:`matmul`, already validated.
+        work: 1-D, dtype of ``out``, at least ``plan.workspace`` elements.
+        plan: ``gemm_plan(m, n, k, out.dtype)`` for this shape.
+        bias: (n,) added to every row of ``out``, or ``None``.
+        y: receives ``act(out)`` when ``act_id >= 0`` (may be ``out``).
+        act_id: an id from ``ACTIVATION_IDS``, or -1 for none.
+        param: the activation's parameter (leaky_relu slope, elu alpha).
+    """
+    has_bias = bias is not None
+    if bias is None:
+        bias = _empty_like_dtype(out.dtype)
+    if y is None:
+        y = out
+    driver = _gemm_parallel if plan.parallel else _gemm_serial
+    driver(a, b, out, bool(transpose_a), bool(transpose_b), work, plan.mb, plan.nb,
+           bias, has_bias, y, int(act_id), float(param))
+
+
+_EMPTY = {np.dtype(np.float32): np.empty(0, np.float32),
+          np.dtype(np.float64): np.empty(0, np.float64)}
+
+
+def _empty_like_dtype(dtype: np.dtype) -> np.ndarray:
+    return _EMPTY[np.dtype(dtype)]
+
+
+class _WorkspaceCache(threading.local):
+    """One growing workspace per dtype and Python thread, reused by :func:`matmul`."""
+
+    def __init__(self) -> None:
+        self.buffers: dict[np.dtype, np.ndarray] = {}
+
+    def get(self, dtype: np.dtype, size: int) -> np.ndarray:
+        buf = self.buffers.get(dtype)
+        if buf is None or buf.size < size:
+            buf = np.empty(max(size, 1), dtype)
+            self.buffers[dtype] = buf
+        return buf
+
+
+_workspaces = _WorkspaceCache()
+
+
+def _check_operands(a, b, out, transpose_a, transpose_b, names=("a", "b", "out")):
+    na, nb_, nout = names
+    check_float_array(na, a, ndim=2)
+    check_float_array(nb_, b, ndim=2, dtype=a.dtype)
+    check_float_array(nout, out, ndim=2, dtype=a.dtype, writeable=True)
+    m, k = (a.shape[1], a.shape[0]) if transpose_a else a.shape
+    kb, n = (b.shape[1], b.shape[0]) if transpose_b else b.shape
+    if k != kb:
+        ta = f"{na}.T" if transpose_a else na
+        tb = f"{nb_}.T" if transpose_b else nb_
+        raise ValueError(
+            f"inner dimensions differ: {ta} is {m} x {k} but {tb} is {kb} x {n}"
+        )
+    if out.shape != (m, n):
+        raise ValueError(f"{nout} must have shape ({m}, {n}), got {out.shape}")
+    for name, arr in ((na, a), (nb_, b)):
+        if np.shares_memory(out, arr):
+            raise ValueError(
+                f"{nout} must not overlap {name}: the product is written while "
+                f"{name} is still read; pass a separate output array"
+            )
+    return m, n, k
+
+
+def _check_flag(name: str, value: object) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
+    return bool(value)
+
+
+def matmul(
+    a: np.ndarray,
+    b: np.ndarray,
+    out: np.ndarray,
+    transpose_a: bool = False,
+    transpose_b: bool = False,
+) -> None:
+    """``out = op(a) @ op(b)`` with a blocked, packed, parallel GEMM (no BLAS).
+
+    ``op(x)`` is ``x.T`` when the matching ``transpose_*`` flag is set, else ``x``.
+
+    Args:
+        a: (m, k), or (k, m) with ``transpose_a``; float32 or float64, C-contiguous.
+        b: (k, n), or (n, k) with ``transpose_b``; same dtype, C-contiguous.
+        out: (m, n), same dtype, C-contiguous, writeable, not overlapping ``a``/``b``.
+        transpose_a: use ``a.T`` (without copying it).
+        transpose_b: use ``b.T`` (without copying it).
+
+    Returns:
+        None; ``out`` holds the product. NaN/inf propagate as in ``numpy.matmul``.
+
+    Raises:
+        TypeError: a non-array argument, a dtype other than float32/float64, mixed
+            dtypes, or non-bool transpose flags.
+        ValueError: not 2-D, mismatched shapes, not C-contiguous, ``out`` read-only or
+            overlapping an input.
+
+    Work of ``m * n * k`` below :data:`SERIAL_WORK` runs serially; above, on all threads
+    (:func:`numbanet.set_num_threads`), with results identical for any thread count.
+    The packing workspace is cached per dtype and Python thread.
+
+    Example:
+        >>> import numpy as np
+        >>> from numbanet.kernels.matmul import matmul
+        >>> a = np.ones((2, 3), np.float32); b = np.ones((3, 4), np.float32)
+        >>> out = np.empty((2, 4), np.float32)
+        >>> matmul(a, b, out); float(out[0, 0])
+        3.0
+    """
+    transpose_a = _check_flag("transpose_a", transpose_a)
+    transpose_b = _check_flag("transpose_b", transpose_b)
+    m, n, k = _check_operands(a, b, out, transpose_a, transpose_b)
+    plan = gemm_plan(m, n, k, out.dtype)
+    work = _workspaces.get(out.dtype, plan.workspace)
+    gemm_into(a, b, out, transpose_a, transpose_b, work, plan)
+
+
+def dense_forward(
+    x: np.ndarray,
+    w: np.ndarray,
+    bias: np.ndarray | None,
+    z: np.ndarray,
+    y: np.ndarray,
+    act_id: int,
+    param: float = 0.0,
+) -> None:
+    """Dense layer forward: ``z = x @ w + bias`` and ``y = act(z)``, fused in the GEMM.
+
+    The bias and activation are applied in the GEMM epilogue, to each register tile
+    right after its last ``k`` block, while it is still in L1.
+
+    Args:
+        x: (m, k) input, float32 or float64, C-contiguous.
+        w: (k, n) weights, same dtype.
+        bias: (n,) same dtype, or ``None`` for no bias.
+        z: (m, n) receives the pre-activation ``x @ w + bias``.
+        y: (m, n) receives ``act(z)``; may be ``z`` itself (then ``z`` is overwritten).
+        act_id: an id from :data:`numbanet.kernels.activations.ACTIVATION_IDS`.
+        param: leaky_relu's negative slope or elu's alpha; ignored by the others.
+
+    Raises:
+        TypeError / ValueError: as in :func:`matmul`, for ``bias`` and ``y`` likewise,
+            and ``ValueError`` for an unknown ``act_id`` or ``y`` partially overlapping
+            ``z``.
+    """
+    m, n, k = _check_operands(x, w, z, False, False, names=("x", "w", "z"))
+    if bias is not None:
+        check_float_array("bias", bias, ndim=1, dtype=x.dtype, shape=(n,))
+        if np.shares_memory(z, bias):
+            raise ValueError("z must not overlap bias; pass a separate output array")
+    if y is not z:
+        check_float_array("y", y, ndim=2, dtype=x.dtype, shape=(m, n), writeable=True)
+        for name, arr in (("x", x), ("w", w), ("z", z)):
+            if np.shares_memory(y, arr):
+                raise ValueError(
+                    f"y must not overlap {name} (y may be z itself, but not a part of it)"
+                )
+        if bias is not None and np.shares_memory(y, bias):
+            raise ValueError("y must not overlap bias; pass a separate output array")
+    if isinstance(act_id, bool) or not isinstance(act_id, (int, np.integer)):
+        raise TypeError(f"act_id must be an int from ACTIVATION_IDS, got {act_id!r}")
+    if int(act_id) not in ACTIVATION_IDS.values():
+        known = ", ".join(f"{name}={i}" for name, i in ACTIVATION_IDS.items())
+        raise ValueError(f"act_id {act_id} is not an elementwise activation id; known: {known}")
+    try:
+        param = float(param)
+    except (TypeError, ValueError):
+        raise TypeError(f"param must be a float, got {type(param).__name__}") from None
+    plan = gemm_plan(m, n, k, z.dtype)
+    work = _workspaces.get(z.dtype, plan.workspace)
+    gemm_into(x, w, z, False, False, work, plan, bias=bias, y=y, act_id=int(act_id),
+              param=param)
