@@ -1,0 +1,348 @@
+"""What a plugin returns: :class:`OptimizerSpec` and :class:`LossSpec`.
+
+A spec is plain data plus one serial ``@njit`` kernel. The host (:mod:`numbanet.optim`,
+:mod:`numbanet.losses`) owns allocation, validation, reductions and the ``prange`` loop,
+so a plugin author writes only the maths of one element (optimizers) or one row (losses).
+
+Hyperparameters are declared as an ordered mapping of defaults. The kernel receives them
+as ``hp``, a tuple of float64 built in declaration order: a float or int contributes one
+entry, a bool contributes ``1.0``/``0.0``, a tuple of floats (``betas``) contributes one
+entry per element. Because the tuple's *type* never changes, setting a new learning rate
+never recompiles anything. :meth:`OptimizerSpec.hp_index` tells where a name landed.
+
+Example (a complete plugin optimizer)::
+
+    from numbanet import OptimizerSpec, hookimpl
+    from numbanet._jit import kernel
+
+    @kernel
+    def sign_sgd_kernel(i, p, g, gs, slots, hp, sc):
+        # hp = (lr,); the host runs this for every i of the flat buffer, in parallel.
+        p[i] -= hp[0] * np.sign(g[i] * gs)
+
+    @hookimpl
+    def numbanet_register_optimizers():
+        return [OptimizerSpec("sign_sgd", sign_sgd_kernel, {"lr": 1e-3},
+                              bounds={"lr": "[0, inf)"})]
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = [
+    "HyperparamValue",
+    "LossSpec",
+    "OptimizerSpec",
+    "flatten_hyperparams",
+    "validate_hyperparams",
+]
+
+HyperparamValue = float | int | bool | tuple[float, ...]
+
+_NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")
+_INTERVAL_RE = re.compile(
+    r"^\s*([\[(])\s*([-+]?(?:inf|[0-9.eE+-]+))\s*,\s*([-+]?(?:inf|[0-9.eE+-]+))\s*([\])])\s*$"
+)
+
+LOSS_TARGETS = ("labels", "dense", "labels_or_dense")
+LOSS_REDUCTIONS = ("mean", "sum", "none")
+OUTPUT_ACTIVATIONS = (None, "softmax", "sigmoid")
+
+
+@dataclass(frozen=True)
+class _Interval:
+    low: float
+    high: float
+    low_closed: bool
+    high_closed: bool
+    text: str
+
+    def contains(self, x: float) -> bool:
+        if math.isnan(x):
+            return False
+        above = x >= self.low if self.low_closed else x > self.low
+        below = x <= self.high if self.high_closed else x < self.high
+        return above and below
+
+
+def _parse_interval(text: str, where: str) -> _Interval:
+    m = _INTERVAL_RE.match(text)
+    if m is None:
+        raise ValueError(
+            f"{where}: bound {text!r} is not an interval such as '[0, 1)' or '[0, inf)'"
+        )
+    low, high = float(m.group(2)), float(m.group(3))
+    return _Interval(low, high, m.group(1) == "[", m.group(4) == "]", text)
+
+
+def _check_name(kind: str, name: object) -> str:
+    if not isinstance(name, str) or not _NAME_RE.match(name):
+        raise ValueError(
+            f"{kind}.name must be a lowercase identifier such as 'adam' or 'focal', got {name!r}"
+        )
+    return name
+
+
+def _check_kernel(kind: str, name: str, kernel: object) -> None:
+    # A numba Dispatcher is callable and has py_func; a plain function is accepted too and
+    # compiled by the host with numbanet's flags.
+    if not callable(kernel):
+        raise TypeError(f"{kind} {name!r}: kernel must be an @njit function, got {kernel!r}")
+
+
+def _check_defaults(kind: str, name: str, hyperparams: Mapping[str, Any]) -> None:
+    if not isinstance(hyperparams, Mapping):
+        raise TypeError(f"{kind} {name!r}: hyperparams must be a dict of defaults")
+    for key, value in hyperparams.items():
+        if not isinstance(key, str) or not key.isidentifier():
+            raise ValueError(f"{kind} {name!r}: hyperparameter name {key!r} is not an identifier")
+        ok = isinstance(value, (bool, int, float)) or (
+            isinstance(value, tuple)
+            and len(value) > 0
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+        )
+        if not ok:
+            raise TypeError(
+                f"{kind} {name!r}: default of hyperparameter {key!r} must be a float, int, "
+                f"bool or tuple of floats, got {value!r}"
+            )
+
+
+@dataclass(frozen=True)
+class _SpecBase:
+    def hp_index(self, hp_name: str) -> int:
+        """Position of hyperparameter ``hp_name`` (its first element for tuples) in ``hp``."""
+        pos = 0
+        for key, value in self.hyperparams.items():  # type: ignore[attr-defined]
+            if key == hp_name:
+                return pos
+            pos += len(value) if isinstance(value, tuple) else 1
+        raise KeyError(hp_name)
+
+
+@dataclass(frozen=True)
+class OptimizerSpec(_SpecBase):
+    """An optimizer, as a plugin registers it.
+
+    Attributes:
+        name: short lowercase name (``"adam"``); users may also write the qualified id
+            ``"distribution:name"``.
+        kernel: serial ``@njit`` per-element update
+            ``kernel(i, p, g, gs, slots, hp, sc) -> None``. ``p`` (parameters, updated in
+            place) and ``g`` (gradients, read only) are 1-D C-contiguous arrays of one
+            float dtype; the effective gradient is ``gs * g[i]`` (``gs`` folds gradient
+            clipping and loss scaling into one float64). ``slots`` is a tuple of 1-D state
+            arrays, one per name in :attr:`slots`, same length and dtype as ``p``, zero at
+            the first step. ``hp`` is the float64 hyperparameter tuple and ``sc`` the
+            float64 tuple returned by :attr:`prepare`. The kernel must touch index ``i``
+            only: the host calls it for every ``i`` from a ``prange`` loop, which is
+            race-free exactly because each call reads and writes its own element.
+        hyperparams: ordered defaults, in PyTorch's names; their order is the order of
+            ``hp``. Users may pass only these names.
+        slots: names of the per-element state buffers (``("exp_avg", "exp_avg_sq")``).
+        prepare: ``prepare(step, hp) -> tuple[float, ...]``, per-step scalars computed once
+            on the host (bias corrections, schedules); ``step`` counts from 1. Must return
+            the same length every step. ``None`` gives ``sc == (0.0,)``.
+        description: one line shown by ``numbanet plugins``.
+        bounds: allowed values per hyperparameter as interval strings, e.g.
+            ``{"lr": "[0, inf)", "betas": "[0, 1)"}`` (tuples are checked per element).
+        validate: optional ``validate(hyperparams: dict) -> None`` raising ``ValueError``
+            for conditions intervals cannot express (``nesterov`` needs ``momentum > 0``).
+    """
+
+    name: str
+    kernel: Callable[..., None]
+    hyperparams: Mapping[str, HyperparamValue] = field(default_factory=dict)
+    slots: tuple[str, ...] = ()
+    prepare: Callable[[int, tuple[float, ...]], tuple[float, ...]] | None = None
+    description: str = ""
+    bounds: Mapping[str, str] = field(default_factory=dict)
+    validate: Callable[[dict[str, Any]], None] | None = None
+
+    def __post_init__(self) -> None:
+        _check_name("OptimizerSpec", self.name)
+        _check_kernel("OptimizerSpec", self.name, self.kernel)
+        _check_defaults("OptimizerSpec", self.name, self.hyperparams)
+        if isinstance(self.slots, str) or not all(
+            isinstance(s, str) and s.isidentifier() for s in tuple(self.slots)
+        ):
+            raise TypeError(
+                f"OptimizerSpec {self.name!r}: slots must be a tuple of names, got {self.slots!r}"
+            )
+        object.__setattr__(self, "slots", tuple(self.slots))
+        object.__setattr__(self, "hyperparams", dict(self.hyperparams))
+        if "lr" not in self.hyperparams:
+            raise ValueError(f"OptimizerSpec {self.name!r}: hyperparams must include 'lr'")
+        for key, text in self.bounds.items():
+            if key not in self.hyperparams:
+                raise ValueError(f"OptimizerSpec {self.name!r}: bound for unknown {key!r}")
+            _parse_interval(text, f"OptimizerSpec {self.name!r}")
+        if self.prepare is not None and not callable(self.prepare):
+            raise TypeError(f"OptimizerSpec {self.name!r}: prepare must be callable")
+
+
+@dataclass(frozen=True)
+class LossSpec(_SpecBase):
+    """A loss, as a plugin registers it.
+
+    Attributes:
+        name: short lowercase name (``"focal"``).
+        kernel: serial ``@njit`` fused per-row value and gradient
+            ``kernel(r, x, t, aux, hp, gs, grad) -> float``. ``x`` is the 2-D ``(n, k)``
+            network output, ``t`` the targets (1-D int64 labels ``(n,)`` or 2-D float
+            ``(n, k)`` in ``x``'s dtype), ``aux`` a 1-D float64 array of per-class weights
+            (length ``k``; all ones when the user gave none, empty for ``target="dense"``
+            losses without ``weight``), ``hp`` the float64 hyperparameter tuple. It returns
+            the loss of row ``r`` (float64, before reduction) and writes
+            ``grad[r, :] = gs * d(row loss)/d(x[r, :])``. The host calls it from a ``prange``
+            over rows; it is race-free because each call writes row ``r`` only.
+        target: ``"labels"`` (integer class indices), ``"dense"`` (float targets shaped
+            like the outputs) or ``"labels_or_dense"`` (both; then :attr:`dense_kernel`
+            handles float targets).
+        hyperparams: ordered float/bool/tuple defaults (``reduction`` and ``weight`` are
+            handled by the host and are not listed here).
+        dense_kernel: kernel for float targets when ``target == "labels_or_dense"``.
+        mean_over: what ``reduction="mean"`` divides by: ``"rows"`` (classification),
+            ``"elements"`` (regression, like PyTorch's ``mse_loss``) or ``"weights"``
+            (sum of the targets' class weights, PyTorch's weighted mean for labels).
+        supports_weight: accepts a per-class ``weight`` array (passed as ``aux``).
+        output_activation: what ``predict_proba`` applies: ``None``, ``"softmax"`` or
+            ``"sigmoid"``.
+        extra_reductions: reductions beyond mean/sum/none, mapped to what they divide by
+            (``{"batchmean": "rows"}`` for ``kl_div``).
+        description: one line shown by ``numbanet plugins``.
+        bounds: allowed values per hyperparameter as interval strings.
+        validate: optional ``validate(hyperparams: dict) -> None`` raising ``ValueError``.
+    """
+
+    name: str
+    kernel: Callable[..., float]
+    target: str = "dense"
+    hyperparams: Mapping[str, HyperparamValue] = field(default_factory=dict)
+    dense_kernel: Callable[..., float] | None = None
+    mean_over: str = "rows"
+    supports_weight: bool = False
+    output_activation: str | None = None
+    extra_reductions: Mapping[str, str] = field(default_factory=dict)
+    description: str = ""
+    bounds: Mapping[str, str] = field(default_factory=dict)
+    validate: Callable[[dict[str, Any]], None] | None = None
+
+    def __post_init__(self) -> None:
+        _check_name("LossSpec", self.name)
+        _check_kernel("LossSpec", self.name, self.kernel)
+        _check_defaults("LossSpec", self.name, self.hyperparams)
+        object.__setattr__(self, "hyperparams", dict(self.hyperparams))
+        if self.target not in LOSS_TARGETS:
+            raise ValueError(
+                f"LossSpec {self.name!r}: target must be one of {LOSS_TARGETS}, got {self.target!r}"
+            )
+        if self.target == "labels_or_dense":
+            _check_kernel("LossSpec", self.name, self.dense_kernel)
+        if self.mean_over not in ("rows", "elements", "weights"):
+            raise ValueError(
+                f"LossSpec {self.name!r}: mean_over must be 'rows', 'elements' or 'weights'"
+            )
+        if self.output_activation not in OUTPUT_ACTIVATIONS:
+            raise ValueError(
+                f"LossSpec {self.name!r}: output_activation must be one of {OUTPUT_ACTIVATIONS}"
+            )
+        for key in ("reduction", "weight"):
+            if key in self.hyperparams:
+                raise ValueError(
+                    f"LossSpec {self.name!r}: {key!r} is handled by the host; do not list it"
+                )
+        for key, text in self.bounds.items():
+            if key not in self.hyperparams:
+                raise ValueError(f"LossSpec {self.name!r}: bound for unknown {key!r}")
+            _parse_interval(text, f"LossSpec {self.name!r}")
+
+
+def validate_hyperparams(
+    kind: str, spec: OptimizerSpec | LossSpec, given: Mapping[str, Any]
+) -> dict[str, HyperparamValue]:
+    """Merge user hyperparameters into ``spec``'s defaults, checking names, types and bounds.
+
+    Args:
+        kind: ``"optimizer"`` or ``"loss"``, used in messages.
+        spec: the spec that declares the defaults.
+        given: what the user passed.
+
+    Returns:
+        The complete, normalised hyperparameter dict (floats, bools, tuples of floats).
+
+    Raises:
+        ValueError: unknown name, wrong tuple length, value outside its bounds.
+        TypeError: a value of the wrong type (``lr="x"``).
+    """
+    where = f"{kind} {spec.name!r}"
+    out: dict[str, HyperparamValue] = dict(spec.hyperparams)
+    for key, value in given.items():
+        if key not in spec.hyperparams:
+            known = ", ".join(spec.hyperparams) or "none"
+            raise ValueError(f"{where}: unknown hyperparameter {key!r}; known: {known}")
+        default = spec.hyperparams[key]
+        if isinstance(default, bool):
+            if not isinstance(value, (bool, int)) or (
+                not isinstance(value, bool) and value not in (0, 1)
+            ):
+                raise TypeError(f"{where}: {key} must be a bool, got {value!r}")
+            out[key] = bool(value)
+        elif isinstance(default, tuple):
+            if isinstance(value, (str, bytes)) or not hasattr(value, "__len__"):
+                raise TypeError(
+                    f"{where}: {key} must be a tuple of {len(default)} floats, got {value!r}"
+                )
+            if len(value) != len(default):
+                raise ValueError(
+                    f"{where}: {key} must have {len(default)} elements, got {len(value)}"
+                )
+            out[key] = tuple(_as_float(where, f"{key}[{j}]", v) for j, v in enumerate(value))
+        else:
+            out[key] = _as_float(where, key, value)
+    for key, value in out.items():
+        vals = value if isinstance(value, tuple) else (value,)
+        for v in vals:
+            if not isinstance(v, bool) and not math.isfinite(float(v)):
+                raise ValueError(f"{where}: {key} must be finite, got {value!r}")
+    for key, text in spec.bounds.items():
+        interval = _parse_interval(text, where)
+        value = out[key]
+        vals = value if isinstance(value, tuple) else (value,)
+        for v in vals:
+            if not interval.contains(float(v)):
+                raise ValueError(f"{where}: {key} must be in {interval.text}, got {value!r}")
+    if spec.validate is not None:
+        spec.validate(dict(out))
+    return out
+
+
+def _as_float(where: str, key: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        try:
+            import numpy as np
+
+            if isinstance(value, np.floating | np.integer) and not isinstance(value, np.bool_):
+                return float(value)
+        except ImportError:  # pragma: no cover
+            pass
+        raise TypeError(f"{where}: {key} must be a number, got {type(value).__name__} {value!r}")
+    return float(value)
+
+
+def flatten_hyperparams(values: Mapping[str, HyperparamValue]) -> tuple[float, ...]:
+    """The float64 ``hp`` tuple a kernel receives, in declaration order."""
+    flat: list[float] = []
+    for value in values.values():
+        if isinstance(value, tuple):
+            flat.extend(float(v) for v in value)
+        else:
+            flat.append(float(value))
+    # Numba types () and (x,) differently from (x, y); a fixed minimum length keeps
+    # kernels without hyperparameters simple.
+    return tuple(flat) if flat else (0.0,)
