@@ -1,0 +1,274 @@
+"""The loss host: target checks, reductions, weights and the per-row driver call."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from numbanet._validation import check_float_array, resolve_dtype
+from numbanet.kernels.losses import LossDriver, loss_driver
+from numbanet.specs import LossSpec, flatten_hyperparams, validate_hyperparams
+
+__all__ = ["Loss"]
+
+_BASE_REDUCTIONS = {"mean": None, "sum": "one", "none": "one"}
+
+
+class Loss:
+    """Runs a :class:`~numbanet.LossSpec` over a batch.
+
+    Build it with :func:`numbanet.get_loss`. The spec's fused per-row kernel computes
+    each row's loss and its gradient in one pass inside the host's ``prange`` over rows;
+    the host applies the reduction (PyTorch's semantics) and class weights.
+
+    Reductions: ``"mean"`` divides by the number of rows, of elements or by the sum of
+    the targets' class weights (see :attr:`LossSpec.mean_over`), ``"sum"`` adds, and
+    ``"none"`` makes :meth:`forward` return one value per row (for losses over several
+    outputs per row, the sum over that row); :meth:`forward_backward` then returns the
+    sum and the gradient of the sum.
+
+    Attributes:
+        spec: the :class:`~numbanet.LossSpec`.
+        qualified_id: ``"distribution:name"``.
+        reduction: ``"mean"``, ``"sum"``, ``"none"`` or a spec-specific one.
+        weight: per-class weights (float64) or ``None``.
+        output_activation: ``"softmax"``, ``"sigmoid"`` or ``None``.
+
+    Example:
+        >>> import numpy as np, numbanet as nbn
+        >>> loss = nbn.get_loss("mse")
+        >>> out = np.array([[1.0, 2.0]]); t = loss.prepare_targets(np.array([[0.0, 0.0]]), 2,
+        ...                                                       "float64")
+        >>> grad = np.empty_like(out); loss.forward_backward(out, t, grad), grad
+        (2.5, array([[1., 2.]]))
+    """
+
+    def __init__(
+        self,
+        spec: LossSpec,
+        qualified_id: str,
+        *,
+        reduction: str = "mean",
+        weight: Any = None,
+        **hyperparams: Any,
+    ) -> None:
+        if not isinstance(spec, LossSpec):
+            raise TypeError(f"spec must be a LossSpec, got {type(spec).__name__}")
+        self.spec = spec
+        self.qualified_id = qualified_id
+        where = f"loss {spec.name!r}"
+        allowed = ["mean", "sum", "none", *spec.extra_reductions]
+        if not isinstance(reduction, str) or reduction not in allowed:
+            raise ValueError(f"{where}: reduction must be one of {allowed}, got {reduction!r}")
+        self.reduction = reduction
+        self._hp = validate_hyperparams("loss", spec, hyperparams)
+        self._hp_tuple = flatten_hyperparams(self._hp)
+        self.weight = self._check_weight(weight)
+        self._driver: LossDriver = loss_driver(spec.kernel)
+        self._dense_driver: LossDriver | None = (
+            loss_driver(spec.dense_kernel) if spec.dense_kernel is not None else None
+        )
+        self._rowloss = np.zeros(0)
+        self._aux: dict[int, np.ndarray] = {}
+        self._scratch: np.ndarray | None = None
+
+    def _check_weight(self, weight: Any) -> np.ndarray | None:
+        if weight is None:
+            return None
+        where = f"loss {self.spec.name!r}"
+        if not self.spec.supports_weight:
+            raise ValueError(f"{where}: does not accept a class weight")
+        try:
+            w = np.asarray(weight, dtype=np.float64)
+        except (TypeError, ValueError):
+            raise TypeError(f"{where}: weight must be a 1-D array of floats") from None
+        if w.ndim != 1 or w.size == 0:
+            raise ValueError(f"{where}: weight must be a non-empty 1-D array, got shape {w.shape}")
+        if not np.isfinite(w).all() or (w < 0).any():
+            raise ValueError(f"{where}: weight must be finite and non-negative")
+        return np.ascontiguousarray(w)
+
+    @property
+    def name(self) -> str:
+        """The short name (``"cross_entropy"``)."""
+        return self.spec.name
+
+    @property
+    def hyperparams(self) -> dict[str, Any]:
+        """A copy of the hyperparameters, with ``reduction`` and ``weight``."""
+        out: dict[str, Any] = dict(self._hp)
+        out["reduction"] = self.reduction
+        if self.spec.supports_weight:
+            out["weight"] = None if self.weight is None else self.weight.copy()
+        return out
+
+    @property
+    def output_activation(self) -> str | None:
+        """What ``predict_proba`` applies to the outputs: ``"softmax"``, ``"sigmoid"``, ``None``."""
+        return self.spec.output_activation
+
+    # -- targets -------------------------------------------------------------------------
+    def prepare_targets(self, y: Any, n_outputs: int, dtype: Any) -> np.ndarray:
+        """Check and convert user targets once, before training.
+
+        Args:
+            y: integer class labels ``(n,)`` for label losses; float targets ``(n, k)``
+                (or ``(n,)`` when ``k == 1``) for dense losses; cross-entropy accepts both
+                (a 2-D float array of shape ``(n, n_outputs)`` means class probabilities).
+            n_outputs: the network's number of outputs ``k``.
+            dtype: the model dtype (float targets are converted to it).
+
+        Returns:
+            ``int64`` labels ``(n,)`` or a C-contiguous ``(n, k)`` float array.
+
+        Raises:
+            TypeError: targets of a non-numeric type.
+            ValueError: labels that are not integers or not in ``[0, n_outputs)``; float
+                targets of the wrong shape or with NaN/inf. Messages name ``y``.
+        """
+        where = f"loss {self.spec.name!r}"
+        dtype = resolve_dtype(dtype)
+        if isinstance(n_outputs, bool) or not isinstance(n_outputs, (int, np.integer)):
+            raise TypeError(f"n_outputs must be an int, got {type(n_outputs).__name__}")
+        arr = np.asarray(y)
+        if arr.dtype.kind not in "biuf":
+            raise TypeError(f"{where}: y must be numeric, got dtype {arr.dtype}")
+        kind = self.spec.target
+        if kind == "labels_or_dense":
+            kind = "dense" if arr.ndim == 2 and arr.shape[1] == n_outputs and (
+                arr.dtype.kind == "f" and n_outputs > 1) else "labels"
+        if kind == "labels":
+            return _prepare_labels(where, arr, int(n_outputs))
+        if arr.dtype.kind == "b":
+            arr = arr.astype(dtype)
+        if arr.ndim == 1 and n_outputs == 1:
+            arr = arr.reshape(-1, 1)
+        if arr.ndim != 2 or arr.shape[1] != n_outputs:
+            raise ValueError(
+                f"{where}: y must have shape (n, {n_outputs}) to match the outputs, "
+                f"got {arr.shape}"
+            )
+        out = np.ascontiguousarray(arr, dtype=dtype)
+        if not np.isfinite(out).all():
+            raise ValueError(f"{where}: y contains NaN or infinity")
+        return out
+
+    # -- evaluation ----------------------------------------------------------------------
+    def _setup(self, outputs: np.ndarray, targets: Any) -> tuple[Any, np.ndarray, str]:
+        where = f"loss {self.spec.name!r}"
+        check_float_array("outputs", outputs, ndim=2)
+        n, k = outputs.shape
+        if not isinstance(targets, np.ndarray):
+            targets = self.prepare_targets(targets, k, outputs.dtype)
+        if targets.ndim == 2 and targets.dtype.kind == "f" and self.spec.target != "labels":
+            check_float_array("targets", targets, dtype=outputs.dtype, shape=(n, k))
+            target_kind = "dense"
+        elif targets.ndim == 1 and targets.dtype == np.int64 and self.spec.target != "dense":
+            if targets.shape[0] != n:
+                raise ValueError(f"{where}: targets have {targets.shape[0]} rows, outputs {n}")
+            if n and (targets.min() < 0 or targets.max() >= k):
+                raise ValueError(
+                    f"{where}: y must hold class labels in [0, {k}), got values from "
+                    f"{targets.min()} to {targets.max()}"
+                )
+            target_kind = "labels"
+        else:
+            targets = self.prepare_targets(targets, k, outputs.dtype)
+            return self._setup(outputs, targets)
+        aux = self._aux_for(k)
+        return targets, aux, target_kind
+
+    def _aux_for(self, k: int) -> np.ndarray:
+        if self.weight is not None:
+            if self.weight.shape[0] != k:
+                raise ValueError(
+                    f"loss {self.spec.name!r}: weight has {self.weight.shape[0]} entries but "
+                    f"the outputs have {k} classes"
+                )
+            return self.weight
+        aux = self._aux.get(k)
+        if aux is None:
+            aux = self._aux[k] = np.ones(k)
+        return aux
+
+    def _divisor(self, n: int, k: int, targets: np.ndarray, aux: np.ndarray, kind: str) -> float:
+        if self.reduction in ("sum", "none"):
+            return 1.0
+        over = self.spec.extra_reductions.get(self.reduction, self.spec.mean_over)
+        if over == "elements":
+            return float(n * k)
+        if over == "weights" and kind == "labels" and self.weight is not None:
+            return float(np.sum(aux[targets]))
+        return float(n)
+
+    def _run(self, outputs: np.ndarray, targets: Any, grad: np.ndarray) -> tuple[float, int]:
+        targets, aux, kind = self._setup(outputs, targets)
+        n, k = outputs.shape
+        divisor = self._divisor(n, k, targets, aux, kind)
+        gs = 1.0 / divisor if divisor != 0.0 else math.inf
+        if self._rowloss.shape[0] != n:
+            self._rowloss = np.zeros(n)
+        driver = self._dense_driver if (kind == "dense" and self._dense_driver) else self._driver
+        driver(outputs, targets, aux, self._hp_tuple, gs, grad, self._rowloss)
+        # np.sum over a float64 vector is pairwise in a fixed order: thread-count independent.
+        return float(np.sum(self._rowloss)) / divisor if divisor else math.nan, n
+
+    def forward_backward(self, outputs: np.ndarray, targets: Any, grad: np.ndarray) -> float:
+        """Loss value and its gradient in one fused pass.
+
+        Args:
+            outputs: ``(n, k)`` float32/float64 network outputs.
+            targets: what :meth:`prepare_targets` returned (raw targets are prepared here,
+                at the cost of a conversion per call).
+            grad: preallocated array like ``outputs``; receives d(loss)/d(outputs).
+
+        Returns:
+            The reduced loss (the sum for ``reduction="none"``).
+        """
+        check_float_array("outputs", outputs, ndim=2)
+        check_float_array("grad", grad, dtype=outputs.dtype, shape=outputs.shape, writeable=True)
+        value, _ = self._run(outputs, targets, grad)
+        return value
+
+    def forward(self, outputs: np.ndarray, targets: Any) -> float | np.ndarray:
+        """The loss value (per row, float64 ``(n,)``, for ``reduction="none"``)."""
+        check_float_array("outputs", outputs, ndim=2)
+        if (
+            self._scratch is None
+            or self._scratch.shape != outputs.shape
+            or self._scratch.dtype != outputs.dtype
+        ):
+            self._scratch = np.empty_like(outputs)
+        value, _ = self._run(outputs, targets, self._scratch)
+        if self.reduction == "none":
+            return self._rowloss.copy()
+        return value
+
+    __call__ = forward
+
+    def __repr__(self) -> str:
+        hp = ", ".join(f"{k}={v!r}" for k, v in self._hp.items())
+        sep = ", " if hp else ""
+        return f"Loss({self.qualified_id!r}, reduction={self.reduction!r}{sep}{hp})"
+
+
+def _prepare_labels(where: str, arr: np.ndarray, n_outputs: int) -> np.ndarray:
+    if arr.ndim == 2 and arr.shape[1] == 1:
+        arr = arr.reshape(-1)
+    if arr.ndim != 1:
+        raise ValueError(f"{where}: y must be a 1-D array of class labels, got shape {arr.shape}")
+    if arr.dtype.kind == "b":
+        raise TypeError(f"{where}: y must hold integer class labels, got booleans")
+    if arr.dtype.kind == "f":
+        if not np.isfinite(arr).all() or (arr != np.round(arr)).any():
+            raise ValueError(f"{where}: y must hold integer class labels, got non-integer values")
+    labels = np.ascontiguousarray(arr, dtype=np.int64)
+    if labels.size and (labels.min() < 0 or labels.max() >= n_outputs):
+        bad = labels[(labels < 0) | (labels >= n_outputs)][0]
+        raise ValueError(
+            f"{where}: y must hold class labels in [0, {n_outputs}) for {n_outputs} outputs, "
+            f"found {bad}"
+        )
+    return labels
