@@ -1,0 +1,337 @@
+"""Tests for numbanet.kernels.matmul: the blocked GEMM and the fused dense forward.
+
+References are independent: numpy.matmul in float64 on float64 copies of the inputs.
+Only two drivers per dtype are compiled (parallel and serial); every shape below reuses
+them, so adding shapes costs run time only, not compile time.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import numbanet
+from numbanet.kernels import matmul as mm
+from numbanet.kernels.activations import ACTIVATION_IDS
+from numbanet.kernels.matmul import (
+    KC,
+    MR,
+    GemmPlan,
+    dense_forward,
+    gemm_into,
+    gemm_plan,
+    matmul,
+)
+
+DTYPES = [np.float32, np.float64]
+TRANSPOSES = [(False, False), (False, True), (True, False), (True, True)]
+# (m, k, n): ones, primes, non-multiples of MR (12) and NR (32 / 16), k = 1,
+# k just past one and two KC (256) blocks, and macro tiles with ragged edges.
+SHAPES = [
+    (1, 1, 1),
+    (1, 7, 1),
+    (7, 13, 97),
+    (13, 1, 13),
+    (12, 5, 32),
+    (25, KC + 1, 33),
+    (97, 2 * KC + 3, 29),
+    (131, 40, 290),
+]
+
+
+def _operands(rng, m, k, n, ta, tb, dtype):
+    a = rng.standard_normal((k, m) if ta else (m, k)).astype(dtype)
+    b = rng.standard_normal((n, k) if tb else (k, n)).astype(dtype)
+    return a, b
+
+
+def _reference(a, b, ta, tb):
+    a64 = a.astype(np.float64)
+    b64 = b.astype(np.float64)
+    return (a64.T if ta else a64) @ (b64.T if tb else b64), (np.abs(a64.T if ta else a64)
+                                                             @ np.abs(b64.T if tb else b64))
+
+
+def _assert_close(out, a, b, ta, tb):
+    ref, scale = _reference(a, b, ta, tb)
+    k = a.shape[0] if ta else a.shape[1]
+    eps = np.finfo(out.dtype).eps
+    # Forward error bound of any summation order: |err| <= k * eps * (|A| @ |B|).
+    bound = (k + 2) * eps * scale + np.finfo(out.dtype).tiny
+    err = np.abs(out.astype(np.float64) - ref)
+    assert (err <= bound).all(), f"max error {err.max():.3g}, bound {bound.max():.3g}"
+
+
+def _run(a, b, ta, tb, *, parallel):
+    """Call one driver explicitly through the unchecked hot path."""
+    m = a.shape[1] if ta else a.shape[0]
+    n = b.shape[0] if tb else b.shape[1]
+    k = a.shape[0] if ta else a.shape[1]
+    plan = gemm_plan(m, n, k, a.dtype)
+    plan = GemmPlan(plan.mb, plan.nb, plan.workspace, parallel)
+    work = np.full(plan.workspace, np.nan, a.dtype)  # stale workspace content must not leak
+    out = np.full((m, n), np.nan, a.dtype)
+    gemm_into(a, b, out, ta, tb, work, plan)
+    return out
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("ta,tb", TRANSPOSES)
+@pytest.mark.parametrize("m,k,n", SHAPES)
+def test_matmul_matches_numpy(m, k, n, ta, tb, dtype):
+    rng = np.random.default_rng(m * 1000 + k * 10 + n)
+    a, b = _operands(rng, m, k, n, ta, tb, dtype)
+    out = np.full((m, n), np.nan, dtype)
+    matmul(a, b, out, transpose_a=ta, transpose_b=tb)
+    _assert_close(out, a, b, ta, tb)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("ta,tb", TRANSPOSES)
+def test_serial_twin_and_parallel_kernel_agree_bitwise(ta, tb, dtype):
+    rng = np.random.default_rng(3)
+    for m, k, n in [(7, 13, 97), (97, 2 * KC + 3, 29), (131, 40, 290)]:
+        a, b = _operands(rng, m, k, n, ta, tb, dtype)
+        serial = _run(a, b, ta, tb, parallel=False)
+        parallel = _run(a, b, ta, tb, parallel=True)
+        _assert_close(parallel, a, b, ta, tb)
+        np.testing.assert_array_equal(serial, parallel)
+
+
+@pytest.mark.skipif(numbanet.threads.max_threads() < 2, reason="needs a 2-thread pool")
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_one_and_two_threads_agree_bitwise(dtype):
+    rng = np.random.default_rng(4)
+    m, k, n = 150, 300, 200  # above SERIAL_WORK: the parallel kernel runs
+    assert m * n * k >= mm.SERIAL_WORK
+    a, b = _operands(rng, m, k, n, False, True, dtype)
+    before = numbanet.get_num_threads()
+    outs = []
+    try:
+        for threads in (1, 2):
+            numbanet.set_num_threads(threads)
+            out = np.empty((m, n), dtype)
+            matmul(a, b, out, transpose_b=True)
+            outs.append(out)
+    finally:
+        numbanet.set_num_threads(before)
+    _assert_close(outs[0], a, b, False, True)
+    np.testing.assert_array_equal(outs[0], outs[1])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_large_product_takes_parallel_path_and_matches_numpy(dtype):
+    rng = np.random.default_rng(5)
+    m, k, n = 200, 300, 130
+    assert gemm_plan(m, n, k, dtype).parallel
+    a, b = _operands(rng, m, k, n, True, False, dtype)
+    out = np.empty((m, n), dtype)
+    matmul(a, b, out, transpose_a=True)
+    _assert_close(out, a, b, True, False)
+
+
+def test_small_product_takes_serial_twin():
+    assert not gemm_plan(8, 8, 8, np.float32).parallel
+    assert gemm_plan(256, 256, 256, np.float32).parallel
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    m=st.integers(1, 40),
+    k=st.integers(1, 40),
+    n=st.integers(1, 70),
+    ta=st.booleans(),
+    tb=st.booleans(),
+    dtype=st.sampled_from(DTYPES),
+    seed=st.integers(0, 2**16),
+)
+def test_matmul_matches_numpy_on_random_shapes(m, k, n, ta, tb, dtype, seed):
+    a, b = _operands(np.random.default_rng(seed), m, k, n, ta, tb, dtype)
+    out = np.empty((m, n), dtype)
+    matmul(a, b, out, ta, tb)
+    _assert_close(out, a, b, ta, tb)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_zero_sized_dimensions(dtype):
+    out = np.full((3, 4), np.nan, dtype)
+    matmul(np.empty((3, 0), dtype), np.empty((0, 4), dtype), out)
+    np.testing.assert_array_equal(out, np.zeros((3, 4)))
+    empty = np.empty((0, 4), dtype)
+    matmul(np.empty((0, 5), dtype), np.ones((5, 4), dtype), empty)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_nan_and_inf_propagate_like_numpy(dtype):
+    rng = np.random.default_rng(6)
+    a = rng.standard_normal((13, 20)).astype(dtype)
+    b = rng.standard_normal((20, 37)).astype(dtype)
+    a[2, 5] = np.nan
+    b[7, 30] = np.inf
+    out = np.empty((13, 37), dtype)
+    matmul(a, b, out)
+    with np.errstate(invalid="ignore"):
+        ref = a.astype(np.float64) @ b.astype(np.float64)
+    np.testing.assert_array_equal(np.isnan(out), np.isnan(ref))
+    np.testing.assert_array_equal(np.isinf(out), np.isinf(ref))
+    finite = np.isfinite(ref)
+    np.testing.assert_allclose(out[finite], ref[finite], rtol=1e-4, atol=1e-4)
+
+
+def test_a_packing_py_func_matches_compiled_and_numpy_layout():
+    # The packed layout is [k-block][panel][k][MR], zero-padded past m.
+    rng = np.random.default_rng(7)
+    m, k = 17, KC + 3
+    a = rng.standard_normal((m, k))
+    mp = 2 * MR
+    for ta, src in ((False, a), (True, np.ascontiguousarray(a.T))):
+        packed = {}
+        for name, fn in (("jit", mm._pack_a_panel), ("py", mm._pack_a_panel.py_func)):
+            wa = np.full(mp * k, np.nan)
+            for ip in range(2):
+                fn(src, ta, ip, m, k, wa)
+            packed[name] = wa
+        padded = np.zeros((mp, k))
+        padded[:m] = a
+        expected = []
+        for k0 in range(0, k, KC):
+            block = padded[:, k0 : k0 + KC]
+            for ip in range(2):
+                expected.append(block[ip * MR : (ip + 1) * MR].T.ravel())
+        expected = np.concatenate(expected)
+        np.testing.assert_array_equal(packed["jit"], expected)
+        np.testing.assert_array_equal(packed["py"], expected)
+
+
+# ---------------------------------------------------------------------------------------
+# dense_forward: z = x @ w + bias, y = act(z) in the epilogue
+# ---------------------------------------------------------------------------------------
+
+
+def _act_reference(name, z, param):
+    if name == "identity":
+        return z
+    if name == "relu":
+        return np.maximum(z, 0)
+    if name == "leaky_relu":
+        return np.where(z < 0, param * z, z)
+    if name == "tanh":
+        return np.tanh(z)
+    if name == "sigmoid":
+        return 1 / (1 + np.exp(-z))
+    raise AssertionError(name)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("act", ["identity", "relu", "leaky_relu", "tanh", "sigmoid"])
+@pytest.mark.parametrize("m,k,n", [(5, 9, 7), (40, KC + 9, 70), (150, 100, 130)])
+def test_dense_forward_matches_numpy(m, k, n, act, dtype):
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((m, k)).astype(dtype)
+    w = rng.standard_normal((k, n)).astype(dtype)
+    bias = rng.standard_normal(n).astype(dtype)
+    z = np.full((m, n), np.nan, dtype)
+    y = np.full((m, n), np.nan, dtype)
+    param = 0.1
+    dense_forward(x, w, bias, z, y, ACTIVATION_IDS[act], param)
+    z_ref = x.astype(np.float64) @ w.astype(np.float64) + bias
+    tol = 1e-4 if dtype == np.float32 else 1e-11
+    scale = np.abs(x.astype(np.float64)) @ np.abs(w.astype(np.float64)) + np.abs(bias)
+    assert (np.abs(z - z_ref) <= tol * scale).all()
+    # The activation is checked on our own z, so its error is the activation's alone.
+    np.testing.assert_allclose(y, _act_reference(act, z.astype(np.float64), param),
+                               rtol=10 * np.finfo(dtype).eps, atol=10 * np.finfo(dtype).eps)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_dense_forward_in_place_and_without_bias(dtype):
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal((30, 50)).astype(dtype)
+    w = rng.standard_normal((50, 45)).astype(dtype)
+    z = np.empty((30, 45), dtype)
+    dense_forward(x, w, None, z, z, ACTIVATION_IDS["relu"])
+    ref = np.maximum(x.astype(np.float64) @ w.astype(np.float64), 0)
+    np.testing.assert_allclose(z, ref, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_dense_forward_with_empty_k_is_bias_then_activation(dtype):
+    bias = np.array([-1.0, 2.0, 0.5], dtype)
+    z = np.full((2, 3), np.nan, dtype)
+    y = np.full((2, 3), np.nan, dtype)
+    dense_forward(np.empty((2, 0), dtype), np.empty((0, 3), dtype), bias, z, y,
+                  ACTIVATION_IDS["relu"])
+    np.testing.assert_array_equal(z, np.tile(bias, (2, 1)))
+    np.testing.assert_array_equal(y, np.maximum(z, 0))
+
+
+# ---------------------------------------------------------------------------------------
+# Bad input: clear TypeError / ValueError naming the argument
+# ---------------------------------------------------------------------------------------
+
+F32 = np.float32
+
+
+@pytest.mark.parametrize(
+    "a,b,out,kwargs,error,match",
+    [
+        ([[1.0]], np.ones((1, 1), F32), np.ones((1, 1), F32), {}, TypeError,
+         "a must be a numpy.ndarray"),
+        (np.ones((2, 2), np.int64), np.ones((2, 2), F32), np.ones((2, 2), F32), {},
+         TypeError, "a must have dtype float32 or float64"),
+        (np.ones((2, 2), F32), np.ones((2, 2)), np.ones((2, 2), F32), {}, TypeError,
+         "b must have dtype float32"),
+        (np.ones((2, 2), F32), np.ones((2, 2), F32), np.ones((2, 2)), {}, TypeError,
+         "out must have dtype float32"),
+        (np.ones(4, F32), np.ones((4, 2), F32), np.ones((1, 2), F32), {}, ValueError,
+         "a must be 2-D"),
+        (np.ones((2, 3), F32), np.ones((2, 3), F32), np.ones((2, 3), F32), {}, ValueError,
+         "inner dimensions differ: a is 2 x 3 but b is 2 x 3"),
+        (np.ones((2, 3), F32), np.ones((2, 3), F32), np.ones((2, 3), F32),
+         {"transpose_a": True}, ValueError, r"out must have shape \(3, 3\)"),
+        (np.ones((3, 2), F32).T, np.ones((3, 2), F32), np.ones((2, 2), F32), {},
+         ValueError, r"a must be C-contiguous; pass numpy.ascontiguousarray\(a\)"),
+        (np.ones((2, 2), F32), np.ones((2, 2), F32), np.ones((2, 2), F32),
+         {"transpose_a": 1}, TypeError, "transpose_a must be a bool"),
+    ],
+)
+def test_matmul_rejects_bad_input(a, b, out, kwargs, error, match):
+    with pytest.raises(error, match=match):
+        matmul(a, b, out, **kwargs)
+
+
+def test_matmul_rejects_read_only_and_overlapping_out():
+    a = np.ones((4, 4), F32)
+    out = np.ones((4, 4), F32)
+    out.flags.writeable = False
+    with pytest.raises(ValueError, match="out must be writeable"):
+        matmul(a, a.copy(), out)
+    with pytest.raises(ValueError, match="out must not overlap a"):
+        matmul(a, np.ones((4, 4), F32), a)
+    buf = np.ones((8, 4), F32)
+    with pytest.raises(ValueError, match="out must not overlap b"):
+        matmul(a, buf[:4], buf[2:6])
+
+
+def test_dense_forward_rejects_bad_input():
+    x = np.ones((3, 4), F32)
+    w = np.ones((4, 5), F32)
+    z = np.empty((3, 5), F32)
+    y = np.empty((3, 5), F32)
+    relu = ACTIVATION_IDS["relu"]
+    with pytest.raises(ValueError, match=r"bias must have shape \(5,\)"):
+        dense_forward(x, w, np.ones(4, F32), z, y, relu)
+    with pytest.raises(TypeError, match="bias must have dtype float32"):
+        dense_forward(x, w, np.ones(5), z, y, relu)
+    with pytest.raises(ValueError, match=r"y must have shape \(3, 5\)"):
+        dense_forward(x, w, None, z, np.empty((5, 3), F32), relu)
+    with pytest.raises(ValueError, match="y must not overlap z"):
+        dense_forward(x, w, None, z, z[:, :], relu)
+    with pytest.raises(ValueError, match="act_id 99 is not an elementwise activation id"):
+        dense_forward(x, w, None, z, y, 99)
+    with pytest.raises(TypeError, match="act_id must be an int"):
+        dense_forward(x, w, None, z, y, "relu")
+    with pytest.raises(ValueError, match="inner dimensions differ: x is 3 x 4 but w is 5 x 5"):
+        dense_forward(x, np.ones((5, 5), F32), None, z, y, relu)
