@@ -283,6 +283,15 @@ def test_load_idx_rejects_malformed_files(tmp_path, data, match, compress):
         datasets.load_idx(path)
 
 
+@pytest.mark.parametrize("compress", [False, True], ids=["raw", "gzip"])
+def test_load_idx_rejects_absurd_header_without_allocating(tmp_path, compress):
+    # A damaged header announcing 10**15 bytes must fail cleanly, not exhaust memory.
+    header = bytes([0, 0, 0x08, 3]) + struct.pack(">III", 100_000, 100_000, 100_000)
+    path = _write(tmp_path / "huge.idx", header + b"\x00" * 10, compress=compress)
+    with pytest.raises(ValueError, match=r"100000, 100000, 100000"):
+        datasets.load_idx(path)
+
+
 def test_load_idx_rejects_damaged_gzip(tmp_path):
     compressed = gzip.compress(_GOOD)
     path = _write(tmp_path / "cut.idx.gz", compressed[: len(compressed) // 2])
