@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import threading
 
+import numba
 import numpy as np
 from numba import prange
 
@@ -78,6 +79,8 @@ SERIAL_WORK = 1 << 20
 # Target macro-tile size in panels (MB * MR rows by NB * NR columns) before balancing.
 _MB = 8
 _NB = 8
+# Macro tiles per thread to aim for, so that dynamic scheduling can balance the load.
+_TASKS_PER_THREAD = 4
 # No epilogue (plain matmul) is encoded as act_id = -1.
 _NO_ACTIVATION = -1
 
@@ -494,8 +497,6 @@ def gemm_plan(m: int, n: int, k: int, dtype: object) -> GemmPlan:
     Returns:
         A :class:`GemmPlan`.
     """
-    import numba
-
     nr = NV * _lanes(dtype)
     n_pm = max(1, _ceil_div(m, MR))
     n_pn = max(1, _ceil_div(n, nr))
@@ -504,7 +505,7 @@ def gemm_plan(m: int, n: int, k: int, dtype: object) -> GemmPlan:
     blocks_n = _ceil_div(n_pn, _NB)
     if parallel:
         # Enough tasks that the static split over threads is balanced.
-        target = 2 * int(numba.config.NUMBA_NUM_THREADS)
+        target = _TASKS_PER_THREAD * int(numba.config.NUMBA_NUM_THREADS)
         while blocks_m * blocks_n < target:
             if blocks_n < n_pn and (n_pn / blocks_n >= n_pm / blocks_m or blocks_m >= n_pm):
                 blocks_n += 1
@@ -551,9 +552,19 @@ def gemm_into(
         bias = _empty_like_dtype(out.dtype)
     if y is None:
         y = out
-    driver = _gemm_parallel if plan.parallel else _gemm_serial
-    driver(a, b, out, bool(transpose_a), bool(transpose_b), work, plan.mb, plan.nb,
-           bias, has_bias, y, int(act_id), float(param))
+    args = (a, b, out, bool(transpose_a), bool(transpose_b), work, plan.mb, plan.nb,
+            bias, has_bias, y, int(act_id), float(param))
+    if not plan.parallel:
+        _gemm_serial(*args)
+        return
+    # Chunks of one iteration, handed out dynamically: when another process holds a
+    # core, the free threads take over its share instead of waiting for it. Set here,
+    # not inside the kernel, because the in-kernel call defeats Numba's disk cache.
+    previous = numba.set_parallel_chunksize(1)
+    try:
+        _gemm_parallel(*args)
+    finally:
+        numba.set_parallel_chunksize(previous)
 
 
 _EMPTY = {np.dtype(np.float32): np.empty(0, np.float32),
