@@ -459,7 +459,9 @@ def _n_test(test_size: object, n: int) -> int:
     return n_test
 
 
-def _stratified_test_counts(class_counts: np.ndarray, n_test: int, rng: np.random.Generator):
+def _stratified_test_counts(
+    class_counts: np.ndarray, n_test: int, rng: np.random.Generator
+) -> np.ndarray:
     """Per-class test counts summing to ``n_test``, proportional to ``class_counts``.
 
     Largest-remainder allocation: every class gets the floor of its share, and the
