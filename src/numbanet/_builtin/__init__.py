@@ -5,7 +5,18 @@ Each module here is a plugin like any third-party one: it implements
 the distribution name ``numbanet`` before installed plugins load.
 """
 
-from numbanet._builtin import losses, sgd
+from numbanet._builtin import (
+    adadelta,
+    adagrad,
+    adam,
+    adamax,
+    adamw,
+    losses,
+    nadam,
+    radam,
+    rmsprop,
+    sgd,
+)
 
 #: Plugin modules, in registration order.
-MODULES = (sgd, losses)
+MODULES = (sgd, adagrad, rmsprop, adadelta, adam, adamw, adamax, nadam, radam, losses)
