@@ -2,16 +2,42 @@
 
 The public API is re-exported here; implementation modules are private or live in
 sub-packages (:mod:`numbanet.kernels`, :mod:`numbanet.nn`, ...).
+
+Example:
+    >>> import numbanet as nbn
+    >>> model = nbn.Sequential([nbn.Dense(64, 32, activation="relu"), nbn.Dense(32, 10)], seed=0)
+    >>> _ = model.compile(loss="cross_entropy", optimizer=nbn.get_optimizer("sgd", lr=0.1))
 """
 
 from __future__ import annotations
 
+from numbanet import datasets, kernels, metrics
+from numbanet.hookspecs import hookimpl
+from numbanet.nn import Activation, Dense, Dropout, Module, Parameter, Sequential
+from numbanet.plugins import get_loss, get_optimizer, list_losses, list_optimizers
+from numbanet.specs import LossSpec, OptimizerSpec
 from numbanet.threads import get_num_threads, set_num_threads
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Activation",
+    "Dense",
+    "Dropout",
+    "LossSpec",
+    "Module",
+    "OptimizerSpec",
+    "Parameter",
+    "Sequential",
     "__version__",
+    "datasets",
+    "get_loss",
     "get_num_threads",
+    "get_optimizer",
+    "hookimpl",
+    "kernels",
+    "list_losses",
+    "list_optimizers",
+    "metrics",
     "set_num_threads",
 ]
