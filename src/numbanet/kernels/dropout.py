@@ -26,8 +26,9 @@ __all__ = ["CHUNK", "PARALLEL_MIN", "dropout_backward", "dropout_forward"]
 #: Elements per parallel task (fixed, so results do not depend on the thread count).
 CHUNK = 16384
 #: Below this many elements the serial twin runs: the work is one multiply per element,
-#: so a parallel launch only pays off on large arrays.
-PARALLEL_MIN = 1 << 17
+#: so a parallel launch only pays off on large arrays (measured on 2 threads, float32:
+#: serial / parallel time 0.58 at 2**14, 1.28 at 2**16, 1.8-2 above).
+PARALLEL_MIN = 1 << 16
 
 
 @kernel
