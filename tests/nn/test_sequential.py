@@ -70,7 +70,7 @@ def test_gradients_through_activation_and_dropout_layers():
     def loss() -> float:
         return float(np.sum(weights * model.forward(X, training=False)))
 
-    for p, grad in zip(model.parameters(), analytic):
+    for p, grad in zip(model.parameters(), analytic, strict=True):
         np.testing.assert_allclose(grad, _numeric_grad(loss, p.value), rtol=1e-5, atol=1e-8)
 
 
@@ -78,7 +78,8 @@ def test_parameters_are_named_views_into_flat_buffers():
     model = Sequential([Dense(3, 4, activation="relu"), Dropout(0.1), Dense(4, 2)], seed=0)
     names = [p.name for p in model.parameters()]
     assert names == ["0.weight", "0.bias", "2.weight", "2.bias"]
-    for p, (name, start, stop, shape) in zip(model.parameters(), model.parameter_layout()):
+    for p, (name, start, stop, shape) in zip(model.parameters(), model.parameter_layout(),
+                                             strict=True):
         assert p.name == name and p.value.shape == shape
         assert np.shares_memory(p.value, model.flat_parameters)
         assert np.shares_memory(p.grad, model.flat_gradients)

@@ -85,7 +85,8 @@ def test_ten_sgd_steps_match_torch(sgd_kwargs):
         opt.step()
         assert loss == pytest.approx(t_loss.item(), rel=1e-10)
 
-    for layer, linear in zip(model.layers, [m for m in reference if hasattr(m, "weight")]):
+    for layer, linear in zip(model.layers, [m for m in reference if hasattr(m, "weight")],
+                             strict=True):
         np.testing.assert_allclose(layer.weight.value, linear.weight.detach().numpy().T,
                                    rtol=1e-9, atol=1e-12)
         np.testing.assert_allclose(layer.bias.value, linear.bias.detach().numpy(),
@@ -109,7 +110,7 @@ def test_mlp_learns_a_nonlinear_separable_problem():
                         Dense(32, 2)], seed=0)
     model.compile(loss="cross_entropy", optimizer=nbn.get_optimizer("sgd", lr=0.3, momentum=0.9))
     first = last = None
-    for epoch in range(60):
+    for _epoch in range(60):
         order = rng.permutation(len(X))
         for start in range(0, len(X), 32):
             idx = order[start:start + 32]

@@ -213,7 +213,11 @@ class Dropout(Module):
         return f"Dropout({self.rate})"
 
 
-LAYER_TYPES: dict[str, type[Module]] = {"Dense": Dense, "Activation": Activation, "Dropout": Dropout}
+LAYER_TYPES: dict[str, type[Module]] = {
+    "Dense": Dense,
+    "Activation": Activation,
+    "Dropout": Dropout,
+}
 
 
 def layer_from_config(config: dict[str, Any]) -> Module:
