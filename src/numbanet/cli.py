@@ -5,6 +5,7 @@ Subcommands live in their own modules and are imported only when run, so
 
 * ``train``, ``evaluate``, ``predict``: :mod:`numbanet._train_cli`
 * ``plugins``: :mod:`numbanet._plugins_cli`
+* ``bench``: :mod:`numbanet._bench_cli`
 * ``info``: below
 """
 
@@ -21,6 +22,7 @@ _SUBCOMMANDS = {
     "evaluate": ("numbanet._train_cli", "evaluate a saved model on a dataset"),
     "predict": ("numbanet._train_cli", "predict with a saved model"),
     "plugins": ("numbanet._plugins_cli", "list installed plugins and what they provide"),
+    "bench": ("numbanet._bench_cli", "time a training step against PyTorch and NumPy"),
     "info": ("numbanet.cli", "versions, threading layer, threads and CPU"),
 }
 
