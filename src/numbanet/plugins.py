@@ -68,6 +68,9 @@ _HOOKS = {
 }
 
 
+_SINGULAR = {"optimizers": "optimizer", "losses": "loss"}
+
+
 class PluginWarning(UserWarning):
     """A plugin was disabled, or shadows a built-in name."""
 
@@ -165,7 +168,7 @@ class _Registry:
                 for spec in result:
                     qid = f"{dist}:{spec.name}"
                     if qid in self.items[kind]:
-                        self.fail(dist, f"{kind[:-1]} {spec.name!r} is registered twice")
+                        self.fail(dist, f"{_SINGULAR[kind]} {spec.name!r} is registered twice")
                         break
                     self.items[kind][qid] = _Item(qid, dist, spec)
                     getattr(record, kind).append(spec.name)
@@ -179,7 +182,7 @@ class _Registry:
                 if builtin in qids and len(qids) > 1:
                     others = ", ".join(q for q in qids if q != builtin)
                     warnings.warn(
-                        f"{others} shadows numbanet's built-in {kind[:-1]} {name!r}; "
+                        f"{others} shadows numbanet's built-in {_SINGULAR[kind]} {name!r}; "
                         f"{name!r} still means the built-in, use the qualified id to pick "
                         "the plugin's",
                         PluginWarning,
@@ -188,7 +191,7 @@ class _Registry:
 
     # -- lookup ------------------------------------------------------------------------
     def resolve(self, kind: str, name: str) -> _Item:
-        label = kind[:-1]
+        label = _SINGULAR[kind]
         if not isinstance(name, str):
             raise TypeError(f"{label} name must be a str, got {type(name).__name__}")
         if ":" in name:
@@ -213,7 +216,7 @@ class _Registry:
         known = self.names(kind, qualified=False)
         close = difflib.get_close_matches(name.split(":")[-1], known, n=3)
         hint = f"; did you mean {' or '.join(map(repr, close))}?" if close else ""
-        return f"unknown {kind[:-1]} {name!r}{hint} (available: {', '.join(known)})"
+        return f"unknown {_SINGULAR[kind]} {name!r}{hint} (available: {', '.join(known)})"
 
     def names(self, kind: str, qualified: bool) -> list[str]:
         if qualified:
