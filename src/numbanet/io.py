@@ -1,0 +1,344 @@
+"""Saving and loading models: one ``.npz`` file, no pickle.
+
+``save(model, path)`` writes everything needed to continue training bit for bit:
+
+========================  ==============================================================
+key                       content
+========================  ==============================================================
+``format``                the string ``"numbanet-model"`` (foreign files are rejected)
+``format_version``        int; :data:`FORMAT_VERSION` when written
+``meta``                  one JSON string: architecture (``model.get_config()``), loss
+                          and optimizer qualified ids and hyperparameters, the
+                          optimizer's step count, metric names, epochs completed, the
+                          state of the model's random generator, the parameter and slot
+                          names with their shapes, user ``metadata``
+``param/<name>``          each parameter, e.g. ``param/0.weight`` ``(64, 128)``
+``slot/<slot>/<name>``    each optimizer state slot per parameter (``slot/exp_avg/0.bias``)
+``loss/weight``           the loss's class weights, when set
+========================  ==============================================================
+
+Arrays are keyed by parameter name (the contract of ``Optimizer.state_dict``), not by
+offsets in the flat buffer, so a file stays loadable if the buffer layout changes.
+Everything is read back with ``allow_pickle=False``: a model file cannot run code.
+
+The write is atomic: the archive goes to a temporary file in the target's directory, is
+flushed and ``fsync``-ed, then renamed over ``path`` with :func:`os.replace`. A crash or a
+full disk leaves the previous file intact, never a truncated one. Weights holding NaN or
+infinity are refused unless ``allow_nonfinite=True``, so a diverged run cannot overwrite
+a good checkpoint.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+import warnings
+import zipfile
+import zlib
+from typing import Any
+
+import numpy as np
+
+__all__ = ["FORMAT_NAME", "FORMAT_VERSION", "load", "save"]
+
+FORMAT_NAME = "numbanet-model"
+FORMAT_VERSION = 1
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def _hyperparams_from_json(hp: dict[str, Any]) -> dict[str, Any]:
+    # JSON has no tuples; hyperparameters such as betas are tuples of floats.
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in hp.items()}
+
+
+def _metric_entries(model: Any) -> list[dict[str, Any]]:
+    from numbanet import metrics as metrics_module
+
+    entries = []
+    for metric in model.metrics:
+        fn_name = getattr(metric.fn, "__name__", "")
+        builtin = fn_name if getattr(metrics_module, fn_name, None) is metric.fn else None
+        entries.append({"name": metric.name, "builtin": builtin,
+                        "kwargs": _jsonable(metric.kwargs)})
+    return entries
+
+
+def _check_path(path: Any, what: str = "path") -> str:
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"{what} must be a str or os.PathLike, got {type(path).__name__}")
+    path = os.fspath(path)
+    if isinstance(path, bytes):
+        path = os.fsdecode(path)
+    if not path:
+        raise ValueError(f"{what} must not be empty")
+    return path
+
+
+def save(model: Any, path: str | os.PathLike[str], *, metadata: dict[str, Any] | None = None,
+         allow_nonfinite: bool = False) -> None:
+    """Write ``model`` to ``path`` (one ``.npz``), atomically.
+
+    Args:
+        model: a :class:`~numbanet.Sequential`, compiled or not.
+        path: the file to write (replaced if it exists). No suffix is added.
+        metadata: optional JSON-serialisable dict stored alongside (the command line
+            keeps the dataset name here); :func:`load` returns it as ``model.metadata``.
+        allow_nonfinite: write even if a parameter holds NaN or infinity.
+
+    Raises:
+        TypeError: ``path`` is not a path, ``metadata`` not JSON-serialisable.
+        ValueError: the weights hold NaN/infinity (and ``allow_nonfinite`` is False).
+        OSError: the directory does not exist or is not writable.
+    """
+    from numbanet.kernels.checks import all_finite
+
+    path = _check_path(path)
+    if not allow_nonfinite and not all_finite(model.flat_parameters):
+        raise ValueError(
+            f"not saving to {path!r}: the model's weights hold NaN or infinity (training "
+            f"diverged?); pass allow_nonfinite=True to write them anyway"
+        )
+    layout = model.parameter_layout()
+    arrays: dict[str, np.ndarray] = {}
+    for name, start, stop, shape in layout:
+        arrays[f"param/{name}"] = model.flat_parameters[start:stop].reshape(shape)
+
+    meta: dict[str, Any] = {
+        "numbanet_version": _version(),
+        "config": model.get_config(),
+        "parameters": [[name, list(shape)] for name, _, _, shape in layout],
+        "epochs_completed": int(getattr(model, "epochs_completed", 0)),
+        "rng": _jsonable(model.rng.bit_generator.state),
+        "loss": None,
+        "optimizer": None,
+        "metrics": _metric_entries(model),
+        "metadata": metadata if metadata is not None else {},
+    }
+    if model.loss is not None:
+        hp = dict(model.loss.hyperparams)
+        weight = hp.pop("weight", None)
+        if weight is not None:
+            arrays["loss/weight"] = np.asarray(weight, dtype=np.float64)
+        meta["loss"] = {"id": model.loss.qualified_id, "hyperparams": _jsonable(hp),
+                        "has_weight": weight is not None}
+    if model.optimizer is not None:
+        opt = model.optimizer
+        state = opt.state_dict(layout)
+        for slot_name, per_param in state["slots"].items():
+            for pname, arr in per_param.items():
+                arrays[f"slot/{slot_name}/{pname}"] = arr
+        meta["optimizer"] = {
+            "id": opt.qualified_id,
+            "hyperparams": _jsonable(state["hyperparams"]),
+            "max_grad_norm": getattr(opt, "max_grad_norm", None),
+            "step_count": int(state["step_count"]),
+            "slots": sorted(state["slots"]),
+        }
+    try:
+        meta_json = json.dumps(meta, allow_nan=True)
+    except TypeError as exc:
+        raise TypeError(f"metadata must be JSON-serialisable: {exc}") from None
+    arrays["format"] = np.array(FORMAT_NAME)
+    arrays["format_version"] = np.array(FORMAT_VERSION, dtype=np.int64)
+    arrays["meta"] = np.array(meta_json)
+    _atomic_savez(path, arrays)
+
+
+def _version() -> str:
+    try:
+        from numbanet import __version__
+    except ImportError:  # pragma: no cover
+        return "unknown"
+    return str(__version__)
+
+
+def _umask() -> int:
+    # There is no read-only umask query; set and restore it at once.
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _atomic_savez(path: str, arrays: dict[str, np.ndarray]) -> None:
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp",
+                               dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            np.savez(fh, **arrays)
+            fh.flush()
+            os.fsync(fh.fileno())
+        # mkstemp creates the file 0600; give it the permissions a plain open() would.
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    # Persist the rename itself (POSIX); not possible on every platform/filesystem.
+    with contextlib.suppress(OSError, AttributeError):
+        dir_fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+
+# ------------------------------------------------------------------------------ load
+
+_READ_ERRORS = (ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error,
+                json.JSONDecodeError, UnicodeDecodeError, IndexError)
+
+
+def _not_a_model(path: str, reason: str) -> ValueError:
+    return ValueError(f"{path!r} is not a readable numbanet model file: {reason}")
+
+
+def load(path: str | os.PathLike[str]) -> Any:
+    """Read a model written by :func:`save`: architecture, weights, loss, optimizer with
+    its state and step count, metrics, epochs completed and the random generator's state.
+
+    A model saved after compiling comes back compiled, ready to ``fit`` further; the
+    continued run is bit-identical to one that never stopped. User-defined metric
+    functions are not stored: pass them to ``compile`` again (a warning says so).
+
+    Args:
+        path: a file written by :func:`save`.
+
+    Returns:
+        a :class:`~numbanet.Sequential`; its ``metadata`` attribute holds what was passed
+        to ``save(..., metadata=...)``.
+
+    Raises:
+        TypeError: ``path`` is not a path.
+        FileNotFoundError / IsADirectoryError / PermissionError: the file cannot be opened.
+        ValueError: not a numbanet model file (foreign, truncated or corrupt, a newer
+            format version), or it needs a loss/optimizer plugin that is not installed.
+    """
+    path = _check_path(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"no model file at {path!r}")
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"{path!r} is a directory, not a model file")
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            return _load_archive(path, archive)
+    except AttributeError:
+        # np.load returned a plain array (a .npy file): it has no context manager.
+        raise _not_a_model(path, "it is a single .npy array, not an .npz archive") from None
+    except _READ_ERRORS as exc:
+        if isinstance(exc, ValueError) and str(exc).startswith(repr(path)):
+            raise
+        if isinstance(exc, ValueError) and getattr(exc, "_numbanet", False):
+            raise
+        reason = str(exc) or type(exc).__name__
+        if "pickle" in reason:
+            reason = "not an .npz archive (numpy could not interpret it)"
+        raise _not_a_model(path, f"{reason} (truncated or corrupt?)") from None
+
+
+def _load_archive(path: str, archive: Any) -> Any:
+    from numbanet.nn import Sequential
+
+    if not hasattr(archive, "files"):
+        raise _not_a_model(path, "it is a single array, not an .npz archive")
+    files = set(archive.files)
+    if "format" not in files or str(archive["format"][()]) != FORMAT_NAME:
+        raise _not_a_model(path, f"no '{FORMAT_NAME}' marker; it holds {sorted(files)[:8]}")
+    version = int(archive["format_version"][()])
+    if version > FORMAT_VERSION:
+        raise _tagged(ValueError(
+            f"{path!r} uses model format version {version}, newer than this numbanet "
+            f"understands ({FORMAT_VERSION}); upgrade numbanet"))
+    meta = json.loads(str(archive["meta"][()]))
+    try:
+        model = Sequential.from_config(meta["config"])
+    except (ValueError, TypeError) as exc:
+        raise _not_a_model(path, f"bad architecture: {exc}") from None
+
+    layout = model.parameter_layout()
+    stored = {name: tuple(shape) for name, shape in meta["parameters"]}
+    expected = {name: tuple(shape) for name, _, _, shape in layout}
+    if stored != expected:
+        raise _not_a_model(path, "the parameter list does not match the architecture")
+    for name, start, stop, shape in layout:
+        arr = archive[f"param/{name}"]
+        if arr.shape != tuple(shape) or arr.dtype != model.dtype:
+            raise _not_a_model(path, f"parameter {name!r} has shape {arr.shape} and dtype "
+                                     f"{arr.dtype}, expected {tuple(shape)} {model.dtype}")
+        model.flat_parameters[start:stop] = arr.reshape(-1)
+
+    rng_state = meta["rng"]
+    if rng_state.get("bit_generator") != type(model.rng.bit_generator).__name__:
+        raise _not_a_model(path, f"random generator {rng_state.get('bit_generator')!r} is not "
+                                 f"{type(model.rng.bit_generator).__name__}")
+    model.rng.bit_generator.state = rng_state
+    model.epochs_completed = int(meta.get("epochs_completed", 0))
+    model.metadata = dict(meta.get("metadata") or {})
+
+    if meta.get("loss") is not None and meta.get("optimizer") is not None:
+        _restore_training(path, model, meta, archive, files, layout)
+    return model
+
+
+def _tagged(exc: ValueError) -> ValueError:
+    exc._numbanet = True  # type: ignore[attr-defined]
+    return exc
+
+
+def _restore_training(path: str, model: Any, meta: dict[str, Any], archive: Any,
+                      files: set[str], layout: list[Any]) -> None:
+    from numbanet.metrics import get_metric
+    from numbanet.plugins import get_loss, get_optimizer
+
+    loss_meta, opt_meta = meta["loss"], meta["optimizer"]
+    loss_hp = _hyperparams_from_json(loss_meta["hyperparams"])
+    if loss_meta.get("has_weight"):
+        loss_hp["weight"] = archive["loss/weight"]
+    try:
+        loss = get_loss(loss_meta["id"], **loss_hp)
+    except (ValueError, TypeError) as exc:
+        raise _tagged(ValueError(
+            f"{path!r} needs the loss {loss_meta['id']!r}, which cannot be built here: {exc}"
+        )) from None
+    opt_hp = _hyperparams_from_json(opt_meta["hyperparams"])
+    try:
+        optimizer = get_optimizer(opt_meta["id"], max_grad_norm=opt_meta.get("max_grad_norm"),
+                                  **opt_hp)
+    except (ValueError, TypeError) as exc:
+        raise _tagged(ValueError(
+            f"{path!r} needs the optimizer {opt_meta['id']!r}, which cannot be built here "
+            f"(is its plugin installed?): {exc}"
+        )) from None
+    metrics = []
+    for entry in meta.get("metrics", []):
+        if entry.get("builtin"):
+            metrics.append(get_metric(entry["builtin"], **entry.get("kwargs", {})))
+        else:
+            warnings.warn(f"{path!r}: metric {entry['name']!r} was a user function and is not "
+                          f"stored in model files; pass it to model.compile again",
+                          UserWarning, stacklevel=4)
+    model.compile(loss=loss, optimizer=optimizer, metrics=metrics)
+
+    slots: dict[str, dict[str, np.ndarray]] = {}
+    for slot_name in opt_meta.get("slots", []):
+        slots[slot_name] = {name: archive[f"slot/{slot_name}/{name}"]
+                            for name, _, _, _ in layout}
+    if slots or int(opt_meta["step_count"]):
+        state = {"optimizer": optimizer.qualified_id, "step_count": int(opt_meta["step_count"]),
+                 "hyperparams": opt_hp, "slots": slots}
+        try:
+            optimizer.load_state_dict(state, layout)
+        except (ValueError, TypeError) as exc:
+            raise _not_a_model(path, f"optimizer state: {exc}") from None
