@@ -180,29 +180,54 @@ def test_nan_and_inf_propagate_like_numpy(dtype):
     np.testing.assert_allclose(out[finite], ref[finite], rtol=1e-4, atol=1e-4)
 
 
-def test_a_packing_py_func_matches_compiled_and_numpy_layout():
-    # The packed layout is [k-block][panel][k][MR], zero-padded past m.
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_packed_layouts_match_numpy(dtype):
+    # A panels: [k-block][panel][k][MR]; B panels: [k-block][panel][k][NR]. Padding rows
+    # and columns are unspecified (they only feed discarded results), so compare the
+    # valid entries only. Both transposed and plain sources must give the same layout.
     rng = np.random.default_rng(7)
-    m, k = 17, KC + 3
-    a = rng.standard_normal((m, k))
-    mp = 2 * MR
-    for ta, src in ((False, a), (True, np.ascontiguousarray(a.T))):
-        packed = {}
-        for name, fn in (("jit", mm._pack_a_panel), ("py", mm._pack_a_panel.py_func)):
-            wa = np.full(mp * k, np.nan)
-            for ip in range(2):
-                fn(src, ta, ip, m, k, wa)
-            packed[name] = wa
-        padded = np.zeros((mp, k))
-        padded[:m] = a
-        expected = []
+    m, k, n = 17, KC + 19, 13  # one B panel in both dtypes
+    nr = mm.NV * mm._lanes(dtype)
+    a = rng.standard_normal((m, k)).astype(dtype)
+    b = rng.standard_normal((k, n)).astype(dtype)
+    for transposed in (False, True):
+        wa = np.full(2 * MR * k, np.nan, dtype)
+        wb = np.full(nr * k, np.nan, dtype)
+        src_a = np.ascontiguousarray(a.T) if transposed else a
+        src_b = np.ascontiguousarray(b.T) if transposed else b
+        for ip in range(2):
+            mm._pack_a_panel(src_a, transposed, ip, m, k, wa)
+        mm._pack_b_panel(src_b, transposed, 0, n, k, wb)
+        offset = 0
         for k0 in range(0, k, KC):
-            block = padded[:, k0 : k0 + KC]
+            kcb = min(KC, k - k0)
             for ip in range(2):
-                expected.append(block[ip * MR : (ip + 1) * MR].T.ravel())
-        expected = np.concatenate(expected)
-        np.testing.assert_array_equal(packed["jit"], expected)
-        np.testing.assert_array_equal(packed["py"], expected)
+                panel = wa[offset : offset + MR * kcb].reshape(kcb, MR)
+                rows = slice(ip * MR, min(m, (ip + 1) * MR))
+                valid = rows.stop - rows.start
+                np.testing.assert_array_equal(panel[:, :valid], a[rows, k0 : k0 + kcb].T)
+                offset += MR * kcb
+            b_panel = wb[k0 * nr : (k0 + kcb) * nr].reshape(kcb, nr)
+            np.testing.assert_array_equal(b_panel[:, :n], b[k0 : k0 + kcb])
+
+
+def test_epilogue_py_func_matches_compiled_and_numpy():
+    rng = np.random.default_rng(10)
+    z0 = rng.standard_normal((5, 9))
+    bias = rng.standard_normal(9)
+    relu = ACTIVATION_IDS["relu"]
+    results = []
+    for fn in (mm._epilogue, mm._epilogue.py_func):
+        z = z0.copy()
+        y = np.full_like(z, np.nan)
+        fn(z, y, bias, True, relu, 0.0, 1, 3, 2, 6)
+        results.append((z, y))
+    z_ref = z0.copy()
+    z_ref[1:4, 2:8] += bias[2:8]
+    for z, y in results:
+        np.testing.assert_allclose(z, z_ref, rtol=1e-15)
+        np.testing.assert_array_equal(y[1:4, 2:8], np.maximum(z_ref[1:4, 2:8], 0))
+        assert np.isnan(y[0]).all() and np.isnan(y[:, :2]).all()
 
 
 # ---------------------------------------------------------------------------------------

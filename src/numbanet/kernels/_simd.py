@@ -33,7 +33,11 @@ __all__ = [
     "LANES_FLOAT32",
     "LANES_FLOAT64",
     "SimdVec",
+    "sload",
+    "sstore",
+    "transpose_copy",
     "vadd",
+    "vcopy_masked",
     "vbroadcast",
     "vfma",
     "vlanes",
@@ -204,3 +208,149 @@ def vlanes(typingctx, like):
         return ir.Constant(ir.IntType(64), lanes)
 
     return types.intp(like), codegen
+
+
+@intrinsic
+def sload(typingctx, arr, index):
+    """``arr.flat[index]`` without bounds check or negative-index wraparound."""
+    if not _check_array(arr) or not isinstance(index, types.Integer):
+        return None
+
+    def codegen(context, builder, sig, args):
+        return builder.load(_element_pointer(context, builder, arr, args[0], args[1]))
+
+    return arr.dtype(arr, index), codegen
+
+
+@intrinsic
+def sstore(typingctx, arr, index, value):
+    """``arr.flat[index] = value`` without bounds check or wraparound (value cast first)."""
+    if not _check_array(arr) or not isinstance(index, types.Integer):
+        return None
+    if not isinstance(value, (types.Float, types.Integer)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        val = context.cast(builder, args[2], value, arr.dtype)
+        builder.store(val, _element_pointer(context, builder, arr, args[0], args[1]))
+        return context.get_dummy_value()
+
+    return types.none(arr, index, value), codegen
+
+
+def _lane_mask(builder, lanes, count):
+    """``<lanes x i1>``: lane ``i`` is set when ``i < count`` (``count`` an i64)."""
+    i32 = ir.IntType(32)
+    lane_ids = ir.Constant(ir.VectorType(ir.IntType(64), lanes), list(range(lanes)))
+    limit = builder.insert_element(ir.Constant(ir.VectorType(ir.IntType(64), lanes),
+                                               ir.Undefined), count, ir.Constant(i32, 0))
+    limit = builder.shuffle_vector(limit, ir.Constant(limit.type, ir.Undefined),
+                                   ir.Constant(ir.VectorType(i32, lanes), [0] * lanes))
+    return builder.icmp_signed("<", lane_ids, limit)
+
+
+def _masked_load(context, builder, vec_ty, ptr, count):
+    """Load the first ``count`` lanes at ``ptr``; other lanes are zero, never read."""
+    llvm_vec = context.get_value_type(vec_ty)
+    lanes = vec_ty.lanes
+    i32 = ir.IntType(32)
+    mask = _lane_mask(builder, lanes, count)
+    vptr = builder.bitcast(ptr, llvm_vec.as_pointer())
+    fnty = ir.FunctionType(llvm_vec, [vptr.type, i32, mask.type, llvm_vec])
+    name = f"llvm.masked.load.v{lanes}f{vec_ty.dtype.bitwidth}.p0"
+    fn = cgutils.get_or_insert_function(builder.module, fnty, name)
+    align = context.get_abi_sizeof(context.get_value_type(vec_ty.dtype))
+    return builder.call(fn, [vptr, ir.Constant(i32, align), mask, ir.Constant(llvm_vec, None)])
+
+
+def _masked_store(context, builder, vec_ty, value, ptr, count):
+    """Store the first ``count`` lanes of ``value`` at ``ptr`` (``llvm.masked.store``)."""
+    llvm_vec = context.get_value_type(vec_ty)
+    lanes = vec_ty.lanes
+    i32 = ir.IntType(32)
+    mask = _lane_mask(builder, lanes, count)
+    vptr = builder.bitcast(ptr, llvm_vec.as_pointer())
+    fnty = ir.FunctionType(ir.VoidType(), [llvm_vec, vptr.type, i32, mask.type])
+    name = f"llvm.masked.store.v{lanes}f{vec_ty.dtype.bitwidth}.p0"
+    fn = cgutils.get_or_insert_function(builder.module, fnty, name)
+    align = context.get_abi_sizeof(context.get_value_type(vec_ty.dtype))
+    builder.call(fn, [value, vptr, ir.Constant(i32, align), mask])
+
+
+@intrinsic
+def transpose_copy(typingctx, src, s_off, s_stride, rows, dst, d_off, d_stride, width):
+    """Copy a ``rows x lanes`` block of ``src`` transposed into ``dst``.
+
+    Reads rows ``t < rows`` of ``lanes`` consecutive elements at
+    ``src.flat[s_off + t * s_stride :]`` (``1 <= rows <= lanes``; missing rows are
+    filled with copies of the last one, so no memory past the block is read) and writes
+    ``dst.flat[d_off + c * d_stride + t] = src.flat[s_off + t * s_stride + c]`` for every
+    ``c < lanes`` and ``t < width`` (``width <= lanes``, a masked store).
+
+    This is the packing step that turns a row-major operand into the column panels the
+    micro-kernel reads. The transpose is ``log2(lanes)`` rounds of two-input shuffles
+    swapping off-diagonal half blocks, each of which LLVM lowers to one permute
+    (``vpermt2ps`` on AVX-512), instead of ``lanes**2`` scalar moves.
+    """
+    if not (_check_array(src) and _check_array(dst) and src.dtype == dst.dtype):
+        return None
+    vec_ty = _vec_type_for(src.dtype)
+    lanes = vec_ty.lanes
+
+    def codegen(context, builder, sig, args):
+        _allow_wide_vectors(builder)
+        s_arr, s_off_v, s_stride_v, rows_v, d_arr, d_off_v, d_stride_v, width_v = args
+        llvm_vec = context.get_value_type(vec_ty)
+        align = context.get_abi_sizeof(context.get_value_type(vec_ty.dtype))
+        intp = s_off_v.type
+        rows_v = context.cast(builder, rows_v, sig.args[3], types.intp)
+        width_v = context.cast(builder, width_v, sig.args[7], types.int64)
+        last = builder.sub(rows_v, ir.Constant(intp, 1))
+        vecs = []
+        for t in range(lanes):
+            row = builder.select(builder.icmp_signed("<", ir.Constant(intp, t), rows_v),
+                                 ir.Constant(intp, t), last)
+            idx = builder.add(s_off_v, builder.mul(row, s_stride_v))
+            ptr = _element_pointer(context, builder, src, s_arr, idx)
+            vecs.append(builder.load(builder.bitcast(ptr, llvm_vec.as_pointer()), align=align))
+        half = lanes // 2
+        while half >= 1:
+            lo_mask = [lane if lane & half == 0 else lanes + lane - half for lane in range(lanes)]
+            hi_mask = [lane + half if lane & half == 0 else lanes + lane for lane in range(lanes)]
+            mask_ty = ir.VectorType(ir.IntType(32), lanes)
+            for i in range(lanes):
+                if i & half:
+                    continue
+                a, b = vecs[i], vecs[i + half]
+                vecs[i] = builder.shuffle_vector(a, b, ir.Constant(mask_ty, lo_mask))
+                vecs[i + half] = builder.shuffle_vector(a, b, ir.Constant(mask_ty, hi_mask))
+            half //= 2
+        for c in range(lanes):
+            idx = builder.add(d_off_v, builder.mul(ir.Constant(intp, c), d_stride_v))
+            ptr = _element_pointer(context, builder, dst, d_arr, idx)
+            _masked_store(context, builder, vec_ty, vecs[c], ptr, width_v)
+        return context.get_dummy_value()
+
+    return types.none(src, s_off, s_stride, rows, dst, d_off, d_stride, width), codegen
+
+
+@intrinsic
+def vcopy_masked(typingctx, src, s_off, dst, d_off, count):
+    """``dst.flat[d_off : d_off + count] = src.flat[s_off : s_off + count]``, ``count <= lanes``.
+
+    One masked vector load and store: lanes past ``count`` are neither read nor written.
+    """
+    if not (_check_array(src) and _check_array(dst) and src.dtype == dst.dtype):
+        return None
+    vec_ty = _vec_type_for(src.dtype)
+
+    def codegen(context, builder, sig, args):
+        _allow_wide_vectors(builder)
+        count = context.cast(builder, args[4], sig.args[4], types.int64)
+        sptr = _element_pointer(context, builder, src, args[0], args[1])
+        dptr = _element_pointer(context, builder, dst, args[2], args[3])
+        value = _masked_load(context, builder, vec_ty, sptr, count)
+        _masked_store(context, builder, vec_ty, value, dptr, count)
+        return context.get_dummy_value()
+
+    return types.none(src, s_off, dst, d_off, count), codegen

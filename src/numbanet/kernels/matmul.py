@@ -7,7 +7,7 @@
 1. **Pack** ``op(a)`` into panels of ``MR`` rows and ``op(b)`` into panels of ``NR``
    columns, each cut into blocks of at most ``KC`` steps of ``k`` and laid out so the
    micro-kernel reads both with unit stride (``[k][MR]`` and ``[k][NR]``). Panels at
-   the matrix edge are zero-padded, so the micro-kernel always computes a full tile.
+   the matrix edge are padded, so the micro-kernel always computes a full tile.
    Transposes are absorbed here: the four ``op`` combinations differ only in how a panel
    is gathered, and everything after packing is shared.
 2. **Compute** the output in macro tiles of ``MR * mb`` rows by ``NR * nb`` columns (the
@@ -29,8 +29,9 @@ identical for any number of threads.
 Below ``SERIAL_WORK`` multiply-adds (``m * n * k``) the serial twin runs instead, so tiny
 products do not wake the thread pool.
 
-NaN and infinity propagate as in ``numpy.matmul`` (the packed zero padding only meets
-padding rows and columns, whose results are discarded). Results agree with numpy to
+NaN and infinity propagate as in ``numpy.matmul`` (an output element only ever sums
+products of its own row of ``op(a)`` and column of ``op(b)``; padding rows and columns
+feed only padding results, which are discarded). Results agree with numpy to
 rounding; the summation order differs (FMA, blocked), as between BLAS libraries.
 """
 
@@ -47,8 +48,12 @@ from numbanet._validation import check_float_array
 from numbanet.kernels._simd import (
     LANES_FLOAT32,
     LANES_FLOAT64,
+    sload,
+    sstore,
+    transpose_copy,
     vadd,
     vbroadcast,
+    vcopy_masked,
     vfma,
     vlanes,
     vload,
@@ -219,43 +224,45 @@ def _micro_kernel(kc, wa, oa, wb, ob, c, oc, ldc, accumulate):
 def _pack_a_panel(a, transpose_a, ip, m, k, wa):
     """Pack rows ``ip*MR .. ip*MR+MR`` of ``op(a)`` into ``wa`` (``[kblock][panel][k][MR]``).
 
-    Rows past ``m`` are zero. Serial; panels are disjoint, so callers may pack
-    different ``ip`` concurrently.
+    Rows past ``m`` are padding: they hold arbitrary finite or non-finite values and
+    only ever meet output rows that are discarded. Serial; panels are disjoint, so
+    callers may pack different ``ip`` concurrently. Flat offsets go through the
+    ``_simd`` intrinsics, which skip the per-access wraparound check that keeps
+    computed indices scalar (design notes, section 3).
     """
+    lanes = vlanes(wa)
     mp = (m + MR - 1) // MR * MR
     i0 = ip * MR
     mr = min(MR, m - i0)
     for k0 in range(0, k, KC):
         kcb = min(KC, k - k0)
-        start = k0 * mp + ip * MR * kcb
-        dst = wa[start : start + MR * kcb]
+        dst = k0 * mp + ip * MR * kcb
         if transpose_a:
             # a is (k, m): each step of k is a contiguous run of mr values.
             for kk in range(kcb):
-                src = a[k0 + kk, i0 : i0 + mr]
-                d = dst[kk * MR : kk * MR + MR]
-                for r in range(mr):
-                    d[r] = src[r]
-                for r in range(mr, MR):
-                    d[r] = 0
+                src = (k0 + kk) * m + i0
+                d = dst + kk * MR
+                for g in range(0, mr, lanes):
+                    vcopy_masked(a, src + g, wa, d + g, min(lanes, mr - g))
         else:
-            # a is (m, k): a transposing gather, row by row of a.
+            # a is (m, k): transpose lanes x lanes blocks in registers.
+            kv = kcb - kcb % lanes
+            for kk in range(0, kv, lanes):
+                for g in range(0, mr, lanes):
+                    transpose_copy(a, (i0 + g) * k + k0 + kk, k, min(lanes, mr - g),
+                                   wa, dst + kk * MR + g, MR, min(lanes, MR - g))
             for r in range(mr):
-                src = a[i0 + r, k0 : k0 + kcb]
-                d = dst[r:]
-                for kk in range(kcb):
-                    d[kk * MR] = src[kk]
-            for r in range(mr, MR):
-                d = dst[r:]
-                for kk in range(kcb):
-                    d[kk * MR] = 0
+                src = (i0 + r) * k + k0
+                for kk in range(kv, kcb):
+                    sstore(wa, dst + kk * MR + r, sload(a, src + kk))
 
 
 @kernel
 def _pack_b_panel(b, transpose_b, jp, n, k, wb):
     """Pack columns ``jp*NR .. jp*NR+NR`` of ``op(b)`` into ``wb`` (``[kblock][panel][k][NR]``).
 
-    Columns past ``n`` are zero. Serial; panels are disjoint.
+    Columns past ``n`` are padding (arbitrary values, only meeting discarded output
+    columns). Serial; panels are disjoint.
     """
     lanes = vlanes(wb)
     nr = NV * lanes
@@ -264,33 +271,31 @@ def _pack_b_panel(b, transpose_b, jp, n, k, wb):
     nn = min(nr, n - j0)
     for k0 in range(0, k, KC):
         kcb = min(KC, k - k0)
-        start = k0 * np_ + jp * nr * kcb
-        dst = wb[start : start + nr * kcb]
+        dst = k0 * np_ + jp * nr * kcb
         if transpose_b:
-            # b is (n, k): a transposing gather, row by row of b.
+            # b is (n, k): transpose lanes x lanes blocks in registers.
+            kv = kcb - kcb % lanes
+            for kk in range(0, kv, lanes):
+                for g in range(0, nn, lanes):
+                    transpose_copy(b, (j0 + g) * k + k0 + kk, k, min(lanes, nn - g),
+                                   wb, dst + kk * nr + g, nr, lanes)
             for j in range(nn):
-                src = b[j0 + j, k0 : k0 + kcb]
-                d = dst[j:]
-                for kk in range(kcb):
-                    d[kk * nr] = src[kk]
-            for j in range(nn, nr):
-                d = dst[j:]
-                for kk in range(kcb):
-                    d[kk * nr] = 0
+                src = (j0 + j) * k + k0
+                for kk in range(kv, kcb):
+                    sstore(wb, dst + kk * nr + j, sload(b, src + kk))
         elif nn == nr:
             # b is (k, n) and the panel is full: whole-vector copies.
             for kk in range(kcb):
-                s = (k0 + kk) * n + j0
+                src = (k0 + kk) * n + j0
+                d = dst + kk * nr
                 for v in range(NV):
-                    vstore(dst, kk * nr + v * lanes, vload(b, s + v * lanes))
+                    vstore(wb, d + v * lanes, vload(b, src + v * lanes))
         else:
             for kk in range(kcb):
-                src = b[k0 + kk, j0 : j0 + nn]
-                d = dst[kk * nr : kk * nr + nr]
-                for j in range(nn):
-                    d[j] = src[j]
-                for j in range(nn, nr):
-                    d[j] = 0
+                src = (k0 + kk) * n + j0
+                d = dst + kk * nr
+                for g in range(0, nn, lanes):
+                    vcopy_masked(b, src + g, wb, d + g, min(lanes, nn - g))
 
 
 # ---------------------------------------------------------------------------------------
