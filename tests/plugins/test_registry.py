@@ -182,11 +182,10 @@ def test_register_plugin_at_runtime():
     class Plugin:
         @hookspecs.hookimpl
         def numbanet_register_optimizers(self):
-            from numbanet._builtin.sgd import sgd_kernel
+            from numbanet._builtin.sgd import SGD
 
-            return [OptimizerSpec("runtime_sgd", sgd_kernel, {
-                "lr": 0.5, "momentum": 0.0, "dampening": 0.0, "weight_decay": 0.0,
-                "nesterov": False}, slots=("momentum_buffer",))]
+            return [OptimizerSpec("runtime_sgd", SGD.kernel, {**SGD.hyperparams, "lr": 0.5},
+                                  slots=SGD.slots, prepare=SGD.prepare)]
 
     nbp.register_plugin(Plugin(), "mine")
     try:

@@ -24,16 +24,20 @@ from numbanet.specs import OptimizerSpec
 
 @kernel
 def adadelta_kernel(i, p, g, gs, slots, hp, sc):
-    """``hp = (lr, rho, eps, weight_decay)``. Touches index ``i`` only."""
+    """``hp = (lr, rho, eps, weight_decay)``, ``sc = (1 - rho,)``. Touches index ``i`` only."""
     lr, rho, eps, wd = hp[0], hp[1], hp[2], hp[3]
     v, u = slots[0], slots[1]
     x = p[i]
     d = g[i] * gs + wd * x
-    vi = rho * v[i] + (1.0 - rho) * d * d
+    vi = rho * v[i] + sc[0] * d * d
     v[i] = vi
     delta = math.sqrt(u[i] + eps) / math.sqrt(vi + eps) * d
-    u[i] = rho * u[i] + (1.0 - rho) * delta * delta
+    u[i] = rho * u[i] + sc[0] * delta * delta
     p[i] = x - lr * delta
+
+
+def _prepare(step: int, hp: tuple[float, ...]) -> tuple[float, ...]:
+    return (1.0 - hp[1],)
 
 
 ADADELTA = OptimizerSpec(
@@ -41,6 +45,7 @@ ADADELTA = OptimizerSpec(
     kernel=adadelta_kernel,
     hyperparams={"lr": 1.0, "rho": 0.9, "eps": 1e-6, "weight_decay": 0.0},
     slots=("square_avg", "acc_delta"),
+    prepare=_prepare,
     description="Adadelta (torch.optim.Adadelta)",
     bounds={"lr": "[0, inf)", "rho": "[0, 1]", "eps": "[0, inf)", "weight_decay": "[0, inf)"},
 )

@@ -28,14 +28,14 @@ ADAM_BOUNDS = {"lr": "[0, inf)", "betas": "[0, 1)", "eps": "[0, inf)",
 
 @kernel
 def adam_kernel(i, p, g, gs, slots, hp, sc):
-    """``hp = (lr, β1, β2, eps, weight_decay, amsgrad)``, ``sc = (lr/bc1, 1/sqrt(bc2))``.
-    Touches index ``i`` only."""
+    """``hp = (lr, β1, β2, eps, weight_decay, amsgrad)``,
+    ``sc = (lr/bc1, 1/sqrt(bc2), 1-β1, 1-β2)``. Touches index ``i`` only."""
     b1, b2, eps, wd = hp[1], hp[2], hp[3], hp[4]
     m, v, vmax = slots[0], slots[1], slots[2]
     x = p[i]
     d = g[i] * gs + wd * x
-    mi = b1 * m[i] + (1.0 - b1) * d
-    vi = b2 * v[i] + (1.0 - b2) * d * d
+    mi = b1 * m[i] + sc[2] * d
+    vi = b2 * v[i] + sc[3] * d * d
     m[i] = mi
     v[i] = vi
     if hp[5] != 0.0:
@@ -45,9 +45,10 @@ def adam_kernel(i, p, g, gs, slots, hp, sc):
 
 
 def adam_prepare(step: int, hp: tuple[float, ...]) -> tuple[float, ...]:
-    """Bias corrections: ``(lr / (1 - β1^t), 1 / sqrt(1 - β2^t))``."""
-    lr, b1, b2 = hp[0], hp[1], hp[2]
-    return (lr / (1.0 - b1**step), 1.0 / math.sqrt(1.0 - b2**step))
+    """``(lr / (1 - β1^t), 1 / sqrt(1 - β2^t), 1 - β1, 1 - β2, 1 - lr weight_decay)``."""
+    lr, b1, b2, wd = hp[0], hp[1], hp[2], hp[4]
+    return (lr / (1.0 - b1**step), 1.0 / math.sqrt(1.0 - b2**step), 1.0 - b1, 1.0 - b2,
+            1.0 - lr * wd)
 
 
 ADAM = OptimizerSpec(

@@ -21,12 +21,12 @@ from numbanet.specs import OptimizerSpec
 
 @kernel
 def adamax_kernel(i, p, g, gs, slots, hp, sc):
-    """``hp = (lr, β1, β2, eps, weight_decay)``, ``sc = (lr/bc1,)``. Touches index ``i`` only."""
+    """``hp = (lr, β1, β2, eps, weight_decay)``, ``sc = (lr/bc1, 1-β1)``. Touches index ``i`` only."""
     b1, b2, eps, wd = hp[1], hp[2], hp[3], hp[4]
     m, u = slots[0], slots[1]
     x = p[i]
     d = g[i] * gs + wd * x
-    mi = b1 * m[i] + (1.0 - b1) * d
+    mi = b1 * m[i] + sc[1] * d
     m[i] = mi
     ui = max(b2 * u[i], abs(d) + eps)
     u[i] = ui
@@ -34,7 +34,7 @@ def adamax_kernel(i, p, g, gs, slots, hp, sc):
 
 
 def _prepare(step: int, hp: tuple[float, ...]) -> tuple[float, ...]:
-    return (hp[0] / (1.0 - hp[1] ** step),)
+    return (hp[0] / (1.0 - hp[1] ** step), 1.0 - hp[1])
 
 
 ADAMAX = OptimizerSpec(

@@ -25,14 +25,14 @@ from numbanet.specs import OptimizerSpec
 
 @kernel
 def adamw_kernel(i, p, g, gs, slots, hp, sc):
-    """``hp = (lr, β1, β2, eps, weight_decay, amsgrad)``, ``sc = (lr/bc1, 1/sqrt(bc2))``.
-    Touches index ``i`` only."""
-    lr, b1, b2, eps, wd = hp[0], hp[1], hp[2], hp[3], hp[4]
+    """``hp = (lr, β1, β2, eps, weight_decay, amsgrad)``,
+    ``sc = (lr/bc1, 1/sqrt(bc2), 1-β1, 1-β2, 1-lr·weight_decay)``. Touches index ``i`` only."""
+    b1, b2, eps = hp[1], hp[2], hp[3]
     m, v, vmax = slots[0], slots[1], slots[2]
-    x = p[i] * (1.0 - lr * wd)
+    x = p[i] * sc[4]
     d = g[i] * gs
-    mi = b1 * m[i] + (1.0 - b1) * d
-    vi = b2 * v[i] + (1.0 - b2) * d * d
+    mi = b1 * m[i] + sc[2] * d
+    vi = b2 * v[i] + sc[3] * d * d
     m[i] = mi
     v[i] = vi
     if hp[5] != 0.0:

@@ -27,17 +27,18 @@ from numbanet.specs import OptimizerSpec
 @kernel
 def nadam_kernel(i, p, g, gs, slots, hp, sc):
     """``hp = (lr, β1, β2, eps, weight_decay, momentum_decay, decoupled)``,
-    ``sc = (c_grad, c_mom, 1/(1-β2^t))``. Touches index ``i`` only."""
-    lr, b1, b2, eps, wd = hp[0], hp[1], hp[2], hp[3], hp[4]
+    ``sc = (c_grad, c_mom, 1/(1-β2^t), 1-β1, 1-β2, 1-lr·weight_decay)``.
+    Touches index ``i`` only."""
+    b1, b2, eps, wd = hp[1], hp[2], hp[3], hp[4]
     m, v = slots[0], slots[1]
     x = p[i]
     d = g[i] * gs
     if hp[6] != 0.0:
-        x = x * (1.0 - lr * wd)
+        x = x * sc[5]
     else:
         d = d + wd * x
-    mi = b1 * m[i] + (1.0 - b1) * d
-    vi = b2 * v[i] + (1.0 - b2) * d * d
+    mi = b1 * m[i] + sc[3] * d
+    vi = b2 * v[i] + sc[4] * d * d
     m[i] = mi
     v[i] = vi
     den = math.sqrt(vi * sc[2]) + eps
@@ -64,6 +65,9 @@ def _prepare(step: int, hp: tuple[float, ...]) -> tuple[float, ...]:
         lr * (1.0 - mu_t) / (1.0 - prod),
         lr * mu_next / (1.0 - prod * mu_next),
         1.0 / (1.0 - b2**step),
+        1.0 - b1,
+        1.0 - b2,
+        1.0 - lr * hp[4],
     )
 
 

@@ -28,17 +28,18 @@ from numbanet.specs import OptimizerSpec
 @kernel
 def radam_kernel(i, p, g, gs, slots, hp, sc):
     """``hp = (lr, β1, β2, eps, weight_decay, decoupled)``,
-    ``sc = (lr/bc1, rectify, r sqrt(bc2))``. Touches index ``i`` only."""
-    lr, b1, b2, eps, wd = hp[0], hp[1], hp[2], hp[3], hp[4]
+    ``sc = (lr/bc1, rectify, r sqrt(bc2), 1-β1, 1-β2, 1-lr·weight_decay)``.
+    Touches index ``i`` only."""
+    b1, b2, eps, wd = hp[1], hp[2], hp[3], hp[4]
     m, v = slots[0], slots[1]
     x = p[i]
     d = g[i] * gs
     if hp[5] != 0.0:
-        x = x * (1.0 - lr * wd)
+        x = x * sc[5]
     else:
         d = d + wd * x
-    mi = b1 * m[i] + (1.0 - b1) * d
-    vi = b2 * v[i] + (1.0 - b2) * d * d
+    mi = b1 * m[i] + sc[3] * d
+    vi = b2 * v[i] + sc[4] * d * d
     m[i] = mi
     v[i] = vi
     if sc[1] != 0.0:
@@ -57,8 +58,8 @@ def _prepare(step: int, hp: tuple[float, ...]) -> tuple[float, ...]:
         rect = math.sqrt(
             (rho_t - 4) * (rho_t - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho_t)
         )
-        return (lr / bc1, 1.0, rect * math.sqrt(bc2))
-    return (lr / bc1, 0.0, 0.0)
+        return (lr / bc1, 1.0, rect * math.sqrt(bc2), 1.0 - b1, 1.0 - b2, 1.0 - lr * hp[4])
+    return (lr / bc1, 0.0, 0.0, 1.0 - b1, 1.0 - b2, 1.0 - lr * hp[4])
 
 
 RADAM = OptimizerSpec(

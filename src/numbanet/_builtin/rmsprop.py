@@ -26,15 +26,16 @@ from numbanet.specs import OptimizerSpec
 
 @kernel
 def rmsprop_kernel(i, p, g, gs, slots, hp, sc):
-    """``hp = (lr, alpha, eps, weight_decay, momentum, centered)``. Touches index ``i`` only."""
+    """``hp = (lr, alpha, eps, weight_decay, momentum, centered)``, ``sc = (1 - alpha,)``.
+    Touches index ``i`` only."""
     lr, alpha, eps, wd, mu = hp[0], hp[1], hp[2], hp[3], hp[4]
     v, buf, a = slots[0], slots[1], slots[2]
     x = p[i]
     d = g[i] * gs + wd * x
-    vi = alpha * v[i] + (1.0 - alpha) * d * d
+    vi = alpha * v[i] + sc[0] * d * d
     v[i] = vi
     if hp[5] != 0.0:
-        ai = alpha * a[i] + (1.0 - alpha) * d
+        ai = alpha * a[i] + sc[0] * d
         a[i] = ai
         den = math.sqrt(vi - ai * ai) + eps
     else:
@@ -47,12 +48,17 @@ def rmsprop_kernel(i, p, g, gs, slots, hp, sc):
         p[i] = x - lr * d / den
 
 
+def _prepare(step: int, hp: tuple[float, ...]) -> tuple[float, ...]:
+    return (1.0 - hp[1],)
+
+
 RMSPROP = OptimizerSpec(
     name="rmsprop",
     kernel=rmsprop_kernel,
     hyperparams={"lr": 1e-2, "alpha": 0.99, "eps": 1e-8, "weight_decay": 0.0,
                  "momentum": 0.0, "centered": False},
     slots=("square_avg", "momentum_buffer", "grad_avg"),
+    prepare=_prepare,
     description="RMSprop, optionally centered and with momentum (torch.optim.RMSprop)",
     bounds={"lr": "[0, inf)", "alpha": "[0, 1]", "eps": "[0, inf)",
             "weight_decay": "[0, inf)", "momentum": "[0, inf)"},

@@ -27,20 +27,20 @@ from numbanet.specs import OptimizerSpec
 @kernel
 def sgd_kernel(i, p, g, gs, slots, hp, sc):
     """Per-element SGD. ``hp = (lr, momentum, dampening, weight_decay, nesterov)``,
-    ``sc = (first_step,)``. Touches index ``i`` only."""
-    lr, mu, damp, wd, nesterov = hp[0], hp[1], hp[2], hp[3], hp[4]
+    ``sc = (first_step, 1 - dampening)``. Touches index ``i`` only."""
+    lr, mu, wd, nesterov = hp[0], hp[1], hp[3], hp[4]
     x = p[i]
     d = g[i] * gs + wd * x
     if mu != 0.0:
         buf = slots[0]
-        b = d if sc[0] != 0.0 else mu * buf[i] + (1.0 - damp) * d
+        b = d if sc[0] != 0.0 else mu * buf[i] + sc[1] * d
         buf[i] = b
         d = d + mu * b if nesterov != 0.0 else b
     p[i] = x - lr * d
 
 
 def _prepare(step: int, hp: tuple[float, ...]) -> tuple[float, ...]:
-    return (1.0 if step == 1 else 0.0,)
+    return (1.0 if step == 1 else 0.0, 1.0 - hp[2])
 
 
 def _validate(hp: dict[str, Any]) -> None:
