@@ -21,7 +21,8 @@ from numbanet.specs import OptimizerSpec
 
 @kernel
 def adamax_kernel(i, p, g, gs, slots, hp, sc):
-    """``hp = (lr, β1, β2, eps, weight_decay)``, ``sc = (lr/bc1, 1-β1)``. Touches index ``i`` only."""
+    """``hp = (lr, β1, β2, eps, weight_decay)``, ``sc = (lr/bc1, 1-β1)``.
+    Touches index ``i`` only."""
     b1, b2, eps, wd = hp[1], hp[2], hp[3], hp[4]
     m, u = slots[0], slots[1]
     x = p[i]
