@@ -5,10 +5,17 @@ A spec is plain data plus one serial ``@njit`` kernel. The host (:mod:`numbanet.
 so a plugin author writes only the maths of one element (optimizers) or one row (losses).
 
 Hyperparameters are declared as an ordered mapping of defaults. The kernel receives them
-as ``hp``, a tuple of float64 built in declaration order: a float or int contributes one
-entry, a bool contributes ``1.0``/``0.0``, a tuple of floats (``betas``) contributes one
-entry per element. Because the tuple's *type* never changes, setting a new learning rate
-never recompiles anything. :meth:`OptimizerSpec.hp_index` tells where a name landed.
+as ``hp``, a flat tuple built in declaration order: a float or int contributes one entry,
+a bool contributes ``1.0``/``0.0``, a tuple of floats (``betas``) contributes one entry
+per element. Because the tuple's *type* never changes, setting a new learning rate never
+recompiles anything. :meth:`OptimizerSpec.hp_index` tells where a name landed.
+
+Optimizer kernels receive ``hp``, ``sc`` and ``gs`` in the parameters' dtype (float32
+scalars for a float32 model; the host keeps the float64 master values and ``prepare``
+works in float64). Keep float literals out of the kernel's arithmetic: ``(1.0 - b1) * g``
+is float64 in Numba and halves the vector width of a float32 update; compute ``1 - b1``
+in ``prepare`` and read it from ``sc`` (literals in comparisons are harmless). Loss
+kernels get float64 ``hp`` and compute in float64.
 
 Example (a complete plugin optimizer)::
 
@@ -18,7 +25,10 @@ Example (a complete plugin optimizer)::
     @kernel
     def sign_sgd_kernel(i, p, g, gs, slots, hp, sc):
         # hp = (lr,); the host runs this for every i of the flat buffer, in parallel.
-        p[i] -= hp[0] * np.sign(g[i] * gs)
+        if g[i] > 0:
+            p[i] -= hp[0]
+        elif g[i] < 0:
+            p[i] += hp[0]
 
     @hookimpl
     def numbanet_register_optimizers():
@@ -136,18 +146,20 @@ class OptimizerSpec(_SpecBase):
             ``kernel(i, p, g, gs, slots, hp, sc) -> None``. ``p`` (parameters, updated in
             place) and ``g`` (gradients, read only) are 1-D C-contiguous arrays of one
             float dtype; the effective gradient is ``gs * g[i]`` (``gs`` folds gradient
-            clipping and loss scaling into one float64). ``slots`` is a tuple of 1-D state
+            clipping and loss scaling into one scalar). ``slots`` is a tuple of 1-D state
             arrays, one per name in :attr:`slots`, same length and dtype as ``p``, zero at
-            the first step. ``hp`` is the float64 hyperparameter tuple and ``sc`` the
-            float64 tuple returned by :attr:`prepare`. The kernel must touch index ``i``
+            the first step. ``hp`` is the hyperparameter tuple and ``sc`` the tuple
+            returned by :attr:`prepare`; ``gs``, ``hp`` and ``sc`` arrive in ``p``'s dtype.
+            ``i`` may be unsigned (Numba's ``prange`` index). The kernel must touch index ``i``
             only: the host calls it for every ``i`` from a ``prange`` loop, which is
             race-free exactly because each call reads and writes its own element.
         hyperparams: ordered defaults, in PyTorch's names; their order is the order of
             ``hp``. Users may pass only these names.
         slots: names of the per-element state buffers (``("exp_avg", "exp_avg_sq")``).
         prepare: ``prepare(step, hp) -> tuple[float, ...]``, per-step scalars computed once
-            on the host (bias corrections, schedules); ``step`` counts from 1. Must return
-            the same length every step. ``None`` gives ``sc == (0.0,)``.
+            on the host in float64 from the float64 ``hp`` (bias corrections, ``1 - β``
+            terms, schedules); ``step`` counts from 1. Must return the same length every
+            step. ``None`` gives ``sc == (0.0,)``.
         description: one line shown by ``numbanet plugins``.
         bounds: allowed values per hyperparameter as interval strings, e.g.
             ``{"lr": "[0, inf)", "betas": "[0, 1)"}`` (tuples are checked per element).
