@@ -42,8 +42,11 @@ from dataclasses import dataclass
 
 import numba
 import numpy as np
+from llvmlite import ir
+from numba.core import types
+from numba.extending import intrinsic, overload
 
-from numbanet._jit import kernel, parallel_kernel
+from numbanet._jit import FASTMATH, kernel, parallel_kernel
 from numbanet._validation import check_float_array
 
 __all__ = [
@@ -140,6 +143,155 @@ _CHEAP = frozenset({IDENTITY, RELU, LEAKY_RELU})
 
 
 # ---------------------------------------------------------------------------------------
+# Vectorizable exp and tanh
+#
+# numba 0.68 has no vector math library: math.exp / math.tanh are scalar libm calls and
+# any loop containing one stays scalar (measured: float32 math.exp ~150 Melem/s, math.tanh
+# ~70 Melem/s on one core, against ~2.5 Gelem/s for torch's sigmoid). The functions below
+# are plain arithmetic (Cody-Waite range reduction, the Cephes polynomials, 2**n built
+# from its bits), so LLVM vectorizes loops that call them: float32 exp runs ~7x faster
+# than math.exp, float64 ~2x; accuracy is about 1 ulp (see tests).
+#
+# They are compiled WITHOUT 'reassoc': reassociation would fold the two-step subtraction
+# x - n*C1 - n*C2 into x - n*(C1 + C2) and the split scaling y * 2**n1 * 2**n2 into an
+# overflowing 2**n, destroying accuracy (measured: inf error with 'reassoc'). Numba
+# compiles an overload as its own function, so its instruction flags survive inlining
+# into callers that do use 'reassoc'. fast_tanh is inlined at the Numba IR level instead
+# (LLVM declines to inline it whole, which leaves a call in the loop and blocks
+# vectorization); only its call to fast_exp needs the no-reassoc flags.
+# ---------------------------------------------------------------------------------------
+
+_NO_REASSOC = {"fastmath": set(FASTMATH) - {"reassoc"}, "error_model": "numpy"}
+
+
+@intrinsic
+def _pow2(typingctx, n):
+    """``2.0 ** n`` for an integral float ``n`` in the normal exponent range, from its bits."""
+    if not isinstance(n, types.Float):
+        return None
+
+    def codegen(context, builder, sig, args):
+        (v,) = args
+        if n.bitwidth == 32:
+            ity, bias, shift = ir.IntType(32), 127, 23
+        else:
+            ity, bias, shift = ir.IntType(64), 1023, 52
+        k = builder.add(builder.fptosi(v, ity), ir.Constant(ity, bias))
+        return builder.bitcast(builder.shl(k, ir.Constant(ity, shift)), context.get_value_type(n))
+
+    return n(n), codegen
+
+
+def fast_exp(x):
+    """``exp(x)`` in ``x``'s float type; vectorizable inside kernels (about 1 ulp).
+
+    Outside Numba this is ``math.exp`` (so ``kernel.py_func`` runs); inside, the
+    overload below. Results below the smallest normal number flush to 0.
+    """
+    return type(x)(math.exp(x)) if isinstance(x, np.floating) else math.exp(x)
+
+
+def fast_tanh(x):
+    """``tanh(x)`` in ``x``'s float type; vectorizable inside kernels (a few ulp)."""
+    return type(x)(math.tanh(x)) if isinstance(x, np.floating) else math.tanh(x)
+
+
+def _exp32(x):
+    f = np.float32
+    lo = f(-87.33654)
+    hi = f(88.72283)
+    xc = x if x > lo else lo
+    xc = xc if xc < hi else hi
+    n = np.floor(xc * f(1.4426950408889634) + f(0.5))
+    # Cody-Waite: ln 2 = C1 + C2 with C1 short enough that n * C1 is exact.
+    r = xc - n * f(0.693359375)
+    r = r - n * f(-2.12194440e-4)
+    # Cephes expf minimax polynomial on |r| <= ln(2) / 2.
+    p = f(1.9875691500e-4)
+    p = p * r + f(1.3981999507e-3)
+    p = p * r + f(8.3334519073e-3)
+    p = p * r + f(4.1665795894e-2)
+    p = p * r + f(1.6666665459e-1)
+    p = p * r + f(5.0000001201e-1)
+    y = p * (r * r) + r + f(1.0)
+    # 2**n in two factors: n reaches 128 and -126, outside one normal exponent field.
+    n1 = np.floor(n * f(0.5))
+    y = y * _pow2(n1) * _pow2(n - n1)
+    y = f(0.0) if x < lo else y
+    y = f(np.inf) if x > hi else y
+    return x if x != x else y
+
+
+def _exp64(x):
+    lo = -708.3964185322641
+    hi = 709.782712893384
+    xc = x if x > lo else lo
+    xc = xc if xc < hi else hi
+    n = np.floor(xc * 1.4426950408889634 + 0.5)
+    r = xc - n * 6.93145751953125e-1
+    r = r - n * 1.42860682030941723212e-6
+    # Cephes exp: exp(r) = 1 + 2 r P(r^2) / (Q(r^2) - r P(r^2)).
+    rr = r * r
+    px = r * ((1.26177193074810590878e-4 * rr + 3.02994407707441961300e-2) * rr + 1.0)
+    q = (
+        (3.00198505138664455042e-6 * rr + 2.52448340349684104192e-3) * rr
+        + 2.27265548208155028766e-1
+    ) * rr + 2.0
+    y = 1.0 + 2.0 * (px / (q - px))
+    n1 = np.floor(n * 0.5)
+    y = y * _pow2(n1) * _pow2(n - n1)
+    y = 0.0 if x < lo else y
+    y = np.inf if x > hi else y
+    return x if x != x else y
+
+
+def _tanh32(x):
+    f = np.float32
+    a = abs(x)
+    # |x| >= 0.625: 1 - 2 / (exp(2|x|) + 1) has no cancellation (tanh >= 0.55); an
+    # overflowing exp gives exactly 1.
+    big = f(1.0) - f(2.0) / (fast_exp(a + a) + f(1.0))
+    # |x| < 0.625: Cephes tanhf odd polynomial.
+    z = a * a
+    p = f(-5.70498872745e-3)
+    p = p * z + f(2.06390887954e-2)
+    p = p * z + f(-5.37397155531e-2)
+    p = p * z + f(1.33314422036e-1)
+    p = p * z + f(-3.33332819422e-1)
+    small = p * z * a + a
+    t = small if a < f(0.625) else big
+    # Computed on |x| and signed at the end, so tanh(-x) == -tanh(x) exactly.
+    return t if x >= f(0.0) else -t
+
+
+def _tanh64(x):
+    a = abs(x)
+    big = 1.0 - 2.0 / (fast_exp(a + a) + 1.0)
+    # |x| < 0.625: Cephes tanh rational approximation x + x z P(z) / Q(z).
+    z = a * a
+    pz = (-9.64399179425052238628e-1 * z - 9.92877231001918586564e1) * z - 1.61468768441708447952e3
+    qz = ((z + 1.12811678491632931402e2) * z + 2.23548839060100448583e3) * z
+    qz = qz + 4.84406305325125486048e3
+    small = a + a * z * (pz / qz)
+    t = small if a < 0.625 else big
+    return t if x >= 0.0 else -t
+
+
+@overload(fast_exp, jit_options=_NO_REASSOC)
+def _fast_exp_impl(x):
+    if isinstance(x, types.Float):
+        return _exp32 if x.bitwidth == 32 else _exp64
+    return None
+
+
+@overload(fast_tanh, inline="always")
+def _fast_tanh_impl(x):
+    if isinstance(x, types.Float):
+        return _tanh32 if x.bitwidth == 32 else _tanh64
+    return None
+
+
+# ---------------------------------------------------------------------------------------
 # Serial 1-D building blocks (the GEMM epilogue calls these directly)
 # ---------------------------------------------------------------------------------------
 
@@ -170,7 +322,7 @@ def activation_forward_1d(act_id, param, z, y):  # noqa: C901 - one branch per a
         for i in range(n):
             v = z[i]
             # exp(-|v|) <= 1 never overflows; the two halves are s and 1 - s = e * s.
-            e = math.exp(-abs(v))
+            e = fast_exp(-abs(v))
             s = one / (one + e)
             y[i] = s if v >= zero else e * s
     elif act_id == RELU:
@@ -184,7 +336,7 @@ def activation_forward_1d(act_id, param, z, y):  # noqa: C901 - one branch per a
             y[i] = v * p if v < zero else v
     elif act_id == TANH:
         for i in range(n):
-            y[i] = math.tanh(z[i])
+            y[i] = fast_tanh(z[i])
     elif act_id == GELU:
         c = z.dtype.type(_INV_SQRT2)
         for i in range(n):
@@ -203,7 +355,7 @@ def activation_forward_1d(act_id, param, z, y):  # noqa: C901 - one branch per a
     elif act_id == SILU:
         for i in range(n):
             v = z[i]
-            e = math.exp(-abs(v))
+            e = fast_exp(-abs(v))
             s = one / (one + e)
             y[i] = v * (s if v >= zero else e * s)
     elif act_id == SOFTPLUS:
@@ -211,7 +363,7 @@ def activation_forward_1d(act_id, param, z, y):  # noqa: C901 - one branch per a
         for i in range(n):
             v = z[i]
             # log(1 + e^v) = max(v, 0) + log1p(e^-|v|): no overflow, no cancellation.
-            y[i] = v if v > t else max(v, zero) + math.log1p(math.exp(-abs(v)))
+            y[i] = v if v > t else max(v, zero) + math.log1p(fast_exp(-abs(v)))
 
 
 @kernel
@@ -261,24 +413,24 @@ def activation_backward_1d(act_id, param, z, y, dy, dz):  # noqa: C901
         for i in range(n):
             v = z[i]
             cdf = half * math.erfc(-v * c)
-            pdf = d * math.exp(-half * v * v)
+            pdf = d * fast_exp(-half * v * v)
             dz[i] = dy[i] * (cdf + v * pdf)
     elif act_id == ELU:
         for i in range(n):
             v = z[i]
             g = dy[i]
-            dz[i] = g if v > zero else g * p * math.exp(v)
+            dz[i] = g if v > zero else g * p * fast_exp(v)
     elif act_id == SELU:
         scale = z.dtype.type(SELU_SCALE)
         sa = z.dtype.type(SELU_SCALE * SELU_ALPHA)
         for i in range(n):
             v = z[i]
             g = dy[i]
-            dz[i] = g * scale if v > zero else g * sa * math.exp(v)
+            dz[i] = g * scale if v > zero else g * sa * fast_exp(v)
     elif act_id == SILU:
         for i in range(n):
             v = z[i]
-            e = math.exp(-abs(v))
+            e = fast_exp(-abs(v))
             s = one / (one + e)
             s = s if v >= zero else e * s
             dz[i] = dy[i] * s * (one + v * (one - s))
@@ -287,7 +439,7 @@ def activation_backward_1d(act_id, param, z, y, dy, dz):  # noqa: C901
         for i in range(n):
             v = z[i]
             g = dy[i]
-            e = math.exp(-abs(v))
+            e = fast_exp(-abs(v))
             s = one / (one + e)
             s = s if v >= zero else e * s
             dz[i] = g if v > t else g * s
@@ -581,7 +733,7 @@ def _row_forward(mode, xr, yr):
     s = xr.dtype.type(0)
     if mode == SOFTMAX:
         for j in range(m):
-            e = math.exp(xr[j] - mx)
+            e = fast_exp(xr[j] - mx)
             yr[j] = e
             s += e
         inv = xr.dtype.type(1) / s
@@ -589,7 +741,7 @@ def _row_forward(mode, xr, yr):
             yr[j] *= inv
     else:
         for j in range(m):
-            s += math.exp(xr[j] - mx)
+            s += fast_exp(xr[j] - mx)
         # (x - max) - log(sum) rather than x - (max + log(sum)): the small terms stay exact.
         ls = math.log(s)
         for j in range(m):
@@ -613,7 +765,7 @@ def _row_backward(mode, yr, dyr, dxr):
         for j in range(m):
             s += dyr[j]
         for j in range(m):
-            dxr[j] = dyr[j] - math.exp(yr[j]) * s
+            dxr[j] = dyr[j] - fast_exp(yr[j]) * s
 
 
 @kernel
@@ -631,7 +783,7 @@ def _row_logsumexp(xr):
         return mx
     s = xr.dtype.type(0)
     for j in range(m):
-        s += math.exp(xr[j] - mx)
+        s += fast_exp(xr[j] - mx)
     return mx + math.log(s)
 
 
