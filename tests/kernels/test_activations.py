@@ -13,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
+from numbanet._jit import kernel
 from numbanet.kernels import activations as A
 
 DTYPES = [np.float32, np.float64]
@@ -240,6 +241,58 @@ def test_1d_forward_allows_y_to_alias_z():
         z = x.copy()
         A.activation_forward_1d(act_id, 0.01, z, z)
         np.testing.assert_array_equal(z, y)
+
+
+# --------------------------------------------------- vectorizable exp / tanh accuracy
+
+
+@kernel
+def _map_fast_exp(x, y):
+    # Compiled with numbanet's flags (reassoc included), as the activation kernels are.
+    for i in range(x.shape[0]):
+        y[i] = A.fast_exp(x[i])
+
+
+@kernel
+def _map_fast_tanh(x, y):
+    for i in range(x.shape[0]):
+        y[i] = A.fast_tanh(x[i])
+
+
+def _ulp_error(y, x, fn):
+    truth = fn(x.astype(np.longdouble))
+    spacing = np.spacing(np.abs(truth).astype(y.dtype)).astype(np.longdouble)
+    return float((np.abs(y.astype(np.longdouble) - truth) / spacing).max())
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: d.__name__)
+def test_fast_exp_and_tanh_are_within_2_ulp(dtype):
+    rng = np.random.default_rng(8)
+    limit = 87.0 if dtype == np.float32 else 708.0
+    x = np.concatenate(
+        [np.linspace(-limit, limit, 20001), rng.standard_normal(5000), np.geomspace(1e-20, 1, 500)]
+    ).astype(dtype)
+    y = np.empty_like(x)
+    _map_fast_exp(x, y)
+    assert _ulp_error(y, x, np.exp) <= 2.0
+    t = np.concatenate([x[np.abs(x) < 40], -x[np.abs(x) < 40]])
+    yt = np.empty_like(t)
+    _map_fast_tanh(t, yt)
+    assert _ulp_error(yt, t, np.tanh) <= 2.0
+    half = t.size // 2
+    np.testing.assert_array_equal(yt[half:], -yt[:half])  # exactly odd
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: d.__name__)
+def test_fast_exp_and_tanh_special_values(dtype):
+    x = np.array([np.nan, -np.inf, np.inf, 0.0, -1e4, 1e4], dtype=dtype)
+    y = np.empty_like(x)
+    _map_fast_exp(x, y)
+    np.testing.assert_array_equal(y, [np.nan, 0.0, np.inf, 1.0, 0.0, np.inf])
+    _map_fast_tanh(x, y)
+    np.testing.assert_array_equal(y, [np.nan, -1.0, 1.0, 0.0, -1.0, 1.0])
+    # Outside Numba the same names fall back to math, keeping the dtype (for py_func).
+    assert type(A.fast_exp(dtype(1.0))) is dtype and A.fast_tanh(0.5) == math.tanh(0.5)
 
 
 # ----------------------------------------------------------------------- thread counts

@@ -58,6 +58,8 @@ __all__ = [
     "activation_forward_1d",
     "elu",
     "elu_backward",
+    "fast_exp",
+    "fast_tanh",
     "gelu",
     "gelu_backward",
     "get_activation",
