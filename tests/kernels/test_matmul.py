@@ -28,6 +28,7 @@ from numbanet.kernels.matmul import (
 DTYPES = [np.float32, np.float64]
 TRANSPOSES = [(False, False), (False, True), (True, False), (True, True)]
 # (m, k, n): ones, primes, non-multiples of MR (12) and NR (32 / 16), k = 1,
+# every edge-kernel path (last A panel of 1-4, 5-8 and 9-11 rows),
 # k just past one and two KC (256) blocks, and macro tiles with ragged edges.
 SHAPES = [
     (1, 1, 1),
@@ -35,6 +36,8 @@ SHAPES = [
     (7, 13, 97),
     (13, 1, 13),
     (12, 5, 32),
+    (16, 9, 64),  # last A panel of 4 rows, full B panels: the 4-row kernel writes out
+    (20, 9, 64),  # ... of 8 rows: the 8-row kernel writes out
     (25, KC + 1, 33),
     (97, 2 * KC + 3, 29),
     (131, 40, 290),

@@ -97,7 +97,7 @@ _NO_ACTIVATION = -1
 
 @kernel
 def _micro_kernel(kc, wa, oa, wb, ob, c, oc, ldc, accumulate):
-    """``C[MR, NR] (+)= A_panel @ B_panel`` on one register tile.
+    """``C[MR, NR] (+)= A_panel[:MR] @ B_panel`` on one register tile.
 
     Args:
         kc: steps of ``k`` in this block.
@@ -108,7 +108,8 @@ def _micro_kernel(kc, wa, oa, wb, ob, c, oc, ldc, accumulate):
         accumulate: add to the tile instead of overwriting it.
 
     Serial. The accumulators are SIMD values, so LLVM keeps them in registers; the
-    inner loop is ``NV`` vector loads of B and ``MR`` broadcast-FMAs per vector.
+    inner loop is ``NV`` vector loads of B and MR broadcast-FMAs per vector (the
+    broadcast folds into the FMA as an embedded ``{1to16}`` memory operand).
     """
     lanes = vlanes(wb)
     c0_0, c0_1 = vzero(wb), vzero(wb)
@@ -162,7 +163,7 @@ def _micro_kernel(kc, wa, oa, wb, ob, c, oc, ldc, accumulate):
         x = vbroadcast(wa, oa + 11)
         c11_0 = vfma(x, b0, c11_0)
         c11_1 = vfma(x, b1, c11_1)
-        oa += 12
+        oa += MR
         ob += 2 * lanes
     if accumulate:
         c0_0 = vadd(c0_0, vload(c, oc))
@@ -213,6 +214,156 @@ def _micro_kernel(kc, wa, oa, wb, ob, c, oc, ldc, accumulate):
     vstore(c, oc + 10 * ldc + lanes, c10_1)
     vstore(c, oc + 11 * ldc, c11_0)
     vstore(c, oc + 11 * ldc + lanes, c11_1)
+
+
+@kernel
+def _micro_kernel_8(kc, wa, oa, wb, ob, c, oc, ldc, accumulate):
+    """``C[8, NR] (+)= A_panel[:8] @ B_panel`` on one register tile.
+
+    For the last A panel of a matrix when it has 5 to 8 valid rows.
+
+    Args:
+        kc: steps of ``k`` in this block.
+        wa, oa: packed A (1-D) and the offset of a ``[kc][MR]`` panel in it.
+        wb, ob: packed B (1-D) and the offset of a ``[kc][NR]`` panel in it.
+        c, oc, ldc: C-contiguous output (any rank), flat offset of the tile's first
+            element and the row stride in elements; the tile must lie inside ``c``.
+        accumulate: add to the tile instead of overwriting it.
+
+    Serial. The accumulators are SIMD values, so LLVM keeps them in registers; the
+    inner loop is ``NV`` vector loads of B and 8 broadcast-FMAs per vector (the
+    broadcast folds into the FMA as an embedded ``{1to16}`` memory operand).
+    """
+    lanes = vlanes(wb)
+    c0_0, c0_1 = vzero(wb), vzero(wb)
+    c1_0, c1_1 = vzero(wb), vzero(wb)
+    c2_0, c2_1 = vzero(wb), vzero(wb)
+    c3_0, c3_1 = vzero(wb), vzero(wb)
+    c4_0, c4_1 = vzero(wb), vzero(wb)
+    c5_0, c5_1 = vzero(wb), vzero(wb)
+    c6_0, c6_1 = vzero(wb), vzero(wb)
+    c7_0, c7_1 = vzero(wb), vzero(wb)
+    for _ in range(kc):
+        b0 = vload(wb, ob)
+        b1 = vload(wb, ob + lanes)
+        x = vbroadcast(wa, oa)
+        c0_0 = vfma(x, b0, c0_0)
+        c0_1 = vfma(x, b1, c0_1)
+        x = vbroadcast(wa, oa + 1)
+        c1_0 = vfma(x, b0, c1_0)
+        c1_1 = vfma(x, b1, c1_1)
+        x = vbroadcast(wa, oa + 2)
+        c2_0 = vfma(x, b0, c2_0)
+        c2_1 = vfma(x, b1, c2_1)
+        x = vbroadcast(wa, oa + 3)
+        c3_0 = vfma(x, b0, c3_0)
+        c3_1 = vfma(x, b1, c3_1)
+        x = vbroadcast(wa, oa + 4)
+        c4_0 = vfma(x, b0, c4_0)
+        c4_1 = vfma(x, b1, c4_1)
+        x = vbroadcast(wa, oa + 5)
+        c5_0 = vfma(x, b0, c5_0)
+        c5_1 = vfma(x, b1, c5_1)
+        x = vbroadcast(wa, oa + 6)
+        c6_0 = vfma(x, b0, c6_0)
+        c6_1 = vfma(x, b1, c6_1)
+        x = vbroadcast(wa, oa + 7)
+        c7_0 = vfma(x, b0, c7_0)
+        c7_1 = vfma(x, b1, c7_1)
+        oa += MR
+        ob += 2 * lanes
+    if accumulate:
+        c0_0 = vadd(c0_0, vload(c, oc))
+        c0_1 = vadd(c0_1, vload(c, oc + lanes))
+        c1_0 = vadd(c1_0, vload(c, oc + 1 * ldc))
+        c1_1 = vadd(c1_1, vload(c, oc + 1 * ldc + lanes))
+        c2_0 = vadd(c2_0, vload(c, oc + 2 * ldc))
+        c2_1 = vadd(c2_1, vload(c, oc + 2 * ldc + lanes))
+        c3_0 = vadd(c3_0, vload(c, oc + 3 * ldc))
+        c3_1 = vadd(c3_1, vload(c, oc + 3 * ldc + lanes))
+        c4_0 = vadd(c4_0, vload(c, oc + 4 * ldc))
+        c4_1 = vadd(c4_1, vload(c, oc + 4 * ldc + lanes))
+        c5_0 = vadd(c5_0, vload(c, oc + 5 * ldc))
+        c5_1 = vadd(c5_1, vload(c, oc + 5 * ldc + lanes))
+        c6_0 = vadd(c6_0, vload(c, oc + 6 * ldc))
+        c6_1 = vadd(c6_1, vload(c, oc + 6 * ldc + lanes))
+        c7_0 = vadd(c7_0, vload(c, oc + 7 * ldc))
+        c7_1 = vadd(c7_1, vload(c, oc + 7 * ldc + lanes))
+    vstore(c, oc, c0_0)
+    vstore(c, oc + lanes, c0_1)
+    vstore(c, oc + 1 * ldc, c1_0)
+    vstore(c, oc + 1 * ldc + lanes, c1_1)
+    vstore(c, oc + 2 * ldc, c2_0)
+    vstore(c, oc + 2 * ldc + lanes, c2_1)
+    vstore(c, oc + 3 * ldc, c3_0)
+    vstore(c, oc + 3 * ldc + lanes, c3_1)
+    vstore(c, oc + 4 * ldc, c4_0)
+    vstore(c, oc + 4 * ldc + lanes, c4_1)
+    vstore(c, oc + 5 * ldc, c5_0)
+    vstore(c, oc + 5 * ldc + lanes, c5_1)
+    vstore(c, oc + 6 * ldc, c6_0)
+    vstore(c, oc + 6 * ldc + lanes, c6_1)
+    vstore(c, oc + 7 * ldc, c7_0)
+    vstore(c, oc + 7 * ldc + lanes, c7_1)
+
+
+@kernel
+def _micro_kernel_4(kc, wa, oa, wb, ob, c, oc, ldc, accumulate):
+    """``C[4, NR] (+)= A_panel[:4] @ B_panel`` on one register tile.
+
+    For the last A panel of a matrix when it has 1 to 4 valid rows.
+
+    Args:
+        kc: steps of ``k`` in this block.
+        wa, oa: packed A (1-D) and the offset of a ``[kc][MR]`` panel in it.
+        wb, ob: packed B (1-D) and the offset of a ``[kc][NR]`` panel in it.
+        c, oc, ldc: C-contiguous output (any rank), flat offset of the tile's first
+            element and the row stride in elements; the tile must lie inside ``c``.
+        accumulate: add to the tile instead of overwriting it.
+
+    Serial. The accumulators are SIMD values, so LLVM keeps them in registers; the
+    inner loop is ``NV`` vector loads of B and 4 broadcast-FMAs per vector (the
+    broadcast folds into the FMA as an embedded ``{1to16}`` memory operand).
+    """
+    lanes = vlanes(wb)
+    c0_0, c0_1 = vzero(wb), vzero(wb)
+    c1_0, c1_1 = vzero(wb), vzero(wb)
+    c2_0, c2_1 = vzero(wb), vzero(wb)
+    c3_0, c3_1 = vzero(wb), vzero(wb)
+    for _ in range(kc):
+        b0 = vload(wb, ob)
+        b1 = vload(wb, ob + lanes)
+        x = vbroadcast(wa, oa)
+        c0_0 = vfma(x, b0, c0_0)
+        c0_1 = vfma(x, b1, c0_1)
+        x = vbroadcast(wa, oa + 1)
+        c1_0 = vfma(x, b0, c1_0)
+        c1_1 = vfma(x, b1, c1_1)
+        x = vbroadcast(wa, oa + 2)
+        c2_0 = vfma(x, b0, c2_0)
+        c2_1 = vfma(x, b1, c2_1)
+        x = vbroadcast(wa, oa + 3)
+        c3_0 = vfma(x, b0, c3_0)
+        c3_1 = vfma(x, b1, c3_1)
+        oa += MR
+        ob += 2 * lanes
+    if accumulate:
+        c0_0 = vadd(c0_0, vload(c, oc))
+        c0_1 = vadd(c0_1, vload(c, oc + lanes))
+        c1_0 = vadd(c1_0, vload(c, oc + 1 * ldc))
+        c1_1 = vadd(c1_1, vload(c, oc + 1 * ldc + lanes))
+        c2_0 = vadd(c2_0, vload(c, oc + 2 * ldc))
+        c2_1 = vadd(c2_1, vload(c, oc + 2 * ldc + lanes))
+        c3_0 = vadd(c3_0, vload(c, oc + 3 * ldc))
+        c3_1 = vadd(c3_1, vload(c, oc + 3 * ldc + lanes))
+    vstore(c, oc, c0_0)
+    vstore(c, oc + lanes, c0_1)
+    vstore(c, oc + 1 * ldc, c1_0)
+    vstore(c, oc + 1 * ldc + lanes, c1_1)
+    vstore(c, oc + 2 * ldc, c2_0)
+    vstore(c, oc + 2 * ldc + lanes, c2_1)
+    vstore(c, oc + 3 * ldc, c3_0)
+    vstore(c, oc + 3 * ldc + lanes, c3_1)
 
 
 # ---------------------------------------------------------------------------------------
@@ -352,10 +503,19 @@ def _macro_tile(t, mb, nb, out, k, wa, wb, work_scratch, bias, has_bias, y, act_
                 oa = k0 * mp + ip * MR * kcb
                 if mr == MR and nn == nr:
                     _micro_kernel(kcb, wa, oa, wb, ob, out, i0 * n + j0, n, acc)
+                elif mr == 8 and nn == nr:
+                    _micro_kernel_8(kcb, wa, oa, wb, ob, out, i0 * n + j0, n, acc)
+                elif mr == 4 and nn == nr:
+                    _micro_kernel_4(kcb, wa, oa, wb, ob, out, i0 * n + j0, n, acc)
                 else:
-                    # Edge tile: compute the full padded tile into scratch, copy the
-                    # valid part.
-                    _micro_kernel(kcb, wa, oa, wb, ob, sc, 0, nr, False)
+                    # Edge tile: compute a padded tile into scratch, copy the valid
+                    # part. Short last panels use a shorter kernel (less padding work).
+                    if mr <= 4:
+                        _micro_kernel_4(kcb, wa, oa, wb, ob, sc, 0, nr, False)
+                    elif mr <= 8:
+                        _micro_kernel_8(kcb, wa, oa, wb, ob, sc, 0, nr, False)
+                    else:
+                        _micro_kernel(kcb, wa, oa, wb, ob, sc, 0, nr, False)
                     for r in range(mr):
                         orow = out[i0 + r, j0 : j0 + nn]
                         srow = sc[r * nr : r * nr + nn]
