@@ -150,8 +150,8 @@ class _Registry:
     def collect(self) -> None:
         for kind, (hook_name, spec_type) in _HOOKS.items():
             caller = getattr(self.pm.hook, hook_name)
-            # get_hookimpls() lists last-registered first; keep registration order.
-            for impl in reversed(caller.get_hookimpls()):
+            # get_hookimpls() lists implementations in registration order: built-ins first.
+            for impl in caller.get_hookimpls():
                 dist = self.plugin_dist.get(impl.plugin_name, impl.plugin_name)
                 record = self.records[dist]
                 if record.status == "failed":
