@@ -27,7 +27,7 @@ from __future__ import annotations
 from llvmlite import ir
 from numba import types
 from numba.core import cgutils
-from numba.extending import intrinsic, models, register_model
+from numba.extending import intrinsic, models, overload, register_model
 
 __all__ = [
     "LANES_FLOAT32",
@@ -197,17 +197,21 @@ def vadd(typingctx, a, b):
     return a(a, b), codegen
 
 
-@intrinsic
-def vlanes(typingctx, like):
-    """The number of lanes of a vector of ``like``'s dtype, as a compile-time constant."""
+def vlanes(like):
+    """The number of lanes of a vector of ``like``'s dtype (a compile-time constant).
+
+    A plain function with a Numba overload, so kernels that only need the lane count
+    still run as ``kernel.py_func``.
+    """
+    return _VECTOR_BITS // (8 * like.dtype.itemsize)
+
+
+@overload(vlanes)
+def _vlanes_overload(like):
     if not _check_array(like):
         return None
     lanes = _vec_type_for(like.dtype).lanes
-
-    def codegen(context, builder, sig, args):
-        return ir.Constant(ir.IntType(64), lanes)
-
-    return types.intp(like), codegen
+    return lambda like: lanes
 
 
 @intrinsic
