@@ -1,0 +1,398 @@
+"""fit / evaluate / predict_proba against NumPy references, determinism, and bad input."""
+
+from __future__ import annotations
+
+import math
+import sys
+import tracemalloc
+import types
+
+import numpy as np
+import pytest
+
+import numbanet.plugins as plugins
+from numbanet.datasets import load_digits, train_test_split
+from numbanet.nn import Dense, Dropout, Sequential
+from numbanet.threads import get_num_threads, max_threads, set_num_threads
+from numbanet.train import History, _Batches, _Progress, _Stepper
+
+# One small architecture per dtype keeps the number of compiled variants low.
+
+
+def small_model(seed=0, dtype="float64", optimizer="sgd", loss="cross_entropy", out=3,
+                metrics=("accuracy",), dropout=False, **opt_kwargs):
+    layers = [Dense(5, 8, activation="tanh")]
+    if dropout:
+        layers.append(Dropout(0.25))
+    layers.append(Dense(8, out))
+    model = Sequential(layers, seed=seed, dtype=dtype)
+    opt_kwargs.setdefault("lr", 0.1)
+    model.compile(loss=loss, optimizer=plugins.get_optimizer(optimizer, **opt_kwargs),
+                  metrics=list(metrics))
+    return model
+
+
+def small_data(n=40, seed=0, classes=3):
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, 5))
+    y = (X[:, 0] + 0.5 * X[:, 1] > 0).astype(np.int64) + (X[:, 2] > 1.0)
+    return X, np.minimum(y, classes - 1)
+
+
+def np_log_softmax(z):
+    z = z - z.max(axis=1, keepdims=True)
+    return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+
+
+def np_grads(model, X, y):
+    """Gradient of mean softmax cross-entropy w.r.t. the flat parameters, via model.backward
+    fed with a NumPy-computed d(loss)/d(outputs)."""
+    out = model.forward(X)
+    p = np.exp(np_log_softmax(out))
+    p[np.arange(len(y)), y] -= 1.0
+    model.backward(p / len(y))
+    return model.flat_gradients.copy()
+
+
+# ------------------------------------------------------------------------ learning
+
+
+def test_fit_learns_digits_to_97_percent_on_held_out_split():
+    X, y = load_digits()
+    X_tr, X_te, y_tr, y_te = train_test_split(X, y, test_size=0.2, seed=1, stratify=True)
+    model = Sequential([Dense(64, 128, activation="relu"), Dense(128, 64, activation="relu"),
+                        Dense(64, 10)], seed=1)
+    model.compile("cross_entropy", plugins.get_optimizer("adam", lr=2e-3), ["accuracy"])
+    history = model.fit(X_tr, y_tr, epochs=25, batch_size=32, verbose=0)
+    assert history["loss"][-1] < history["loss"][0] / 10
+    result = model.evaluate(X_te, y_te)
+    assert result["accuracy"] >= 0.97
+
+
+def test_history_keys_and_validation_split_uses_last_samples():
+    X, y = small_data(50)
+    model = small_model()
+    history = model.fit(X, y, epochs=3, batch_size=8, validation_split=0.2, verbose=0)
+    assert isinstance(history, History)
+    assert set(history.keys()) == {"loss", "accuracy", "val_loss", "val_accuracy", "lr"}
+    assert history.epoch == [0, 1, 2] and all(len(v) == 3 for v in history.history.values())
+    # val_* equals an independent evaluation of the last 20% of the samples.
+    last = model.evaluate(X[40:], y[40:])
+    assert history["val_loss"][-1] == pytest.approx(last["loss"], rel=1e-12)
+    assert history["val_accuracy"][-1] == last["accuracy"]
+    # A second fit continues the epoch count.
+    again = model.fit(X, y, epochs=1, verbose=0)
+    assert again.epoch == [3]
+
+
+def test_evaluate_matches_numpy_cross_entropy_and_accuracy():
+    X, y = small_data(30)
+    model = small_model()
+    result = model.evaluate(X, y)
+    out = model.predict(X)
+    expected_loss = -np.mean(np_log_softmax(out)[np.arange(len(y)), y])
+    assert result["loss"] == pytest.approx(expected_loss, rel=1e-12)
+    assert result["accuracy"] == np.mean(np.argmax(out, axis=1) == y)
+
+
+def test_predict_proba_is_softmax_of_outputs():
+    X, _ = small_data(10)
+    model = small_model()
+    probs = model.predict_proba(X)
+    np.testing.assert_allclose(probs, np.exp(np_log_softmax(model.predict(X))), rtol=1e-12)
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-12)
+
+
+def test_predict_proba_refuses_regression_loss():
+    model = small_model(loss="mse", metrics=())
+    with pytest.raises(ValueError, match="predict_proba"):
+        model.predict_proba(np.zeros((2, 5)))
+
+
+def test_full_batch_sgd_epoch_matches_numpy_gradient_step():
+    X, y = small_data(24)
+    model = small_model()
+    w0 = model.flat_parameters.copy()
+    g = np_grads(model, X, y)
+    model.fit(X, y, epochs=1, batch_size=100, shuffle=False, verbose=0)
+    np.testing.assert_allclose(model.flat_parameters, w0 - 0.1 * g, rtol=1e-10, atol=1e-13)
+
+
+# ------------------------------------------------------------- clipping / weight decay
+
+
+def test_clip_value_clips_each_gradient_element():
+    X, y = small_data(24)
+    model = small_model()
+    w0 = model.flat_parameters.copy()
+    g = np_grads(model, X, y)
+    assert np.abs(g).max() > 0.05
+    model.fit(X, y, epochs=1, batch_size=100, shuffle=False, verbose=0, clip_value=0.05)
+    np.testing.assert_allclose(model.flat_parameters, w0 - 0.1 * np.clip(g, -0.05, 0.05),
+                               rtol=1e-10, atol=1e-13)
+
+
+def test_clip_norm_scales_to_the_global_norm():
+    X, y = small_data(24)
+    model = small_model()
+    w0 = model.flat_parameters.copy()
+    g = np_grads(model, X, y)
+    norm = np.linalg.norm(g)
+    assert norm > 0.01
+    model.fit(X, y, epochs=1, batch_size=100, shuffle=False, verbose=0, clip_norm=0.01)
+    expected = w0 - 0.1 * g * (0.01 / (norm + 1e-6))
+    np.testing.assert_allclose(model.flat_parameters, expected, rtol=1e-10, atol=1e-13)
+
+
+def test_clip_norm_matches_torch_clip_grad_norm():
+    torch = pytest.importorskip("torch")
+    X, y = small_data(24)
+    model = small_model()
+    w0 = model.flat_parameters.copy()
+    g = np_grads(model, X, y)
+    tg = torch.tensor(g.copy(), requires_grad=False)
+    param = torch.nn.Parameter(torch.tensor(w0.copy()))
+    param.grad = tg
+    torch.nn.utils.clip_grad_norm_([param], max_norm=0.01)
+    with torch.no_grad():
+        param -= 0.1 * param.grad
+    model.fit(X, y, epochs=1, batch_size=100, shuffle=False, verbose=0, clip_norm=0.01)
+    np.testing.assert_allclose(model.flat_parameters, param.detach().numpy(), rtol=1e-9,
+                               atol=1e-13)
+
+
+@pytest.mark.parametrize("decay_biases", [False, True])
+def test_decoupled_weight_decay_skips_biases_by_default(decay_biases):
+    X, y = small_data(24)
+    model = small_model()
+    w0 = model.flat_parameters.copy()
+    g = np_grads(model, X, y)
+    decayed = np.zeros_like(w0)
+    for name, start, stop, _ in model.parameter_layout():
+        if decay_biases or not name.endswith("bias"):
+            decayed[start:stop] = 1.0
+    model.fit(X, y, epochs=1, batch_size=100, shuffle=False, verbose=0, weight_decay=0.5,
+              decay_biases=decay_biases)
+    expected = w0 * (1.0 - 0.1 * 0.5 * decayed) - 0.1 * g
+    np.testing.assert_allclose(model.flat_parameters, expected, rtol=1e-10, atol=1e-13)
+
+
+# -------------------------------------------------------------------- determinism
+
+
+def _train_digits_subset(threads, seed=3):
+    X, y = load_digits()
+    model = Sequential([Dense(64, 32, activation="relu"), Dropout(0.1), Dense(32, 10)], seed=7)
+    model.compile("cross_entropy", plugins.get_optimizer("adam", lr=1e-3), ["accuracy"])
+    old = get_num_threads()
+    set_num_threads(threads)
+    try:
+        model.fit(X[:600], y[:600], epochs=2, batch_size=64, seed=seed, verbose=0)
+    finally:
+        set_num_threads(old)
+    return model.flat_parameters.copy()
+
+
+def test_same_seed_gives_bit_identical_weights_run_to_run_and_across_threads():
+    first = _train_digits_subset(threads=1)
+    again = _train_digits_subset(threads=1)
+    np.testing.assert_array_equal(first, again)
+    if max_threads() >= 2:
+        np.testing.assert_array_equal(first, _train_digits_subset(threads=2))
+    other = _train_digits_subset(threads=1, seed=4)
+    assert not np.array_equal(first, other)
+
+
+def test_fit_seed_reseeds_the_generator_dropout_uses():
+    X, y = small_data(40)
+    a = small_model(dropout=True)
+    b = small_model(dropout=True)
+    b.rng.random(5)  # move b's stream; seed= must make the calls agree anyway
+    a.fit(X, y, epochs=2, batch_size=8, seed=11, verbose=0)
+    b.fit(X, y, epochs=2, batch_size=8, seed=11, verbose=0)
+    np.testing.assert_array_equal(a.flat_parameters, b.flat_parameters)
+    assert a.layers[1].rng is a.rng
+
+
+def test_steady_state_step_allocates_no_arrays():
+    X, y = load_digits()
+    model = Sequential([Dense(64, 32, activation="relu"), Dense(32, 10)], seed=0)
+    model.compile("cross_entropy", plugins.get_optimizer("adam", lr=1e-3))
+    X32 = model._check_input(X[:200])
+    targets = model.loss.prepare_targets(y[:200], 10, model.dtype)
+    batches = _Batches(X32, targets, 32, shuffle=True)
+    step = _Stepper(model, clip_norm=1.0, clip_value=1.0, weight_decay=1e-4,
+                    decay_biases=False)
+    plain = _Stepper(model, None, None, None, False)
+
+    def epoch():
+        batches.new_epoch(model.rng)
+        for i in range(batches.steps):
+            step(*batches.get(i))
+            plain(*batches.get(i))
+
+    epoch()
+    epoch()
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        tracemalloc.reset_peak()
+        epoch()
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    # One 32x64 float32 batch is 8 KiB; any per-step array would show up here.
+    assert peak - base < 4096
+
+
+# ------------------------------------------------------------------------- NaN loss
+
+
+def _diverging():
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(32, 5)) * 100
+    y = rng.normal(size=(32, 1)) * 100
+    model = small_model(loss="mse", out=1, metrics=(), lr=1e30, dtype="float32")
+    return model, X, y
+
+
+def test_nan_loss_stops_with_message_naming_epoch_and_step():
+    model, X, y = _diverging()
+    with pytest.warns(RuntimeWarning, match=r"at epoch 1, step \d+ of 4"):
+        history = model.fit(X, y, epochs=5, batch_size=8, verbose=0)
+    assert history.stop_reason is not None and "training stopped" in history.stop_reason
+    assert len(history.epoch) == 1 and not math.isfinite(history["loss"][0])
+
+
+def test_nan_loss_raise_and_continue():
+    model, X, y = _diverging()
+    with pytest.raises(FloatingPointError, match=r"epoch 1, step \d+"):
+        model.fit(X, y, epochs=5, batch_size=8, verbose=0, on_nan="raise")
+    model, X, y = _diverging()
+    history = model.fit(X, y, epochs=3, batch_size=8, verbose=0, on_nan="continue")
+    assert len(history.epoch) == 3 and history.stop_reason is None
+
+
+# ------------------------------------------------------------------------ output
+
+
+def test_verbose_levels(capsys):
+    X, y = small_data(20)
+    model = small_model()
+    model.fit(X, y, epochs=2, verbose=0)
+    assert capsys.readouterr().out == ""
+    model.fit(X, y, epochs=2, verbose=2, validation_split=0.25)
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 2 and lines[0].startswith("epoch 3/4 - loss")
+    assert "val_accuracy" in lines[0] and "samples/s" in lines[0]
+
+
+def test_progress_uses_tqdm_only_on_a_terminal(monkeypatch):
+    made = []
+
+    class FakeBar:
+        def __init__(self, **kwargs):
+            made.append(kwargs)
+            self.updates = 0
+
+        def update(self, n):
+            self.updates += n
+
+        def set_postfix_str(self, text, refresh=True):
+            self.text = text
+
+        def close(self):
+            pass
+
+    fake = types.ModuleType("tqdm.auto")
+    fake.tqdm = FakeBar
+    monkeypatch.setitem(sys.modules, "tqdm", types.ModuleType("tqdm"))
+    monkeypatch.setitem(sys.modules, "tqdm.auto", fake)
+
+    class Tty:
+        def __init__(self, tty):
+            self.tty, self.text = tty, ""
+
+        def isatty(self):
+            return self.tty
+
+        def write(self, s):
+            self.text += s
+
+        def flush(self):
+            pass
+
+    tty = Tty(True)
+    progress = _Progress(1, epochs=2, steps=3, stream=tty)
+    progress.epoch_begin(1)
+    bar = progress.bar
+    for _ in range(3):
+        progress.step(0.5, 1000.0)
+    progress.epoch_end(1, {"loss": 0.5}, 0.1, 96)
+    assert made and made[0]["total"] == 3 and bar.updates == 3 and "loss 0.5000" in bar.text
+    pipe = Tty(False)
+    progress = _Progress(1, epochs=2, steps=3, stream=pipe)
+    progress.epoch_begin(1)
+    assert progress.bar is None
+    progress.epoch_end(1, {"loss": 0.5}, 0.1, 96)
+    assert pipe.text.startswith("epoch 1/2 - loss 0.5000")
+
+
+# ----------------------------------------------------------------------- bad input
+
+
+def test_fit_requires_compile():
+    model = Sequential([Dense(5, 3)], seed=0)
+    with pytest.raises(RuntimeError, match="compile"):
+        model.fit(np.zeros((4, 5)), np.zeros(4, dtype=int))
+
+
+BAD_FIT = [
+    ({"y": np.array([0, 1, 3, 0])}, ValueError, "y"),
+    ({"y": np.array([0.5, 1.0, 2.0, 0.0])}, (TypeError, ValueError), "y"),
+    ({"y": np.array([0, 1, 2])}, ValueError, "4 samples but y has 3"),
+    ({"X": np.zeros((0, 5)), "y": np.zeros(0, dtype=int)}, ValueError, "empty"),
+    ({"X": np.array([[np.nan] * 5] * 4)}, ValueError, "NaN"),
+    ({"X": np.zeros((4, 6))}, ValueError, "features"),
+    ({"X": "abc"}, (TypeError, ValueError), "X"),
+    ({"batch_size": 0}, ValueError, "batch_size"),
+    ({"batch_size": 2.5}, TypeError, "batch_size"),
+    ({"epochs": -1}, ValueError, "epochs"),
+    ({"validation_split": 1.0}, ValueError, "validation_split"),
+    ({"validation_split": -0.1}, ValueError, "validation_split"),
+    ({"validation_split": 0.9}, ValueError, "validation_split"),
+    ({"validation_data": (np.zeros((2, 5)), np.array([0, 5]))}, ValueError,
+     "validation_data"),
+    ({"validation_data": np.zeros((2, 5))}, TypeError, "validation_data"),
+    ({"clip_norm": -1.0}, ValueError, "clip_norm"),
+    ({"weight_decay": -0.1}, ValueError, "weight_decay"),
+    ({"on_nan": "ignore"}, ValueError, "on_nan"),
+    ({"verbose": 5}, ValueError, "verbose"),
+    ({"callbacks": "EarlyStopping"}, TypeError, "callbacks"),
+]
+
+
+@pytest.mark.parametrize(("change", "error", "match"), BAD_FIT)
+def test_fit_rejects_bad_input_naming_the_argument(change, error, match):
+    model = small_model()
+    kwargs = {"X": np.zeros((4, 5)), "y": np.array([0, 1, 2, 0]), "verbose": 0, **change}
+    X, y = kwargs.pop("X"), kwargs.pop("y")
+    with pytest.raises(error, match=match):
+        model.fit(X, y, **kwargs)
+
+
+def test_nan_in_regression_targets_is_rejected():
+    model = small_model(loss="mse", out=1, metrics=())
+    y = np.zeros((4, 1))
+    y[2, 0] = np.nan
+    with pytest.raises(ValueError, match="y"):
+        model.fit(np.zeros((4, 5)), y, verbose=0)
+
+
+def test_epochs_zero_trains_nothing():
+    X, y = small_data(10)
+    model = small_model()
+    w0 = model.flat_parameters.copy()
+    history = model.fit(X, y, epochs=0)
+    assert history.epoch == []
+    np.testing.assert_array_equal(model.flat_parameters, w0)
