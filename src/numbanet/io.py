@@ -232,11 +232,11 @@ def load(path: str | os.PathLike[str]) -> Any:
     if os.path.isdir(path):
         raise IsADirectoryError(f"{path!r} is a directory, not a model file")
     try:
-        with np.load(path, allow_pickle=False) as archive:
+        archive = np.load(path, allow_pickle=False)
+        if not hasattr(archive, "files"):  # a .npy file gives a plain array
+            raise _tagged(_not_a_model(path, "it is a single .npy array, not an .npz archive"))
+        with archive:
             return _load_archive(path, archive)
-    except AttributeError:
-        # np.load returned a plain array (a .npy file): it has no context manager.
-        raise _not_a_model(path, "it is a single .npy array, not an .npz archive") from None
     except _READ_ERRORS as exc:
         if isinstance(exc, ValueError) and str(exc).startswith(repr(path)):
             raise
@@ -244,15 +244,15 @@ def load(path: str | os.PathLike[str]) -> Any:
             raise
         reason = str(exc) or type(exc).__name__
         if "pickle" in reason:
-            reason = "not an .npz archive (numpy could not interpret it)"
-        raise _not_a_model(path, f"{reason} (truncated or corrupt?)") from None
+            reason = "not an .npz archive (numpy could not interpret its contents)"
+        else:
+            reason = f"{reason} (truncated or corrupt?)"
+        raise _not_a_model(path, reason) from None
 
 
 def _load_archive(path: str, archive: Any) -> Any:
     from numbanet.nn import Sequential
 
-    if not hasattr(archive, "files"):
-        raise _not_a_model(path, "it is a single array, not an .npz archive")
     files = set(archive.files)
     if "format" not in files or str(archive["format"][()]) != FORMAT_NAME:
         raise _not_a_model(path, f"no '{FORMAT_NAME}' marker; it holds {sorted(files)[:8]}")
