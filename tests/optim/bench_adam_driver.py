@@ -1,6 +1,7 @@
 """Adam on 1M float32 parameters: plugin kernel through the host driver vs hand-fused loops.
 
-Not a test (no timing assertions in tests); run ``python tests/optim/bench_adam_driver.py``.
+Not a test (no timing assertions in tests); run
+``python tests/optim/bench_adam_driver.py [threads ...]`` (e.g. ``1 2``).
 Prints medians over repeats, timed side by side in one process.
 """
 
@@ -92,4 +93,8 @@ def main(n: int = 1_000_000, repeats: int = 41, inner: int = 5) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    import sys
+
+    for threads in [int(a) for a in sys.argv[1:]] or [numba.get_num_threads()]:
+        numba.set_num_threads(threads)
+        main()
