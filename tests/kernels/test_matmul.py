@@ -7,13 +7,14 @@ them, so adding shapes costs run time only, not compile time.
 
 from __future__ import annotations
 
+import importlib
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import numbanet
-from numbanet.kernels import matmul as mm
 from numbanet.kernels.activations import ACTIVATION_IDS
 from numbanet.kernels.matmul import (
     KC,
@@ -24,6 +25,10 @@ from numbanet.kernels.matmul import (
     gemm_plan,
     matmul,
 )
+
+# The module, not the function: numbanet.kernels re-exports the function `matmul`
+# under the module's own name, so attribute access would return the function.
+mm = importlib.import_module("numbanet.kernels.matmul")
 
 DTYPES = [np.float32, np.float64]
 TRANSPOSES = [(False, False), (False, True), (True, False), (True, True)]
