@@ -1,0 +1,1 @@
+"""asv benchmark suites for numbanet; sizes and thread counts live in :mod:`.common`."""

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# CI smoke check of the asv benchmarks: every benchmark imports and runs once, in the
+# current Python environment (numbanet installed there), on reduced grids
+# (NUMBANET_ASV_SMOKE=1, see benchmarks/common.py). Nothing is saved. Exits non-zero if a
+# benchmark fails. Prints its own wall time.
+set -euo pipefail
+cd "$(dirname "$0")"
+start=$(date +%s)
+
+# asv refuses to run without a machine description; write one non-interactively.
+asv machine --yes >/dev/null
+
+# asv run exits 0 even when a benchmark fails, so keep the log and look for failures.
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+NUMBANET_ASV_SMOKE=1 asv run --quick --dry-run --python=same --show-stderr 2>&1 | tee "$log"
+status=${PIPESTATUS[0]}
+
+if [ "$status" -ne 0 ] || grep -qE '(^|[[:space:]])failed([[:space:]]|$)' "$log"; then
+  echo "asv smoke check FAILED (status $status) after $(( $(date +%s) - start )) s" >&2
+  grep -nE '(^|[[:space:]])failed([[:space:]]|$)' "$log" >&2 || true
+  exit 1
+fi
+echo "asv smoke check passed in $(( $(date +%s) - start )) s"
