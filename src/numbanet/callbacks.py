@@ -411,7 +411,9 @@ class ReduceLROnPlateau(Callback):
         patience: epochs without improvement before reducing.
         mode: ``"min"``, ``"max"`` or ``"auto"``.
         min_delta: a change smaller than this is not an improvement.
-        cooldown: epochs to wait after a reduction before counting again.
+        cooldown: epochs after a reduction in which stalls are not counted, so the new
+            rate gets a chance first (``cooldown=1`` skips one epoch; in Keras the first
+            epoch of a cooldown still counts).
         min_lr: the rate never goes below this.
         verbose: 1 prints each reduction.
     """
@@ -443,16 +445,17 @@ class ReduceLROnPlateau(Callback):
         value = (logs or {}).get(self._monitor.monitor)
         if value is None:
             return
-        if self.cooldown_left > 0:
-            self.cooldown_left -= 1
-            self.wait = 0
         if self._monitor.improved(float(value)):
             self._monitor.best = float(value)
             self.wait = 0
-            return
+        elif self.cooldown_left == 0:
+            self.wait += 1
         if self.cooldown_left > 0:
+            # Let the new rate act before judging it (see ``cooldown``).
+            self.cooldown_left -= 1
             return
-        self.wait += 1
+        if self.wait == 0:
+            return
         if self.wait >= self.patience:
             opt = self.model.optimizer
             new_lr = max(opt.lr * self.factor, self.min_lr)
@@ -540,6 +543,8 @@ class TerminateOnNaN(Callback):
             print(f"numbanet: {self.model.stop_reason}; training stopped", flush=True)
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        if self.model.stop_training:
+            return
         for key, value in (logs or {}).items():
             if key.endswith("loss") and not math.isfinite(value):
                 self.model.stop_training = True
