@@ -227,3 +227,30 @@ def test_unqualified_unknown_and_bad_qualified_ids():
         nbp.get_optimizer("nope:adam")
     with pytest.raises(ValueError, match="unknown loss 'numbanet:adam'"):
         nbp.get_loss("numbanet:adam")
+
+
+def test_plugin_kernel_that_does_not_compile_gives_an_error_naming_the_optimizer():
+    from numbanet._jit import kernel
+
+    @kernel(cache=False)
+    def bad_kernel(i, p, g, gs, slots, hp, sc):
+        p[i] = hp[7]  # hp has one entry: a typing error
+
+    opt = nbp.get_optimizer(OptimizerSpec("badkernel", bad_kernel, {"lr": 1.0}))
+    with pytest.raises(TypeError, match=r"optimizer 'unregistered:badkernel': its kernel does "
+                                        r"not compile for float64 parameters"):
+        opt.step(np.zeros(3), np.zeros(3))
+
+
+def test_loss_kernel_that_does_not_compile_gives_an_error_naming_the_loss():
+    from numbanet._jit import kernel
+    from numbanet.specs import LossSpec
+
+    @kernel(cache=False)
+    def bad_row(r, x, t, aux, hp, gs, grad):
+        return x[r, 0] + "text"
+
+    loss = nbp.get_loss(LossSpec("badrow", bad_row))
+    with pytest.raises(TypeError, match=r"loss 'unregistered:badrow': its kernel does not "
+                                        r"compile for float64 outputs"):
+        loss.forward(np.zeros((2, 2)), np.zeros((2, 2)))

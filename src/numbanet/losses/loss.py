@@ -6,6 +6,7 @@ import math
 from typing import Any
 
 import numpy as np
+from numba.core.errors import NumbaError
 
 from numbanet._validation import check_float_array, resolve_dtype
 from numbanet.kernels.losses import LossDriver, loss_driver
@@ -211,7 +212,16 @@ class Loss:
         if self._rowloss.shape[0] != n:
             self._rowloss = np.zeros(n)
         driver = self._dense_driver if (kind == "dense" and self._dense_driver) else self._driver
-        driver(outputs, targets, aux, self._hp_tuple, gs, grad, self._rowloss)
+        try:
+            driver(outputs, targets, aux, self._hp_tuple, gs, grad, self._rowloss)
+        except NumbaError as exc:
+            # Arguments were validated above: only a plugin kernel that does not
+            # type-check gets here.
+            raise TypeError(
+                f"loss {self.qualified_id!r}: its kernel does not compile for "
+                f"{outputs.dtype} outputs and {kind} targets; fix the plugin's kernel. "
+                f"Numba said: {str(exc).strip().splitlines()[0]}"
+            ) from exc
         # np.sum over a float64 vector is pairwise in a fixed order: thread-count independent.
         return float(np.sum(self._rowloss)) / divisor if divisor else math.nan, n
 

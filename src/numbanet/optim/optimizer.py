@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
+from numba.core.errors import NumbaError
 
 from numbanet._validation import check_float_array
 from numbanet.kernels.updates import UpdateDriver, update_driver
@@ -134,7 +135,17 @@ class Optimizer:
         hp = self._hp_cast.get(params.dtype)
         if hp is None:
             hp = self._hp_cast[params.dtype] = tuple(cast(x) for x in self._hp_tuple)
-        self.driver(params, grads, cast(gs), self._slots, hp, tuple(cast(x) for x in sc))
+        try:
+            self.driver(params, grads, cast(gs), self._slots, hp, tuple(cast(x) for x in sc))
+        except NumbaError as exc:
+            # Only a plugin kernel that does not type-check gets here: the arguments were
+            # validated above. Name the culprit instead of showing Numba internals first.
+            raise TypeError(
+                f"optimizer {self.qualified_id!r}: its kernel does not compile for "
+                f"{params.dtype} parameters with {len(hp)} hyperparameters and {len(sc)} "
+                f"per-step scalars; fix the plugin's kernel. Numba said: "
+                f"{str(exc).strip().splitlines()[0]}"
+            ) from exc
         self.step_count = step
 
     def _prepare(self, step: int) -> tuple[float, ...]:
