@@ -265,6 +265,28 @@ def _map_fast_softplus(x, y):
         y[i] = A.fast_softplus(x[i])
 
 
+@kernel
+def _map_fast_ndtr(x, y):
+    for i in range(x.shape[0]):
+        y[i] = A.fast_ndtr(x[i])
+
+
+def test_fast_ndtr_float32_is_within_1_ulp_of_float64_erfc():
+    x = np.concatenate([np.linspace(-13, 8, 20001), np.linspace(-1e-3, 1e-3, 101)]).astype(
+        np.float32
+    )
+    y = np.empty_like(x)
+    _map_fast_ndtr(x, y)
+    truth = np.array([0.5 * math.erfc(-float(v) / math.sqrt(2.0)) for v in x])
+    normal = truth >= np.finfo(np.float32).tiny
+    err = np.abs(y[normal] - truth[normal]) / np.spacing(truth[normal].astype(np.float32))
+    assert err.max() <= 1.0
+    special = np.array([np.nan, -np.inf, np.inf, 0.0], np.float32)
+    out = np.empty_like(special)
+    _map_fast_ndtr(special, out)
+    np.testing.assert_array_equal(out, [np.nan, 0.0, 1.0, 0.5])
+
+
 def _ulp_error(y, x, fn):
     truth = fn(x.astype(np.longdouble))
     # Results below the smallest normal number flush to zero: not counted in ulps.
