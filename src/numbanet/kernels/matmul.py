@@ -37,6 +37,7 @@ rounding; the summation order differs (FMA, blocked), as between BLAS libraries.
 
 from __future__ import annotations
 
+import functools
 import threading
 
 import numba
@@ -81,11 +82,14 @@ NV = 2
 KC = 256
 #: Below this many multiply-adds (m * n * k), run the serial twin.
 SERIAL_WORK = 1 << 20
-# Target macro-tile size in panels (MB * MR rows by NB * NR columns) before balancing.
-_MB = 8
-_NB = 8
-# Macro tiles per thread to aim for, so that dynamic scheduling can balance the load.
-_TASKS_PER_THREAD = 4
+# Largest macro tile, in panels (MB * MR rows by NB * NR columns): with KC = 256 the A
+# block (16 * 12 * 256 floats, 196 KiB) and the B block stay in L2.
+_MAX_MB = 16
+_MAX_NB = 16
+# Planner cost model, in units of one full micro-tile over all of k: per task, and per
+# panel a task streams in (see _plan).
+_TASK_COST = 0.5
+_PANEL_COST = 0.25
 # No epilogue (plain matmul) is encoded as act_id = -1.
 _NO_ACTIVATION = -1
 
@@ -653,7 +657,7 @@ def gemm_plan(m: int, n: int, k: int, dtype: object) -> GemmPlan:
 
     The plan depends on the shape, the dtype and the size of the thread pool
     (``NUMBA_NUM_THREADS``), not on :func:`numbanet.set_num_threads`, so a workspace
-    allocated once stays valid for the whole process.
+    allocated once stays valid for the whole process. Plans are cached.
 
     Args:
         m, n, k: the product's dimensions (``op(a)`` is m x k, ``op(b)`` is k x n).
@@ -662,24 +666,52 @@ def gemm_plan(m: int, n: int, k: int, dtype: object) -> GemmPlan:
     Returns:
         A :class:`GemmPlan`.
     """
-    nr = NV * _lanes(dtype)
+    return _plan(int(m), int(n), int(k), NV * _lanes(dtype),
+                 int(numba.config.NUMBA_NUM_THREADS))
+
+
+@functools.lru_cache(maxsize=256)
+def _plan(m: int, n: int, k: int, nr: int, threads: int) -> GemmPlan:
     n_pm = max(1, _ceil_div(m, MR))
     n_pn = max(1, _ceil_div(n, nr))
-    parallel = m * n * k >= SERIAL_WORK
-    blocks_m = _ceil_div(n_pm, _MB)
-    blocks_n = _ceil_div(n_pn, _NB)
-    if parallel:
-        # Enough tasks that the static split over threads is balanced.
-        target = _TASKS_PER_THREAD * int(numba.config.NUMBA_NUM_THREADS)
-        while blocks_m * blocks_n < target:
-            if blocks_n < n_pn and (n_pn / blocks_n >= n_pm / blocks_m or blocks_m >= n_pm):
-                blocks_n += 1
-            elif blocks_m < n_pm:
-                blocks_m += 1
-            else:
-                break
-    mb = _ceil_div(n_pm, blocks_m)
-    nb = _ceil_div(n_pn, blocks_n)
+    parallel = m * n * k >= SERIAL_WORK and threads > 1
+    workers = threads if parallel else 1
+    # Work of each A panel in full-tile units: the short last panel runs a 4- or 8-row
+    # kernel, at lower efficiency than the 12-row one.
+    tail = m - (n_pm - 1) * MR
+    tail_cost = 1.0 if tail > 8 else (0.75 if tail > 4 else 0.45)
+    # At least two tasks per thread when the shape allows: with one-task chunks handed
+    # out dynamically, a thread slowed down by another process then sheds work.
+    min_tasks = min(2 * workers, n_pm * n_pn) if parallel else 1
+    fewest = _ceil_div(n_pm, _MAX_MB) * _ceil_div(n_pn, _MAX_NB)
+    max_tasks = max(min_tasks, fewest, 16 * workers)
+    best = None
+    for mb in range(1, min(n_pm, _MAX_MB) + 1):
+        if mb > 1 and _ceil_div(n_pm, mb) == _ceil_div(n_pm, mb - 1):
+            continue
+        for nb in range(1, min(n_pn, _MAX_NB) + 1):
+            if nb > 1 and _ceil_div(n_pn, nb) == _ceil_div(n_pn, nb - 1):
+                continue
+            n_tasks = _ceil_div(n_pm, mb) * _ceil_div(n_pn, nb)
+            if not min_tasks <= n_tasks <= max_tasks:
+                continue
+            # Simulate the dynamic schedule: tasks in order, each to the first free
+            # thread. Per task, a fixed cost and a cost per panel it streams in.
+            free = [0.0] * workers
+            for bi in range(_ceil_div(n_pm, mb)):
+                rows = min(mb, n_pm - bi * mb)
+                wm = rows - 1 + (tail_cost if bi * mb + rows == n_pm else 1.0)
+                for bj in range(_ceil_div(n_pn, nb)):
+                    wn = min(nb, n_pn - bj * nb)
+                    cost = wm * wn + _PANEL_COST * (wm + wn) + _TASK_COST
+                    i = free.index(min(free))
+                    free[i] += cost
+            key = (max(free), mb * nb)
+            if best is None or key[0] < best[0][0] - 1e-9 or (
+                abs(key[0] - best[0][0]) <= 1e-9 and key[1] > best[0][1]
+            ):
+                best = (key, mb, nb)
+    _, mb, nb = best
     tasks = _ceil_div(n_pm, mb) * _ceil_div(n_pn, nb)
     workspace = n_pm * MR * k + n_pn * nr * k + tasks * MR * nr
     return GemmPlan(mb, nb, workspace, parallel)
