@@ -18,6 +18,7 @@ import argparse
 import os
 import sys
 import time
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -346,14 +347,17 @@ def _train(argv: Sequence[str]) -> int:
               f"samples), MLP {sizes} {args.activation}, {optimizer.name} lr {args.lr:g}, "
               f"{args.epochs} epochs of batch {args.batch_size}", flush=True)
     started = time.perf_counter()
-    history = fit(model, X_train, y_train, epochs=args.epochs, batch_size=args.batch_size,
-                  validation_split=args.validation_split, verbose=verbose,
-                  clip_norm=args.clip_norm, weight_decay=args.weight_decay,
-                  on_nan=args.on_nan)
+    with warnings.catch_warnings():
+        # A NaN stop is reported below, once; numpy's overflow warnings add nothing.
+        warnings.simplefilter("ignore", RuntimeWarning)
+        history = fit(model, X_train, y_train, epochs=args.epochs,
+                      batch_size=args.batch_size, validation_split=args.validation_split,
+                      verbose=verbose, clip_norm=args.clip_norm,
+                      weight_decay=args.weight_decay, on_nan=args.on_nan)
     seconds = time.perf_counter() - started
     nan_stop = history.stop_reason is not None and "loss is" in history.stop_reason
     if nan_stop:
-        print(f"numbanet train: {history.stop_reason}", file=sys.stderr)
+        print(f"numbanet train: error: {history.stop_reason}", file=sys.stderr)
     else:
         result = model.evaluate(X_test, y_test)
         shown = ", ".join(f"test {k} {v:.4f}" for k, v in result.items())

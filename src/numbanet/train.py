@@ -418,8 +418,9 @@ def fit(
             by ``1 - lr * weight_decay`` (AdamW-style, independent of the gradient).
         decay_biases: also decay biases (by default they are excluded).
         on_nan: what a NaN or infinite training loss does: ``"stop"`` (default) ends
-            training with a warning naming the epoch and step, ``"raise"`` raises
-            ``FloatingPointError``, ``"continue"`` keeps training.
+            training with a message naming the epoch and step (printed when ``verbose``,
+            else a ``RuntimeWarning``; also in ``History.stop_reason``), ``"raise"``
+            raises ``FloatingPointError``, ``"continue"`` keeps training.
 
     Returns:
         a :class:`History`.
@@ -534,12 +535,13 @@ def fit(
                 history._append(epoch, logs)
                 history.stop_reason = f"{nan_message}; training stopped"
                 progress.close()
-                progress.message(f"numbanet: {history.stop_reason}")
-                warnings.warn(
-                    f"{history.stop_reason}. Lower the learning rate or clip gradients "
-                    f"(clip_norm=...); pass on_nan='continue' to keep going.",
-                    RuntimeWarning, stacklevel=3,
-                )
+                advice = ("lower the learning rate or clip gradients (clip_norm=...); pass "
+                          "on_nan='continue' to keep going")
+                if verbose:
+                    progress.message(f"numbanet: {history.stop_reason}; {advice}")
+                else:
+                    warnings.warn(f"{history.stop_reason}; {advice}", RuntimeWarning,
+                                  stacklevel=3)
                 model.stop_training = True
                 cbs.on_epoch_end(epoch, logs)
                 break
