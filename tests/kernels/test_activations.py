@@ -266,6 +266,12 @@ def _map_fast_softplus(x, y):
 
 
 @kernel
+def _map_fast_expm1(x, y):
+    for i in range(x.shape[0]):
+        y[i] = A.fast_expm1(x[i])
+
+
+@kernel
 def _map_fast_ndtr(x, y):
     for i in range(x.shape[0]):
         y[i] = A.fast_ndtr(x[i])
@@ -314,6 +320,11 @@ def test_fast_exp_tanh_softplus_are_within_a_few_ulp(dtype):
     np.testing.assert_array_equal(yt[half:], -yt[:half])  # exactly odd
     _map_fast_softplus(x, y)
     assert _ulp_error(y, x, lambda v: np.logaddexp(np.longdouble(0), v)) <= 3.0
+    small = np.concatenate([t, np.geomspace(1e-30, 1, 300), -np.geomspace(1e-30, 1, 300)])
+    small = small.astype(dtype)
+    ym = np.empty_like(small)
+    _map_fast_expm1(small, ym)
+    assert _ulp_error(ym, small, np.expm1) <= 3.5
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: d.__name__)

@@ -59,6 +59,7 @@ __all__ = [
     "elu",
     "elu_backward",
     "fast_exp",
+    "fast_expm1",
     "fast_ndtr",
     "fast_softplus",
     "fast_tanh",
@@ -281,6 +282,56 @@ def _tanh64(x):
     return t if x >= 0.0 else -t
 
 
+def fast_expm1(x):
+    """``exp(x) - 1`` in ``x``'s float type without cancellation near 0; vectorizable.
+
+    Inside kernels: the Taylor polynomial for ``|x| < 0.7`` and ``fast_exp(x) - 1``
+    elsewhere (where the result is at least 0.5 in magnitude, so the subtraction loses
+    at most one bit). Outside Numba: ``math.expm1``.
+    """
+    return type(x)(math.expm1(x)) if isinstance(x, np.floating) else math.expm1(x)
+
+
+def _expm1_32(x):
+    f = np.float32
+    # Taylor terms to x**10 / 10!: the next one is below float32 rounding for |x| < 0.7.
+    p = f(1.0 / 3628800.0)
+    p = p * x + f(1.0 / 362880.0)
+    p = p * x + f(1.0 / 40320.0)
+    p = p * x + f(1.0 / 5040.0)
+    p = p * x + f(1.0 / 720.0)
+    p = p * x + f(1.0 / 120.0)
+    p = p * x + f(1.0 / 24.0)
+    p = p * x + f(1.0 / 6.0)
+    p = p * x + f(0.5)
+    small = x + x * x * p
+    big = fast_exp(x) - f(1.0)
+    return small if abs(x) < f(0.7) else big
+
+
+def _expm1_64(x):
+    # Taylor terms to x**17 / 17!: the next one is below float64 rounding for |x| < 0.7.
+    p = 1.0 / 355687428096000.0
+    p = p * x + 1.0 / 20922789888000.0
+    p = p * x + 1.0 / 1307674368000.0
+    p = p * x + 1.0 / 87178291200.0
+    p = p * x + 1.0 / 6227020800.0
+    p = p * x + 1.0 / 479001600.0
+    p = p * x + 1.0 / 39916800.0
+    p = p * x + 1.0 / 3628800.0
+    p = p * x + 1.0 / 362880.0
+    p = p * x + 1.0 / 40320.0
+    p = p * x + 1.0 / 5040.0
+    p = p * x + 1.0 / 720.0
+    p = p * x + 1.0 / 120.0
+    p = p * x + 1.0 / 24.0
+    p = p * x + 1.0 / 6.0
+    p = p * x + 0.5
+    small = x + x * x * p
+    big = fast_exp(x) - 1.0
+    return small if abs(x) < 0.7 else big
+
+
 def fast_softplus(x):
     """``log(1 + exp(x))`` without overflow, in ``x``'s float type; vectorizable (~1 ulp).
 
@@ -398,6 +449,13 @@ def _fast_exp_impl(x):
     return None
 
 
+@overload(fast_expm1, inline="always")
+def _fast_expm1_impl(x):
+    if isinstance(x, types.Float):
+        return _expm1_32 if x.bitwidth == 32 else _expm1_64
+    return None
+
+
 @overload(fast_softplus, inline="always")
 def _fast_softplus_impl(x):
     if isinstance(x, types.Float):
@@ -471,13 +529,13 @@ def activation_forward_1d(act_id, param, z, y):  # noqa: C901 - one branch per a
     elif act_id == ELU:
         for i in range(n):
             v = z[i]
-            y[i] = v if v > zero else p * math.expm1(v)
+            y[i] = v if v > zero else p * fast_expm1(v)
     elif act_id == SELU:
         scale = z.dtype.type(SELU_SCALE)
         sa = z.dtype.type(SELU_SCALE * SELU_ALPHA)
         for i in range(n):
             v = z[i]
-            y[i] = scale * v if v > zero else sa * math.expm1(v)
+            y[i] = scale * v if v > zero else sa * fast_expm1(v)
     elif act_id == SILU:
         for i in range(n):
             v = z[i]
