@@ -114,6 +114,8 @@ class Optimizer:
         """
         check_float_array("params", params, ndim=1, writeable=True)
         check_float_array("grads", grads, dtype=params.dtype, shape=params.shape)
+        if np.may_share_memory(params, grads):
+            raise ValueError("grads must not share memory with params (pass separate buffers)")
         if isinstance(grad_scale, bool) or not isinstance(grad_scale, (int, float, np.floating)):
             raise TypeError(f"grad_scale must be a number, got {type(grad_scale).__name__}")
         gs = float(grad_scale)
