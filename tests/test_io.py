@@ -196,3 +196,18 @@ def test_zip_member_corruption_is_a_clear_error(tmp_path):
     assert "param/0.weight.npy" in names
     with pytest.raises(ValueError, match="not a readable numbanet model file"):
         nio.load(bad)
+
+
+def test_loss_hyperparameters_and_class_weights_round_trip(tmp_path):
+    model = Sequential([Dense(8, 3)], seed=0, dtype="float64")
+    model.compile(plugins.get_loss("cross_entropy", weight=[1.0, 2.0, 0.5],
+                                   label_smoothing=0.1, reduction="sum"),
+                  plugins.get_optimizer("sgd", lr=0.05, momentum=0.5))
+    X, y = data(30)
+    model.fit(X, y, epochs=1, verbose=0)
+    model.save(tmp_path / "w.npz")
+    loaded = nio.load(tmp_path / "w.npz")
+    hp = loaded.loss.hyperparams
+    np.testing.assert_array_equal(hp.pop("weight"), [1.0, 2.0, 0.5])
+    assert hp == {"label_smoothing": 0.1, "reduction": "sum"}
+    assert loaded.evaluate(X, y) == model.evaluate(X, y)

@@ -396,3 +396,20 @@ def test_epochs_zero_trains_nothing():
     history = model.fit(X, y, epochs=0)
     assert history.epoch == []
     np.testing.assert_array_equal(model.flat_parameters, w0)
+
+
+def test_predict_proba_is_sigmoid_for_binary_cross_entropy():
+    X, y = small_data(16, classes=2)
+    model = small_model(loss="binary_cross_entropy", out=1, metrics=())
+    model.fit(X, y[:, None].astype(np.float64), epochs=1, verbose=0)
+    probs = model.predict_proba(X)
+    np.testing.assert_allclose(probs, 1.0 / (1.0 + np.exp(-model.predict(X))), rtol=1e-12)
+
+
+def test_fit_seed_must_be_a_non_negative_int():
+    X, y = small_data(8)
+    model = small_model()
+    with pytest.raises(ValueError, match="seed"):
+        model.fit(X, y, seed=-1, verbose=0)
+    with pytest.raises(TypeError, match="seed"):
+        model.fit(X, y, seed=1.5, verbose=0)

@@ -457,8 +457,10 @@ def fit(
     if on_nan not in _ON_NAN:
         raise ValueError(f"on_nan must be one of {_ON_NAN}, got {on_nan!r}")
     if seed is not None:
-        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-            raise TypeError(f"seed must be a non-negative int or None, got {seed!r}")
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+            raise TypeError(f"seed must be a non-negative int or None, got {type(seed).__name__}")
+        if seed < 0:
+            raise ValueError(f"seed must be a non-negative int or None, got {seed}")
         # Reset the state of the existing generator rather than replacing it: Dropout
         # layers hold a reference to this very object.
         model.rng.bit_generator.state = np.random.default_rng(int(seed)).bit_generator.state
