@@ -43,6 +43,15 @@ def test_keep_prob_one_is_the_identity_and_in_place_works():
     np.testing.assert_array_equal(y, x)
 
 
+def test_keep_prob_zero_drops_everything_like_torch_p_1():
+    x, u = _data((33,), np.float64)
+    y = np.full_like(x, 7.0)
+    D.dropout_forward(x, u, 0.0, y)
+    np.testing.assert_array_equal(y, np.zeros_like(x))
+    D.dropout_backward(x, u, 0.0, y)
+    np.testing.assert_array_equal(y, np.zeros_like(x))
+
+
 def test_dropout_keeps_the_expected_fraction_and_mean():
     x = np.ones(200_000)
     u = np.random.default_rng(1).random(x.shape)
@@ -78,10 +87,12 @@ def test_dropout_is_bit_identical_under_1_and_2_threads():
 def test_dropout_rejects_bad_input():
     x, u = _data((4,), np.float64)
     y = np.empty_like(x)
-    with pytest.raises(ValueError, match=r"keep_prob must be in \(0, 1\], got 0"):
-        D.dropout_forward(x, u, 0, y)
-    with pytest.raises(ValueError, match=r"keep_prob must be in \(0, 1\], got 1.5"):
+    with pytest.raises(ValueError, match=r"keep_prob must be in \[0, 1\], got -0.1"):
+        D.dropout_forward(x, u, -0.1, y)
+    with pytest.raises(ValueError, match=r"keep_prob must be in \[0, 1\], got 1.5"):
         D.dropout_forward(x, u, 1.5, y)
+    with pytest.raises(ValueError, match=r"keep_prob must be in \[0, 1\], got nan"):
+        D.dropout_forward(x, u, float("nan"), y)
     with pytest.raises(TypeError, match="keep_prob must be a real number, got str"):
         D.dropout_forward(x, u, "0.5", y)
     with pytest.raises(TypeError, match="u must have dtype float64, got float32"):

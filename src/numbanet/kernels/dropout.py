@@ -41,7 +41,8 @@ def _dropout_1d(x, u, keep_prob, y):
     ``y`` may alias ``x``.
     """
     kp = u.dtype.type(keep_prob)
-    scale = x.dtype.type(1.0 / keep_prob)
+    # keep_prob == 0 drops everything (like torch.nn.Dropout(p=1)); no 1/0.
+    scale = x.dtype.type(1.0 / keep_prob) if keep_prob > 0.0 else x.dtype.type(0)
     zero = x.dtype.type(0)
     for i in range(x.shape[0]):
         y[i] = x[i] * (scale if u[i] < kp else zero)
@@ -64,8 +65,8 @@ def _check_keep_prob(keep_prob: object) -> float:
     ):
         raise TypeError(f"keep_prob must be a real number, got {type(keep_prob).__name__}")
     kp = float(keep_prob)
-    if not (math.isfinite(kp) and 0.0 < kp <= 1.0):
-        raise ValueError(f"keep_prob must be in (0, 1], got {keep_prob!r}")
+    if not (math.isfinite(kp) and 0.0 <= kp <= 1.0):
+        raise ValueError(f"keep_prob must be in [0, 1], got {keep_prob!r}")
     return kp
 
 
@@ -89,14 +90,14 @@ def dropout_forward(x: np.ndarray, u: np.ndarray, keep_prob: float, y: np.ndarra
     Args:
         x: input, C-contiguous float32/float64 array of any shape.
         u: uniform ``[0, 1)`` noise, same shape and dtype as ``x`` (not range-checked).
-        keep_prob: probability of keeping an element, in ``(0, 1]``.
+        keep_prob: probability of keeping an element, in ``[0, 1]`` (0 drops all).
         y: writeable output of ``x``'s shape and dtype; ``y is x`` is allowed.
 
     Raises:
         TypeError: an array is not a float32/float64 ndarray, dtypes differ, or
             ``keep_prob`` is not a real number.
         ValueError: shapes differ, not C-contiguous, ``y`` read-only, or ``keep_prob``
-            outside ``(0, 1]``.
+            outside ``[0, 1]``.
     """
     _apply(("x", "y"), x, u, keep_prob, y)
 
@@ -107,7 +108,7 @@ def dropout_backward(dy: np.ndarray, u: np.ndarray, keep_prob: float, dx: np.nda
     Args:
         dy: gradient w.r.t. the dropout output, C-contiguous float32/float64.
         u: the same noise given to the forward pass.
-        keep_prob: the same keep probability, in ``(0, 1]``.
+        keep_prob: the same keep probability, in ``[0, 1]``.
         dx: writeable, receives the gradient w.r.t. the input; ``dx is dy`` is allowed.
 
     Raises:
