@@ -159,6 +159,15 @@ def test_learning_rate_scheduler_per_step_follows_the_optimizer_step_count():
     assert rec2.step_lrs == [schedule(t) for t in range(6, 9)]
 
 
+def test_per_step_scheduler_alone_runs_every_step():
+    model, X, y = model_and_data()
+    schedule = schedules.exponential_decay(0.1, gamma=0.5)
+    model.fit(X, y, epochs=1, batch_size=16, verbose=0,
+              callbacks=[LearningRateScheduler(schedule, per="step")])
+    # 3 steps ran with the rates for t = 0, 1, 2.
+    assert model.optimizer.lr == schedule(2)
+
+
 def test_learning_rate_scheduler_accepts_keras_two_argument_schedules():
     model, X, y = model_and_data()
     history = model.fit(X, y, epochs=3, verbose=0,

@@ -147,10 +147,12 @@ class CallbackList:
 
 
 def _overrides(cb: Any, hook: str) -> bool:
-    method = getattr(type(cb), hook, None)
-    if method is None:
-        return callable(getattr(cb, hook, None))
-    return method is not getattr(Callback, hook)
+    # Looked up on the instance: a callback may bind a hook per instance (as
+    # LearningRateScheduler does for per="step").
+    method = getattr(cb, hook, None)
+    if not callable(method):
+        return False
+    return getattr(method, "__func__", method) is not getattr(Callback, hook)
 
 
 # ------------------------------------------------------------------------ monitoring
