@@ -44,6 +44,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 __all__ = [
     "HyperparamValue",
     "LossSpec",
@@ -300,6 +302,8 @@ def validate_hyperparams(
             raise ValueError(f"{where}: unknown hyperparameter {key!r}; known: {known}")
         default = spec.hyperparams[key]
         if isinstance(default, bool):
+            if isinstance(value, np.bool_):
+                value = bool(value)
             if not isinstance(value, (bool, int)) or (
                 not isinstance(value, bool) and value not in (0, 1)
             ):
@@ -336,13 +340,8 @@ def validate_hyperparams(
 
 def _as_float(where: str, key: str, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        try:
-            import numpy as np
-
-            if isinstance(value, np.floating | np.integer) and not isinstance(value, np.bool_):
-                return float(value)
-        except ImportError:  # pragma: no cover
-            pass
+        if isinstance(value, (np.floating, np.integer)):
+            return float(value)
         raise TypeError(f"{where}: {key} must be a number, got {type(value).__name__} {value!r}")
     return float(value)
 
