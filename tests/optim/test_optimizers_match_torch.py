@@ -97,3 +97,24 @@ def test_every_builtin_optimizer_has_a_torch_case():
     builtins = {q.split(":")[1] for q in nbp.list_optimizers(qualified=True)
                 if q.startswith("numbanet:")}
     assert builtins == {c[0] for c in CASES}
+
+
+FLOAT32_CASES = [c for c in CASES if c[2].get("lr", 1.0) >= 0.01][::3]
+
+
+@pytest.mark.parametrize(("name", "torch_name", "kwargs"), FLOAT32_CASES,
+                         ids=[f"{c[0]}-{i}" for i, c in enumerate(FLOAT32_CASES)])
+def test_float32_optimizer_tracks_torch_float32(name, torch_name, kwargs):
+    # float32 parameters update in float32 arithmetic, as in PyTorch: agreement to float32
+    # rounding after 12 steps, not bit-for-bit (operation order differs).
+    rng = np.random.default_rng(0)
+    p0 = rng.standard_normal(41).astype(np.float32)
+    p = p0.copy()
+    opt = nbp.get_optimizer(name, **kwargs)
+    tp = torch.tensor(p0.copy(), requires_grad=True)
+    topt = getattr(torch.optim, torch_name)([tp], **kwargs)
+    for t in range(STEPS):
+        opt.step(p, _grad(p.astype(np.float64), t).astype(np.float32))
+        tp.grad = torch.tensor(_grad(tp.detach().numpy().astype(np.float64), t).astype(np.float32))
+        topt.step()
+    np.testing.assert_allclose(p, tp.detach().numpy(), rtol=2e-5, atol=2e-6)
