@@ -379,8 +379,8 @@ def _micro_kernel_4(kc, wa, oa, wb, ob, c, oc, ldc, accumulate):
 def _pack_a_panel(a, transpose_a, ip, m, k, wa):
     """Pack rows ``ip*MR .. ip*MR+MR`` of ``op(a)`` into ``wa`` (``[kblock][panel][k][MR]``).
 
-    Rows past ``m`` are padding: they hold arbitrary finite or non-finite values and
-    only ever meet output rows that are discarded. Serial; panels are disjoint, so
+    Rows past ``m`` are padding: zero, or copies of the last valid row; they only ever
+    meet output rows that are discarded. Serial; panels are disjoint, so
     callers may pack different ``ip`` concurrently. Flat offsets go through the
     ``_simd`` intrinsics, which skip the per-access wraparound check that keeps
     computed indices scalar (design notes, section 3).
@@ -392,6 +392,11 @@ def _pack_a_panel(a, transpose_a, ip, m, k, wa):
     for k0 in range(0, k, KC):
         kcb = min(KC, k - k0)
         dst = k0 * mp + ip * MR * kcb
+        if mr < MR:
+            # Zero the padding rows: stale workspace bytes could be subnormal, and
+            # FMAs on subnormals take microcode assists (10x slower tiny products).
+            for i in range(MR * kcb):
+                sstore(wa, dst + i, 0)
         if transpose_a:
             # a is (k, m): each step of k is a contiguous run of mr values.
             for kk in range(kcb):
@@ -416,8 +421,8 @@ def _pack_a_panel(a, transpose_a, ip, m, k, wa):
 def _pack_b_panel(b, transpose_b, jp, n, k, wb):
     """Pack columns ``jp*NR .. jp*NR+NR`` of ``op(b)`` into ``wb`` (``[kblock][panel][k][NR]``).
 
-    Columns past ``n`` are padding (arbitrary values, only meeting discarded output
-    columns). Serial; panels are disjoint.
+    Columns past ``n`` are padding (zero, or copies of the last valid column; they only
+    meet discarded output columns). Serial; panels are disjoint.
     """
     lanes = vlanes(wb)
     nr = NV * lanes
@@ -427,6 +432,10 @@ def _pack_b_panel(b, transpose_b, jp, n, k, wb):
     for k0 in range(0, k, KC):
         kcb = min(KC, k - k0)
         dst = k0 * np_ + jp * nr * kcb
+        if nn < nr:
+            # Zero the padding columns (see _pack_a_panel).
+            for i in range(nr * kcb):
+                sstore(wb, dst + i, 0)
         if transpose_b:
             # b is (n, k): transpose lanes x lanes blocks in registers.
             kv = kcb - kcb % lanes
