@@ -123,3 +123,25 @@ def test_large_batch_parallel_path_matches_numpy_softmax_cross_entropy():
     assert np.isclose(value, -np.log(p[np.arange(n), y]).mean(), rtol=1e-6)
     p[np.arange(n), y] -= 1
     np.testing.assert_allclose(grad, p / n, rtol=1e-4, atol=1e-9)
+
+
+def test_loss_value_does_not_depend_on_the_thread_count():
+    import numba
+
+    rng = np.random.default_rng(5)
+    n, k = SERIAL_THRESHOLD // 4, 7
+    x = rng.standard_normal((n, k))
+    y = rng.integers(0, k, n)
+    loss = nbp.get_loss("cross_entropy", label_smoothing=0.05)
+    values, grads = [], []
+    old = numba.get_num_threads()
+    try:
+        for threads in (1, numba.config.NUMBA_NUM_THREADS):
+            numba.set_num_threads(threads)
+            g = np.empty_like(x)
+            values.append(loss.forward_backward(x, y, g))
+            grads.append(g)
+    finally:
+        numba.set_num_threads(old)
+    assert values[0] == values[1]
+    np.testing.assert_array_equal(grads[0], grads[1])

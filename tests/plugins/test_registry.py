@@ -254,3 +254,20 @@ def test_loss_kernel_that_does_not_compile_gives_an_error_naming_the_loss():
     with pytest.raises(TypeError, match=r"loss 'unregistered:badrow': its kernel does not "
                                         r"compile for float64 outputs"):
         loss.forward(np.zeros((2, 2)), np.zeros((2, 2)))
+
+
+def test_plain_python_kernel_is_compiled_by_the_host(make_dist):
+    make_dist("plainplug", '''
+def plain_kernel(i, p, g, gs, slots, hp, sc):
+    p[i] = p[i] - hp[0] * g[i] * gs
+
+
+@hookimpl
+def numbanet_register_optimizers():
+    return [OptimizerSpec("plain", plain_kernel, {"lr": 0.5})]
+''')
+    opt = nbp.get_optimizer("plain")
+    p = np.ones(5)
+    opt.step(p, np.ones(5))
+    np.testing.assert_allclose(p, 0.5)
+    assert opt.driver.disk_cached
