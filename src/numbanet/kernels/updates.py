@@ -179,8 +179,10 @@ def driver_module(
         else:
             module, attr = where
             digest = hashlib.sha256(
+                # The driver's compiled code depends on the kernel's source and on the
+                # njit flags in numbanet._jit; Numba's cache checks neither, so hash both.
                 "\0".join([_TEMPLATE_VERSION, kind, template, module, attr,
-                           _source_hash(module)]).encode()
+                           _source_hash(module), _source_hash("numbanet._jit")]).encode()
             ).hexdigest()[:20]
             modname = f"_numbanet_{kind}_{digest}"
             mod = sys.modules.get(modname)  # type: ignore[assignment]
