@@ -5,7 +5,13 @@ Run: ``python asv_benchmarks/compare_matmul.py [--threads 2] [--repeats 15]``.
 Shapes are those of training a 784-256-128-10 MLP at batch 256 (forward, and the two
 backward products ``dW = X^T dZ`` and ``dX = dZ W^T``), plus square products. The two
 libraries are timed in interleaved repeats (A, B, A, B, ...) so that noise from other
-processes hits both alike; each figure is the median. numpy's BLAS thread count is
+processes hits both alike; each figure is the median.
+
+Both thread pools spin after a call before they sleep (OpenBLAS for up to 2**28 cycles,
+GNU OpenMP under Numba's ``omp`` layer for its spin count). Timing one right after the
+other would measure each library with the other's idle workers still holding the
+cores, and a fork-join GEMM on 2 cores collapses when one core is taken. So each timed
+block is preceded by ``--pause`` seconds of sleep and one untimed call. numpy's BLAS thread count is
 capped to the same number of threads when ``threadpoolctl`` is installed; otherwise set
 ``OPENBLAS_NUM_THREADS`` before starting Python.
 """
@@ -38,8 +44,11 @@ def _operands(rng, m, k, n, ta, tb, dtype):
     return a, b, np.empty((m, n), dtype)
 
 
-def _time(fn, min_seconds=2e-3):
+def _time(fn, min_seconds=2e-3, pause=0.0):
     """Seconds per call, looping until one sample lasts at least ``min_seconds``."""
+    if pause:
+        time.sleep(pause)
+    fn()
     calls = 1
     while True:
         t0 = time.perf_counter()
@@ -54,7 +63,9 @@ def _time(fn, min_seconds=2e-3):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--pause", type=float, default=0.2,
+                        help="seconds to sleep before each timed block (see above)")
     parser.add_argument("--dtype", choices=["float32", "float64", "both"], default="both")
     args = parser.parse_args()
     os.environ.setdefault("OPENBLAS_NUM_THREADS", str(args.threads))
@@ -91,8 +102,10 @@ def main() -> None:
             np.matmul(op_a, op_b, out=ref)
             ours, theirs = [], []
             for _ in range(args.repeats):
-                ours.append(_time(lambda: matmul(a, b, out, ta, tb)))  # noqa: B023
-                theirs.append(_time(lambda: np.matmul(op_a, op_b, out=ref)))  # noqa: B023
+                ours.append(_time(lambda: matmul(a, b, out, ta, tb), pause=args.pause))  # noqa: B023
+                theirs.append(
+                    _time(lambda: np.matmul(op_a, op_b, out=ref), pause=args.pause)  # noqa: B023
+                )
             flops = 2.0 * m * n * k
             g_ours = flops / np.median(ours) / 1e9
             g_np = flops / np.median(theirs) / 1e9
