@@ -64,6 +64,7 @@ from numbanet.kernels._simd import (
 from numbanet.kernels.activations import ACTIVATION_IDS, activation_forward_1d
 
 __all__ = [
+    "CACHED_WORKSPACE_LIMIT",
     "GemmPlan",
     "KC",
     "MR",
@@ -781,6 +782,12 @@ def _empty_like_dtype(dtype: np.dtype) -> np.ndarray:
     return _EMPTY[np.dtype(dtype)]
 
 
+#: Largest workspace (in elements) the public wrappers keep between calls; bigger
+#: products allocate theirs per call. The workspace holds packed copies of both
+#: operands, so it is about as large as ``a`` and ``b`` together.
+CACHED_WORKSPACE_LIMIT = 1 << 24
+
+
 class _WorkspaceCache(threading.local):
     """One growing workspace per dtype and Python thread, reused by :func:`matmul`."""
 
@@ -789,8 +796,10 @@ class _WorkspaceCache(threading.local):
 
     def get(self, dtype: np.dtype, size: int) -> np.ndarray:
         buf = self.buffers.get(dtype)
-        if buf is None or buf.size < size:
-            buf = np.empty(max(size, 1), dtype)
+        if buf is not None and buf.size >= size:
+            return buf
+        buf = np.empty(max(size, 1), dtype)
+        if size <= CACHED_WORKSPACE_LIMIT:
             self.buffers[dtype] = buf
         return buf
 
