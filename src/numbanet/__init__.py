@@ -11,16 +11,35 @@ Example:
 
 from __future__ import annotations
 
-from numbanet import datasets, kernels, metrics
+from numbanet import datasets, kernels, metrics, schedules
+from numbanet.callbacks import (
+    Callback,
+    CSVLogger,
+    EarlyStopping,
+    LearningRateScheduler,
+    ModelCheckpoint,
+    ReduceLROnPlateau,
+    TerminateOnNaN,
+)
 from numbanet.hookspecs import hookimpl
+from numbanet.io import load, save
 from numbanet.nn import Activation, Dense, Dropout, Module, Parameter, Sequential
 from numbanet.plugins import get_loss, get_optimizer, list_losses, list_optimizers
 from numbanet.specs import LossSpec, OptimizerSpec
 from numbanet.threads import get_num_threads, set_num_threads
+from numbanet.train import History
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "CSVLogger",
+    "Callback",
+    "EarlyStopping",
+    "History",
+    "LearningRateScheduler",
+    "ModelCheckpoint",
+    "ReduceLROnPlateau",
+    "TerminateOnNaN",
     "Activation",
     "Dense",
     "Dropout",
@@ -38,6 +57,9 @@ __all__ = [
     "kernels",
     "list_losses",
     "list_optimizers",
+    "load",
     "metrics",
+    "save",
+    "schedules",
     "set_num_threads",
 ]

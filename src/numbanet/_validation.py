@@ -65,7 +65,8 @@ def check_float_array(
     if shape is not None:
         expected = tuple(shape)
         if len(expected) != array.ndim or any(
-            want is not None and want != got for want, got in zip(expected, array.shape)
+            want is not None and want != got
+            for want, got in zip(expected, array.shape, strict=True)
         ):
             shown = tuple("*" if s is None else s for s in expected)
             raise ValueError(f"{name} must have shape {shown}, got {array.shape}")

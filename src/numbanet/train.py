@@ -186,7 +186,7 @@ class _Stepper:
     """One training step with the optional extras of :func:`fit` folded in.
 
     Without clipping and weight decay this is exactly ``model._train_step``. With them,
-    it runs the same forward/loss/backward on the model's workspaces, then
+    between backward and the optimizer update it
 
     * clips each gradient to ``[-clip_value, clip_value]`` in place,
     * scales all gradients so their global L2 norm is at most ``clip_norm``; the norm
@@ -223,13 +223,13 @@ class _Stepper:
             self.partials = sum_partials(model.flat_gradients.shape[0])
 
     def __call__(self, X: np.ndarray, targets: np.ndarray) -> float:
-        model = self.model
         if self.plain:
-            return model._train_step(X, targets)
-        out = model._forward(X, training=True)
-        d_out = model._grad_buffer(X.shape[0])
-        loss_value = float(model.loss.forward_backward(out, targets, d_out))
-        model._backward(d_out, need_input_grad=False)
+            return self.model._train_step(X, targets)
+        return self.model._train_step(X, targets, self._before_update)
+
+    def _before_update(self) -> float:
+        """Clip and decay in place; return the optimizer's gradient scale."""
+        model = self.model
         grads = model.flat_gradients
         if self.clip_value is not None:
             np.clip(grads, -self.clip_value, self.clip_value, out=grads)
@@ -245,8 +245,7 @@ class _Stepper:
             factor = 1.0 - model.optimizer.lr * self.weight_decay
             for value in self.decayed:
                 value *= factor
-        model.optimizer.step(model.flat_parameters, grads, scale)
-        return loss_value
+        return scale
 
 
 class _Batches:

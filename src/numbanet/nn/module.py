@@ -8,9 +8,10 @@ import numpy as np
 
 from numbanet.nn.parameter import Parameter
 
-# Distinct batch sizes whose buffers a layer keeps: the training batch, the last
-# (partial) batch of an epoch, and an evaluation batch. Older ones are dropped.
-_MAX_CACHED_BATCH_SIZES = 4
+# Distinct batch sizes whose buffers a layer keeps: an epoch of fit touches up to five
+# (training batch and its remainder, evaluation batch and its remainder, validation).
+# The least recently used one is dropped beyond this.
+_MAX_CACHED_BATCH_SIZES = 6
 
 
 class Workspace:
@@ -27,11 +28,14 @@ class Workspace:
 
     def get(self, name: str, rows: int, width: int) -> np.ndarray:
         """The ``(rows, width)`` buffer called ``name`` (contents are left from last use)."""
-        buffers = self._by_rows.get(rows)
+        buffers = self._by_rows.pop(rows, None)
         if buffers is None:
             if len(self._by_rows) >= _MAX_CACHED_BATCH_SIZES:
+                # Drop the least recently used batch size (dicts keep insertion order and
+                # every use re-inserts its entry at the end).
                 self._by_rows.pop(next(iter(self._by_rows)))
-            buffers = self._by_rows[rows] = {}
+            buffers = {}
+        self._by_rows[rows] = buffers
         array = buffers.get(name)
         if array is None or array.shape[1] != width:
             array = buffers[name] = np.empty((rows, width), dtype=self.dtype)

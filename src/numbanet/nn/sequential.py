@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -10,7 +10,7 @@ import numpy as np
 from numbanet._validation import resolve_dtype
 from numbanet.kernels.checks import all_finite
 from numbanet.nn.layers import Dense, Dropout
-from numbanet.nn.module import Module
+from numbanet.nn.module import Module, Workspace
 from numbanet.nn.parameter import Parameter
 
 # Each parameter starts on a 64-byte boundary of the flat buffer (16 float32 values), so
@@ -89,7 +89,12 @@ class Sequential:
         self.loss: Any = None
         self.optimizer: Any = None
         self.metrics: list[Any] = []
-        self._grad_out: dict[int, np.ndarray] = {}
+        self._workspace = Workspace(self.dtype)
+        # Training state kept by fit and restored by numbanet.load.
+        self.epochs_completed = 0
+        self.stop_training = False
+        self.stop_reason: str | None = None
+        self.metadata: dict[str, Any] = {}
 
     # -- parameters ------------------------------------------------------------------
     def _build_buffers(self) -> None:
@@ -272,12 +277,8 @@ class Sequential:
             )
 
     def _grad_buffer(self, rows: int) -> np.ndarray:
-        buf = self._grad_out.get(rows)
-        if buf is None:
-            if len(self._grad_out) >= 4:
-                self._grad_out.pop(next(iter(self._grad_out)))
-            buf = self._grad_out[rows] = np.empty((rows, self.out_features), dtype=self.dtype)
-        return buf
+        """The reused ``(rows, out_features)`` buffer for d(loss)/d(outputs)."""
+        return self._workspace.get("d_out", rows, self.out_features)
 
     def train_step(self, X: Any, y: Any) -> float:
         """One step of training on a batch: forward, loss, backward, optimizer update.
@@ -297,12 +298,25 @@ class Sequential:
             raise ValueError(f"X has {X.shape[0]} samples but y has {len(targets)}")
         return self._train_step(X, targets)
 
-    def _train_step(self, X: np.ndarray, targets: np.ndarray, grad_scale: float = 1.0) -> float:
-        """:meth:`train_step` on already validated arrays (the fit loop's hot path)."""
+    def _train_step(
+        self,
+        X: np.ndarray,
+        targets: np.ndarray,
+        before_update: Callable[[], float] | None = None,
+    ) -> float:
+        """:meth:`train_step` on already validated arrays (the fit loop's hot path).
+
+        Args:
+            X, targets: validated inputs and prepared targets.
+            before_update: called after backward, before the optimizer update; it may
+                edit the gradients or parameters in place (clipping, weight decay) and
+                returns the factor the optimizer applies to the gradients.
+        """
         out = self._forward(X, training=True)
         d_out = self._grad_buffer(X.shape[0])
         loss_value = self.loss.forward_backward(out, targets, d_out)
         self._backward(d_out, need_input_grad=False)
+        grad_scale = 1.0 if before_update is None else before_update()
         self.optimizer.step(self.flat_parameters, self.flat_gradients, grad_scale)
         return float(loss_value)
 
