@@ -371,15 +371,15 @@ def test_results_are_bit_identical_under_1_and_2_threads(dtype, restore_threads)
 
 def test_serial_twin_matches_parallel_kernel_bit_for_bit():
     x, dy = _inputs((3 * A.CHUNK + 5,), np.float32, seed=6)
-    for act_id in A.ACTIVATION_IDS.values():
+    for name, act_id in A.ACTIVATION_IDS.items():
         ys, yp = np.empty_like(x), np.empty_like(x)
         A._forward_serial(act_id, 0.01, x, ys)
         A._forward_parallel(act_id, 0.01, x, yp)
-        np.testing.assert_array_equal(ys, yp)
+        np.testing.assert_array_equal(ys, yp, err_msg=f"{name} forward")
         ds, dp = np.empty_like(x), np.empty_like(x)
         A._backward_serial(act_id, 0.01, x, ys, dy, ds)
         A._backward_parallel(act_id, 0.01, x, ys, dy, dp)
-        np.testing.assert_array_equal(ds, dp)
+        np.testing.assert_array_equal(ds, dp, err_msg=f"{name} backward")
 
 
 # --------------------------------------------------------------- finite-difference checks

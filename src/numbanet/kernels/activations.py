@@ -192,6 +192,19 @@ def _pow2(typingctx, n):
     return n(n), codegen
 
 
+@intrinsic
+def _select(typingctx, cond, a, b):
+    """``a if cond else b`` as one LLVM ``select``: no branch in the Numba IR, so inlined
+    callers stay a single basic block (and Numba's IR checks stay quiet)."""
+    if not isinstance(cond, types.Boolean) or a != b:
+        return None
+
+    def codegen(context, builder, sig, args):
+        return builder.select(args[0], args[1], args[2])
+
+    return a(cond, a, b), codegen
+
+
 def fast_exp(x):
     """``exp(x)`` in ``x``'s float type; vectorizable inside kernels (about 1 ulp).
 
@@ -210,8 +223,8 @@ def _exp32(x):
     f = np.float32
     lo = f(-87.33654)
     hi = f(88.72283)
-    xc = x if x > lo else lo
-    xc = xc if xc < hi else hi
+    xc = _select(x > lo, x, lo)
+    xc = _select(xc < hi, xc, hi)
     n = np.floor(xc * f(1.4426950408889634) + f(0.5))
     # Cody-Waite: ln 2 = C1 + C2 with C1 short enough that n * C1 is exact.
     r = xc - n * f(0.693359375)
@@ -227,16 +240,16 @@ def _exp32(x):
     # 2**n in two factors: n reaches 128 and -126, outside one normal exponent field.
     n1 = np.floor(n * f(0.5))
     y = y * _pow2(n1) * _pow2(n - n1)
-    y = f(0.0) if x < lo else y
-    y = f(np.inf) if x > hi else y
-    return x if x != x else y
+    y = _select(x < lo, f(0.0), y)
+    y = _select(x > hi, f(np.inf), y)
+    return _select(x != x, x, y)
 
 
 def _exp64(x):
     lo = -708.3964185322641
     hi = 709.782712893384
-    xc = x if x > lo else lo
-    xc = xc if xc < hi else hi
+    xc = _select(x > lo, x, lo)
+    xc = _select(xc < hi, xc, hi)
     n = np.floor(xc * 1.4426950408889634 + 0.5)
     r = xc - n * 6.93145751953125e-1
     r = r - n * 1.42860682030941723212e-6
@@ -250,9 +263,9 @@ def _exp64(x):
     y = 1.0 + 2.0 * (px / (q - px))
     n1 = np.floor(n * 0.5)
     y = y * _pow2(n1) * _pow2(n - n1)
-    y = 0.0 if x < lo else y
-    y = np.inf if x > hi else y
-    return x if x != x else y
+    y = _select(x < lo, 0.0, y)
+    y = _select(x > hi, np.inf, y)
+    return _select(x != x, x, y)
 
 
 def _tanh32(x):
@@ -269,9 +282,9 @@ def _tanh32(x):
     p = p * z + f(1.33314422036e-1)
     p = p * z + f(-3.33332819422e-1)
     small = p * z * a + a
-    t = small if a < f(0.625) else big
+    t = _select(a < f(0.625), small, big)
     # Computed on |x| and signed at the end, so tanh(-x) == -tanh(x) exactly.
-    return t if x >= f(0.0) else -t
+    return _select(x >= f(0.0), t, -t)
 
 
 def _tanh64(x):
@@ -283,8 +296,8 @@ def _tanh64(x):
     qz = ((z + 1.12811678491632931402e2) * z + 2.23548839060100448583e3) * z
     qz = qz + 4.84406305325125486048e3
     small = a + a * z * (pz / qz)
-    t = small if a < 0.625 else big
-    return t if x >= 0.0 else -t
+    t = _select(a < 0.625, small, big)
+    return _select(x >= 0.0, t, -t)
 
 
 def fast_expm1(x):
@@ -311,7 +324,7 @@ def _expm1_32(x):
     p = p * x + f(0.5)
     small = x + x * x * p
     big = fast_exp(x) - f(1.0)
-    return small if abs(x) < f(0.7) else big
+    return _select(abs(x) < f(0.7), small, big)
 
 
 def _expm1_64(x):
@@ -334,7 +347,7 @@ def _expm1_64(x):
     p = p * x + 0.5
     small = x + x * x * p
     big = fast_exp(x) - 1.0
-    return small if abs(x) < 0.7 else big
+    return _select(abs(x) < 0.7, small, big)
 
 
 def fast_softplus(x):
@@ -362,7 +375,7 @@ def _softplus32(x):
     p = p * z + f(1.0 / 5.0)
     p = p * z + f(1.0 / 3.0)
     lg = f(2.0) * (s + s * z * p)
-    return (x if x > f(0.0) else f(0.0)) + lg
+    return _select(x > f(0.0), x, f(0.0)) + lg
 
 
 def _softplus64(x):
@@ -374,7 +387,7 @@ def _softplus64(x):
     for k in range(16, 0, -1):
         p = p * z + 1.0 / (2 * k + 1)
     lg = 2.0 * (s + s * z * p)
-    return (x if x > 0.0 else 0.0) + lg
+    return _select(x > 0.0, x, 0.0) + lg
 
 
 def fast_ndtr(x):
@@ -438,7 +451,7 @@ def _ndtr32(x):
     u = y2 * v - u + _ERFC_CHEB[1]
     p = y * u - v + _ERFC_CHEB[0]
     half_erfc = 0.5 * t * fast_exp(p - z * z)
-    return np.float32(half_erfc if xd < 0.0 else 1.0 - half_erfc)
+    return np.float32(_select(xd < 0.0, half_erfc, 1.0 - half_erfc))
 
 
 def _ndtr64(x):
