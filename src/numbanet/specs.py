@@ -225,6 +225,10 @@ class LossSpec(_SpecBase):
             ``"elements"`` (regression, like PyTorch's ``mse_loss``) or ``"weights"``
             (sum of the targets' class weights, PyTorch's weighted mean for labels).
         supports_weight: accepts a per-class ``weight`` array (passed as ``aux``).
+        ignore_label: name of an integer hyperparameter (``"ignore_index"``) whose value,
+            found in the labels, marks rows that contribute nothing (PyTorch's
+            ``ignore_index``): the host accepts that label, leaves those rows out of the
+            mean's divisor, and the kernel must return 0 and zero the row's gradient.
         output_activation: what ``predict_proba`` applies: ``None``, ``"softmax"`` or
             ``"sigmoid"``.
         extra_reductions: reductions beyond mean/sum/none, mapped to what they divide by
@@ -241,6 +245,7 @@ class LossSpec(_SpecBase):
     dense_kernel: Callable[..., float] | None = None
     mean_over: str = "rows"
     supports_weight: bool = False
+    ignore_label: str | None = None
     output_activation: str | None = None
     extra_reductions: Mapping[str, str] = field(default_factory=dict)
     description: str = ""
@@ -265,6 +270,13 @@ class LossSpec(_SpecBase):
         if self.output_activation not in OUTPUT_ACTIVATIONS:
             raise ValueError(
                 f"LossSpec {self.name!r}: output_activation must be one of {OUTPUT_ACTIVATIONS}"
+            )
+        if self.ignore_label is not None and (
+            self.ignore_label not in self.hyperparams or self.target == "dense"
+        ):
+            raise ValueError(
+                f"LossSpec {self.name!r}: ignore_label must name a hyperparameter of a "
+                "label loss"
             )
         for key in ("reduction", "weight"):
             if key in self.hyperparams:

@@ -145,3 +145,17 @@ def test_loss_value_does_not_depend_on_the_thread_count():
         numba.set_num_threads(old)
     assert values[0] == values[1]
     np.testing.assert_array_equal(grads[0], grads[1])
+
+
+def test_ignore_index_rows_are_accepted_and_skipped_but_other_bad_labels_are_not():
+    loss = nbp.get_loss("cross_entropy")
+    t = loss.prepare_targets(np.array([0, -100, 2]), 3, "float64")
+    x = np.zeros((3, 3))
+    grad = np.empty_like(x)
+    assert loss.forward_backward(x, t, grad) == pytest.approx(np.log(3.0))
+    np.testing.assert_array_equal(grad[1], 0.0)
+    with pytest.raises(ValueError, match="y must hold class labels"):
+        loss.prepare_targets(np.array([0, -5]), 3, "float64")
+    with pytest.raises(TypeError, match="ignore_index must be an integer"):
+        nbp.get_loss("nll", ignore_index=1.5)
+    assert nbp.get_loss("nll", ignore_index=3.0).hyperparams["ignore_index"] == 3

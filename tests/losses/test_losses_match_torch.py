@@ -19,6 +19,9 @@ PROBS = RNG.uniform(0.05, 1.0, (N, K))
 PROBS /= PROBS.sum(axis=1, keepdims=True)
 BITS = (RNG.random((N, K)) > 0.5).astype(np.float64)
 WEIGHT = RNG.uniform(0.2, 2.0, K)
+LABELS_IGNORED = LABELS.copy()
+LABELS_IGNORED[[1, 4]] = -100
+IGNORED_CLASS = int(LABELS[3])  # a real class that occurs in LABELS, ignored as a label
 
 
 def _log_softmax(x):
@@ -62,7 +65,17 @@ CASES = [
     ("cross_entropy", {"weight": WEIGHT, "label_smoothing": 0.3}, X, PROBS,
      lambda x, t, r: F.cross_entropy(x, t, reduction=r, weight=_t(WEIGHT),
                                      label_smoothing=0.3)),
+    ("cross_entropy", {}, X, LABELS_IGNORED, lambda x, t, r: F.cross_entropy(x, t, reduction=r)),
+    ("cross_entropy", {"ignore_index": IGNORED_CLASS, "weight": WEIGHT, "label_smoothing": 0.2},
+     X, LABELS,
+     lambda x, t, r: F.cross_entropy(x, t, reduction=r, ignore_index=IGNORED_CLASS,
+                                     weight=_t(WEIGHT), label_smoothing=0.2)),
+    ("cross_entropy", {"weight": WEIGHT, "label_smoothing": 0.1}, X, LABELS_IGNORED,
+     lambda x, t, r: F.cross_entropy(x, t, reduction=r, weight=_t(WEIGHT),
+                                     label_smoothing=0.1)),
     ("nll", {}, LOGP, LABELS, lambda x, t, r: F.nll_loss(x, t, reduction=r)),
+    ("nll", {"weight": WEIGHT}, LOGP, LABELS_IGNORED,
+     lambda x, t, r: F.nll_loss(x, t, reduction=r, weight=_t(WEIGHT))),
     ("nll", {"weight": WEIGHT}, LOGP, LABELS,
      lambda x, t, r: F.nll_loss(x, t, reduction=r, weight=_t(WEIGHT))),
     ("kl_div", {}, LOGP, PROBS, lambda x, t, r: F.kl_div(x, t, reduction=r)),

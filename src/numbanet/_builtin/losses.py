@@ -13,7 +13,7 @@ huber                  dense       0.5 d² if |d| < δ else δ(|d| - δ/2)      
 smooth_l1              dense       0.5 d²/β if |d| < β else |d| - β/2          n·k
 binary_cross_entropy   dense       BCE on logits (sigmoid fused), pos_weight   n·k
 cross_entropy          labels or   log-softmax fused; label_smoothing,         Σ w[y] (labels)
-                       probs       class ``weight``                            n (probs)
+                       probs       class ``weight``, ``ignore_index``          n (probs)
 nll                    labels      -w_y x_y (x = log-probabilities)            Σ w[y]
 kl_div                 dense       t (log t - x) (x = log-probabilities)       n·k; batchmean n
 hinge                  labels      w_y/k Σ_{c≠y} max(0, margin - x_y + x_c)^p  n
@@ -52,12 +52,14 @@ BCE = LossSpec("binary_cross_entropy", K.bce_logits_row, target="dense",
                description="binary cross-entropy on logits (F.binary_cross_entropy_with_logits)")
 CROSS_ENTROPY = LossSpec(
     "cross_entropy", K.cross_entropy_labels_row, target="labels_or_dense",
-    hyperparams={"label_smoothing": 0.0}, dense_kernel=K.cross_entropy_dense_row,
+    hyperparams={"label_smoothing": 0.0, "ignore_index": -100},
+    dense_kernel=K.cross_entropy_dense_row, ignore_label="ignore_index",
     mean_over="weights", supports_weight=True, output_activation="softmax",
     bounds={"label_smoothing": "[0, 1]"},
     description="softmax cross-entropy on logits, labels or probabilities (F.cross_entropy)",
 )
-NLL = LossSpec("nll", K.nll_row, target="labels", mean_over="weights", supports_weight=True,
+NLL = LossSpec("nll", K.nll_row, target="labels", hyperparams={"ignore_index": -100},
+               ignore_label="ignore_index", mean_over="weights", supports_weight=True,
                description="negative log-likelihood of log-probabilities (F.nll_loss)")
 KL_DIV = LossSpec("kl_div", K.kl_div_row, target="dense", hyperparams={"log_target": False},
                   mean_over="elements", extra_reductions={"batchmean": "rows"},

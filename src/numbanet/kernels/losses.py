@@ -148,17 +148,23 @@ def _logsumexp_row(xr):
 def cross_entropy_labels_row(r, x, t, aux, hp, gs, grad):
     """Softmax cross-entropy of row ``r`` against label ``t[r]``.
 
-    ``hp = (label_smoothing,)``, ``aux`` = class weights ``w``. With ``ε`` the smoothing,
-    ``K`` classes, ``lse`` the log-sum-exp and ``p = softmax(x[r])``::
+    ``hp = (label_smoothing, ignore_index)``, ``aux`` = class weights ``w``. With ``ε`` the
+    smoothing, ``K`` classes, ``lse`` the log-sum-exp and ``p = softmax(x[r])``::
 
         loss = (1-ε) w_y (lse - x_y) + ε/K Σ_c w_c (lse - x_c)
         grad_c = gs [(1-ε) w_y (p_c - [c=y]) + ε/K (p_c Σ_j w_j - w_c)]
+
+    A row whose label equals ``ignore_index`` has loss 0 and gradient 0.
     """
     xr = x[r]
     gr = grad[r]
     k = xr.shape[0]
     eps = hp[0]
     y = t[r]
+    if y == hp[1]:
+        for j in range(k):
+            gr[j] = 0.0
+        return 0.0
     lse = _logsumexp_row(xr)
     sw = 0.0
     swx = 0.0
@@ -207,12 +213,15 @@ def cross_entropy_dense_row(r, x, t, aux, hp, gs, grad):
 def nll_row(r, x, t, aux, hp, gs, grad):
     """Negative log-likelihood of row ``r``: ``x`` holds log-probabilities.
 
-    ``loss = -w_y x_y``; ``grad_y = -gs w_y``, other entries zero.
+    ``hp = (ignore_index,)``. ``loss = -w_y x_y``; ``grad_y = -gs w_y``, other entries
+    zero; rows labelled ``ignore_index`` give 0.
     """
     gr = grad[r]
     for j in range(gr.shape[0]):
         gr[j] = 0.0
     y = t[r]
+    if y == hp[0]:
+        return 0.0
     gr[y] = -gs * aux[y]
     return -aux[y] * float(x[r, y])
 

@@ -66,6 +66,13 @@ class Loss:
         self.reduction = reduction
         self._hp = validate_hyperparams("loss", spec, hyperparams)
         self._hp_tuple = flatten_hyperparams(self._hp)
+        self.ignore_label: int | None = None
+        if spec.ignore_label is not None:
+            value = self._hp[spec.ignore_label]
+            if isinstance(value, tuple) or float(value) != int(value):
+                raise TypeError(f"{where}: {spec.ignore_label} must be an integer, got {value!r}")
+            self._hp[spec.ignore_label] = int(value)
+            self.ignore_label = int(value)
         self.weight = self._check_weight(weight)
         self._driver: LossDriver = loss_driver(spec.kernel)
         self._dense_driver: LossDriver | None = (
@@ -141,7 +148,7 @@ class Loss:
             kind = "dense" if arr.ndim == 2 and arr.shape[1] == n_outputs and (
                 arr.dtype.kind == "f" and n_outputs > 1) else "labels"
         if kind == "labels":
-            return _prepare_labels(where, arr, int(n_outputs))
+            return _prepare_labels(where, arr, int(n_outputs), self.ignore_label)
         if arr.dtype.kind == "b":
             arr = arr.astype(dtype)
         if arr.ndim == 1 and n_outputs == 1:
@@ -170,10 +177,12 @@ class Loss:
             if targets.shape[0] != n:
                 raise ValueError(f"{where}: targets have {targets.shape[0]} rows, outputs {n}")
             if n and (targets.min() < 0 or targets.max() >= k):
-                raise ValueError(
-                    f"{where}: y must hold class labels in [0, {k}), got values from "
-                    f"{targets.min()} to {targets.max()}"
-                )
+                outside = targets[(targets < 0) | (targets >= k)]
+                if self.ignore_label is None or (outside != self.ignore_label).any():
+                    raise ValueError(
+                        f"{where}: y must hold class labels in [0, {k}), got values from "
+                        f"{targets.min()} to {targets.max()}"
+                    )
             target_kind = "labels"
         else:
             targets = self.prepare_targets(targets, k, outputs.dtype)
@@ -200,8 +209,16 @@ class Loss:
         over = self.spec.extra_reductions.get(self.reduction, self.spec.mean_over)
         if over == "elements":
             return float(n * k)
+        ignored = (
+            kind == "labels" and self.ignore_label is not None and n > 0
+            and targets.min() <= self.ignore_label <= targets.max()
+        )
         if over == "weights" and kind == "labels" and self.weight is not None:
+            if ignored:
+                return float(np.sum(aux[targets[targets != self.ignore_label]]))
             return float(np.sum(aux[targets]))
+        if ignored:
+            return float(n - np.count_nonzero(targets == self.ignore_label))
         return float(n)
 
     def _run(self, outputs: np.ndarray, targets: Any, grad: np.ndarray) -> tuple[float, int]:
@@ -264,7 +281,9 @@ class Loss:
         return f"Loss({self.qualified_id!r}, reduction={self.reduction!r}{sep}{hp})"
 
 
-def _prepare_labels(where: str, arr: np.ndarray, n_outputs: int) -> np.ndarray:
+def _prepare_labels(
+    where: str, arr: np.ndarray, n_outputs: int, ignore: int | None = None
+) -> np.ndarray:
     if arr.ndim == 2 and arr.shape[1] == 1:
         arr = arr.reshape(-1)
     if arr.ndim != 1:
@@ -276,7 +295,12 @@ def _prepare_labels(where: str, arr: np.ndarray, n_outputs: int) -> np.ndarray:
             raise ValueError(f"{where}: y must hold integer class labels, got non-integer values")
     labels = np.ascontiguousarray(arr, dtype=np.int64)
     if labels.size and (labels.min() < 0 or labels.max() >= n_outputs):
-        bad = labels[(labels < 0) | (labels >= n_outputs)][0]
+        outside = labels[(labels < 0) | (labels >= n_outputs)]
+        if ignore is not None:
+            outside = outside[outside != ignore]
+        if outside.size == 0:
+            return labels
+        bad = outside[0]
         raise ValueError(
             f"{where}: y must hold class labels in [0, {n_outputs}) for {n_outputs} outputs, "
             f"found {bad}"
