@@ -137,19 +137,38 @@ _INV_SQRT_2PI = 0.3989422804014327
 #: already splits across two threads; the per-chunk call costs nanoseconds.
 CHUNK = 2048
 
-#: Below this many elements the elementwise functions run the serial twin: a parallel
+#: Below these many elements the elementwise functions run the serial twin: a parallel
 #: launch costs a few microseconds, more than the whole job for small arrays. Measured
-#: crossovers on 2 threads (serial time / parallel time, float32): relu 0.87 at 32768
-#: elements and 1.2 at 65536 (vectorized, ~5 us); sigmoid / gelu ~1 at one chunk and ~1.9
-#: from two chunks on. Cheap activations (no transcendental call) need more work.
+#: crossovers on 2 threads, float32, serial time / parallel time: relu 0.81 at 32768
+#: elements and 1.14 at 65536 (~5 us serial); vectorized sigmoid 0.75 at 4096 and 1.09
+#: at 8192; gelu 0.70 at 1024 and 1.47 at 4096. Three cost classes, per direction.
 PARALLEL_MIN_CHEAP = 1 << 16
-PARALLEL_MIN_TRANSCENDENTAL = 1 << 12
+PARALLEL_MIN_MEDIUM = 1 << 13
+PARALLEL_MIN_HEAVY = 1 << 12
 #: Row-wise kernels: total elements (rows x columns) from which rows go to ``prange``
 #: (measured: softmax 1.7x faster in parallel at 1024 elements of 10 columns, 1.04x at
 #: 1024 elements of 100 columns, 1.6x at 4096).
 PARALLEL_MIN_ROWWISE = 1 << 11
 
-_CHEAP = frozenset({IDENTITY, RELU, LEAKY_RELU})
+# Forward: no transcendental / one vectorized exp-like call / GELU's erfc.
+_FORWARD_THRESHOLD = {
+    IDENTITY: PARALLEL_MIN_CHEAP,
+    RELU: PARALLEL_MIN_CHEAP,
+    LEAKY_RELU: PARALLEL_MIN_CHEAP,
+    SIGMOID: PARALLEL_MIN_MEDIUM,
+    TANH: PARALLEL_MIN_MEDIUM,
+    ELU: PARALLEL_MIN_MEDIUM,
+    SELU: PARALLEL_MIN_MEDIUM,
+    SILU: PARALLEL_MIN_MEDIUM,
+    SOFTPLUS: PARALLEL_MIN_MEDIUM,
+    GELU: PARALLEL_MIN_HEAVY,
+}
+# Backward: sigmoid and tanh read y and need no transcendental.
+_BACKWARD_THRESHOLD = {
+    **_FORWARD_THRESHOLD,
+    SIGMOID: PARALLEL_MIN_CHEAP,
+    TANH: PARALLEL_MIN_CHEAP,
+}
 
 
 # ---------------------------------------------------------------------------------------
@@ -729,15 +748,11 @@ def _check_arrays(first: tuple[str, object], *rest: tuple[str, object], writeabl
         )
 
 
-def _threshold(act_id: int) -> int:
-    return PARALLEL_MIN_CHEAP if act_id in _CHEAP else PARALLEL_MIN_TRANSCENDENTAL
-
-
 def _elementwise_forward(act_id: int, param: float, x: np.ndarray, out: np.ndarray) -> None:
     _check_arrays(("x", x), ("out", out), writeable="out")
     xf = x.reshape(-1)
     yf = out.reshape(-1)
-    if xf.shape[0] >= _threshold(act_id):
+    if xf.shape[0] >= _FORWARD_THRESHOLD[act_id]:
         _forward_parallel(act_id, param, xf, yf)
     else:
         _forward_serial(act_id, param, xf, yf)
@@ -748,7 +763,7 @@ def _elementwise_backward(
 ) -> None:
     _check_arrays(("x", x), ("y", y), ("dy", dy), ("dx", dx), writeable="dx")
     args = (x.reshape(-1), y.reshape(-1), dy.reshape(-1), dx.reshape(-1))
-    if args[0].shape[0] >= _threshold(act_id):
+    if args[0].shape[0] >= _BACKWARD_THRESHOLD[act_id]:
         _backward_parallel(act_id, param, *args)
     else:
         _backward_serial(act_id, param, *args)
