@@ -105,8 +105,15 @@ class Loss:
 
     @property
     def hyperparams(self) -> dict[str, Any]:
-        """A copy of the hyperparameters, with ``reduction`` and ``weight``."""
+        """A copy of the hyperparameters, with ``reduction`` and ``weight``.
+
+        The ignored label (``ignore_index``) is listed only when it differs from its
+        default, so records written before it existed compare equal.
+        """
         out: dict[str, Any] = dict(self._hp)
+        key = self.spec.ignore_label
+        if key is not None and out[key] == self.spec.hyperparams[key]:
+            del out[key]
         out["reduction"] = self.reduction
         if self.spec.supports_weight:
             out["weight"] = None if self.weight is None else self.weight.copy()
