@@ -32,8 +32,8 @@ mm = importlib.import_module("numbanet.kernels.matmul")
 
 DTYPES = [np.float32, np.float64]
 TRANSPOSES = [(False, False), (False, True), (True, False), (True, True)]
-# (m, k, n): ones, primes, non-multiples of MR (12) and NR (32 / 16), k = 1,
-# every edge-kernel path (last A panel of 1-4, 5-8 and 9-11 rows),
+# (m, k, n): ones, primes, non-multiples of MR (12, or 6 without AVX-512) and NR,
+# k = 1, every edge-kernel path (last A panel of up to 1/3, 2/3 or all of MR rows),
 # k just past one and two KC (256) blocks, and macro tiles with ragged edges.
 SHAPES = [
     (1, 1, 1),
@@ -41,8 +41,9 @@ SHAPES = [
     (7, 13, 97),
     (13, 1, 13),
     (12, 5, 32),
-    (16, 9, 64),  # last A panel of 4 rows, full B panels: the 4-row kernel writes out
-    (20, 9, 64),  # ... of 8 rows: the 8-row kernel writes out
+    (16, 9, 64),  # last A panel of MR/3 rows (AVX-512), full B panels: direct writes
+    (20, 9, 64),  # ... of 2*MR/3 rows (AVX-512), or MR/3 rows (AVX2)
+    (22, 9, 64),  # ... of 2*MR/3 rows (AVX2)
     (25, KC + 1, 33),
     (97, 2 * KC + 3, 29),
     (131, 40, 290),
@@ -210,8 +211,8 @@ def test_packed_layouts_match_numpy(dtype):
     # and columns are unspecified (they only feed discarded results), so compare the
     # valid entries only. Both transposed and plain sources must give the same layout.
     rng = np.random.default_rng(7)
-    m, k, n = 17, KC + 19, 13  # one B panel in both dtypes
     nr = mm.NV * mm._lanes(dtype)
+    m, k, n = MR + 5, KC + 19, nr - 3  # two A panels, one padded B panel
     a = rng.standard_normal((m, k)).astype(dtype)
     b = rng.standard_normal((k, n)).astype(dtype)
     for transposed in (False, True):

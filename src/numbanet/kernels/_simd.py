@@ -7,9 +7,10 @@ intrinsics (built with :func:`numba.extending.intrinsic`) that emit LLVM vector 
 stores, broadcasts and ``llvm.fma.*`` directly. A kernel written with them keeps its
 accumulators in vector registers, which is what the GEMM needs.
 
-Vectors are 512 bits wide (16 x float32, 8 x float64). On a CPU without AVX-512, LLVM
-legalises them into pairs of 256-bit (or 128-bit) operations, so results stay correct
-everywhere; only speed depends on the CPU.
+Vectors are 512 bits wide (16 x float32, 8 x float64) when Numba targets a CPU with
+AVX-512, else 256 bits (8 x float32, 4 x float64). The width is fixed at import, from the
+features Numba compiles for; it is a speed choice only: any width runs correctly on any
+CPU, because LLVM legalises vectors wider than the target into several narrower ones.
 
 LLVM's x86 backend splits 512-bit vectors into two 256-bit halves in any function that
 does not carry the ``"min-legal-vector-width"="512"`` attribute when the CPU prefers
@@ -30,6 +31,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic, models, overload, register_model
 
 __all__ = [
+    "WIDE_VECTORS",
     "LANES_FLOAT32",
     "LANES_FLOAT64",
     "SimdVec",
@@ -46,8 +48,25 @@ __all__ = [
     "vzero",
 ]
 
-# 512-bit vectors: one zmm register on AVX-512, two ymm registers on AVX2.
-_VECTOR_BITS = 512
+
+
+def _target_has_avx512() -> bool:
+    """Whether Numba compiles for a CPU with AVX-512F (honours ``NUMBA_CPU_FEATURES``)."""
+    from numba.core import config
+    from numba.core.codegen import get_host_cpu_features
+
+    features = config.CPU_FEATURES
+    if features is None:
+        features = get_host_cpu_features()
+    return "+avx512f" in features.split(",")
+
+
+#: Whether the compile target has 32 512-bit registers (the GEMM picks its tile by this).
+WIDE_VECTORS = _target_has_avx512()
+# 512-bit vectors (one zmm register) with AVX-512; otherwise 256 bits (one ymm register
+# on AVX2, two NEON registers on arm64). Any width is correct on any CPU (LLVM splits
+# what the target lacks); the choice only keeps the register tile in registers.
+_VECTOR_BITS = 512 if WIDE_VECTORS else 256
 LANES_FLOAT32 = _VECTOR_BITS // 32
 LANES_FLOAT64 = _VECTOR_BITS // 64
 _MIN_LEGAL_WIDTH_ATTR = f'"min-legal-vector-width"="{_VECTOR_BITS}"'

@@ -14,8 +14,10 @@
    parallel tasks). Inside a task: for each ``KC`` block, for each B panel (kept in L1),
    for each A panel (kept in L2), run the micro-kernel.
 3. The **micro-kernel** holds an ``MR x NR`` tile of the output in ``MR * 2`` vector
-   registers (12 x 32 float32 or 12 x 16 float64 on 24 zmm registers) and performs one
-   broadcast-FMA per register per step of ``k`` (see :mod:`numbanet.kernels._simd`).
+   registers and performs one broadcast-FMA per register per step of ``k`` (see
+   :mod:`numbanet.kernels._simd`). With AVX-512 that is 12 x 32 float32 or 12 x 16
+   float64 on 24 zmm registers; on other CPUs 6 x 16 float32 or 6 x 8 float64 on 12
+   256-bit registers.
 4. After the last ``KC`` block of a tile, the **epilogue** adds the bias and applies the
    activation to the tile's row segments while they are still in L1.
 
@@ -49,6 +51,7 @@ from numbanet._validation import check_float_array
 from numbanet.kernels._simd import (
     LANES_FLOAT32,
     LANES_FLOAT64,
+    WIDE_VECTORS,
     sload,
     sstore,
     transpose_copy,
@@ -75,8 +78,10 @@ __all__ = [
     "matmul",
 ]
 
-#: Rows of the micro-kernel's register tile.
-MR = 12
+#: Rows of the micro-kernel's register tile (12 with AVX-512, else 6).
+MR = 12 if WIDE_VECTORS else 6
+_MR_TWO_THIRDS = 2 * MR // 3
+_MR_THIRD = MR // 3
 #: Vectors per row of the register tile: NR = NV * lanes (32 float32, 16 float64).
 NV = 2
 #: Steps of ``k`` per packed block: a B panel (KC x NR) stays in L1, an A block in L2.
@@ -101,8 +106,8 @@ _NO_ACTIVATION = -1
 
 
 @kernel
-def _micro_kernel(kc, wa, oa, wb, ob, c, oc, ldc, accumulate):
-    """``C[MR, NR] (+)= A_panel[:MR] @ B_panel`` on one register tile.
+def _micro_kernel_12(kc, wa, oa, wb, ob, c, oc, ldc, accumulate):
+    """``C[12, NR] (+)= A_panel[:12] @ B_panel`` on one register tile.
 
     Args:
         kc: steps of ``k`` in this block.
@@ -113,8 +118,7 @@ def _micro_kernel(kc, wa, oa, wb, ob, c, oc, ldc, accumulate):
         accumulate: add to the tile instead of overwriting it.
 
     Serial. The accumulators are SIMD values, so LLVM keeps them in registers; the
-    inner loop is ``NV`` vector loads of B and MR broadcast-FMAs per vector (the
-    broadcast folds into the FMA as an embedded ``{1to16}`` memory operand).
+    inner loop is ``NV`` vector loads of B and 12 broadcast-FMAs per vector.
     """
     lanes = vlanes(wb)
     c0_0, c0_1 = vzero(wb), vzero(wb)
@@ -225,8 +229,6 @@ def _micro_kernel(kc, wa, oa, wb, ob, c, oc, ldc, accumulate):
 def _micro_kernel_8(kc, wa, oa, wb, ob, c, oc, ldc, accumulate):
     """``C[8, NR] (+)= A_panel[:8] @ B_panel`` on one register tile.
 
-    For the last A panel of a matrix when it has 5 to 8 valid rows.
-
     Args:
         kc: steps of ``k`` in this block.
         wa, oa: packed A (1-D) and the offset of a ``[kc][MR]`` panel in it.
@@ -236,8 +238,7 @@ def _micro_kernel_8(kc, wa, oa, wb, ob, c, oc, ldc, accumulate):
         accumulate: add to the tile instead of overwriting it.
 
     Serial. The accumulators are SIMD values, so LLVM keeps them in registers; the
-    inner loop is ``NV`` vector loads of B and 8 broadcast-FMAs per vector (the
-    broadcast folds into the FMA as an embedded ``{1to16}`` memory operand).
+    inner loop is ``NV`` vector loads of B and 8 broadcast-FMAs per vector.
     """
     lanes = vlanes(wb)
     c0_0, c0_1 = vzero(wb), vzero(wb)
@@ -313,10 +314,8 @@ def _micro_kernel_8(kc, wa, oa, wb, ob, c, oc, ldc, accumulate):
 
 
 @kernel
-def _micro_kernel_4(kc, wa, oa, wb, ob, c, oc, ldc, accumulate):
-    """``C[4, NR] (+)= A_panel[:4] @ B_panel`` on one register tile.
-
-    For the last A panel of a matrix when it has 1 to 4 valid rows.
+def _micro_kernel_6(kc, wa, oa, wb, ob, c, oc, ldc, accumulate):
+    """``C[6, NR] (+)= A_panel[:6] @ B_panel`` on one register tile.
 
     Args:
         kc: steps of ``k`` in this block.
@@ -327,8 +326,79 @@ def _micro_kernel_4(kc, wa, oa, wb, ob, c, oc, ldc, accumulate):
         accumulate: add to the tile instead of overwriting it.
 
     Serial. The accumulators are SIMD values, so LLVM keeps them in registers; the
-    inner loop is ``NV`` vector loads of B and 4 broadcast-FMAs per vector (the
-    broadcast folds into the FMA as an embedded ``{1to16}`` memory operand).
+    inner loop is ``NV`` vector loads of B and 6 broadcast-FMAs per vector.
+    """
+    lanes = vlanes(wb)
+    c0_0, c0_1 = vzero(wb), vzero(wb)
+    c1_0, c1_1 = vzero(wb), vzero(wb)
+    c2_0, c2_1 = vzero(wb), vzero(wb)
+    c3_0, c3_1 = vzero(wb), vzero(wb)
+    c4_0, c4_1 = vzero(wb), vzero(wb)
+    c5_0, c5_1 = vzero(wb), vzero(wb)
+    for _ in range(kc):
+        b0 = vload(wb, ob)
+        b1 = vload(wb, ob + lanes)
+        x = vbroadcast(wa, oa)
+        c0_0 = vfma(x, b0, c0_0)
+        c0_1 = vfma(x, b1, c0_1)
+        x = vbroadcast(wa, oa + 1)
+        c1_0 = vfma(x, b0, c1_0)
+        c1_1 = vfma(x, b1, c1_1)
+        x = vbroadcast(wa, oa + 2)
+        c2_0 = vfma(x, b0, c2_0)
+        c2_1 = vfma(x, b1, c2_1)
+        x = vbroadcast(wa, oa + 3)
+        c3_0 = vfma(x, b0, c3_0)
+        c3_1 = vfma(x, b1, c3_1)
+        x = vbroadcast(wa, oa + 4)
+        c4_0 = vfma(x, b0, c4_0)
+        c4_1 = vfma(x, b1, c4_1)
+        x = vbroadcast(wa, oa + 5)
+        c5_0 = vfma(x, b0, c5_0)
+        c5_1 = vfma(x, b1, c5_1)
+        oa += MR
+        ob += 2 * lanes
+    if accumulate:
+        c0_0 = vadd(c0_0, vload(c, oc))
+        c0_1 = vadd(c0_1, vload(c, oc + lanes))
+        c1_0 = vadd(c1_0, vload(c, oc + 1 * ldc))
+        c1_1 = vadd(c1_1, vload(c, oc + 1 * ldc + lanes))
+        c2_0 = vadd(c2_0, vload(c, oc + 2 * ldc))
+        c2_1 = vadd(c2_1, vload(c, oc + 2 * ldc + lanes))
+        c3_0 = vadd(c3_0, vload(c, oc + 3 * ldc))
+        c3_1 = vadd(c3_1, vload(c, oc + 3 * ldc + lanes))
+        c4_0 = vadd(c4_0, vload(c, oc + 4 * ldc))
+        c4_1 = vadd(c4_1, vload(c, oc + 4 * ldc + lanes))
+        c5_0 = vadd(c5_0, vload(c, oc + 5 * ldc))
+        c5_1 = vadd(c5_1, vload(c, oc + 5 * ldc + lanes))
+    vstore(c, oc, c0_0)
+    vstore(c, oc + lanes, c0_1)
+    vstore(c, oc + 1 * ldc, c1_0)
+    vstore(c, oc + 1 * ldc + lanes, c1_1)
+    vstore(c, oc + 2 * ldc, c2_0)
+    vstore(c, oc + 2 * ldc + lanes, c2_1)
+    vstore(c, oc + 3 * ldc, c3_0)
+    vstore(c, oc + 3 * ldc + lanes, c3_1)
+    vstore(c, oc + 4 * ldc, c4_0)
+    vstore(c, oc + 4 * ldc + lanes, c4_1)
+    vstore(c, oc + 5 * ldc, c5_0)
+    vstore(c, oc + 5 * ldc + lanes, c5_1)
+
+
+@kernel
+def _micro_kernel_4(kc, wa, oa, wb, ob, c, oc, ldc, accumulate):
+    """``C[4, NR] (+)= A_panel[:4] @ B_panel`` on one register tile.
+
+    Args:
+        kc: steps of ``k`` in this block.
+        wa, oa: packed A (1-D) and the offset of a ``[kc][MR]`` panel in it.
+        wb, ob: packed B (1-D) and the offset of a ``[kc][NR]`` panel in it.
+        c, oc, ldc: C-contiguous output (any rank), flat offset of the tile's first
+            element and the row stride in elements; the tile must lie inside ``c``.
+        accumulate: add to the tile instead of overwriting it.
+
+    Serial. The accumulators are SIMD values, so LLVM keeps them in registers; the
+    inner loop is ``NV`` vector loads of B and 4 broadcast-FMAs per vector.
     """
     lanes = vlanes(wb)
     c0_0, c0_1 = vzero(wb), vzero(wb)
@@ -369,6 +439,57 @@ def _micro_kernel_4(kc, wa, oa, wb, ob, c, oc, ldc, accumulate):
     vstore(c, oc + 2 * ldc + lanes, c2_1)
     vstore(c, oc + 3 * ldc, c3_0)
     vstore(c, oc + 3 * ldc + lanes, c3_1)
+
+
+@kernel
+def _micro_kernel_2(kc, wa, oa, wb, ob, c, oc, ldc, accumulate):
+    """``C[2, NR] (+)= A_panel[:2] @ B_panel`` on one register tile.
+
+    Args:
+        kc: steps of ``k`` in this block.
+        wa, oa: packed A (1-D) and the offset of a ``[kc][MR]`` panel in it.
+        wb, ob: packed B (1-D) and the offset of a ``[kc][NR]`` panel in it.
+        c, oc, ldc: C-contiguous output (any rank), flat offset of the tile's first
+            element and the row stride in elements; the tile must lie inside ``c``.
+        accumulate: add to the tile instead of overwriting it.
+
+    Serial. The accumulators are SIMD values, so LLVM keeps them in registers; the
+    inner loop is ``NV`` vector loads of B and 2 broadcast-FMAs per vector.
+    """
+    lanes = vlanes(wb)
+    c0_0, c0_1 = vzero(wb), vzero(wb)
+    c1_0, c1_1 = vzero(wb), vzero(wb)
+    for _ in range(kc):
+        b0 = vload(wb, ob)
+        b1 = vload(wb, ob + lanes)
+        x = vbroadcast(wa, oa)
+        c0_0 = vfma(x, b0, c0_0)
+        c0_1 = vfma(x, b1, c0_1)
+        x = vbroadcast(wa, oa + 1)
+        c1_0 = vfma(x, b0, c1_0)
+        c1_1 = vfma(x, b1, c1_1)
+        oa += MR
+        ob += 2 * lanes
+    if accumulate:
+        c0_0 = vadd(c0_0, vload(c, oc))
+        c0_1 = vadd(c0_1, vload(c, oc + lanes))
+        c1_0 = vadd(c1_0, vload(c, oc + 1 * ldc))
+        c1_1 = vadd(c1_1, vload(c, oc + 1 * ldc + lanes))
+    vstore(c, oc, c0_0)
+    vstore(c, oc + lanes, c0_1)
+    vstore(c, oc + 1 * ldc, c1_0)
+    vstore(c, oc + 1 * ldc + lanes, c1_1)
+
+
+# The register tile for the target: 12 x 2 vectors (24 of the 32 zmm registers) with
+# AVX-512, 6 x 2 vectors (12 of the 16 ymm registers) otherwise. The shorter kernels
+# serve the last A panel when it has at most 2/3 or 1/3 of MR valid rows.
+if WIDE_VECTORS:
+    _kernel_full, _kernel_two_thirds, _kernel_third = (
+        _micro_kernel_12, _micro_kernel_8, _micro_kernel_4)
+else:
+    _kernel_full, _kernel_two_thirds, _kernel_third = (
+        _micro_kernel_6, _micro_kernel_4, _micro_kernel_2)
 
 
 # ---------------------------------------------------------------------------------------
@@ -516,20 +637,20 @@ def _macro_tile(t, mb, nb, out, k, wa, wb, work_scratch, bias, has_bias, y, act_
                 mr = min(MR, m - i0)
                 oa = k0 * mp + ip * MR * kcb
                 if mr == MR and nn == nr:
-                    _micro_kernel(kcb, wa, oa, wb, ob, out, i0 * n + j0, n, acc)
-                elif mr == 8 and nn == nr:
-                    _micro_kernel_8(kcb, wa, oa, wb, ob, out, i0 * n + j0, n, acc)
-                elif mr == 4 and nn == nr:
-                    _micro_kernel_4(kcb, wa, oa, wb, ob, out, i0 * n + j0, n, acc)
+                    _kernel_full(kcb, wa, oa, wb, ob, out, i0 * n + j0, n, acc)
+                elif mr == _MR_TWO_THIRDS and nn == nr:
+                    _kernel_two_thirds(kcb, wa, oa, wb, ob, out, i0 * n + j0, n, acc)
+                elif mr == _MR_THIRD and nn == nr:
+                    _kernel_third(kcb, wa, oa, wb, ob, out, i0 * n + j0, n, acc)
                 else:
                     # Edge tile: compute a padded tile into scratch, copy the valid
                     # part. Short last panels use a shorter kernel (less padding work).
-                    if mr <= 4:
-                        _micro_kernel_4(kcb, wa, oa, wb, ob, sc, 0, nr, False)
-                    elif mr <= 8:
-                        _micro_kernel_8(kcb, wa, oa, wb, ob, sc, 0, nr, False)
+                    if mr <= _MR_THIRD:
+                        _kernel_third(kcb, wa, oa, wb, ob, sc, 0, nr, False)
+                    elif mr <= _MR_TWO_THIRDS:
+                        _kernel_two_thirds(kcb, wa, oa, wb, ob, sc, 0, nr, False)
                     else:
-                        _micro_kernel(kcb, wa, oa, wb, ob, sc, 0, nr, False)
+                        _kernel_full(kcb, wa, oa, wb, ob, sc, 0, nr, False)
                     for r in range(mr):
                         orow = out[i0 + r, j0 : j0 + nn]
                         srow = sc[r * nr : r * nr + nn]
@@ -689,7 +810,7 @@ def _plan(m: int, n: int, k: int, nr: int, threads: int) -> GemmPlan:
     # Work of each A panel in full-tile units: the short last panel runs a 4- or 8-row
     # kernel, at lower efficiency than the 12-row one.
     tail = m - (n_pm - 1) * MR
-    tail_cost = 1.0 if tail > 8 else (0.75 if tail > 4 else 0.45)
+    tail_cost = 1.0 if tail > _MR_TWO_THIRDS else (0.75 if tail > _MR_THIRD else 0.45)
     # At least two tasks per thread when the shape allows: with one-task chunks handed
     # out dynamically, a thread slowed down by another process then sheds work.
     min_tasks = min(2 * workers, n_pm * n_pn) if parallel else 1
