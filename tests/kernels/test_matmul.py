@@ -295,6 +295,27 @@ def test_dense_forward_matches_numpy(m, k, n, act, dtype):
                                rtol=10 * np.finfo(dtype).eps, atol=10 * np.finfo(dtype).eps)
 
 
+@settings(max_examples=25, deadline=None)
+@given(
+    m=st.integers(1, 30),
+    k=st.integers(1, 30),
+    n=st.integers(1, 50),
+    act=st.sampled_from(["identity", "relu", "leaky_relu", "tanh"]),
+    in_place=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_dense_forward_matches_numpy_on_random_shapes(m, k, n, act, in_place, seed):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((m, k))
+    w = rng.standard_normal((k, n))
+    bias = rng.standard_normal(n)
+    z = np.empty((m, n))
+    y = z if in_place else np.empty((m, n))
+    dense_forward(x, w, bias, z, y, ACTIVATION_IDS[act], 0.2)
+    ref = _act_reference(act, x @ w + bias, 0.2)
+    np.testing.assert_allclose(y, ref, rtol=1e-12, atol=1e-12)
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_dense_forward_in_place_and_without_bias(dtype):
     rng = np.random.default_rng(9)
