@@ -1,10 +1,114 @@
-"""One knob for the number of threads every numbanet kernel uses."""
+"""One knob for the number of threads every numbanet kernel uses, and the threading layer.
+
+Threading layer: Numba runs ``prange`` loops on one of three thread pools. ``tbb`` and
+``omp`` accept parallel launches from several Python threads at once; ``workqueue``
+does not (a concurrent launch aborts the process with "Terminating: Nested parallel
+kernel launch detected, the workqueue threading layer does not supported nested
+parallelism"). Numba's own default order is tbb, omp, workqueue, so it silently falls
+back to the unsafe pool when neither library loads. numbanet therefore decides at
+import, before any kernel runs:
+
+* if the user set ``NUMBA_THREADING_LAYER``, that choice is kept as it is;
+* else, if TBB or OpenMP can be loaded, Numba is told ``threadsafe`` (TBB first, then
+  OpenMP), so training two models in two Python threads is safe;
+* else Numba keeps ``default`` (it will use ``workqueue``), and
+  :func:`threading_layer_is_threadsafe` says ``False``: run one model at a time.
+
+:func:`threading_layer` reports the layer actually in use.
+"""
 
 from __future__ import annotations
 
-import numba
+import operator
+import os
 
-__all__ = ["get_num_threads", "max_threads", "set_num_threads"]
+import numba
+from numba.core import config as _numba_config
+
+__all__ = [
+    "THREADSAFE_LAYERS",
+    "get_num_threads",
+    "max_threads",
+    "set_num_threads",
+    "threading_layer",
+    "threading_layer_choice",
+    "threading_layer_is_threadsafe",
+]
+
+#: Numba threading layers that accept parallel launches from several threads at once.
+THREADSAFE_LAYERS = ("tbb", "omp")
+
+_ENV = "NUMBA_THREADING_LAYER"
+
+
+def _layer_loads(layer: str) -> bool:
+    # Importing the pool's extension module loads its shared library (libtbb, libgomp)
+    # without starting any threads, so this probe is cheap and side-effect free.
+    try:
+        if layer == "tbb":
+            from numba.np.ufunc import parallel
+
+            parallel._check_tbb_version_compatible()
+            from numba.np.ufunc import tbbpool  # noqa: F401
+        elif layer == "omp":
+            from numba.np.ufunc import omppool  # noqa: F401
+        else:
+            return False
+    except (ImportError, OSError, AttributeError):
+        return False
+    return True
+
+
+def _pool_started() -> bool:
+    try:
+        from numba.np.ufunc import parallel
+    except ImportError:  # pragma: no cover
+        return False
+    return bool(getattr(parallel, "_is_initialized", False))
+
+
+def _choose_threading_layer() -> str:
+    """Set Numba's threading layer request; return a sentence saying what and why."""
+    if os.environ.get(_ENV):
+        return f"{os.environ[_ENV]!r} from {_ENV} (the user's choice, kept)"
+    if _pool_started():
+        return "already started before numbanet was imported (left as it is)"
+    loadable = [layer for layer in THREADSAFE_LAYERS if _layer_loads(layer)]
+    if loadable:
+        # 'threadsafe' makes Numba pick tbb, else omp, and never fall back to workqueue.
+        _numba_config.THREADING_LAYER = "threadsafe"
+        return f"'threadsafe' chosen by numbanet ({' and '.join(loadable)} can be loaded)"
+    return ("'default' (neither TBB nor OpenMP loads, so Numba uses workqueue, which is "
+            "not thread-safe: train one model at a time)")
+
+
+_CHOICE = _choose_threading_layer()
+
+
+def threading_layer_choice() -> str:
+    """How the threading layer was chosen at import, as a sentence (for ``numbanet info``)."""
+    return _CHOICE
+
+
+def threading_layer() -> str:
+    """The Numba threading layer in use: ``"tbb"``, ``"omp"`` or ``"workqueue"``.
+
+    Starts Numba's thread pool if no parallel kernel has run yet (a pool starts once per
+    process, so this only decides earlier what the first kernel would decide anyway).
+    """
+    try:
+        return str(numba.threading_layer())
+    except ValueError:
+        # Not started yet: start it the way the first parallel launch would.
+        from numba.np.ufunc import parallel
+
+        parallel._launch_threads()
+        return str(numba.threading_layer())
+
+
+def threading_layer_is_threadsafe() -> bool:
+    """Whether two Python threads may run numbanet kernels at the same time."""
+    return threading_layer() in THREADSAFE_LAYERS
 
 
 def max_threads() -> int:
@@ -22,10 +126,10 @@ def set_num_threads(n: int) -> None:
         TypeError: ``n`` is not an integer.
         ValueError: ``n`` is outside ``1..max_threads()``.
     """
-    if isinstance(n, bool) or not isinstance(n, int):
+    if isinstance(n, bool):
+        raise TypeError("set_num_threads: n must be an int, got bool")
+    if not isinstance(n, int):
         try:
-            import operator
-
             n = operator.index(n)
         except TypeError:
             raise TypeError(f"set_num_threads: n must be an int, got {type(n).__name__}") from None
