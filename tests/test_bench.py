@@ -154,6 +154,7 @@ def test_compare_with_numbanet_only_has_no_ratios():
         ({"min_time": "fast"}, TypeError, "min_time"),
         ({"frameworks": ["jax"]}, ValueError, "frameworks"),
         ({"model": "64-32"}, ValueError, "model"),
+        ({"settle": -0.1}, ValueError, "settle"),
     ],
 )
 def test_compare_rejects_bad_arguments(kwargs, error, match):

@@ -17,7 +17,8 @@ The frameworks are timed interleaved in one process: every repeat times one samp
 each framework in a rotating order, so a burst of load from another process hits them
 all alike, and the report uses the median over repeats. A sample runs the step a fixed
 number of times, chosen once per framework so that a sample lasts at least ``min_time``
-seconds.
+seconds. With more than one thread, each sample starts after a short pause (``settle``)
+so the previous framework's spinning thread pool has gone to sleep.
 
 Every framework's first step returns its loss; they agree to float32 rounding, which is
 how the tests check that the three steps compute the same thing.
@@ -432,6 +433,7 @@ def compare(
     min_time: float = 0.05,
     frameworks: Sequence[str] | None = None,
     seed: int = 0,
+    settle: float | None = None,
 ) -> Comparison:
     """Time the same training step in each framework, interleaved, and compare.
 
@@ -443,6 +445,11 @@ def compare(
         frameworks: which of :data:`FRAMEWORKS` to time; default: all that are installed.
             ``"numbanet"`` is always included, since ratios are relative to it.
         seed: seeds the shared weights and batch.
+        settle: seconds to sleep before each sample; default 0.2 with more than one
+            thread, else 0. Thread pools spin for a while after their last task
+            (OpenBLAS for ~0.1 s, OpenMP shorter), so without a pause the previous
+            framework's idle workers compete for the cores with the next framework's
+            (measured here on 2 cores: numbanet 20x slower right after NumPy).
 
     Returns:
         a :class:`Comparison`.
@@ -463,6 +470,10 @@ def compare(
         raise TypeError(f"min_time must be a number of seconds, got {type(min_time).__name__}")
     if not min_time > 0:
         raise ValueError(f"min_time must be positive, got {min_time}")
+    if settle is None:
+        settle = 0.2 if threads > 1 else 0.0
+    if isinstance(settle, bool) or not isinstance(settle, (int, float)) or not settle >= 0:
+        raise ValueError(f"settle must be a non-negative number of seconds, got {settle!r}")
     if frameworks is None:
         chosen = available_frameworks()
     else:
@@ -476,17 +487,22 @@ def compare(
     result = Comparison(model=spec.name, batch=spec.batch, threads=threads, repeats=repeats)
     with _thread_limits(threads) as info:
         result.notes.update(info)
+        result.notes["settle_seconds"] = settle
         steps = {name: make_step(name, spec, seed) for name in chosen}
         # The first call compiles / warms caches; its loss is the cross-check.
         for name, step in steps.items():
             result.first_loss[name] = step()
-        numbers = {name: _calibrate(step, min_time) for name, step in steps.items()}
+        numbers = {}
+        for name, step in steps.items():
+            time.sleep(settle)
+            numbers[name] = _calibrate(step, min_time)
         samples: dict[str, list[float]] = {name: [] for name in chosen}
         for r in range(repeats):
             # Rotate the order so no framework always runs right after another one.
             order = chosen[r % len(chosen):] + chosen[: r % len(chosen)]
             for name in order:
                 step, number = steps[name], numbers[name]
+                time.sleep(settle)
                 start = time.perf_counter()
                 for _ in range(number):
                     step()
