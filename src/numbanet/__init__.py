@@ -11,7 +11,7 @@ Example:
 
 from __future__ import annotations
 
-from numbanet import datasets, kernels, metrics, schedules
+from numbanet import datasets, kernels, metrics, plugins, schedules, testing
 from numbanet.callbacks import (
     Callback,
     CSVLogger,
@@ -24,7 +24,13 @@ from numbanet.callbacks import (
 from numbanet.hookspecs import hookimpl
 from numbanet.io import load, save
 from numbanet.nn import Activation, Dense, Dropout, Module, Parameter, Sequential
-from numbanet.plugins import get_loss, get_optimizer, list_losses, list_optimizers
+from numbanet.plugins import (
+    PluginWarning,
+    get_loss,
+    get_optimizer,
+    list_losses,
+    list_optimizers,
+)
 from numbanet.specs import LossSpec, OptimizerSpec
 from numbanet.threads import get_num_threads, set_num_threads
 from numbanet.train import History
@@ -46,6 +52,7 @@ __all__ = [
     "LossSpec",
     "Module",
     "OptimizerSpec",
+    "PluginWarning",
     "Parameter",
     "Sequential",
     "__version__",
@@ -59,7 +66,9 @@ __all__ = [
     "list_optimizers",
     "load",
     "metrics",
+    "plugins",
     "save",
     "schedules",
     "set_num_threads",
+    "testing",
 ]
