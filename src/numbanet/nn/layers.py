@@ -11,14 +11,12 @@ from typing import Any
 import numpy as np
 
 from numbanet._validation import check_positive_int
-from numbanet.kernels.activations import ACTIVATION_IDS, get_activation
+from numbanet.kernels.activations import get_activation
 from numbanet.kernels.dropout import dropout_backward, dropout_forward
-from numbanet.kernels.matmul import dense_forward, matmul
+from numbanet.kernels.matmul import gemm_into, gemm_plan
 from numbanet.kernels.reductions import column_sum
 from numbanet.nn.init import init_weight
 from numbanet.nn.module import Module
-
-_IDENTITY_ID = ACTIVATION_IDS["identity"]
 
 
 def _activation_name(activation: str | None) -> str:
@@ -87,19 +85,33 @@ class Dense(Module):
             "activation": None if self.activation == "identity" else self.activation,
         }
 
+    def _gemm(self, a, b, out, transpose_a=False, transpose_b=False, **epilogue) -> None:
+        """``out = op(a) @ op(b)`` (+ epilogue) on arrays the model already validated.
+
+        Calls the GEMM's unchecked entry with this layer's reused packing space, so a
+        training step neither re-validates nor allocates.
+        """
+        m, n = out.shape
+        k = a.shape[0] if transpose_a else a.shape[1]
+        plan = gemm_plan(m, n, k, out.dtype)
+        work = self.workspace.scratch(plan.workspace)
+        gemm_into(a, b, out, transpose_a, transpose_b, work, plan, **epilogue)
+
     def forward(self, x: np.ndarray, training: bool) -> np.ndarray:
         rows = x.shape[0]
         z = self.workspace.get("z", rows, self.out_features)
         act = self._act
+        w, b = self.weight.value, self.bias.value
         if act.name == "identity":
             y = z
-            dense_forward(x, self.weight.value, self.bias.value, z, z, _IDENTITY_ID, 0.0)
+            self._gemm(x, w, z, bias=b)
         elif act.elementwise:
+            # Bias and activation applied in the GEMM epilogue, while the tile is in cache.
             y = self.workspace.get("y", rows, self.out_features)
-            dense_forward(x, self.weight.value, self.bias.value, z, y, act.id, act.default_param)
+            self._gemm(x, w, z, bias=b, y=y, act_id=act.id, param=act.default_param)
         else:  # row-wise (softmax, log_softmax): needs the whole row of z first
             y = self.workspace.get("y", rows, self.out_features)
-            dense_forward(x, self.weight.value, self.bias.value, z, z, _IDENTITY_ID, 0.0)
+            self._gemm(x, w, z, bias=b)
             act.forward(z, y)
         self._x, self._z, self._y = x, z, y
         return y
@@ -113,12 +125,12 @@ class Dense(Module):
         else:
             dz = self.workspace.get("dz", rows, self.out_features)
             self._act.backward(self._z, self._y, dy, dz)
-        matmul(self._x, dz, self.weight.grad, transpose_a=True)
-        column_sum(dz, self.bias.grad)
+        self._gemm(self._x, dz, self.weight.grad, transpose_a=True)  # dW = x.T @ dz
+        column_sum(dz, self.bias.grad)  # db = sum of dz over the batch
         if not need_input_grad:
             return None
         dx = self.workspace.get("dx", rows, self.in_features)
-        matmul(dz, self.weight.value, dx, transpose_b=True)
+        self._gemm(dz, self.weight.value, dx, transpose_b=True)  # dx = dz @ W.T
         return dx
 
     def __repr__(self) -> str:

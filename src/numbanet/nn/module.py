@@ -25,6 +25,7 @@ class Workspace:
     def __init__(self, dtype: np.dtype) -> None:
         self.dtype = dtype
         self._by_rows: dict[int, dict[str, np.ndarray]] = {}
+        self._scratch: np.ndarray | None = None
 
     def get(self, name: str, rows: int, width: int) -> np.ndarray:
         """The ``(rows, width)`` buffer called ``name`` (contents are left from last use)."""
@@ -41,8 +42,17 @@ class Workspace:
             array = buffers[name] = np.empty((rows, width), dtype=self.dtype)
         return array
 
+    def scratch(self, size: int) -> np.ndarray:
+        """A 1-D buffer of at least ``size`` elements (GEMM packing space), grown on demand
+        and shared by every batch size."""
+        buffer = self._scratch
+        if buffer is None or buffer.shape[0] < size:
+            buffer = self._scratch = np.empty(max(size, 1), dtype=self.dtype)
+        return buffer
+
     def clear(self) -> None:
         self._by_rows.clear()
+        self._scratch = None
 
 
 class Module:
