@@ -172,6 +172,12 @@ def _umask() -> int:
 
 def _atomic_savez(path: str, arrays: dict[str, np.ndarray]) -> None:
     directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        # Otherwise mkstemp's error names the temporary file, which the user never chose.
+        raise FileNotFoundError(f"cannot save to {path!r}: the directory {directory!r} "
+                                f"does not exist")
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"cannot save to {path!r}: it is a directory")
     fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp",
                                dir=directory)
     try:
