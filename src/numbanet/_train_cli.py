@@ -84,6 +84,16 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _nonnegative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
+    if not 0.0 <= value < float("inf"):  # also rejects nan
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text}")
+    return value
+
+
 def _fraction(text: str) -> float:
     try:
         value = float(text)
@@ -127,7 +137,7 @@ def _train_parser() -> argparse.ArgumentParser:
     model.add_argument("--optimizer", default="adam", help="optimizer name (default adam)")
     model.add_argument("--lr", type=_positive_float, default=2e-3,
                        help="learning rate (default 2e-3)")
-    model.add_argument("--weight-decay", type=float, default=None,
+    model.add_argument("--weight-decay", type=_nonnegative_float, default=None,
                        help="decoupled weight decay on weights, not biases")
     model.add_argument("--clip-norm", type=_positive_float, default=None,
                        help="clip the global gradient norm to this")
@@ -294,6 +304,17 @@ def _plot(history: Any, path: str) -> None:
     plt.close(fig)
 
 
+def _check_writable(path: str, option: str) -> None:
+    # Fail before a long training run, not after it, when the output cannot be written.
+    directory = os.path.dirname(os.path.abspath(path)) or "."
+    if not os.path.isdir(directory):
+        raise _CliError(f"{option} {path!r}: the directory {directory!r} does not exist")
+    if not os.access(directory, os.W_OK):
+        raise _CliError(f"{option} {path!r}: the directory {directory!r} is not writable")
+    if os.path.isdir(path):
+        raise _CliError(f"{option} {path!r} is a directory")
+
+
 def _set_threads(threads: int | None) -> None:
     if threads is None:
         return
@@ -308,6 +329,8 @@ def _set_threads(threads: int | None) -> None:
 def _train(argv: Sequence[str]) -> int:
     args = _train_parser().parse_args(argv)
     _check_plotting(args.plot)
+    if args.save:
+        _check_writable(args.save, "--save")
     _set_threads(args.threads)
     from numbanet.nn import Dense, Dropout, Sequential
     from numbanet.plugins import get_loss, get_optimizer
@@ -371,7 +394,10 @@ def _train(argv: Sequence[str]) -> int:
             from numbanet.io import save
 
             metadata = {k: v for k, v in spec.items() if v is not None}
-            save(model, args.save, metadata=metadata)
+            try:
+                save(model, args.save, metadata=metadata)
+            except OSError as exc:
+                raise _CliError(f"cannot write {args.save!r}: {exc}") from None
             print(f"saved model to {args.save}", flush=True)
     if args.plot and history.epoch:
         _plot(history, args.plot)
@@ -466,6 +492,9 @@ def main(argv: Sequence[str]) -> int:
         return 1
     except SystemExit as exc:  # argparse: --help (0) or bad options (2)
         return int(exc.code) if isinstance(exc.code, int) else 2
+    except OSError as exc:  # an unreadable input or unwritable output, named by the OS
+        print(f"numbanet {command}: error: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"numbanet {command}: interrupted", file=sys.stderr)
         return 130
