@@ -1,0 +1,179 @@
+"""The documentation cannot rot: every ```python block in docs/ runs here.
+
+How the blocks run (documented for authors in docs/index.md, "Writing these pages"):
+
+* Each Markdown page under ``docs/`` is one test. Its ```python blocks run in order in
+  one shared namespace, like cells of a notebook, so a later block may use names an
+  earlier block defined. Blocks on different pages never share anything.
+* A page runs in a fresh temporary working directory, so ``model.save("model.npz")``
+  leaves nothing behind.
+* A block opts out with an HTML comment ``<!-- docs: skip -->`` on the last non-blank
+  line before its opening fence (it is invisible in the rendered page). Fences other than
+  ``python`` / ``py`` (``bash``, ``text``, ``toml``, ...) never run.
+* A failure names the page and the line of the block; the traceback points into the
+  Markdown file itself.
+
+The other tests keep the site honest: relative links resolve (pages and the source files
+the tour links to), every public name has an API reference entry, and ``mkdocs build
+--strict`` passes when mkdocs is installed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import re
+import shutil
+import subprocess
+import sys
+import traceback
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = ROOT / "docs"
+SKIP_MARKER = "<!-- docs: skip -->"
+RUN_LANGUAGES = {"python", "py"}
+
+_FENCE = re.compile(r"^(?P<indent> {0,3})(?P<fence>`{3,}|~{3,})\s*(?P<info>[^`\s]*)")
+
+
+def _pages() -> list[Path]:
+    # docs/dev/ is contributor material outside the site; its blocks run too.
+    return sorted(DOCS.rglob("*.md"))
+
+
+def _blocks(text: str) -> list[tuple[int, str, bool]]:
+    """``(line, source, skipped)`` for every python block of a Markdown text.
+
+    ``line`` is the 1-based line of the first code line. Fences nested in other fences
+    (a longer or different fence) are treated as content, as CommonMark does.
+    """
+    lines = text.splitlines()
+    blocks = []
+    i = 0
+    while i < len(lines):
+        match = _FENCE.match(lines[i])
+        if not match:
+            i += 1
+            continue
+        fence = match["fence"]
+        language = match["info"].lower().lstrip("{.").rstrip("}")
+        start = i + 1
+        j = start
+        while j < len(lines):
+            stripped = lines[j].strip()
+            if stripped.startswith(fence[0] * len(fence)) and not stripped.strip(fence[0]):
+                break
+            j += 1
+        if language in RUN_LANGUAGES:
+            previous = next((lines[k].strip() for k in range(i - 1, -1, -1)
+                             if lines[k].strip()), "")
+            indent = len(match["indent"])
+            body = "\n".join(line[indent:] if line[:indent].isspace() else line
+                             for line in lines[start:j])
+            blocks.append((start + 1, body, previous == SKIP_MARKER))
+        i = j + 1
+    return blocks
+
+
+def test_block_parser_reads_fences_and_skip_marker() -> None:
+    text = (
+        "intro\n"
+        "```python\nx = 1\n```\n"
+        "<!-- docs: skip -->\n\n"
+        "```python\nraise SystemExit\n```\n"
+        "````text\n```python\nnot code\n```\n````\n"
+        "```bash\nls\n```\n"
+        "```py\ny = x + 1\n```\n"
+    )
+    assert _blocks(text) == [(3, "x = 1", False), (8, "raise SystemExit", True),
+                             (19, "y = x + 1", False)]
+
+
+def _pages_with_code() -> list[Path]:
+    return [p for p in _pages() if _blocks(p.read_text(encoding="utf-8"))]
+
+
+@pytest.mark.parametrize("page", _pages_with_code(), ids=lambda p: str(p.relative_to(DOCS)))
+def test_code_blocks_run(page: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    blocks = [b for b in _blocks(page.read_text(encoding="utf-8")) if not b[2]]
+    if not blocks:
+        pytest.skip("every python block on this page opts out")
+    monkeypatch.chdir(tmp_path)
+    namespace: dict[str, object] = {"__name__": "__docs__"}
+    for line, source, _ in blocks:
+        # Pad so line numbers in tracebacks are the Markdown file's own.
+        code = compile("\n" * (line - 1) + source, str(page), "exec")
+        out = io.StringIO()
+        try:
+            with contextlib.redirect_stdout(out):
+                exec(code, namespace)
+        except Exception:
+            pytest.fail(
+                f"{page.relative_to(ROOT)}: the block starting at line {line} failed\n"
+                f"--- its output ---\n{out.getvalue()}\n--- traceback ---\n"
+                f"{traceback.format_exc()}",
+                pytrace=False,
+            )
+
+
+_LINK = re.compile(r"\]\((?P<target>[^)\s]+)(?:\s+\"[^\"]*\")?\)")
+
+
+def _strip_code(text: str) -> str:
+    """The text without fenced blocks and inline code (links there are not links)."""
+    text = re.sub(r"(?ms)^ {0,3}(`{3,}|~{3,}).*?^ {0,3}\1\s*$", "", text)
+    return re.sub(r"`[^`\n]*`", "", text)
+
+
+@pytest.mark.parametrize("page", _pages(), ids=lambda p: str(p.relative_to(DOCS)))
+def test_relative_links_resolve(page: Path) -> None:
+    broken = []
+    for match in _LINK.finditer(_strip_code(page.read_text(encoding="utf-8"))):
+        target = match["target"]
+        if re.match(r"^[a-z][a-z0-9+.-]*:", target) or target.startswith("#"):
+            continue  # absolute URL or same-page anchor
+        path = target.split("#", 1)[0]
+        if not (page.parent / path).exists():
+            broken.append(target)
+    assert not broken, f"{page.relative_to(ROOT)}: broken relative links {broken}"
+
+
+def _api_text() -> str:
+    return "\n".join(p.read_text(encoding="utf-8") for p in sorted((DOCS / "api").glob("*.md")))
+
+
+def test_every_public_name_has_an_api_entry() -> None:
+    import numbanet
+
+    text = _api_text()
+    documented = set(re.findall(r"^::: numbanet\.([\w.]+)", text, flags=re.M))
+    missing = [name for name in numbanet.__all__
+               if name != "__version__" and name not in documented]
+    assert not missing, f"add '::: numbanet.NAME' blocks to docs/api/ for {missing}"
+
+
+@pytest.mark.parametrize("module", [
+    "kernels", "kernels.activations", "kernels.reductions", "kernels.losses",
+    "kernels.updates", "kernels.dropout", "nn", "datasets", "metrics", "callbacks",
+    "schedules", "io", "testing", "plugins", "specs", "hookspecs", "train", "threads",
+    "optim", "losses",
+])
+def test_public_module_has_an_api_page(module: str) -> None:
+    assert re.search(rf"^::: numbanet\.{re.escape(module)}\s*$", _api_text(), flags=re.M), (
+        f"docs/api/ has no '::: numbanet.{module}' block"
+    )
+
+
+def test_mkdocs_build_strict(tmp_path: Path) -> None:
+    pytest.importorskip("mkdocs")
+    pytest.importorskip("mkdocstrings_handlers.python")
+    if shutil.which("mkdocs") is None:
+        pytest.skip("mkdocs command not on PATH")
+    result = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(tmp_path)],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
