@@ -97,3 +97,15 @@ def fake_plugin(tmp_path, monkeypatch):
 def tiny_model() -> nbn.Sequential:
     """A fresh compiled 4-8-3 model (cross-entropy, SGD)."""
     return make_model(optimizer="sgd", lr=0.1)
+
+
+@pytest.fixture(scope="session")
+def model_factory():
+    """``make_model`` for tests that build several models (hypothesis, threads)."""
+    return make_model
+
+
+@pytest.fixture(scope="session")
+def data_factory():
+    """``make_data(n, seed)`` for tests that need several datasets."""
+    return make_data
