@@ -41,6 +41,7 @@ kernels stay float32 (a bare ``0.5`` literal is float64 and would promote the lo
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -750,6 +751,11 @@ def _check_arrays(first: tuple[str, object], *rest: tuple[str, object], writeabl
 
 def _elementwise_forward(act_id: int, param: float, x: np.ndarray, out: np.ndarray) -> None:
     _check_arrays(("x", x), ("out", out), writeable="out")
+    _run_elementwise_forward(act_id, param, x, out)
+
+
+def _run_elementwise_forward(act_id: int, param: float, x: np.ndarray, out: np.ndarray) -> None:
+    """Unchecked dispatch: parallel or serial by size, on flat views."""
     xf = x.reshape(-1)
     yf = out.reshape(-1)
     if xf.shape[0] >= _FORWARD_THRESHOLD[act_id]:
@@ -762,6 +768,13 @@ def _elementwise_backward(
     act_id: int, param: float, x: np.ndarray, y: np.ndarray, dy: np.ndarray, dx: np.ndarray
 ) -> None:
     _check_arrays(("x", x), ("y", y), ("dy", dy), ("dx", dx), writeable="dx")
+    _run_elementwise_backward(act_id, param, x, y, dy, dx)
+
+
+def _run_elementwise_backward(
+    act_id: int, param: float, x: np.ndarray, y: np.ndarray, dy: np.ndarray, dx: np.ndarray
+) -> None:
+    """Unchecked dispatch: parallel or serial by size, on flat views."""
     args = (x.reshape(-1), y.reshape(-1), dy.reshape(-1), dx.reshape(-1))
     if args[0].shape[0] >= _BACKWARD_THRESHOLD[act_id]:
         _backward_parallel(act_id, param, *args)
@@ -1048,6 +1061,11 @@ def _logsumexp_serial(x, out):
 def _rowwise_forward(mode: int, x: np.ndarray, out: np.ndarray) -> None:
     check_float_array("x", x, ndim=2)
     check_float_array("out", out, dtype=x.dtype, shape=x.shape, writeable=True)
+    _run_rowwise_forward(mode, x, out)
+
+
+def _run_rowwise_forward(mode: int, x: np.ndarray, out: np.ndarray) -> None:
+    """Unchecked dispatch: parallel over rows or serial by size."""
     if x.size >= PARALLEL_MIN_ROWWISE:
         _rows_forward_parallel(mode, x, out)
     else:
@@ -1060,6 +1078,13 @@ def _rowwise_backward(
     check_float_array("x", x, ndim=2)
     for name, arr in (("y", y), ("dy", dy), ("dx", dx)):
         check_float_array(name, arr, dtype=x.dtype, shape=x.shape, writeable=name == "dx")
+    _run_rowwise_backward(mode, x, y, dy, dx)
+
+
+def _run_rowwise_backward(
+    mode: int, x: np.ndarray, y: np.ndarray, dy: np.ndarray, dx: np.ndarray
+) -> None:
+    """Unchecked dispatch: parallel over rows or serial by size (reads ``y`` and ``dy``)."""
     if x.size >= PARALLEL_MIN_ROWWISE:
         _rows_backward_parallel(mode, y, dy, dx)
     else:
@@ -1163,6 +1188,10 @@ class Activation:
         default_param: the value to pass as ``param`` to :func:`activation_forward_1d`
             (``0.01`` for leaky_relu, ``1.0`` for elu, ``0.0`` otherwise).
         elementwise: ``True`` for activations that act on each element independently.
+        forward_unchecked: ``forward_unchecked(x, out)`` with the default parameter and
+            no argument checks, for layers that validated their buffers once (the
+            training step's hot path). Wrong arguments here are undefined behaviour.
+        backward_unchecked: ``backward_unchecked(x, y, dy, dx)``, likewise.
     """
 
     name: str
@@ -1171,19 +1200,33 @@ class Activation:
     backward: Callable[..., None]
     default_param: float
     elementwise: bool
+    forward_unchecked: Callable[..., None]
+    backward_unchecked: Callable[..., None]
 
 
-_REGISTRY: dict[str, Activation] = {
-    name: Activation(
+def _make_activation(name: str) -> Activation:
+    default_param = {"leaky_relu": 0.01, "elu": 1.0}.get(name, 0.0)
+    if name in ACTIVATION_IDS:
+        act_id = ACTIVATION_IDS[name]
+        forward_unchecked = functools.partial(_run_elementwise_forward, act_id, default_param)
+        backward_unchecked = functools.partial(_run_elementwise_backward, act_id, default_param)
+    else:
+        mode = SOFTMAX if name == "softmax" else LOG_SOFTMAX
+        forward_unchecked = functools.partial(_run_rowwise_forward, mode)
+        backward_unchecked = functools.partial(_run_rowwise_backward, mode)
+    return Activation(
         name=name,
         id=ACTIVATION_IDS.get(name, -1),
         forward=globals()[name],
         backward=globals()[name + "_backward"],
-        default_param={"leaky_relu": 0.01, "elu": 1.0}.get(name, 0.0),
+        default_param=default_param,
         elementwise=name in ACTIVATION_IDS,
+        forward_unchecked=forward_unchecked,
+        backward_unchecked=backward_unchecked,
     )
-    for name in ACTIVATIONS
-}
+
+
+_REGISTRY: dict[str, Activation] = {name: _make_activation(name) for name in ACTIVATIONS}
 
 
 def get_activation(name: str) -> Activation:

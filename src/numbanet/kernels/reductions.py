@@ -46,6 +46,7 @@ __all__ = [
     "PARALLEL_MIN",
     "ROW_CHUNK",
     "column_sum",
+    "column_sum_into",
     "column_sum_partials",
     "sum_of_squares",
     "sum_partials",
@@ -188,6 +189,15 @@ def column_sum(x: np.ndarray, out: np.ndarray, partials: np.ndarray | None = Non
             shape=(_n_chunks(n, ROW_CHUNK), m),
             writeable=True,
         )
+    column_sum_into(x, out, partials)
+
+
+def column_sum_into(x: np.ndarray, out: np.ndarray, partials: np.ndarray) -> None:
+    """:func:`column_sum` without argument checks, for callers that validated once.
+
+    ``partials`` must come from ``column_sum_partials(*x.shape)``; wrong arguments are
+    undefined behaviour. Parallel or serial by size, with the same result.
+    """
     if x.size >= COLUMN_SUM_PARALLEL_MIN:
         _column_sum_parallel(x, out, partials)
     else:

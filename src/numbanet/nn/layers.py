@@ -14,7 +14,7 @@ from numbanet._validation import check_positive_int
 from numbanet.kernels.activations import get_activation
 from numbanet.kernels.dropout import dropout_backward, dropout_forward
 from numbanet.kernels.matmul import gemm_into, gemm_plan
-from numbanet.kernels.reductions import column_sum
+from numbanet.kernels.reductions import column_sum_into, column_sum_partials
 from numbanet.nn.init import init_weight
 from numbanet.nn.module import Module
 
@@ -54,6 +54,8 @@ class Dense(Module):
         self._x: np.ndarray | None = None
         self._z: np.ndarray | None = None
         self._y: np.ndarray | None = None
+        # Float64 partial sums of the bias gradient, one buffer per batch size.
+        self._bias_partials: dict[int, np.ndarray] = {}
 
     @property
     def weight(self):
@@ -112,7 +114,7 @@ class Dense(Module):
         else:  # row-wise (softmax, log_softmax): needs the whole row of z first
             y = self.workspace.get("y", rows, self.out_features)
             self._gemm(x, w, z, bias=b)
-            act.forward(z, y)
+            act.forward_unchecked(z, y)
         self._x, self._z, self._y = x, z, y
         return y
 
@@ -124,9 +126,12 @@ class Dense(Module):
             dz = dy
         else:
             dz = self.workspace.get("dz", rows, self.out_features)
-            self._act.backward(self._z, self._y, dy, dz)
+            self._act.backward_unchecked(self._z, self._y, dy, dz)
         self._gemm(self._x, dz, self.weight.grad, transpose_a=True)  # dW = x.T @ dz
-        column_sum(dz, self.bias.grad)  # db = sum of dz over the batch
+        partials = self._bias_partials.get(rows)
+        if partials is None:
+            partials = self._bias_partials[rows] = column_sum_partials(rows, self.out_features)
+        column_sum_into(dz, self.bias.grad, partials)  # db = sum of dz over the batch
         if not need_input_grad:
             return None
         dx = self.workspace.get("dx", rows, self.in_features)
@@ -157,7 +162,7 @@ class Activation(Module):
 
     def forward(self, x: np.ndarray, training: bool) -> np.ndarray:
         y = self.workspace.get("y", x.shape[0], x.shape[1])
-        self._act.forward(x, y)
+        self._act.forward_unchecked(x, y)
         self._x, self._y = x, y
         return y
 
@@ -167,7 +172,7 @@ class Activation(Module):
         if not need_input_grad:
             return None
         dx = self.workspace.get("dx", dy.shape[0], dy.shape[1])
-        self._act.backward(self._x, self._y, dy, dx)
+        self._act.backward_unchecked(self._x, self._y, dy, dx)
         return dx
 
     def __repr__(self) -> str:
