@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import functools
 import threading
+from typing import NamedTuple
 
 import numba
 import numpy as np
@@ -754,8 +755,8 @@ def _gemm_serial(a, b, out, transpose_a, transpose_b, work, mb, nb,
 # ---------------------------------------------------------------------------------------
 
 
-class GemmPlan(tuple):
-    """Blocking of one GEMM shape: ``(mb, nb, workspace, parallel)``.
+class GemmPlan(NamedTuple):
+    """Blocking of one GEMM shape, from :func:`gemm_plan`.
 
     Attributes:
         mb: A panels (of ``MR`` rows) per macro tile.
@@ -764,15 +765,10 @@ class GemmPlan(tuple):
         parallel: whether :func:`gemm_into` runs the parallel kernel.
     """
 
-    __slots__ = ()
-
-    def __new__(cls, mb: int, nb: int, workspace: int, parallel: bool) -> GemmPlan:
-        return super().__new__(cls, (mb, nb, workspace, parallel))
-
-    mb = property(lambda self: self[0])
-    nb = property(lambda self: self[1])
-    workspace = property(lambda self: self[2])
-    parallel = property(lambda self: self[3])
+    mb: int
+    nb: int
+    workspace: int
+    parallel: bool
 
 
 def _lanes(dtype: np.dtype) -> int:
