@@ -32,7 +32,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
+import struct
 import tempfile
 import warnings
 import zipfile
@@ -203,8 +205,12 @@ def _atomic_savez(path: str, arrays: dict[str, np.ndarray]) -> None:
 
 # ------------------------------------------------------------------------------ load
 
+# What a damaged or hostile archive can make zipfile, numpy's .npy reader and our own
+# structure checks raise; all of it becomes one ValueError naming the file. (A corrupt
+# central directory can claim an unknown compression method: NotImplementedError.)
 _READ_ERRORS = (ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error,
-                json.JSONDecodeError, UnicodeDecodeError, IndexError)
+                json.JSONDecodeError, UnicodeDecodeError, IndexError, NotImplementedError,
+                OverflowError, TypeError, AttributeError, struct.error)
 
 
 def _not_a_model(path: str, reason: str) -> ValueError:
@@ -238,11 +244,12 @@ def load(path: str | os.PathLike[str]) -> Any:
     if os.path.isdir(path):
         raise IsADirectoryError(f"{path!r} is a directory, not a model file")
     try:
+        if not zipfile.is_zipfile(path):
+            raise _tagged(_not_a_model(path, "not an .npz archive"))
+        headers = _member_headers(path)
         archive = np.load(path, allow_pickle=False)
-        if not hasattr(archive, "files"):  # a .npy file gives a plain array
-            raise _tagged(_not_a_model(path, "it is a single .npy array, not an .npz archive"))
         with archive:
-            return _load_archive(path, archive)
+            return _load_archive(path, archive, headers)
     except _READ_ERRORS as exc:
         if isinstance(exc, ValueError) and str(exc).startswith(repr(path)):
             raise
@@ -256,7 +263,119 @@ def load(path: str | os.PathLike[str]) -> Any:
         raise _not_a_model(path, reason) from None
 
 
-def _load_archive(path: str, archive: Any) -> Any:
+def _member_headers(path: str) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+    """Shape and dtype of every ``.npy`` member, read from the headers alone.
+
+    Nothing is unpickled or allocated here: a member holding Python objects (a pickle) is
+    refused outright, and one whose header claims more data than the archive holds (a
+    memory bomb) is refused before numpy would allocate it.
+    """
+    headers: dict[str, tuple[tuple[int, ...], np.dtype]] = {}
+    with zipfile.ZipFile(path) as zf:
+        for info in zf.infolist():
+            if not info.filename.endswith(".npy"):
+                raise _not_a_model(path, f"unexpected member {info.filename!r}")
+            key = info.filename[:-4]
+            with zf.open(info) as fh:
+                version = np.lib.format.read_magic(fh)
+                if version == (1, 0):
+                    shape, _, dtype = np.lib.format.read_array_header_1_0(fh)
+                elif version == (2, 0):
+                    shape, _, dtype = np.lib.format.read_array_header_2_0(fh)
+                else:
+                    raise _not_a_model(path, f"member {key!r} has .npy version {version}")
+            if dtype.hasobject:
+                raise _tagged(_not_a_model(
+                    path, f"member {key!r} holds Python objects (a pickle); model files never "
+                          f"do, and numbanet does not unpickle"))
+            if math.prod(shape) * dtype.itemsize > info.file_size:
+                raise _not_a_model(path, f"member {key!r} claims shape {shape} {dtype} but "
+                                         f"holds {info.file_size} bytes")
+            headers[key] = (tuple(shape), dtype)
+    return headers
+
+
+def _check_meta(path: str, meta: Any) -> None:
+    """The JSON metadata has the structure :func:`save` writes (types, not just keys)."""
+
+    def need(ok: bool, what: str) -> None:
+        if not ok:
+            raise _not_a_model(path, f"malformed metadata: {what}")
+
+    def is_count(value: Any) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+    need(isinstance(meta, dict), "not a JSON object")
+    config = meta.get("config")
+    need(isinstance(config, dict) and isinstance(config.get("layers"), list)
+         and all(isinstance(layer, dict) for layer in config["layers"]),
+         "'config' is not an architecture")
+    params = meta.get("parameters")
+    need(isinstance(params, list) and all(
+        isinstance(p, list) and len(p) == 2 and isinstance(p[0], str)
+        and isinstance(p[1], list) and all(is_count(d) for d in p[1]) for p in params),
+        "'parameters' is not a list of [name, shape]")
+    need(isinstance(meta.get("rng"), dict), "'rng' is not a generator state")
+    need(is_count(meta.get("epochs_completed", 0)), "'epochs_completed' is not a count")
+    need(isinstance(meta.get("metadata", {}), dict), "'metadata' is not an object")
+    need(isinstance(meta.get("metrics", []), list)
+         and all(isinstance(m, dict) for m in meta.get("metrics", [])),
+         "'metrics' is not a list")
+    loss, opt = meta.get("loss"), meta.get("optimizer")
+    if loss is not None:
+        need(isinstance(loss, dict) and isinstance(loss.get("id"), str)
+             and isinstance(loss.get("hyperparams"), dict), "'loss' is malformed")
+    if opt is not None:
+        need(isinstance(opt, dict) and isinstance(opt.get("id"), str)
+             and isinstance(opt.get("hyperparams"), dict), "'optimizer' is malformed")
+        need(is_count(opt.get("step_count")), "the optimizer's step count is not a count")
+        need(isinstance(opt.get("slots", []), list)
+             and all(isinstance(x, str) for x in opt.get("slots", [])),
+             "the optimizer's slot names are not strings")
+
+
+def _check_members(path: str, meta: dict[str, Any],
+                   headers: dict[str, tuple[tuple[int, ...], np.dtype]]) -> None:
+    """Every array the metadata promises is there with its shape and dtype, nothing else.
+
+    Runs before the model is built, so a file cannot make numbanet allocate an
+    architecture larger than the weights it actually holds.
+    """
+    try:
+        dtype = np.dtype(meta["config"].get("dtype", "float32"))
+    except TypeError:
+        raise _not_a_model(path, "malformed metadata: unknown dtype") from None
+    expected: dict[str, tuple[int, ...]] = {}
+    for name, shape in meta["parameters"]:
+        expected[f"param/{name}"] = tuple(shape)
+    opt = meta.get("optimizer")
+    for slot in (opt or {}).get("slots", []):
+        for name, shape in meta["parameters"]:
+            expected[f"slot/{slot}/{name}"] = tuple(shape)
+    for key, (shape, got) in headers.items():
+        if key in ("format", "format_version", "meta", "loss/weight"):
+            continue
+        if key not in expected:
+            raise _not_a_model(path, f"unexpected member {key!r}")
+        if shape != expected[key] or got != dtype:
+            raise _not_a_model(path, f"{key!r} has shape {shape} and dtype {got}, expected "
+                                     f"{expected[key]} {dtype}")
+    missing = sorted(set(expected) - set(headers))
+    if missing:
+        raise _not_a_model(path, f"missing array(s) {missing[:4]}")
+    stored = sum(math.prod(shape) for shape in expected.values() if len(shape))
+    claimed = 0
+    for layer in meta["config"]["layers"]:
+        n_in, n_out = layer.get("in_features", 0), layer.get("out_features", 0)
+        if isinstance(n_in, int) and isinstance(n_out, int) and n_in > 0 and n_out > 0:
+            claimed += n_in * n_out
+    if claimed > stored:
+        raise _not_a_model(path, f"the architecture claims {claimed} weights but the file "
+                                 f"holds {stored}")
+
+
+def _load_archive(path: str, archive: Any,
+                  headers: dict[str, tuple[tuple[int, ...], np.dtype]]) -> Any:
     from numbanet.nn import Sequential
 
     files = set(archive.files)
@@ -268,6 +387,8 @@ def _load_archive(path: str, archive: Any) -> Any:
             f"{path!r} uses model format version {version}, newer than this numbanet "
             f"understands ({FORMAT_VERSION}); upgrade numbanet"))
     meta = json.loads(str(archive["meta"][()]))
+    _check_meta(path, meta)
+    _check_members(path, meta, headers)
     try:
         model = Sequential.from_config(meta["config"])
     except (ValueError, TypeError) as exc:
@@ -289,7 +410,15 @@ def _load_archive(path: str, archive: Any) -> Any:
     if rng_state.get("bit_generator") != type(model.rng.bit_generator).__name__:
         raise _not_a_model(path, f"random generator {rng_state.get('bit_generator')!r} is not "
                                  f"{type(model.rng.bit_generator).__name__}")
-    model.rng.bit_generator.state = rng_state
+    try:
+        model.rng.bit_generator.state = rng_state
+    except (TypeError, ValueError, KeyError) as exc:
+        raise _not_a_model(path, f"bad random generator state: {exc}") from None
+    if not np.isfinite(model.flat_parameters).all():
+        # save() writes such weights only with allow_nonfinite=True (inspecting a diverged
+        # run); say so instead of letting predictions come back NaN without a word.
+        warnings.warn(f"{path!r}: the model's weights hold NaN or infinity", RuntimeWarning,
+                      stacklevel=3)
     model.epochs_completed = int(meta.get("epochs_completed", 0))
     model.metadata = dict(meta.get("metadata") or {})
 
