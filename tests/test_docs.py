@@ -128,7 +128,8 @@ def _strip_code(text: str) -> str:
     return re.sub(r"`[^`\n]*`", "", text)
 
 
-@pytest.mark.parametrize("page", _pages(), ids=lambda p: str(p.relative_to(DOCS)))
+@pytest.mark.parametrize("page", [*_pages(), ROOT / "README.md"],
+                         ids=lambda p: str(p.relative_to(ROOT)))
 def test_relative_links_resolve(page: Path) -> None:
     broken = []
     for match in _LINK.finditer(_strip_code(page.read_text(encoding="utf-8"))):
