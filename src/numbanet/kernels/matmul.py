@@ -878,7 +878,8 @@ def gemm_into(
         y = out
     args = (a, b, out, bool(transpose_a), bool(transpose_b), work, plan.mb, plan.nb,
             bias, has_bias, y, int(act_id), float(param))
-    if not plan.parallel:
+    if not plan.parallel or numba.get_num_threads() == 1:
+        # Same results bit for bit; skips the thread pool's fork/join.
         _gemm_serial(*args)
         return
     # Chunks of one iteration, handed out dynamically: when another process holds a
