@@ -446,10 +446,10 @@ def compare(
             ``"numbanet"`` is always included, since ratios are relative to it.
         seed: seeds the shared weights and batch.
         settle: seconds to sleep before each sample; default 0.2 with more than one
-            thread, else 0. Thread pools spin for a while after their last task
-            (OpenBLAS for ~0.1 s, OpenMP shorter), so without a pause the previous
-            framework's idle workers compete for the cores with the next framework's
-            (measured here on 2 cores: numbanet 20x slower right after NumPy).
+            thread, else 0. Thread pools busy-wait for a while after their last task
+            (OpenBLAS by default ~2**28 cycles, about 0.1 s; OpenMP runtimes less), so
+            without a pause the previous framework's idle workers would compete for the
+            cores with the next framework's.
 
     Returns:
         a :class:`Comparison`.
