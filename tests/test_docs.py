@@ -13,15 +13,19 @@ How the blocks run (documented for authors in docs/index.md, "Writing these page
 * A failure names the page and the line of the block; the traceback points into the
   Markdown file itself.
 
-The other tests keep the site honest: relative links resolve (pages and the source files
-the tour links to), every public name has an API reference entry, and ``mkdocs build
---strict`` passes when mkdocs is installed.
+The docstring examples (``>>>``) the API reference renders run here too, as doctests
+of every numbanet module that has some. The other tests keep the site honest: relative
+links resolve (pages and the source files the tour links to), every public name has an
+API reference entry, and ``mkdocs build --strict`` passes when mkdocs is installed.
 """
 
 from __future__ import annotations
 
 import contextlib
+import doctest
+import importlib
 import io
+import pkgutil
 import re
 import shutil
 import subprocess
@@ -117,6 +121,42 @@ def test_code_blocks_run(page: Path, tmp_path: Path, monkeypatch: pytest.MonkeyP
                 f"{traceback.format_exc()}",
                 pytrace=False,
             )
+
+
+def _doctests(module: str) -> list[doctest.DocTest]:
+    found = doctest.DocTestFinder(exclude_empty=True).find(importlib.import_module(module), module)
+    return [t for t in found if t.examples]
+
+
+def _modules_with_examples() -> list[str]:
+    import numbanet
+
+    names = ["numbanet"] + [m.name for m in pkgutil.walk_packages(numbanet.__path__, "numbanet.")
+                            if not m.name.endswith("__main__")]
+    return sorted(name for name in names if _doctests(name))
+
+
+# Docstring examples known to fail, with why; owners of those files fix them and drop the
+# entry here (the xfail is not strict, so a fix does not break the run meanwhile).
+KNOWN_BROKEN_DOCTESTS = {
+    "numbanet.callbacks": "module example uses an undefined `model`: its `# doctest: +SKIP`"
+                          " covers only the first line (src/numbanet/callbacks.py)",
+}
+
+
+@pytest.mark.parametrize("module", _modules_with_examples())
+def test_docstring_examples_run(module: str, tmp_path: Path,
+                                monkeypatch: pytest.MonkeyPatch) -> None:
+    if module in KNOWN_BROKEN_DOCTESTS:
+        pytest.xfail(KNOWN_BROKEN_DOCTESTS[module])
+    monkeypatch.chdir(tmp_path)
+    tests = _doctests(module)
+    report = io.StringIO()
+    runner = doctest.DocTestRunner(
+        optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+    for test in tests:
+        runner.run(test, out=report.write)
+    assert runner.failures == 0, report.getvalue()
 
 
 _LINK = re.compile(r"\]\((?P<target>[^)\s]+)(?:\s+\"[^\"]*\")?\)")
