@@ -10,6 +10,10 @@ How the blocks run (documented for authors in docs/index.md, "Writing these page
 * A block opts out with an HTML comment ``<!-- docs: skip -->`` on the last non-blank
   line before its opening fence (it is invisible in the rendered page). Fences other than
   ``python`` / ``py`` (``bash``, ``text``, ``toml``, ...) never run.
+* A block's printed output is checked when the fence right after it is preceded by
+  ``<!-- docs: output -->``: the printed text must match that fence's content, with
+  ``...`` matching anything and runs of whitespace equal (doctest's ELLIPSIS and
+  NORMALIZE_WHITESPACE), so machine-dependent digits can be elided.
 * A failure names the page and the line of the block; the traceback points into the
   Markdown file itself.
 
@@ -32,15 +36,24 @@ import subprocess
 import sys
 import traceback
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
 SKIP_MARKER = "<!-- docs: skip -->"
+OUTPUT_MARKER = "<!-- docs: output -->"
 RUN_LANGUAGES = {"python", "py"}
 
 _FENCE = re.compile(r"^(?P<indent> {0,3})(?P<fence>`{3,}|~{3,})\s*(?P<info>[^`\s]*)")
+
+
+class Block(NamedTuple):
+    line: int                   # 1-based line of the first code line
+    source: str
+    skipped: bool               # preceded by SKIP_MARKER
+    expected: str | None        # the output fence that follows it, if marked
 
 
 def _pages() -> list[Path]:
@@ -48,14 +61,14 @@ def _pages() -> list[Path]:
     return sorted(DOCS.rglob("*.md"))
 
 
-def _blocks(text: str) -> list[tuple[int, str, bool]]:
-    """``(line, source, skipped)`` for every python block of a Markdown text.
+def _fences(text: str) -> list[tuple[int, str, str, str]]:
+    """``(line, language, body, marker)`` for every fenced block of a Markdown text.
 
-    ``line`` is the 1-based line of the first code line. Fences nested in other fences
-    (a longer or different fence) are treated as content, as CommonMark does.
+    ``marker`` is the last non-blank line before the opening fence. Fences nested in
+    other fences (a longer or different fence) are content, as CommonMark says.
     """
     lines = text.splitlines()
-    blocks = []
+    fences = []
     i = 0
     while i < len(lines):
         match = _FENCE.match(lines[i])
@@ -63,26 +76,41 @@ def _blocks(text: str) -> list[tuple[int, str, bool]]:
             i += 1
             continue
         fence = match["fence"]
-        language = match["info"].lower().lstrip("{.").rstrip("}")
-        start = i + 1
-        j = start
+        start = j = i + 1
         while j < len(lines):
             stripped = lines[j].strip()
             if stripped.startswith(fence[0] * len(fence)) and not stripped.strip(fence[0]):
                 break
             j += 1
-        if language in RUN_LANGUAGES:
-            previous = next((lines[k].strip() for k in range(i - 1, -1, -1)
-                             if lines[k].strip()), "")
-            indent = len(match["indent"])
-            body = "\n".join(line[indent:] if line[:indent].isspace() else line
-                             for line in lines[start:j])
-            blocks.append((start + 1, body, previous == SKIP_MARKER))
+        marker = next((lines[k].strip() for k in range(i - 1, -1, -1) if lines[k].strip()), "")
+        indent = len(match["indent"])
+        body = "\n".join(line[indent:] if line[:indent].isspace() else line
+                         for line in lines[start:j])
+        language = match["info"].lower().lstrip("{.").rstrip("}")
+        fences.append((start + 1, language, body, marker))
         i = j + 1
+    return fences
+
+
+def _blocks(text: str) -> list[Block]:
+    """The python blocks of a Markdown text, each with its expected output if marked."""
+    blocks: list[Block] = []
+    previous_is_python = False
+    for line, language, body, marker in _fences(text):
+        if marker == OUTPUT_MARKER:
+            if not previous_is_python or blocks[-1].expected is not None:
+                raise ValueError(f"line {line}: {OUTPUT_MARKER} must follow a python block")
+            blocks[-1] = blocks[-1]._replace(expected=body)
+            previous_is_python = False
+        elif language in RUN_LANGUAGES:
+            blocks.append(Block(line, body, marker == SKIP_MARKER, None))
+            previous_is_python = True
+        else:
+            previous_is_python = False
     return blocks
 
 
-def test_block_parser_reads_fences_and_skip_marker() -> None:
+def test_block_parser_reads_fences_and_markers() -> None:
     text = (
         "intro\n"
         "```python\nx = 1\n```\n"
@@ -90,10 +118,19 @@ def test_block_parser_reads_fences_and_skip_marker() -> None:
         "```python\nraise SystemExit\n```\n"
         "````text\n```python\nnot code\n```\n````\n"
         "```bash\nls\n```\n"
-        "```py\ny = x + 1\n```\n"
+        "```py\nprint(x + 1)\n```\n"
+        "<!-- docs: output -->\n"
+        "```text\n2\n```\n"
     )
-    assert _blocks(text) == [(3, "x = 1", False), (8, "raise SystemExit", True),
-                             (19, "y = x + 1", False)]
+    assert _blocks(text) == [Block(3, "x = 1", False, None),
+                             Block(8, "raise SystemExit", True, None),
+                             Block(19, "print(x + 1)", False, "2")]
+    with pytest.raises(ValueError, match="must follow a python block"):
+        _blocks("```bash\nls\n```\n<!-- docs: output -->\n```text\nx\n```\n")
+
+
+_CHECKER = doctest.OutputChecker()
+_OUTPUT_FLAGS = doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE
 
 
 def _pages_with_code() -> list[Path]:
@@ -102,23 +139,32 @@ def _pages_with_code() -> list[Path]:
 
 @pytest.mark.parametrize("page", _pages_with_code(), ids=lambda p: str(p.relative_to(DOCS)))
 def test_code_blocks_run(page: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    blocks = [b for b in _blocks(page.read_text(encoding="utf-8")) if not b[2]]
+    blocks = [b for b in _blocks(page.read_text(encoding="utf-8")) if not b.skipped]
     if not blocks:
         pytest.skip("every python block on this page opts out")
     monkeypatch.chdir(tmp_path)
     namespace: dict[str, object] = {"__name__": "__docs__"}
-    for line, source, _ in blocks:
+    where = page.relative_to(ROOT)
+    for block in blocks:
         # Pad so line numbers in tracebacks are the Markdown file's own.
-        code = compile("\n" * (line - 1) + source, str(page), "exec")
+        code = compile("\n" * (block.line - 1) + block.source, str(page), "exec")
         out = io.StringIO()
         try:
             with contextlib.redirect_stdout(out):
                 exec(code, namespace)
         except Exception:
             pytest.fail(
-                f"{page.relative_to(ROOT)}: the block starting at line {line} failed\n"
+                f"{where}: the block starting at line {block.line} failed\n"
                 f"--- its output ---\n{out.getvalue()}\n--- traceback ---\n"
                 f"{traceback.format_exc()}",
+                pytrace=False,
+            )
+        want = None if block.expected is None else block.expected.strip() + "\n"
+        if want is not None and not _CHECKER.check_output(want, out.getvalue(), _OUTPUT_FLAGS):
+            pytest.fail(
+                f"{where}: the block starting at line {block.line} printed something other "
+                f"than its output block ('...' matches anything)\n--- expected ---\n{want}"
+                f"--- printed ---\n{out.getvalue()}",
                 pytrace=False,
             )
 
