@@ -16,10 +16,13 @@ import subprocess
 import sys
 import textwrap
 import time
+import warnings
 import zipfile
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import numbanet as nbn
 
@@ -318,3 +321,32 @@ def test_killing_the_writer_mid_save_leaves_the_previous_file_intact(tmp_path):
     # A killed writer can leave its hidden temporary file behind, never a partial model.
     leftovers = [p.name for p in tmp_path.iterdir() if p.name != "model.npz"]
     assert all(name.startswith(".model.npz.") and name.endswith(".tmp") for name in leftovers)
+
+
+@settings(max_examples=80, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(edits=st.lists(st.tuples(st.floats(0, 1, exclude_max=True), st.integers(0, 255)),
+                      min_size=1, max_size=4),
+       cut=st.one_of(st.none(), st.floats(0, 1)))
+def test_randomly_damaged_file_loads_intact_or_raises_valueerror(good_file, tmp_path, edits,
+                                                                 cut):
+    """Random byte edits and truncations: either the damage missed everything that
+    matters (a zip timestamp, header padding) and the model is the original, or load
+    raises the ValueError naming the file. Nothing else, and never a half-built model."""
+    path, model = good_file
+    data = bytearray(path.read_bytes())
+    for where, value in edits:
+        data[int(where * len(data))] = value
+    if cut is not None:
+        data = data[: int(cut * len(data))]
+    bad = tmp_path / "damaged.npz"
+    bad.write_bytes(bytes(data))
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            loaded = nbn.load(bad)
+    except ValueError as exc:
+        assert "damaged.npz" in str(exc)
+        return
+    np.testing.assert_array_equal(loaded.flat_parameters, model.flat_parameters)
+    assert loaded.optimizer.step_count == model.optimizer.step_count
