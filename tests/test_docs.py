@@ -190,11 +190,17 @@ KNOWN_BROKEN_DOCTESTS = {
 }
 
 
+# Modules whose examples need an optional dependency (skipped without it).
+DOCTEST_REQUIRES = {"numbanet.bench": "torch"}
+
+
 @pytest.mark.parametrize("module", _modules_with_examples())
 def test_docstring_examples_run(module: str, tmp_path: Path,
                                 monkeypatch: pytest.MonkeyPatch) -> None:
     if module in KNOWN_BROKEN_DOCTESTS:
         pytest.xfail(KNOWN_BROKEN_DOCTESTS[module])
+    if module in DOCTEST_REQUIRES:
+        pytest.importorskip(DOCTEST_REQUIRES[module])
     monkeypatch.chdir(tmp_path)
     tests = _doctests(module)
     report = io.StringIO()
@@ -246,7 +252,7 @@ def test_every_public_name_has_an_api_entry() -> None:
     "kernels", "kernels.activations", "kernels.reductions", "kernels.losses",
     "kernels.updates", "kernels.dropout", "nn", "datasets", "metrics", "callbacks",
     "schedules", "io", "testing", "plugins", "specs", "hookspecs", "train", "threads",
-    "optim", "losses",
+    "optim", "losses", "bench",
 ])
 def test_public_module_has_an_api_page(module: str) -> None:
     assert re.search(rf"^::: numbanet\.{re.escape(module)}\s*$", _api_text(), flags=re.M), (
