@@ -162,10 +162,17 @@ class Sequential:
                 f"{name} has {X.shape[1]} features per sample but the model expects "
                 f"{self.in_features}"
             )
-        X = np.ascontiguousarray(X, dtype=self.dtype)
-        if not all_finite(X):
+        with np.errstate(over="ignore", invalid="ignore"):
+            converted = np.ascontiguousarray(X, dtype=self.dtype)
+        if not all_finite(converted):
+            if X.dtype.kind == "f" and np.isfinite(X).all():
+                # Finite data that overflowed in the cast (1e300 into float32): say so.
+                raise ValueError(
+                    f"{name} holds values beyond the range of {self.dtype.name} (largest "
+                    f"magnitude {np.abs(X).max():.3g}); rescale the data or use a float64 model"
+                )
             raise ValueError(f"{name} contains NaN or infinity")
-        return X
+        return converted
 
     # -- computation -----------------------------------------------------------------
     def _forward(self, X: np.ndarray, training: bool) -> np.ndarray:
