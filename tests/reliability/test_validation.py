@@ -392,6 +392,29 @@ def test_accepted_layouts_and_dtypes_give_the_clean_inputs_predictions(tiny_mode
     np.testing.assert_array_equal(tiny_model.predict(convert(X)), tiny_model.predict(clean))
 
 
+def test_finite_data_that_overflows_float32_is_named_as_such_without_numpy_warnings():
+    import warnings
+
+    model = nbn.Sequential([nbn.Dense(N_IN, N_OUT)], dtype="float32")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # numpy's "overflow encountered in cast" included
+        with pytest.raises(ValueError, match=r"X holds values beyond the range of float32"):
+            model.predict(X * 1e300)
+        with pytest.raises(ValueError, match="X contains NaN"):
+            model.predict(X * np.nan)
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "losses/: binary_cross_entropy accepts integer labels outside {0, 1} (y=[0, 2] "
+    "trains silently, as torch's BCEWithLogitsLoss does with float targets); integer "
+    "labels > 1 on a 1-output model are a user mistake prepare_targets could name"))
+def test_binary_cross_entropy_rejects_integer_labels_above_one():
+    model = nbn.Sequential([nbn.Dense(N_IN, 1)])
+    model.compile(loss="binary_cross_entropy", optimizer="sgd")
+    with pytest.raises(ValueError, match=r"\by\b"):
+        model.fit(X, np.arange(6) % 3, verbose=0)
+
+
 def test_read_only_inputs_are_not_written_and_training_works(tiny_model):
     Xr, yr = _readonly(X), _readonly(Y)
     before = Xr.copy()
