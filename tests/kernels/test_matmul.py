@@ -34,7 +34,7 @@ DTYPES = [np.float32, np.float64]
 TRANSPOSES = [(False, False), (False, True), (True, False), (True, True)]
 # (m, k, n): ones, primes, non-multiples of MR (12, or 6 without AVX-512) and NR,
 # k = 1, every edge-kernel path (last A panel of up to 1/3, 2/3 or all of MR rows),
-# k just past one and two KC (256) blocks, and macro tiles with ragged edges.
+# k just past one and two KC (256; 128 for float64) blocks, ragged macro tiles.
 SHAPES = [
     (1, 1, 1),
     (1, 7, 1),
@@ -212,7 +212,8 @@ def test_packed_layouts_match_numpy(dtype):
     # valid entries only. Both transposed and plain sources must give the same layout.
     rng = np.random.default_rng(7)
     nr = mm.NV * mm._lanes(dtype)
-    m, k, n = MR + 5, KC + 19, nr - 3  # two A panels, one padded B panel
+    kc = mm.kc_for(dtype)
+    m, k, n = MR + 5, kc + 19, nr - 3  # two A panels, one padded B panel
     a = rng.standard_normal((m, k)).astype(dtype)
     b = rng.standard_normal((k, n)).astype(dtype)
     for transposed in (False, True):
@@ -224,8 +225,8 @@ def test_packed_layouts_match_numpy(dtype):
             mm._pack_a_panel(src_a, transposed, ip, m, k, wa)
         mm._pack_b_panel(src_b, transposed, 0, n, k, wb)
         offset = 0
-        for k0 in range(0, k, KC):
-            kcb = min(KC, k - k0)
+        for k0 in range(0, k, kc):
+            kcb = min(kc, k - k0)
             for ip in range(2):
                 panel = wa[offset : offset + MR * kcb].reshape(kcb, MR)
                 rows = slice(ip * MR, min(m, (ip + 1) * MR))

@@ -45,7 +45,8 @@ from typing import NamedTuple
 
 import numba
 import numpy as np
-from numba import prange
+from numba import prange, types
+from numba.extending import overload
 
 from numbanet._jit import kernel, parallel_kernel
 from numbanet._validation import check_float_array
@@ -76,6 +77,7 @@ __all__ = [
     "dense_forward",
     "gemm_into",
     "gemm_plan",
+    "kc_for",
     "matmul",
 ]
 
@@ -85,8 +87,24 @@ _MR_TWO_THIRDS = 2 * MR // 3
 _MR_THIRD = MR // 3
 #: Vectors per row of the register tile: NR = NV * lanes (32 float32, 16 float64).
 NV = 2
-#: Steps of ``k`` per packed block: a B panel (KC x NR) stays in L1, an A block in L2.
+#: Steps of ``k`` per packed block, float32 (float64 uses ``KC // 2``, the same bytes):
+#: a B micro-panel (KC x NR, 32 KiB) and an A micro-panel (MR x KC) fit in a 48 KiB L1
+#: together, so the B panel survives the sweep over A panels.
 KC = 256
+
+
+def kc_for(dtype: object) -> int:
+    """The k-block length for ``dtype`` or an array of it (256 float32, 128 float64)."""
+    return KC * 4 // np.dtype(dtype.dtype if isinstance(dtype, np.ndarray) else dtype).itemsize
+
+
+@overload(kc_for)
+def _kc_for_overload(dtype):
+    # Called in kernels with an array: kc_for(work).
+    if isinstance(dtype, types.Array):
+        kc = KC * 4 // (dtype.dtype.bitwidth // 8)
+        return lambda dtype: kc
+    return None
 #: Below this many multiply-adds (m * n * k), run the serial twin.
 SERIAL_WORK = 1 << 20
 # Largest macro tile, in panels (MB * MR rows by NB * NR columns): with KC = 256 the A
@@ -512,8 +530,9 @@ def _pack_a_panel(a, transpose_a, ip, m, k, wa):
     mp = (m + MR - 1) // MR * MR
     i0 = ip * MR
     mr = min(MR, m - i0)
-    for k0 in range(0, k, KC):
-        kcb = min(KC, k - k0)
+    kc = kc_for(wa)
+    for k0 in range(0, k, kc):
+        kcb = min(kc, k - k0)
         dst = k0 * mp + ip * MR * kcb
         if mr < MR:
             # Zero the padding rows: stale workspace bytes could be subnormal, and
@@ -552,8 +571,9 @@ def _pack_b_panel(b, transpose_b, jp, n, k, wb):
     np_ = (n + nr - 1) // nr * nr
     j0 = jp * nr
     nn = min(nr, n - j0)
-    for k0 in range(0, k, KC):
-        kcb = min(KC, k - k0)
+    kc = kc_for(wb)
+    for k0 in range(0, k, kc):
+        kcb = min(kc, k - k0)
         dst = k0 * np_ + jp * nr * kcb
         if nn < nr:
             # Zero the padding columns (see _pack_a_panel).
@@ -625,8 +645,9 @@ def _macro_tile(t, mb, nb, out, k, wa, wb, work_scratch, bias, has_bias, y, act_
     pj1 = min(n_pn, pj0 + nb)
     sc = work_scratch[t * MR * nr : (t + 1) * MR * nr]
     epilogue = has_bias or act_id >= 0
-    for k0 in range(0, k, KC):
-        kcb = min(KC, k - k0)
+    kc = kc_for(wa)
+    for k0 in range(0, k, kc):
+        kcb = min(kc, k - k0)
         acc = k0 > 0
         last = k0 + kcb >= k
         for jp in range(pj0, pj1):
