@@ -234,6 +234,16 @@ def test_relative_links_resolve(page: Path) -> None:
     assert not broken, f"{page.relative_to(ROOT)}: broken relative links {broken}"
 
 
+def test_readme_links_every_page() -> None:
+    """The issue's rule: the README links to each page (sections link their sub-pages)."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    linked = {m["target"].split("#", 1)[0] for m in _LINK.finditer(readme)}
+    pages = [p for p in DOCS.glob("*.md")] + [DOCS / "tour" / "index.md", DOCS / "api" / "index.md"]
+    missing = [p.relative_to(ROOT).as_posix() for p in sorted(pages)
+               if p.exists() and p.relative_to(ROOT).as_posix() not in linked]
+    assert not missing, f"README.md's Documentation section does not link {missing}"
+
+
 def _api_text() -> str:
     return "\n".join(p.read_text(encoding="utf-8") for p in sorted((DOCS / "api").glob("*.md")))
 
