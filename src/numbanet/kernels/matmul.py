@@ -880,17 +880,31 @@ def gemm_into(
 ) -> None:
     """Unchecked hot path: ``out = op(a) @ op(b)`` (+ bias, activation into ``y``).
 
-    For layers that validated their arrays once and own a workspace: nothing is
-    allocated here except when ``bias``/``y`` are omitted (a cached empty array / ``out``).
+    For layers that validated their arrays once and own a workspace: no checks (about
+    3 us per call instead of about 10 us for :func:`matmul`) and no allocation. Wrong
+    shapes, dtypes or a short ``work`` here read and write out of bounds. Call it from
+    Python, never from inside a ``prange`` (parallel regions must not nest).
 
     Args:
         a, b, out, transpose_a, transpose_b: as in :func:`matmul`, already validated.
-        work: 1-D, dtype of ``out``, at least ``plan.workspace`` elements.
+        work: 1-D, dtype of ``out``, at least ``plan.workspace`` elements; its content
+            on entry does not matter.
         plan: ``gemm_plan(m, n, k, out.dtype)`` for this shape.
         bias: (n,) added to every row of ``out``, or ``None``.
         y: receives ``act(out)`` when ``act_id >= 0`` (may be ``out``).
         act_id: an id from ``ACTIVATION_IDS``, or -1 for none.
         param: the activation's parameter (leaky_relu slope, elu alpha).
+
+    Example:
+        >>> import numpy as np
+        >>> from numbanet.kernels.activations import ACTIVATION_IDS
+        >>> x = np.ones((4, 3)); w = np.ones((3, 2)); b = np.array([-5.0, 1.0])
+        >>> z = np.empty((4, 2)); plan = gemm_plan(4, 2, 3, x.dtype)
+        >>> work = np.empty(plan.workspace)  # once per layer and batch size
+        >>> gemm_into(x, w, z, False, False, work, plan, bias=b, y=z,
+        ...           act_id=ACTIVATION_IDS["relu"])
+        >>> z[0].tolist()
+        [0.0, 4.0]
     """
     has_bias = bias is not None
     if bias is None:
