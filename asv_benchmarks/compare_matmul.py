@@ -1,6 +1,8 @@
 """Side-by-side GFLOP/s of ``numbanet.kernels.matmul`` and ``numpy.matmul`` (BLAS).
 
-Run: ``python asv_benchmarks/compare_matmul.py [--threads 2] [--repeats 7] [--dtype ...]``.
+Run: ``python asv_benchmarks/compare_matmul.py [--threads 2] [--repeats 7] [--dtype ...]``;
+``--first-call`` instead times the first call in new processes, with an empty and then
+a warm Numba disk cache (compile time versus cache load time).
 
 Shapes are those of training a 784-256-128-10 MLP at batch 256 (forward, and the two
 backward products ``dW = X^T dZ`` and ``dX = dZ W^T``), plus square products. The two
@@ -64,6 +66,36 @@ def _time(fn, min_seconds=2e-3, pause=0.0):
         calls *= 2
 
 
+_FIRST_CALL = """
+import sys, time
+t0 = time.perf_counter()
+import numpy as np
+from numbanet.kernels.matmul import matmul
+t1 = time.perf_counter()
+dtype = np.dtype(sys.argv[1])
+small = [np.ones((8, 8), dtype), np.ones((8, 8), dtype), np.empty((8, 8), dtype)]
+big = [np.ones((160, 160), dtype), np.ones((160, 160), dtype), np.empty((160, 160), dtype)]
+t2 = time.perf_counter(); matmul(*small); t3 = time.perf_counter(); matmul(*big)
+t4 = time.perf_counter()
+print(f"{dtype.name}: import {t1 - t0:.2f} s, first call serial twin {t3 - t2:.2f} s, "
+      f"parallel kernel {t4 - t3:.2f} s")
+"""
+
+
+def first_call_times() -> None:
+    """First-call times in new processes: cold (empty Numba cache), then warm (disk cache)."""
+    import subprocess
+    import sys
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as cache:
+        env = {**os.environ, "NUMBA_CACHE_DIR": cache}
+        for state in ("cold cache (compiles)", "warm cache (loads from disk)"):
+            print(state)
+            for dtype in ("float32", "float64"):
+                subprocess.run([sys.executable, "-c", _FIRST_CALL, dtype], env=env, check=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
@@ -71,7 +103,12 @@ def main() -> None:
     parser.add_argument("--pause", type=float, default=0.2,
                         help="seconds to sleep before each timed block (see above)")
     parser.add_argument("--dtype", choices=["float32", "float64", "both"], default="both")
+    parser.add_argument("--first-call", action="store_true",
+                        help="only time first calls (compile, then disk-cache load)")
     args = parser.parse_args()
+    if args.first_call:
+        first_call_times()
+        return
     os.environ.setdefault("OPENBLAS_NUM_THREADS", str(args.threads))
 
     import numpy as np
