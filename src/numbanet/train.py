@@ -578,7 +578,8 @@ def _predict_prepared(model: Any, X: np.ndarray, batch_size: int = 1024) -> np.n
     out = np.empty((X.shape[0], model.out_features), dtype=model.dtype)
     for start in range(0, X.shape[0], batch_size):
         stop = min(start + batch_size, X.shape[0])
-        out[start:stop] = model._forward(X[start:stop], training=False)
+        with model._lock:  # the forward pass writes the model's shared workspaces
+            out[start:stop] = model._forward(X[start:stop], training=False)
     return out
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -90,6 +91,10 @@ class Sequential:
         self.optimizer: Any = None
         self.metrics: list[Any] = []
         self._workspace = Workspace(self.dtype)
+        # Layers keep their activations in per-model workspaces, so two threads using one
+        # model at once would overwrite each other's batches: every forward pass (with the
+        # copy out of the workspace) and every training step holds this lock.
+        self._lock = threading.RLock()
         # Training state kept by fit and restored by numbanet.load.
         self.epochs_completed = 0
         self.stop_training = False
@@ -194,8 +199,9 @@ class Sequential:
         outputs ``(batch, out_features)``. ``training=True`` applies dropout and keeps what
         :meth:`backward` needs."""
         X = self._check_input(X)
-        self._last_rows = X.shape[0]
-        return self._forward(X, training).copy()
+        with self._lock:
+            self._last_rows = X.shape[0]
+            return self._forward(X, training).copy()
 
     def backward(self, d_out: Any) -> np.ndarray:
         """Backpropagate ``d_out`` = d(loss)/d(outputs) of the last :meth:`forward`.
@@ -206,9 +212,10 @@ class Sequential:
         if rows is None:
             raise RuntimeError("backward called before forward")
         d_out = self._check_gradient(d_out, rows)
-        dx = self._backward(d_out, need_input_grad=True)
-        assert dx is not None
-        return dx.copy()
+        with self._lock:
+            dx = self._backward(d_out, need_input_grad=True)
+            assert dx is not None
+            return dx.copy()
 
     def _check_gradient(self, d_out: Any, rows: int) -> np.ndarray:
         d_out = np.asarray(d_out)
@@ -234,7 +241,8 @@ class Sequential:
         result = np.empty((X.shape[0], self.out_features), dtype=self.dtype)
         for start in range(0, X.shape[0], batch_size):
             stop = min(start + batch_size, X.shape[0])
-            result[start:stop] = self._forward(X[start:stop], training=False)
+            with self._lock:
+                result[start:stop] = self._forward(X[start:stop], training=False)
         return result
 
     # -- training --------------------------------------------------------------------
@@ -319,12 +327,13 @@ class Sequential:
                 edit the gradients or parameters in place (clipping, weight decay) and
                 returns the factor the optimizer applies to the gradients.
         """
-        out = self._forward(X, training=True)
-        d_out = self._grad_buffer(X.shape[0])
-        loss_value = self.loss.forward_backward(out, targets, d_out)
-        self._backward(d_out, need_input_grad=False)
-        grad_scale = 1.0 if before_update is None else before_update()
-        self.optimizer.step(self.flat_parameters, self.flat_gradients, grad_scale)
+        with self._lock:
+            out = self._forward(X, training=True)
+            d_out = self._grad_buffer(X.shape[0])
+            loss_value = self.loss.forward_backward(out, targets, d_out)
+            self._backward(d_out, need_input_grad=False)
+            grad_scale = 1.0 if before_update is None else before_update()
+            self.optimizer.step(self.flat_parameters, self.flat_gradients, grad_scale)
         return float(loss_value)
 
     def fit(self, X: Any, y: Any, **kwargs: Any) -> Any:
