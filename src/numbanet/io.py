@@ -243,6 +243,9 @@ def load(path: str | os.PathLike[str]) -> Any:
         raise FileNotFoundError(f"no model file at {path!r}")
     if os.path.isdir(path):
         raise IsADirectoryError(f"{path!r} is a directory, not a model file")
+    if not os.path.isfile(path):
+        # A device or FIFO (/dev/zero, a named pipe) would block or stream forever.
+        raise ValueError(f"{path!r} is not a readable numbanet model file: not a regular file")
     try:
         if not zipfile.is_zipfile(path):
             raise _tagged(_not_a_model(path, "not an .npz archive"))
