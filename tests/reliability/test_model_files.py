@@ -10,6 +10,7 @@ with SIGKILL in the middle of saving and checks the previous file survives.
 from __future__ import annotations
 
 import json
+import os
 import random
 import signal
 import subprocess
@@ -261,6 +262,18 @@ def test_nan_weights_load_with_a_warning(good_file, tmp_path):
     path = _write(tmp_path / "nan.npz", arrays, meta)
     with pytest.warns(RuntimeWarning, match="NaN or infinity"):
         nbn.load(path)
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/zero") or not hasattr(os, "mkfifo"),
+                    reason="needs /dev/zero and FIFOs")
+def test_devices_and_fifos_are_refused_without_reading(tmp_path):
+    """/dev/zero streams forever and a FIFO blocks until a writer appears: both used to
+    hang load(); only regular files are opened."""
+    fifo = tmp_path / "model.npz"
+    os.mkfifo(fifo)
+    for path in ("/dev/zero", fifo):
+        with pytest.raises(ValueError, match="not a regular file"):
+            nbn.load(path)
 
 
 def test_a_npy_file_and_an_empty_zip_are_rejected(tmp_path):
