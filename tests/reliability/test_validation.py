@@ -495,3 +495,49 @@ def test_save_into_a_missing_directory_names_the_directory_not_a_temp_file(tiny_
     assert ".tmp" not in str(info.value)
     with pytest.raises(IsADirectoryError, match="is a directory"):
         tiny_model.save(tmp_path)
+
+
+PREDICT_INPUT_CASES = [
+    ("pickled-npy", "cannot read inputs"),
+    ("wrong-features", "X has 5 features"),
+    ("text-csv", "cannot read inputs"),
+    ("missing-input", "no input file"),
+    ("unwritable-output", "No such file or directory"),
+]
+
+
+@pytest.fixture(scope="module")
+def saved_cli_model(tmp_path_factory):
+    from numbanet.cli import main
+
+    path = tmp_path_factory.mktemp("cli") / "m.npz"
+    assert main(["train", "--epochs", "0", "--hidden", "8", "--quiet", "--save",
+                 str(path)]) == 0
+    return path
+
+
+@pytest.mark.parametrize(("case", "pattern"), PREDICT_INPUT_CASES,
+                         ids=[c for c, _ in PREDICT_INPUT_CASES])
+def test_cli_predict_bad_inputs_exit_1_with_one_error_line(saved_cli_model, tmp_path, capsys,
+                                                          case, pattern):
+    from numbanet.cli import main
+
+    inputs = tmp_path / "in.npy"
+    extra: list[str] = []
+    if case == "pickled-npy":
+        payload = np.empty(1, dtype=object)
+        payload[0] = {"x": 1}
+        np.save(inputs, payload, allow_pickle=True)
+    elif case == "wrong-features":
+        np.save(inputs, np.ones((3, 5)))
+    elif case == "text-csv":
+        inputs = tmp_path / "in.csv"
+        inputs.write_text("a,b,c\n1,2,3\n")
+    elif case == "missing-input":
+        inputs = tmp_path / "absent.npy"
+    else:
+        np.save(inputs, np.ones((3, 64)))
+        extra = ["--output", str(tmp_path / "missing" / "out.csv")]
+    assert main(["predict", str(saved_cli_model), str(inputs), *extra]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and pattern in err.strip().splitlines()[-1]
