@@ -75,6 +75,11 @@ class PluginWarning(UserWarning):
     """A plugin was disabled, or shadows a built-in name."""
 
 
+# What a plugin's import or hook may raise without taking the host down. SystemExit is
+# included (a plugin calling sys.exit() is disabled, not obeyed); KeyboardInterrupt is not.
+_PLUGIN_FAULTS = (Exception, SystemExit)
+
+
 def _normalize(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
@@ -158,7 +163,7 @@ class _Registry:
                     continue
                 try:
                     result = impl.function()
-                except Exception as exc:
+                except _PLUGIN_FAULTS as exc:
                     self.fail(dist, f"hook {hook_name} raised {type(exc).__name__}: {exc}")
                     continue
                 problem = _check_result(result, spec_type)
@@ -283,7 +288,7 @@ def _load() -> _Registry:
                 continue
             try:
                 plugin = ep.load()
-            except Exception as exc:
+            except _PLUGIN_FAULTS as exc:
                 reg.records.setdefault(dist, PluginRecord(dist, dist_version, "loaded"))
                 reg.fail(dist, f"importing entry point {ep.name} = {ep.value} raised "
                                f"{type(exc).__name__}: {exc}")

@@ -50,11 +50,20 @@ __all__ = [
     "HyperparamValue",
     "LossSpec",
     "OptimizerSpec",
+    "PluginError",
     "flatten_hyperparams",
     "validate_hyperparams",
 ]
 
 HyperparamValue = float | int | bool | tuple[float, ...]
+
+
+class PluginError(RuntimeError):
+    """An optimizer's or loss's own code (kernel, ``prepare``) failed while running.
+
+    The message names the item's qualified id (``distribution:name``), so the user knows
+    which plugin to report; the original exception is chained as ``__cause__``.
+    """
 
 _NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")
 _INTERVAL_RE = re.compile(
@@ -236,6 +245,9 @@ class LossSpec(_SpecBase):
         description: one line shown by ``numbanet plugins``.
         bounds: allowed values per hyperparameter as interval strings.
         validate: optional ``validate(hyperparams: dict) -> None`` raising ``ValueError``.
+        target_range: ``(low, high)`` that every dense target must lie in (checked once
+            when targets are prepared), e.g. ``(0.0, 1.0)`` for binary cross-entropy, so
+            labels such as ``2`` are named as a mistake instead of training silently.
     """
 
     name: str
@@ -251,6 +263,7 @@ class LossSpec(_SpecBase):
     description: str = ""
     bounds: Mapping[str, str] = field(default_factory=dict)
     validate: Callable[[dict[str, Any]], None] | None = None
+    target_range: tuple[float, float] | None = None
 
     def __post_init__(self) -> None:
         _check_name("LossSpec", self.name)

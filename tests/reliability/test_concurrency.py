@@ -168,11 +168,6 @@ def _fit_into(start, model, out, i):
     out[i] = model.fit(X[:1024], y[:1024], epochs=2, batch_size=128, verbose=0, seed=i)["loss"]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "losses/loss.py keeps per-call buffers (_rowloss, _scratch) on the Loss object: one "
-    "Loss compiled into two models trained in two threads corrupts both runs (8 of 10 "
-    "histories wrong); needs per-call/per-thread buffers, a lock, or compile() copying "
-    "the loss"))
 def test_one_loss_object_shared_by_two_models_in_two_threads():
     X, y = nbn.datasets.load_digits()
 

@@ -169,10 +169,6 @@ def test_runtime_fault_in_a_plugin_optimizer_leaves_the_host_working(fake_plugin
     _still_working()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "optim/optimizer.py does not wrap exceptions raised by a plugin's kernel or prepare() "
-    "(ValueError 'gradient too large', ZeroDivisionError, 'could not convert string to "
-    "float'): the message does not name the plugin"))
 @pytest.mark.parametrize("fault", sorted(RUNTIME_FAULTS))
 def test_runtime_fault_in_a_plugin_optimizer_names_the_plugin(fake_plugin, fault):
     fake_plugin("faulty-plugin", RUNTIME_FAULTS[fault])
@@ -212,9 +208,6 @@ open({str(marker)!r}, "w").close()
     assert marker.exists()  # installing a plugin means its module runs at first lookup
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "plugins.py catches Exception, not BaseException, around ep.load() and the hook calls: "
-    "a plugin calling sys.exit() at import or in its hook exits the host process"))
 @pytest.mark.parametrize("where", ["import", "hook"])
 def test_plugin_calling_sys_exit_is_disabled_not_fatal(fake_plugin, where):
     body = ("import sys\nsys.exit(3)\n" if where == "import" else '''

@@ -411,10 +411,6 @@ def test_finite_data_that_overflows_float32_is_named_as_such_without_numpy_warni
             model.predict(X * np.nan)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "losses/: binary_cross_entropy accepts integer labels outside {0, 1} (y=[0, 2] "
-    "trains silently, as torch's BCEWithLogitsLoss does with float targets); integer "
-    "labels > 1 on a 1-output model are a user mistake prepare_targets could name"))
 def test_binary_cross_entropy_rejects_integer_labels_above_one():
     model = nbn.Sequential([nbn.Dense(N_IN, 1)])
     model.compile(loss="binary_cross_entropy", optimizer="sgd")

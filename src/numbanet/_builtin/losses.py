@@ -49,6 +49,7 @@ SMOOTH_L1 = LossSpec("smooth_l1", K.smooth_l1_row, target="dense", hyperparams={
 BCE = LossSpec("binary_cross_entropy", K.bce_logits_row, target="dense",
                hyperparams={"pos_weight": 1.0}, mean_over="elements",
                output_activation="sigmoid", bounds={"pos_weight": "[0, inf)"},
+               target_range=(0.0, 1.0),
                description="binary cross-entropy on logits (F.binary_cross_entropy_with_logits)")
 CROSS_ENTROPY = LossSpec(
     "cross_entropy", K.cross_entropy_labels_row, target="labels_or_dense",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import threading
 from typing import Any
 
 import numpy as np
@@ -10,7 +11,7 @@ from numba.core.errors import NumbaError
 
 from numbanet._validation import check_float_array, resolve_dtype
 from numbanet.kernels.losses import LossDriver, loss_driver
-from numbanet.specs import LossSpec, flatten_hyperparams, validate_hyperparams
+from numbanet.specs import LossSpec, PluginError, flatten_hyperparams, validate_hyperparams
 
 __all__ = ["Loss"]
 
@@ -81,6 +82,9 @@ class Loss:
         self._rowloss = np.zeros(0)
         self._aux: dict[int, np.ndarray] = {}
         self._scratch: np.ndarray | None = None
+        # The buffers above are reused call to call; one loss object compiled into two
+        # models trained in two threads takes turns on them.
+        self._lock = threading.Lock()
 
     def _check_weight(self, weight: Any) -> np.ndarray | None:
         if weight is None:
@@ -168,6 +172,12 @@ class Loss:
         out = np.ascontiguousarray(arr, dtype=dtype)
         if not np.isfinite(out).all():
             raise ValueError(f"{where}: y contains NaN or infinity")
+        bounds = self.spec.target_range
+        if bounds is not None and out.size and (out.min() < bounds[0] or out.max() > bounds[1]):
+            raise ValueError(
+                f"{where}: y must lie in [{bounds[0]:g}, {bounds[1]:g}], got values from "
+                f"{out.min():g} to {out.max():g}"
+            )
         return out
 
     # -- evaluation ----------------------------------------------------------------------
@@ -246,6 +256,10 @@ class Loss:
                 f"{outputs.dtype} outputs and {kind} targets; fix the plugin's kernel. "
                 f"Numba said: {str(exc).strip().splitlines()[0]}"
             ) from exc
+        except Exception as exc:
+            raise PluginError(
+                f"loss {self.qualified_id!r}: its kernel raised {type(exc).__name__}: {exc}"
+            ) from exc
         # np.sum over a float64 vector is pairwise in a fixed order: thread-count independent.
         return float(np.sum(self._rowloss)) / divisor if divisor else math.nan, n
 
@@ -263,22 +277,24 @@ class Loss:
         """
         check_float_array("outputs", outputs, ndim=2)
         check_float_array("grad", grad, dtype=outputs.dtype, shape=outputs.shape, writeable=True)
-        value, _ = self._run(outputs, targets, grad)
+        with self._lock:
+            value, _ = self._run(outputs, targets, grad)
         return value
 
     def forward(self, outputs: np.ndarray, targets: Any) -> float | np.ndarray:
         """The loss value (per row, float64 ``(n,)``, for ``reduction="none"``)."""
         check_float_array("outputs", outputs, ndim=2)
-        if (
-            self._scratch is None
-            or self._scratch.shape != outputs.shape
-            or self._scratch.dtype != outputs.dtype
-        ):
-            self._scratch = np.empty_like(outputs)
-        value, _ = self._run(outputs, targets, self._scratch)
-        if self.reduction == "none":
-            return self._rowloss.copy()
-        return value
+        with self._lock:
+            if (
+                self._scratch is None
+                or self._scratch.shape != outputs.shape
+                or self._scratch.dtype != outputs.dtype
+            ):
+                self._scratch = np.empty_like(outputs)
+            value, _ = self._run(outputs, targets, self._scratch)
+            if self.reduction == "none":
+                return self._rowloss.copy()
+            return value
 
     __call__ = forward
 

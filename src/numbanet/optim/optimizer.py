@@ -11,7 +11,12 @@ from numba.core.errors import NumbaError
 
 from numbanet._validation import check_float_array
 from numbanet.kernels.updates import UpdateDriver, update_driver
-from numbanet.specs import OptimizerSpec, flatten_hyperparams, validate_hyperparams
+from numbanet.specs import (
+    OptimizerSpec,
+    PluginError,
+    flatten_hyperparams,
+    validate_hyperparams,
+)
 
 __all__ = ["Optimizer"]
 
@@ -148,15 +153,25 @@ class Optimizer:
                 f"per-step scalars; fix the plugin's kernel. Numba said: "
                 f"{str(exc).strip().splitlines()[0]}"
             ) from exc
+        except Exception as exc:
+            raise PluginError(
+                f"optimizer {self.qualified_id!r}: its kernel raised "
+                f"{type(exc).__name__}: {exc}"
+            ) from exc
         self.step_count = step
 
     def _prepare(self, step: int) -> tuple[float, ...]:
         if self.spec.prepare is None:
             return (0.0,)
-        raw = self.spec.prepare(step, self._hp_tuple)
+        try:
+            raw = self.spec.prepare(step, self._hp_tuple)
+        except Exception as exc:
+            raise PluginError(
+                f"optimizer {self.qualified_id!r}: prepare() raised {type(exc).__name__}: {exc}"
+            ) from exc
         try:
             sc = tuple(float(x) for x in raw)
-        except TypeError:
+        except (TypeError, ValueError):
             raise TypeError(
                 f"optimizer {self.qualified_id!r}: prepare() must return a tuple of floats, "
                 f"got {raw!r}"
