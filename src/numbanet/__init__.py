@@ -32,7 +32,7 @@ from numbanet.plugins import (
     list_optimizers,
 )
 from numbanet.specs import LossSpec, OptimizerSpec
-from numbanet.threads import get_num_threads, set_num_threads
+from numbanet.threads import get_num_threads, set_num_threads, threading_layer
 from numbanet.train import History
 
 __version__ = "0.1.0"
@@ -71,4 +71,5 @@ __all__ = [
     "schedules",
     "set_num_threads",
     "testing",
+    "threading_layer",
 ]

@@ -35,11 +35,8 @@ def info_lines() -> list[str]:
     import numpy as np
 
     import numbanet
+    from numbanet.threads import threading_layer, threading_layer_choice
 
-    # The threading layer is chosen when the first parallel kernel runs; run a tiny one.
-    from numbanet.kernels.checks import _all_finite_parallel
-
-    _all_finite_parallel(np.zeros(1, dtype=np.float64))
     cpu = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as fh:
@@ -54,7 +51,7 @@ def info_lines() -> list[str]:
         f"python          {platform.python_version()}",
         f"numpy           {np.__version__}",
         f"numba           {numba.__version__}",
-        f"threading layer {numba.threading_layer()}",
+        f"threading layer {threading_layer()}: {threading_layer_choice()}",
         f"threads         {numbanet.get_num_threads()} of {numba.config.NUMBA_NUM_THREADS}",
         f"cpu             {cpu} ({numba.config.NUMBA_DEFAULT_NUM_THREADS} logical cores)",
         f"llvm target cpu {numba.core.config.CPU_NAME or 'host'}",
