@@ -46,7 +46,8 @@ SKIP_MARKER = "<!-- docs: skip -->"
 OUTPUT_MARKER = "<!-- docs: output -->"
 RUN_LANGUAGES = {"python", "py"}
 
-_FENCE = re.compile(r"^(?P<indent> {0,3})(?P<fence>`{3,}|~{3,})\s*(?P<info>[^`\s]*)")
+# Any indentation: fences inside list items are indented (pymdownx.superfences renders them).
+_FENCE = re.compile(r"^(?P<indent> *)(?P<fence>`{3,}|~{3,})\s*(?P<info>[^`\s]*)")
 
 
 class Block(NamedTuple):
@@ -65,7 +66,8 @@ def _fences(text: str) -> list[tuple[int, str, str, str]]:
     """``(line, language, body, marker)`` for every fenced block of a Markdown text.
 
     ``marker`` is the last non-blank line before the opening fence. Fences nested in
-    other fences (a longer or different fence) are content, as CommonMark says.
+    other fences (a longer or different fence) are content, as CommonMark says. The body
+    loses the opening fence's indentation.
     """
     lines = text.splitlines()
     fences = []
@@ -121,10 +123,13 @@ def test_block_parser_reads_fences_and_markers() -> None:
         "```py\nprint(x + 1)\n```\n"
         "<!-- docs: output -->\n"
         "```text\n2\n```\n"
+        "* a list item:\n\n"
+        "    ```python\n    if x:\n        y = 2\n    ```\n"
     )
     assert _blocks(text) == [Block(3, "x = 1", False, None),
                              Block(8, "raise SystemExit", True, None),
-                             Block(19, "print(x + 1)", False, "2")]
+                             Block(19, "print(x + 1)", False, "2"),
+                             Block(28, "if x:\n    y = 2", False, None)]
     with pytest.raises(ValueError, match="must follow a python block"):
         _blocks("```bash\nls\n```\n<!-- docs: output -->\n```text\nx\n```\n")
 
