@@ -189,10 +189,7 @@ def _modules_with_examples() -> list[str]:
 
 # Docstring examples known to fail, with why; owners of those files fix them and drop the
 # entry here (the xfail is not strict, so a fix does not break the run meanwhile).
-KNOWN_BROKEN_DOCTESTS = {
-    "numbanet.callbacks": "module example uses an undefined `model`: its `# doctest: +SKIP`"
-                          " covers only the first line (src/numbanet/callbacks.py)",
-}
+KNOWN_BROKEN_DOCTESTS: dict[str, str] = {}
 
 
 # Modules whose examples need an optional dependency (skipped without it).

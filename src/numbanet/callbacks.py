@@ -20,11 +20,16 @@ The per-batch hooks are only called when some callback overrides them, so callba
 work per epoch add nothing to the cost of a step.
 
 Example:
-    >>> import numbanet as nbn                                  # doctest: +SKIP
-    >>> model.fit(X, y, epochs=50, validation_split=0.1, callbacks=[
+    >>> import numbanet as nbn
+    >>> X, y = nbn.datasets.make_blobs(200, n_features=4, centers=3, seed=0)
+    >>> model = nbn.Sequential([nbn.Dense(4, 16, activation="relu"), nbn.Dense(16, 3)], seed=0)
+    >>> _ = model.compile(loss="cross_entropy", optimizer=nbn.get_optimizer("adam", lr=1e-2))
+    >>> history = model.fit(X, y, epochs=50, validation_split=0.2, verbose=0, callbacks=[
     ...     nbn.EarlyStopping(patience=5, restore_best_weights=True),
     ...     nbn.ReduceLROnPlateau(factor=0.5, patience=2),
     ...     nbn.CSVLogger("train.csv")])
+    >>> len(history["loss"]) <= 50
+    True
 """
 
 from __future__ import annotations
