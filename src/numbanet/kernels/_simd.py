@@ -12,11 +12,12 @@ AVX-512, else 256 bits (8 x float32, 4 x float64). The width is fixed at import,
 features Numba compiles for; it is a speed choice only: any width runs correctly on any
 CPU, because LLVM legalises vectors wider than the target into several narrower ones.
 
-LLVM's x86 backend splits 512-bit vectors into two 256-bit halves in any function that
-does not carry the ``"min-legal-vector-width"="512"`` attribute when the CPU prefers
-256-bit vectors (the default tuning of every AVX-512 Intel core). Clang sets that
-attribute on functions using 512-bit intrinsics; our intrinsics do the same on the
-Numba function they are lowered into.
+Clang marks functions that use 512-bit intrinsics with ``"min-legal-vector-width"="512"``,
+which tells LLVM's x86 backend never to narrow their vectors under the prefer-256-bit
+tuning of AVX-512 Intel cores. Our intrinsics set the same attribute on the Numba
+function they are lowered into, as a safeguard: with numba 0.68 (LLVM 22) explicit
+512-bit IR stayed whole on the skylake-avx512, rocketlake and sapphirerapids targets
+even without it.
 
 All intrinsics index arrays by a flat element offset with no bounds check and no
 negative-index wraparound: callers guarantee ``0 <= i`` and ``i + lanes <= arr.size``.
@@ -97,7 +98,7 @@ def _vec_type_for(dtype: types.Type) -> SimdVec:
 
 
 def _allow_wide_vectors(builder: ir.IRBuilder) -> None:
-    # See the module docstring: without this, LLVM splits every 512-bit op in two.
+    # See the module docstring (what clang does for 512-bit intrinsics).
     attrs = builder.function.attributes
     if _MIN_LEGAL_WIDTH_ATTR not in attrs:
         # llvmlite validates attribute names against a fixed list that lacks string

@@ -35,6 +35,11 @@ NaN and infinity propagate as in ``numpy.matmul`` (an output element only ever s
 products of its own row of ``op(a)`` and column of ``op(b)``; padding rows and columns
 feed only padding results, which are discarded). Results agree with numpy to
 rounding; the summation order differs (FMA, blocked), as between BLAS libraries.
+
+Development note: the cached kernels of this module embed code from
+:mod:`numbanet.kernels._simd` and :mod:`numbanet.kernels.activations`, and Numba's disk
+cache only watches this file (numba issue #1833). After editing those modules, delete
+``src/numbanet/kernels/__pycache__/matmul.*.nb*`` (or touch this file).
 """
 
 from __future__ import annotations
