@@ -240,6 +240,13 @@ class Loss:
 
     def _run(self, outputs: np.ndarray, targets: Any, grad: np.ndarray) -> tuple[float, int]:
         targets, aux, kind = self._setup(outputs, targets)
+        return self._compute(outputs, targets, aux, kind, grad)
+
+    def _compute(
+        self, outputs: np.ndarray, targets: np.ndarray, aux: np.ndarray, kind: str,
+        grad: np.ndarray,
+    ) -> tuple[float, int]:
+        """Run the kernel on checked arguments; return (reduced value, rows)."""
         n, k = outputs.shape
         divisor = self._divisor(n, k, targets, aux, kind)
         gs = 1.0 / divisor if divisor != 0.0 else math.inf
@@ -279,6 +286,20 @@ class Loss:
         check_float_array("grad", grad, dtype=outputs.dtype, shape=outputs.shape, writeable=True)
         with self._lock:
             value, _ = self._run(outputs, targets, grad)
+        return value
+
+    def forward_backward_unchecked(
+        self, outputs: np.ndarray, targets: np.ndarray, grad: np.ndarray
+    ) -> float:
+        """:meth:`forward_backward` for the training step's hot path.
+
+        ``targets`` must come from :meth:`prepare_targets` and ``outputs``/``grad`` be
+        buffers the caller validated (the model's own): nothing is checked again, which
+        saves about half the cost of the call on small batches.
+        """
+        kind = "labels" if targets.ndim == 1 else "dense"
+        with self._lock:
+            value, _ = self._compute(outputs, targets, self._aux_for(outputs.shape[1]), kind, grad)
         return value
 
     def forward(self, outputs: np.ndarray, targets: Any) -> float | np.ndarray:

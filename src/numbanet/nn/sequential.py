@@ -330,10 +330,15 @@ class Sequential:
         with self._lock:
             out = self._forward(X, training=True)
             d_out = self._grad_buffer(X.shape[0])
-            loss_value = self.loss.forward_backward(out, targets, d_out)
+            # Built-in loss and optimizer objects offer unchecked entries (the buffers
+            # here are the model's own, validated once); others need the public methods.
+            loss_step = getattr(self.loss, "forward_backward_unchecked",
+                                self.loss.forward_backward)
+            loss_value = loss_step(out, targets, d_out)
             self._backward(d_out, need_input_grad=False)
-            grad_scale = 1.0 if before_update is None else before_update()
-            self.optimizer.step(self.flat_parameters, self.flat_gradients, grad_scale)
+            grad_scale = 1.0 if before_update is None else float(before_update())
+            update = getattr(self.optimizer, "step_unchecked", self.optimizer.step)
+            update(self.flat_parameters, self.flat_gradients, grad_scale)
         return float(loss_value)
 
     def fit(self, X: Any, y: Any, **kwargs: Any) -> Any:

@@ -126,6 +126,15 @@ class Optimizer:
         gs = float(grad_scale)
         if not math.isfinite(gs):
             raise ValueError(f"grad_scale must be finite, got {grad_scale!r}")
+        self.step_unchecked(params, grads, gs)
+
+    def step_unchecked(self, params: np.ndarray, grads: np.ndarray, grad_scale: float) -> None:
+        """:meth:`step` without its argument checks, for the training step's hot path.
+
+        ``params`` and ``grads`` must be the model's own validated flat buffers and
+        ``grad_scale`` a finite float; the optimizer state is still checked against them.
+        """
+        gs = grad_scale
         self._ensure_slots(params)
         if self.max_grad_norm is not None:
             # np.dot on 1-D float buffers allocates nothing and is BLAS-fast.
