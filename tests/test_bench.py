@@ -138,6 +138,19 @@ def test_compare_reports_consistent_ratios_and_restores_threads():
     json.dumps(result.to_dict())
 
 
+def test_isolated_processes_give_the_same_first_loss_and_finite_timings():
+    local = bench.compare(TINY, threads=1, repeats=1, min_time=0.001,
+                          frameworks=["numbanet", "numpy"])
+    isolated = bench.compare(TINY, threads=1, repeats=2, min_time=0.001,
+                             frameworks=["numbanet", "numpy"], isolate=True)
+    assert isolated.notes["isolated_processes"] is True
+    # Same weights and batch in another process: the same first loss, to the bit.
+    assert isolated.first_loss == local.first_loss
+    assert all(math.isfinite(v) and v > 0 for v in isolated.samples_per_s.values())
+    assert isolated.ratios["numpy"] == pytest.approx(
+        isolated.samples_per_s["numbanet"] / isolated.samples_per_s["numpy"])
+
+
 def test_compare_with_numbanet_only_has_no_ratios():
     result = bench.compare(TINY, threads=1, repeats=1, min_time=0.001, frameworks=["numbanet"])
     assert list(result.samples_per_s) == ["numbanet"] and result.ratios == {}

@@ -72,6 +72,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--min-time", type=float, default=0.1, help="minimum seconds per sample (default 0.1)"
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of weights and batch")
+    parser.add_argument(
+        "--isolate",
+        action="store_true",
+        help="run each framework in a process of its own (still interleaved), so their "
+        "OpenMP/BLAS thread pools cannot compete; recommended with more than one thread",
+    )
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     return parser
 
@@ -130,7 +136,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     for model in args.models:
         for threads in args.threads:
             comparison = compare(model, threads=threads, repeats=args.repeats,
-                                 min_time=args.min_time, frameworks=frameworks, seed=args.seed)
+                                 min_time=args.min_time, frameworks=frameworks, seed=args.seed,
+                                 isolate=args.isolate)
             results.append(comparison.to_dict())
             if not args.json:
                 print(f"done: {model} on {threads} thread(s)", file=sys.stderr, flush=True)

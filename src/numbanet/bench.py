@@ -389,6 +389,80 @@ def _calibrate(step: Callable[[], float], min_time: float) -> int:
         number = max(number * 2, int(number * 1.2 * min_time / max(elapsed, 1e-9)))
 
 
+class _LocalRunner:
+    """Runs one framework's step in this process."""
+
+    def __init__(self, framework: str, spec: ModelSpec, seed: int) -> None:
+        self.step = make_step(framework, spec, seed)
+
+    def first(self) -> float:
+        return float(self.step())
+
+    def calibrate(self, min_time: float) -> int:
+        return _calibrate(self.step, min_time)
+
+    def run(self, number: int) -> float:
+        """Seconds per step over ``number`` steps."""
+        start = time.perf_counter()
+        for _ in range(number):
+            self.step()
+        return (time.perf_counter() - start) / number
+
+    def close(self) -> None:
+        pass
+
+
+def _worker(conn: Any, framework: str, spec: ModelSpec, seed: int, threads: int) -> None:
+    """Body of an isolated framework process: serve first/calibrate/run requests."""
+    with _thread_limits(threads):
+        runner = _LocalRunner(framework, spec, seed)
+        while True:
+            request, argument = conn.recv()
+            if request == "close":
+                break
+            conn.send(getattr(runner, request)(*argument))
+    conn.close()
+
+
+class _IsolatedRunner:
+    """Runs one framework's step in a process of its own (``isolate=True``).
+
+    Each framework then has its own OpenMP/BLAS runtimes and thread pools. In one process
+    PyTorch's OpenMP pool, Numba's and OpenBLAS's compete for the same cores even with
+    pauses between samples (measured here: PyTorch's 2-thread step 3-4x slower than in a
+    process of its own), which would flatter numbanet.
+    """
+
+    def __init__(self, framework: str, spec: ModelSpec, seed: int, threads: int) -> None:
+        import multiprocessing
+
+        # spawn, not fork: forking after an OpenMP pool started can hang the child.
+        context = multiprocessing.get_context("spawn")
+        self._conn, child = context.Pipe()
+        self._process = context.Process(
+            target=_worker, args=(child, framework, spec, seed, threads), daemon=True
+        )
+        self._process.start()
+        child.close()
+
+    def _ask(self, request: str, *argument: Any) -> Any:
+        self._conn.send((request, argument))
+        return self._conn.recv()
+
+    def first(self) -> float:
+        return float(self._ask("first"))
+
+    def calibrate(self, min_time: float) -> int:
+        return int(self._ask("calibrate", min_time))
+
+    def run(self, number: int) -> float:
+        return float(self._ask("run", number))
+
+    def close(self) -> None:
+        self._conn.send(("close", ()))
+        self._process.join(timeout=30)
+
+
 @dataclass
 class Comparison:
     """The result of :func:`compare` for one model and thread count.
@@ -434,6 +508,7 @@ def compare(
     frameworks: Sequence[str] | None = None,
     seed: int = 0,
     settle: float | None = None,
+    isolate: bool = False,
 ) -> Comparison:
     """Time the same training step in each framework, interleaved, and compare.
 
@@ -450,6 +525,9 @@ def compare(
             (OpenBLAS by default ~2**28 cycles, about 0.1 s; OpenMP runtimes less), so
             without a pause the previous framework's idle workers would compete for the
             cores with the next framework's.
+        isolate: run each framework in a process of its own (still interleaved sample
+            by sample), so their threading runtimes cannot interfere; recommended with
+            more than one thread.
 
     Returns:
         a :class:`Comparison`.
@@ -485,28 +563,30 @@ def compare(
         chosen = [f for f in FRAMEWORKS if f in frameworks or f == "numbanet"]
 
     result = Comparison(model=spec.name, batch=spec.batch, threads=threads, repeats=repeats)
-    with _thread_limits(threads) as info:
+    with _thread_limits(threads) as info, contextlib.ExitStack() as cleanup:
         result.notes.update(info)
         result.notes["settle_seconds"] = settle
-        steps = {name: make_step(name, spec, seed) for name in chosen}
+        result.notes["isolated_processes"] = bool(isolate)
+        runners: dict[str, Any] = {}
+        for name in chosen:
+            runner = (_IsolatedRunner(name, spec, seed, threads) if isolate
+                      else _LocalRunner(name, spec, seed))
+            cleanup.callback(runner.close)
+            runners[name] = runner
         # The first call compiles / warms caches; its loss is the cross-check.
-        for name, step in steps.items():
-            result.first_loss[name] = step()
+        for name, runner in runners.items():
+            result.first_loss[name] = runner.first()
         numbers = {}
-        for name, step in steps.items():
+        for name, runner in runners.items():
             time.sleep(settle)
-            numbers[name] = _calibrate(step, min_time)
+            numbers[name] = runner.calibrate(min_time)
         samples: dict[str, list[float]] = {name: [] for name in chosen}
         for r in range(repeats):
             # Rotate the order so no framework always runs right after another one.
             order = chosen[r % len(chosen):] + chosen[: r % len(chosen)]
             for name in order:
-                step, number = steps[name], numbers[name]
                 time.sleep(settle)
-                start = time.perf_counter()
-                for _ in range(number):
-                    step()
-                samples[name].append((time.perf_counter() - start) / number)
+                samples[name].append(runners[name].run(numbers[name]))
 
     for name, times in samples.items():
         median = statistics.median(times)
