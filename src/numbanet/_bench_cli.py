@@ -44,8 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="numbanet bench",
         description=(
             "Time the same float32 MLP training step (ReLU layers, softmax cross-entropy, "
-            "Adam) in numbanet, PyTorch (if installed) and plain NumPy, interleaved in one "
-            "process, and print samples/s and numbanet's speed ratio to each."
+            "Adam) in numbanet, PyTorch (if installed) and plain NumPy, each in a process "
+            "of its own, interleaved sample by sample, and print samples/s and numbanet's "
+            "speed ratio to each."
         ),
         epilog="Standard models: " + ", ".join(STANDARD_MODELS),
     )
@@ -73,10 +74,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of weights and batch")
     parser.add_argument(
-        "--isolate",
+        "--in-process",
         action="store_true",
-        help="run each framework in a process of its own (still interleaved), so their "
-        "OpenMP/BLAS thread pools cannot compete; recommended with more than one thread",
+        help="time every framework in this one process instead of one process each "
+        "(still interleaved either way); in one process Numba's OpenMP pool slows "
+        "PyTorch's multi-threaded steps, which flatters numbanet",
     )
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     return parser
@@ -137,7 +139,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for threads in args.threads:
             comparison = compare(model, threads=threads, repeats=args.repeats,
                                  min_time=args.min_time, frameworks=frameworks, seed=args.seed,
-                                 isolate=args.isolate)
+                                 isolate=not args.in_process)
             results.append(comparison.to_dict())
             if not args.json:
                 print(f"done: {model} on {threads} thread(s)", file=sys.stderr, flush=True)

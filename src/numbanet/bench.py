@@ -344,18 +344,30 @@ def make_step(
 
 
 @contextlib.contextmanager
-def _thread_limits(threads: int) -> Iterator[dict[str, Any]]:
-    """Give every framework ``threads`` threads; restore the previous settings after."""
+def _thread_limits(
+    threads: int, frameworks: Sequence[str] = FRAMEWORKS
+) -> Iterator[dict[str, Any]]:
+    """Give each of ``frameworks`` ``threads`` threads; restore the previous settings after.
+
+    Only the frameworks named are touched: setting numbanet's thread count starts Numba's
+    OpenMP pool, and once that pool has started PyTorch's OpenMP parallel regions in the
+    same process run several times slower (measured here: a 2-thread 784-256-128-10@64
+    step 5.8x slower), so an isolated PyTorch process must never start it.
+    """
     import numbanet
 
     info: dict[str, Any] = {}
-    previous = numbanet.get_num_threads()
-    numbanet.set_num_threads(threads)
+    previous = None
+    if "numbanet" in frameworks:
+        previous = numbanet.get_num_threads()
+        numbanet.set_num_threads(threads)
     torch_previous = None
-    try:
-        import torch
-    except ImportError:
-        torch = None  # type: ignore[assignment]
+    torch = None
+    if "torch" in frameworks:
+        try:
+            import torch
+        except ImportError:
+            torch = None  # type: ignore[assignment]
     if torch is not None:
         torch_previous = torch.get_num_threads()
         torch.set_num_threads(threads)
@@ -370,7 +382,8 @@ def _thread_limits(threads: int) -> Iterator[dict[str, Any]]:
         try:
             yield info
         finally:
-            numbanet.set_num_threads(previous)
+            if previous is not None:
+                numbanet.set_num_threads(previous)
             if torch is not None and torch_previous is not None:
                 torch.set_num_threads(torch_previous)
 
@@ -414,7 +427,7 @@ class _LocalRunner:
 
 def _worker(conn: Any, framework: str, spec: ModelSpec, seed: int, threads: int) -> None:
     """Body of an isolated framework process: serve first/calibrate/run requests."""
-    with _thread_limits(threads):
+    with _thread_limits(threads, [framework]):
         runner = _LocalRunner(framework, spec, seed)
         while True:
             request, argument = conn.recv()
@@ -427,10 +440,10 @@ def _worker(conn: Any, framework: str, spec: ModelSpec, seed: int, threads: int)
 class _IsolatedRunner:
     """Runs one framework's step in a process of its own (``isolate=True``).
 
-    Each framework then has its own OpenMP/BLAS runtimes and thread pools. In one process
-    PyTorch's OpenMP pool, Numba's and OpenBLAS's compete for the same cores even with
-    pauses between samples (measured here: PyTorch's 2-thread step 3-4x slower than in a
-    process of its own), which would flatter numbanet.
+    Each framework then has its own threading runtime. In one process, once Numba's
+    OpenMP pool has started, PyTorch's OpenMP regions run several times slower (both
+    bind the same libgomp; measured here: PyTorch's 2-thread 784-256-128-10@64 step 5.8x
+    slower), which would flatter numbanet.
     """
 
     def __init__(self, framework: str, spec: ModelSpec, seed: int, threads: int) -> None:
@@ -563,7 +576,9 @@ def compare(
         chosen = [f for f in FRAMEWORKS if f in frameworks or f == "numbanet"]
 
     result = Comparison(model=spec.name, batch=spec.batch, threads=threads, repeats=repeats)
-    with _thread_limits(threads) as info, contextlib.ExitStack() as cleanup:
+    # In isolated mode this process only coordinates: it must not start any thread pool.
+    limited = () if isolate else chosen
+    with _thread_limits(threads, limited) as info, contextlib.ExitStack() as cleanup:
         result.notes.update(info)
         result.notes["settle_seconds"] = settle
         result.notes["isolated_processes"] = bool(isolate)
