@@ -27,6 +27,13 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 FASTMATH = frozenset({"reassoc", "contract", "nsz", "arcp"})
 
+#: For elementwise and row-wise kernels whose serial and parallel twins must agree bit
+#: for bit: without ``reassoc``/``arcp`` LLVM cannot rewrite ``dy * s * (1 - s)`` (or a
+#: row sum) differently in the two compilation contexts. Elementwise loops vectorize
+#: without them; only reductions need ``reassoc``. Observed: sigmoid_backward's twins
+#: differed by 1 ulp in 35% of elements in one cold-cache run.
+ELEMENTWISE_FASTMATH = frozenset({"contract", "nsz"})
+
 _COMMON: dict[str, Any] = {
     "cache": True,
     "fastmath": set(FASTMATH),

@@ -103,6 +103,8 @@ def test_losses_of_huge_logits_are_finite(loss_name, dtype):
 @pytest.mark.parametrize("grad_value", [0.0, 1e-30, 1e30])
 def test_optimizers_with_zero_or_extreme_gradients_stay_finite(name, grad_value):
     """Zero gradients make the second moment exactly zero: eps must keep 0/0 away."""
+    if name not in nbn.list_optimizers():
+        pytest.skip(f"optimizer {name!r} is not installed (pip install -e plugins/numbanet-{name})")
     for dtype in (np.float32, np.float64):
         if dtype == np.float32 and grad_value == 1e30:
             continue  # 1e30**2 overflows float32 in any implementation, torch included

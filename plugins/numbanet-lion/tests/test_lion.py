@@ -7,6 +7,11 @@ import importlib.metadata
 import numpy as np
 import pytest
 
+# These tests are about the installed plugin: without it there is nothing to test.
+pytest.importorskip(
+    "numbanet_lion", reason="the plugin is not installed: pip install -e plugins/numbanet-lion"
+)
+
 import numbanet.plugins as nbp
 from numbanet.testing import check_optimizer
 

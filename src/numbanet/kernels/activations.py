@@ -52,7 +52,7 @@ from llvmlite import ir
 from numba.core import types
 from numba.extending import intrinsic, overload
 
-from numbanet._jit import FASTMATH, kernel, parallel_kernel
+from numbanet._jit import ELEMENTWISE_FASTMATH, kernel, parallel_kernel
 from numbanet._validation import check_float_array
 
 __all__ = [
@@ -191,7 +191,7 @@ _BACKWARD_THRESHOLD = {
 # vectorization); only its call to fast_exp needs the no-reassoc flags.
 # ---------------------------------------------------------------------------------------
 
-_NO_REASSOC = {"fastmath": set(FASTMATH) - {"reassoc"}, "error_model": "numpy"}
+_NO_REASSOC = {"fastmath": set(ELEMENTWISE_FASTMATH), "error_model": "numpy"}
 
 
 @intrinsic
@@ -520,7 +520,7 @@ def _fast_tanh_impl(x):
 # ---------------------------------------------------------------------------------------
 
 
-@kernel
+@kernel(fastmath=set(ELEMENTWISE_FASTMATH))
 def activation_forward_1d(act_id, param, z, y):  # noqa: C901 - one branch per activation
     """Serial unchecked forward pass ``y = act(z)`` on 1-D views.
 
@@ -587,7 +587,7 @@ def activation_forward_1d(act_id, param, z, y):  # noqa: C901 - one branch per a
             y[i] = v if v > t else fast_softplus(v)
 
 
-@kernel
+@kernel(fastmath=set(ELEMENTWISE_FASTMATH))
 def activation_backward_1d(act_id, param, z, y, dy, dz):  # noqa: C901
     """Serial unchecked backward pass ``dz = act'(z) * dy`` on 1-D views.
 
@@ -671,7 +671,7 @@ def activation_backward_1d(act_id, param, z, y, dy, dz):  # noqa: C901
 # ---------------------------------------------------------------------------------------
 
 
-@parallel_kernel
+@parallel_kernel(fastmath=set(ELEMENTWISE_FASTMATH))
 def _forward_parallel(act_id, param, x, y):
     """``y = act(x)`` on flat 1-D arrays; ``prange`` over fixed chunks of :data:`CHUNK`.
 
@@ -685,7 +685,7 @@ def _forward_parallel(act_id, param, x, y):
         activation_forward_1d(act_id, param, x[lo:hi], y[lo:hi])
 
 
-@kernel
+@kernel(fastmath=set(ELEMENTWISE_FASTMATH))
 def _forward_serial(act_id, param, x, y):
     """Serial twin of :func:`_forward_parallel` walking the same chunks."""
     n = x.shape[0]
@@ -696,7 +696,7 @@ def _forward_serial(act_id, param, x, y):
         activation_forward_1d(act_id, param, x[lo:hi], y[lo:hi])
 
 
-@parallel_kernel
+@parallel_kernel(fastmath=set(ELEMENTWISE_FASTMATH))
 def _backward_parallel(act_id, param, x, y, dy, dx):
     """``dx = act'(x) * dy`` on flat 1-D arrays; ``prange`` over fixed chunks.
 
@@ -710,7 +710,7 @@ def _backward_parallel(act_id, param, x, y, dy, dx):
         activation_backward_1d(act_id, param, x[lo:hi], y[lo:hi], dy[lo:hi], dx[lo:hi])
 
 
-@kernel
+@kernel(fastmath=set(ELEMENTWISE_FASTMATH))
 def _backward_serial(act_id, param, x, y, dy, dx):
     """Serial twin of :func:`_backward_parallel` walking the same chunks."""
     n = x.shape[0]
@@ -945,7 +945,7 @@ SOFTMAX = 0
 LOG_SOFTMAX = 1
 
 
-@kernel
+@kernel(fastmath=set(ELEMENTWISE_FASTMATH))
 def _row_forward(mode, xr, yr):
     """One row of softmax (``mode == 0``) or log_softmax (``mode == 1``); ``yr`` may alias ``xr``.
 
@@ -976,7 +976,7 @@ def _row_forward(mode, xr, yr):
             yr[j] = (xr[j] - mx) - ls
 
 
-@kernel
+@kernel(fastmath=set(ELEMENTWISE_FASTMATH))
 def _row_backward(mode, yr, dyr, dxr):
     """One row of the softmax / log_softmax backward pass; ``dxr`` may alias ``dyr``.
 
@@ -996,7 +996,7 @@ def _row_backward(mode, yr, dyr, dxr):
             dxr[j] = dyr[j] - fast_exp(yr[j]) * s
 
 
-@kernel
+@kernel(fastmath=set(ELEMENTWISE_FASTMATH))
 def _row_logsumexp(xr):
     """``log(sum(exp(xr)))`` of one row, stable; ``-inf`` for an empty or all ``-inf`` row."""
     m = xr.shape[0]
@@ -1015,7 +1015,7 @@ def _row_logsumexp(xr):
     return mx + math.log(s)
 
 
-@parallel_kernel
+@parallel_kernel(fastmath=set(ELEMENTWISE_FASTMATH))
 def _rows_forward_parallel(mode, x, y):
     """Row-wise forward on ``(n, m)`` arrays; ``prange`` over rows, each row owned by one
     thread and reduced in a fixed order, so the result is independent of the thread count."""
@@ -1023,35 +1023,35 @@ def _rows_forward_parallel(mode, x, y):
         _row_forward(mode, x[i], y[i])
 
 
-@kernel
+@kernel(fastmath=set(ELEMENTWISE_FASTMATH))
 def _rows_forward_serial(mode, x, y):
     """Serial twin of :func:`_rows_forward_parallel`."""
     for i in range(x.shape[0]):
         _row_forward(mode, x[i], y[i])
 
 
-@parallel_kernel
+@parallel_kernel(fastmath=set(ELEMENTWISE_FASTMATH))
 def _rows_backward_parallel(mode, y, dy, dx):
     """Row-wise backward; ``prange`` over rows (row ``i`` writes ``dx[i]`` only)."""
     for i in numba.prange(y.shape[0]):
         _row_backward(mode, y[i], dy[i], dx[i])
 
 
-@kernel
+@kernel(fastmath=set(ELEMENTWISE_FASTMATH))
 def _rows_backward_serial(mode, y, dy, dx):
     """Serial twin of :func:`_rows_backward_parallel`."""
     for i in range(y.shape[0]):
         _row_backward(mode, y[i], dy[i], dx[i])
 
 
-@parallel_kernel
+@parallel_kernel(fastmath=set(ELEMENTWISE_FASTMATH))
 def _logsumexp_parallel(x, out):
     """``out[i] = logsumexp(x[i])``; ``prange`` over rows (row ``i`` writes ``out[i]``)."""
     for i in numba.prange(x.shape[0]):
         out[i] = _row_logsumexp(x[i])
 
 
-@kernel
+@kernel(fastmath=set(ELEMENTWISE_FASTMATH))
 def _logsumexp_serial(x, out):
     """Serial twin of :func:`_logsumexp_parallel`."""
     for i in range(x.shape[0]):
