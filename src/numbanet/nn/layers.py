@@ -13,7 +13,7 @@ import numpy as np
 from numbanet._validation import check_positive_int
 from numbanet.kernels.activations import get_activation
 from numbanet.kernels.dropout import dropout_backward, dropout_forward
-from numbanet.kernels.matmul import gemm_into, gemm_plan
+from numbanet.kernels.matmul import GemmPlan, gemm_into, gemm_plan
 from numbanet.kernels.reductions import column_sum_into, column_sum_partials
 from numbanet.nn.init import init_weight
 from numbanet.nn.module import Module
@@ -56,6 +56,7 @@ class Dense(Module):
         self._y: np.ndarray | None = None
         # Float64 partial sums of the bias gradient, one buffer per batch size.
         self._bias_partials: dict[int, np.ndarray] = {}
+        self._plan_cache: dict[int, tuple[GemmPlan, GemmPlan, GemmPlan, np.ndarray]] = {}
 
     @property
     def weight(self):
@@ -87,33 +88,45 @@ class Dense(Module):
             "activation": None if self.activation == "identity" else self.activation,
         }
 
-    def _gemm(self, a, b, out, transpose_a=False, transpose_b=False, **epilogue) -> None:
-        """``out = op(a) @ op(b)`` (+ epilogue) on arrays the model already validated.
+    def _plans(self, rows: int) -> tuple[GemmPlan, GemmPlan, GemmPlan, np.ndarray]:
+        """GEMM plans for a batch of ``rows`` (forward, dW, dx) and the packing space.
 
-        Calls the GEMM's unchecked entry with this layer's reused packing space, so a
-        training step neither re-validates nor allocates.
+        Computed once per batch size, so a step makes no planning or lookup calls.
         """
-        m, n = out.shape
-        k = a.shape[0] if transpose_a else a.shape[1]
-        plan = gemm_plan(m, n, k, out.dtype)
-        work = self.workspace.scratch(plan.workspace)
-        gemm_into(a, b, out, transpose_a, transpose_b, work, plan, **epilogue)
+        cached = self._plan_cache.get(rows)
+        if cached is None:
+            dtype = self.workspace.dtype
+            i, o = self.in_features, self.out_features
+            plans = (
+                gemm_plan(rows, o, i, dtype),  # z = x @ W:     (rows, o), k = i
+                gemm_plan(i, o, rows, dtype),  # dW = x.T @ dz: (i, o),    k = rows
+                gemm_plan(rows, i, o, dtype),  # dx = dz @ W.T: (rows, i), k = o
+            )
+            work = self.workspace.scratch(max(p.workspace for p in plans))
+            if len(self._plan_cache) >= 8:
+                self._plan_cache.clear()
+            cached = self._plan_cache[rows] = (*plans, work)
+        return cached
 
     def forward(self, x: np.ndarray, training: bool) -> np.ndarray:
+        # The GEMM's unchecked entry: the model validated x once; buffers and packing
+        # space are reused, so a training step neither re-validates nor allocates.
         rows = x.shape[0]
+        plan, _, _, work = self._plans(rows)
         z = self.workspace.get("z", rows, self.out_features)
         act = self._act
         w, b = self.weight.value, self.bias.value
         if act.name == "identity":
             y = z
-            self._gemm(x, w, z, bias=b)
+            gemm_into(x, w, z, False, False, work, plan, bias=b)
         elif act.elementwise:
             # Bias and activation applied in the GEMM epilogue, while the tile is in cache.
             y = self.workspace.get("y", rows, self.out_features)
-            self._gemm(x, w, z, bias=b, y=y, act_id=act.id, param=act.default_param)
+            gemm_into(x, w, z, False, False, work, plan, bias=b, y=y, act_id=act.id,
+                      param=act.default_param)
         else:  # row-wise (softmax, log_softmax): needs the whole row of z first
             y = self.workspace.get("y", rows, self.out_features)
-            self._gemm(x, w, z, bias=b)
+            gemm_into(x, w, z, False, False, work, plan, bias=b)
             act.forward_unchecked(z, y)
         self._x, self._z, self._y = x, z, y
         return y
@@ -122,12 +135,13 @@ class Dense(Module):
         if self._x is None:
             raise RuntimeError("Dense.backward called before forward")
         rows = dy.shape[0]
+        _, dw_plan, dx_plan, work = self._plans(rows)
         if self._act.name == "identity":
             dz = dy
         else:
             dz = self.workspace.get("dz", rows, self.out_features)
             self._act.backward_unchecked(self._z, self._y, dy, dz)
-        self._gemm(self._x, dz, self.weight.grad, transpose_a=True)  # dW = x.T @ dz
+        gemm_into(self._x, dz, self.weight.grad, True, False, work, dw_plan)  # dW = x.T @ dz
         partials = self._bias_partials.get(rows)
         if partials is None:
             partials = self._bias_partials[rows] = column_sum_partials(rows, self.out_features)
@@ -135,7 +149,7 @@ class Dense(Module):
         if not need_input_grad:
             return None
         dx = self.workspace.get("dx", rows, self.in_features)
-        self._gemm(dz, self.weight.value, dx, transpose_b=True)  # dx = dz @ W.T
+        gemm_into(dz, self.weight.value, dx, False, True, work, dx_plan)  # dx = dz @ W.T
         return dx
 
     def __repr__(self) -> str:
