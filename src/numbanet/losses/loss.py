@@ -80,6 +80,7 @@ class Loss:
             loss_driver(spec.dense_kernel) if spec.dense_kernel is not None else None
         )
         self._rowloss = np.zeros(0)
+        self._rowloss_by_rows: dict[int, np.ndarray] = {}
         self._aux: dict[int, np.ndarray] = {}
         self._scratch: np.ndarray | None = None
         # The buffers above are reused call to call; one loss object compiled into two
@@ -251,7 +252,13 @@ class Loss:
         divisor = self._divisor(n, k, targets, aux, kind)
         gs = 1.0 / divisor if divisor != 0.0 else math.inf
         if self._rowloss.shape[0] != n:
-            self._rowloss = np.zeros(n)
+            # One buffer per batch size: fit alternates full and last batches.
+            rowloss = self._rowloss_by_rows.get(n)
+            if rowloss is None:
+                if len(self._rowloss_by_rows) >= 8:
+                    self._rowloss_by_rows.clear()
+                rowloss = self._rowloss_by_rows[n] = np.zeros(n)
+            self._rowloss = rowloss
         driver = self._dense_driver if (kind == "dense" and self._dense_driver) else self._driver
         try:
             driver(outputs, targets, aux, self._hp_tuple, gs, grad, self._rowloss)

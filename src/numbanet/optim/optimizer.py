@@ -152,7 +152,7 @@ class Optimizer:
         if hp is None:
             hp = self._hp_cast[params.dtype] = tuple(cast(x) for x in self._hp_tuple)
         try:
-            self.driver(params, grads, cast(gs), self._slots, hp, tuple(cast(x) for x in sc))
+            self.driver(params, grads, cast(gs), self._slots, hp, tuple(map(cast, sc)))
         except NumbaError as exc:
             # Only a plugin kernel that does not type-check gets here: the arguments were
             # validated above. Name the culprit instead of showing Numba internals first.
