@@ -15,7 +15,7 @@ Both thread pools spin after a call before they sleep (OpenBLAS for up to 2**28 
 GNU OpenMP under Numba's ``omp`` layer for its spin count). Timing one right after the
 other would measure each library with the other's idle workers still holding the
 cores, and a fork-join GEMM on 2 cores collapses when one core is taken. So each timed
-block is preceded by ``--pause`` seconds of sleep and one untimed call.
+block is preceded by ``--pause`` seconds of sleep and 50 ms of untimed calls.
 
 Two statistics are printed: the median over repeats, and the best (fastest) sample of
 each library. On a machine shared with other jobs, the best sample approximates what
@@ -50,11 +50,22 @@ def _operands(rng, m, k, n, ta, tb, dtype):
     return a, b, np.empty((m, n), dtype)
 
 
-def _time(fn, min_seconds=2e-3, pause=0.0):
-    """Seconds per call, looping until one sample lasts at least ``min_seconds``."""
+def _time(fn, min_seconds=2e-3, pause=0.0, warmup=0.05):
+    """Seconds per call, looping until one sample lasts at least ``min_seconds``.
+
+    After the pause, untimed calls run for ``warmup`` seconds first (at least two): on
+    this VM the first calls after a sleep often take 4-8 ms each, for any library
+    (idle cores and sleeping pool threads waking up; streaks of up to ~40 ms were
+    seen), and such calls would otherwise make up whole samples of a sub-millisecond
+    product. Training calls the GEMM back to back, so it never sees that state.
+    """
     if pause:
         time.sleep(pause)
+    t0 = time.perf_counter()
     fn()
+    fn()
+    while time.perf_counter() - t0 < warmup:
+        fn()
     calls = 1
     while True:
         t0 = time.perf_counter()

@@ -5,14 +5,16 @@
 ``y = act(z)``, both without BLAS. The structure follows the GotoBLAS/BLIS recipe:
 
 1. **Pack** ``op(a)`` into panels of ``MR`` rows and ``op(b)`` into panels of ``NR``
-   columns, each cut into blocks of at most ``KC`` steps of ``k`` and laid out so the
-   micro-kernel reads both with unit stride (``[k][MR]`` and ``[k][NR]``). Panels at
-   the matrix edge are padded, so the micro-kernel always computes a full tile.
-   Transposes are absorbed here: the four ``op`` combinations differ only in how a panel
-   is gathered, and everything after packing is shared.
+   columns, one ``KC`` block of ``k`` at a time, laid out so the micro-kernel reads
+   both with unit stride (``[k][MR]`` and ``[k][NR]``). Panels at the matrix edge are
+   padded, so the micro-kernel always computes a full tile. Transposes are absorbed
+   here: the four ``op`` combinations differ only in how a panel is gathered, and
+   everything after packing is shared.
 2. **Compute** the output in macro tiles of ``MR * mb`` rows by ``NR * nb`` columns (the
-   parallel tasks). Inside a task: for each ``KC`` block, for each B panel (kept in L1),
-   for each A panel (kept in L2), run the micro-kernel.
+   parallel tasks). A task packs what it needs itself, BLIS style, into its thread's
+   private slot of the workspace: for each ``KC`` block it packs its ``mb`` A panels
+   (kept in L2), then for each of its B panels packs that panel (kept in L1) and runs
+   the micro-kernel over the A panels with it.
 3. The **micro-kernel** holds an ``MR x NR`` tile of the output in ``MR * 2`` vector
    registers and performs one broadcast-FMA per register per step of ``k`` (see
    :mod:`numbanet.kernels._simd`). With AVX-512 that is 12 x 32 float32 or 12 x 16
@@ -21,10 +23,14 @@
 4. After the last ``KC`` block of a tile, the **epilogue** adds the bias and applies the
    activation to the tile's row segments while they are still in L1.
 
-Parallel contract: two ``prange`` loops per call, never nested. The first packs; its
-iterations write disjoint panels of the workspace. The second runs the macro tiles; each
-iteration writes a disjoint rectangle of ``out`` (and ``y``) and its own scratch tile,
-and only reads the packed panels, so it is race-free. The summation order for an output
+Parallel contract: one ``prange`` loop per call (one fork/join), over the macro tiles.
+Each iteration writes a disjoint rectangle of ``out`` (and ``y``) and the slot of the
+thread running it (``numba.get_thread_id()``: a thread runs one iteration at a time),
+and only reads ``a``, ``b`` and ``bias``, so it is race-free. Packing a panel in every
+task that needs it costs some redundant copying (A panels once per column block of
+tasks, B panels once per row block), measured cheaper on 2 cores than a separate
+packing region, its second fork/join and tasks reading panels from the other core's
+cache (1.1-1.6x faster at the training shapes). The summation order for an output
 element depends only on the shapes, never on the thread count: results are bitwise
 identical for any number of threads.
 
@@ -117,10 +123,9 @@ SERIAL_WORK = 1 << 20
 _MAX_MB = 16
 _MAX_NB = 16
 # Planner cost model, in units of one full micro-tile over all of k: per task, and per
-# A panel a task streams in (a B panel costs NR / MR times more: its bytes per step of
-# k). Panels are packed by whichever thread got them, so a task mostly streams them
-# from the other core's cache; measured on 64x784x256 float32 with 2 threads, tasks
-# that split only N ran 113 us against 148 us for the 2 x 2 split the old model chose.
+# A panel a task packs (a B panel costs NR / MR times more: its bytes per step of k).
+# Every task packs the panels it uses, so a panel shared by several tasks is packed
+# by each of them.
 _TASK_COST = 0.5
 _A_PANEL_COST = 0.4
 # No epilogue (plain matmul) is encoded as act_id = -1.
@@ -525,92 +530,106 @@ else:
 
 
 @kernel
-def _pack_a_panel(a, transpose_a, ip, m, k, wa):
-    """Pack rows ``ip*MR .. ip*MR+MR`` of ``op(a)`` into ``wa`` (``[kblock][panel][k][MR]``).
+def _pack_a_block(a, transpose_a, ip, m, k, k0, kcb, wa, dst):
+    """Pack rows ``ip*MR .. ip*MR+MR`` of ``op(a)``, steps ``k0 .. k0+kcb`` of ``k``, into
+    the ``[kcb][MR]`` panel at ``wa.flat[dst:]``.
 
     Rows past ``m`` are padding: zero, or copies of the last valid row; they only ever
-    meet output rows that are discarded. Serial; panels are disjoint, so
-    callers may pack different ``ip`` concurrently. Flat offsets go through the
-    ``_simd`` intrinsics, which skip the per-access wraparound check that keeps
-    computed indices scalar (design notes, section 3).
+    meet output rows that are discarded. Serial. Flat offsets go through the ``_simd``
+    intrinsics, which skip the per-access wraparound check that keeps computed indices
+    scalar (design notes, section 3).
     """
     lanes = vlanes(wa)
-    mp = (m + MR - 1) // MR * MR
     i0 = ip * MR
     mr = min(MR, m - i0)
+    if mr < MR:
+        # Zero the padding rows: stale workspace bytes could be subnormal, and
+        # FMAs on subnormals take microcode assists (10x slower tiny products).
+        for i in range(MR * kcb):
+            sstore(wa, dst + i, 0)
+    if transpose_a:
+        # a is (k, m): each step of k is a contiguous run of mr values.
+        for kk in range(kcb):
+            src = (k0 + kk) * m + i0
+            d = dst + kk * MR
+            for g in range(0, mr, lanes):
+                vcopy_masked(a, src + g, wa, d + g, min(lanes, mr - g))
+    else:
+        # a is (m, k): transpose lanes x lanes blocks in registers.
+        kv = kcb - kcb % lanes
+        for kk in range(0, kv, lanes):
+            for g in range(0, mr, lanes):
+                transpose_copy(a, (i0 + g) * k + k0 + kk, k, min(lanes, mr - g),
+                               wa, dst + kk * MR + g, MR, min(lanes, MR - g))
+        for r in range(mr):
+            src = (i0 + r) * k + k0
+            for kk in range(kv, kcb):
+                sstore(wa, dst + kk * MR + r, sload(a, src + kk))
+
+
+@kernel
+def _pack_b_block(b, transpose_b, jp, n, k, k0, kcb, wb, dst):
+    """Pack columns ``jp*NR .. jp*NR+NR`` of ``op(b)``, steps ``k0 .. k0+kcb`` of ``k``,
+    into the ``[kcb][NR]`` panel at ``wb.flat[dst:]``.
+
+    Columns past ``n`` are padding (zero, or copies of the last valid column; they only
+    meet discarded output columns). Serial.
+    """
+    lanes = vlanes(wb)
+    nr = NV * lanes
+    j0 = jp * nr
+    nn = min(nr, n - j0)
+    if nn < nr:
+        # Zero the padding columns (see _pack_a_block).
+        for i in range(nr * kcb):
+            sstore(wb, dst + i, 0)
+    if transpose_b:
+        # b is (n, k): transpose lanes x lanes blocks in registers.
+        kv = kcb - kcb % lanes
+        for kk in range(0, kv, lanes):
+            for g in range(0, nn, lanes):
+                transpose_copy(b, (j0 + g) * k + k0 + kk, k, min(lanes, nn - g),
+                               wb, dst + kk * nr + g, nr, lanes)
+        for j in range(nn):
+            src = (j0 + j) * k + k0
+            for kk in range(kv, kcb):
+                sstore(wb, dst + kk * nr + j, sload(b, src + kk))
+    elif nn == nr:
+        # b is (k, n) and the panel is full: whole-vector copies.
+        for kk in range(kcb):
+            src = (k0 + kk) * n + j0
+            d = dst + kk * nr
+            for v in range(NV):
+                vstore(wb, d + v * lanes, vload(b, src + v * lanes))
+    else:
+        for kk in range(kcb):
+            src = (k0 + kk) * n + j0
+            d = dst + kk * nr
+            for g in range(0, nn, lanes):
+                vcopy_masked(b, src + g, wb, d + g, min(lanes, nn - g))
+
+
+@kernel
+def _pack_a_panel(a, transpose_a, ip, m, k, wa):
+    """Pack rows ``ip*MR .. ip*MR+MR`` of ``op(a)`` over all of ``k`` into ``wa``
+    (``[kblock][panel][k][MR]``, the layout of the whole packed operand)."""
+    mp = (m + MR - 1) // MR * MR
     kc = kc_for(wa)
     for k0 in range(0, k, kc):
         kcb = min(kc, k - k0)
-        dst = k0 * mp + ip * MR * kcb
-        if mr < MR:
-            # Zero the padding rows: stale workspace bytes could be subnormal, and
-            # FMAs on subnormals take microcode assists (10x slower tiny products).
-            for i in range(MR * kcb):
-                sstore(wa, dst + i, 0)
-        if transpose_a:
-            # a is (k, m): each step of k is a contiguous run of mr values.
-            for kk in range(kcb):
-                src = (k0 + kk) * m + i0
-                d = dst + kk * MR
-                for g in range(0, mr, lanes):
-                    vcopy_masked(a, src + g, wa, d + g, min(lanes, mr - g))
-        else:
-            # a is (m, k): transpose lanes x lanes blocks in registers.
-            kv = kcb - kcb % lanes
-            for kk in range(0, kv, lanes):
-                for g in range(0, mr, lanes):
-                    transpose_copy(a, (i0 + g) * k + k0 + kk, k, min(lanes, mr - g),
-                                   wa, dst + kk * MR + g, MR, min(lanes, MR - g))
-            for r in range(mr):
-                src = (i0 + r) * k + k0
-                for kk in range(kv, kcb):
-                    sstore(wa, dst + kk * MR + r, sload(a, src + kk))
+        _pack_a_block(a, transpose_a, ip, m, k, k0, kcb, wa, k0 * mp + ip * MR * kcb)
 
 
 @kernel
 def _pack_b_panel(b, transpose_b, jp, n, k, wb):
-    """Pack columns ``jp*NR .. jp*NR+NR`` of ``op(b)`` into ``wb`` (``[kblock][panel][k][NR]``).
-
-    Columns past ``n`` are padding (zero, or copies of the last valid column; they only
-    meet discarded output columns). Serial; panels are disjoint.
-    """
-    lanes = vlanes(wb)
-    nr = NV * lanes
+    """Pack columns ``jp*NR .. jp*NR+NR`` of ``op(b)`` over all of ``k`` into ``wb``
+    (``[kblock][panel][k][NR]``, the layout of the whole packed operand)."""
+    nr = NV * vlanes(wb)
     np_ = (n + nr - 1) // nr * nr
-    j0 = jp * nr
-    nn = min(nr, n - j0)
     kc = kc_for(wb)
     for k0 in range(0, k, kc):
         kcb = min(kc, k - k0)
-        dst = k0 * np_ + jp * nr * kcb
-        if nn < nr:
-            # Zero the padding columns (see _pack_a_panel).
-            for i in range(nr * kcb):
-                sstore(wb, dst + i, 0)
-        if transpose_b:
-            # b is (n, k): transpose lanes x lanes blocks in registers.
-            kv = kcb - kcb % lanes
-            for kk in range(0, kv, lanes):
-                for g in range(0, nn, lanes):
-                    transpose_copy(b, (j0 + g) * k + k0 + kk, k, min(lanes, nn - g),
-                                   wb, dst + kk * nr + g, nr, lanes)
-            for j in range(nn):
-                src = (j0 + j) * k + k0
-                for kk in range(kv, kcb):
-                    sstore(wb, dst + kk * nr + j, sload(b, src + kk))
-        elif nn == nr:
-            # b is (k, n) and the panel is full: whole-vector copies.
-            for kk in range(kcb):
-                src = (k0 + kk) * n + j0
-                d = dst + kk * nr
-                for v in range(NV):
-                    vstore(wb, d + v * lanes, vload(b, src + v * lanes))
-        else:
-            for kk in range(kcb):
-                src = (k0 + kk) * n + j0
-                d = dst + kk * nr
-                for g in range(0, nn, lanes):
-                    vcopy_masked(b, src + g, wb, d + g, min(lanes, nn - g))
+        _pack_b_block(b, transpose_b, jp, n, k, k0, kcb, wb, k0 * np_ + jp * nr * kcb)
 
 
 # ---------------------------------------------------------------------------------------
@@ -632,55 +651,70 @@ def _epilogue(z, y, bias, has_bias, act_id, param, i0, mr, j0, nn):
 
 
 @kernel
-def _macro_tile(t, mb, nb, out, k, wa, wb, work_scratch, bias, has_bias, y, act_id, param):
-    """Compute macro tile ``t`` of ``out`` from the packed panels (one parallel task).
+def _slot_size(mb, k, work):
+    """Elements of one thread's slot of ``work``: an A block, a B panel, a scratch tile."""
+    nr = NV * vlanes(work)
+    kce = min(kc_for(work), k)
+    return mb * MR * kce + nr * kce + MR * nr
+
+
+@kernel
+def _macro_tile(t, mb, nb, a, transpose_a, b, transpose_b, out, k, slot,
+                bias, has_bias, y, act_id, param):
+    """Pack and compute macro tile ``t`` of ``out`` (one parallel task).
 
     Task ``t`` covers A panels ``(t // n_blocks) * mb ...`` and B panels
-    ``(t % n_blocks) * nb ...``; it writes only that rectangle of ``out``/``y`` and its
-    own ``MR * NR`` scratch tile at ``work_scratch[t * MR * NR:]``.
+    ``(t % n_blocks) * nb ...``; it writes only that rectangle of ``out``/``y`` and
+    ``slot``, the calling thread's private part of the workspace (``_slot_size``
+    elements): per ``KC`` block it packs its A panels there (kept in L2), then packs
+    each B panel (kept in L1) just before sweeping the A panels with it. Operands are
+    packed by the thread that uses them, in the same parallel region (no second
+    fork/join, no panels read from the other core's cache).
     """
     m, n = out.shape
-    lanes = vlanes(wb)
+    lanes = vlanes(slot)
     nr = NV * lanes
     n_pm = (m + MR - 1) // MR
     n_pn = (n + nr - 1) // nr
-    mp = n_pm * MR
-    np_ = n_pn * nr
     n_blocks = (n_pn + nb - 1) // nb
     pi0 = (t // n_blocks) * mb
     pi1 = min(n_pm, pi0 + mb)
     pj0 = (t % n_blocks) * nb
     pj1 = min(n_pn, pj0 + nb)
-    sc = work_scratch[t * MR * nr : (t + 1) * MR * nr]
+    kc = kc_for(slot)
+    kce = min(kc, k)
+    ob = mb * MR * kce
+    sc = slot[ob + nr * kce : ob + nr * kce + MR * nr]
     epilogue = has_bias or act_id >= 0
-    kc = kc_for(wa)
     for k0 in range(0, k, kc):
         kcb = min(kc, k - k0)
         acc = k0 > 0
         last = k0 + kcb >= k
+        for ip in range(pi0, pi1):
+            _pack_a_block(a, transpose_a, ip, m, k, k0, kcb, slot, (ip - pi0) * MR * kcb)
         for jp in range(pj0, pj1):
             j0 = jp * nr
             nn = min(nr, n - j0)
-            ob = k0 * np_ + jp * nr * kcb
+            _pack_b_block(b, transpose_b, jp, n, k, k0, kcb, slot, ob)
             for ip in range(pi0, pi1):
                 i0 = ip * MR
                 mr = min(MR, m - i0)
-                oa = k0 * mp + ip * MR * kcb
+                oa = (ip - pi0) * MR * kcb
                 if mr == MR and nn == nr:
-                    _kernel_full(kcb, wa, oa, wb, ob, out, i0 * n + j0, n, acc)
+                    _kernel_full(kcb, slot, oa, slot, ob, out, i0 * n + j0, n, acc)
                 elif mr == _MR_TWO_THIRDS and nn == nr:
-                    _kernel_two_thirds(kcb, wa, oa, wb, ob, out, i0 * n + j0, n, acc)
+                    _kernel_two_thirds(kcb, slot, oa, slot, ob, out, i0 * n + j0, n, acc)
                 elif mr == _MR_THIRD and nn == nr:
-                    _kernel_third(kcb, wa, oa, wb, ob, out, i0 * n + j0, n, acc)
+                    _kernel_third(kcb, slot, oa, slot, ob, out, i0 * n + j0, n, acc)
                 else:
                     # Edge tile: compute a padded tile into scratch, copy the valid
                     # part. Short last panels use a shorter kernel (less padding work).
                     if mr <= _MR_THIRD:
-                        _kernel_third(kcb, wa, oa, wb, ob, sc, 0, nr, False)
+                        _kernel_third(kcb, slot, oa, slot, ob, sc, 0, nr, False)
                     elif mr <= _MR_TWO_THIRDS:
-                        _kernel_two_thirds(kcb, wa, oa, wb, ob, sc, 0, nr, False)
+                        _kernel_two_thirds(kcb, slot, oa, slot, ob, sc, 0, nr, False)
                     else:
-                        _kernel_full(kcb, wa, oa, wb, ob, sc, 0, nr, False)
+                        _kernel_full(kcb, slot, oa, slot, ob, sc, 0, nr, False)
                     for r in range(mr):
                         orow = out[i0 + r, j0 : j0 + nn]
                         srow = sc[r * nr : r * nr + nn]
@@ -722,8 +756,8 @@ def _gemm_parallel(a, b, out, transpose_a, transpose_b, work, mb, nb,
     ``has_bias``); ``y`` is (m, n) (ignored unless ``act_id >= 0``), may be ``out``.
     All of one dtype, C-contiguous.
 
-    ``prange`` 1 packs panels (disjoint writes); ``prange`` 2 runs macro tiles (disjoint
-    rectangles of ``out`` and ``y``, private scratch).
+    One ``prange`` over macro tiles; each packs its own panels into the running
+    thread's slot of ``work`` (disjoint rectangles of ``out`` and ``y``, private slots).
     """
     m, n = out.shape
     k = a.shape[0] if transpose_a else a.shape[1]
@@ -735,19 +769,12 @@ def _gemm_parallel(a, b, out, transpose_a, transpose_b, work, mb, nb,
     nr = NV * vlanes(work)
     n_pm = (m + MR - 1) // MR
     n_pn = (n + nr - 1) // nr
-    size_a = n_pm * MR * k
-    size_b = n_pn * nr * k
-    wa = work[:size_a]
-    wb = work[size_a : size_a + size_b]
-    scratch = work[size_a + size_b :]
-    for p in prange(n_pm + n_pn):
-        if p < n_pm:
-            _pack_a_panel(a, transpose_a, p, m, k, wa)
-        else:
-            _pack_b_panel(b, transpose_b, p - n_pm, n, k, wb)
+    size = _slot_size(mb, k, work)
     n_tasks = ((n_pm + mb - 1) // mb) * ((n_pn + nb - 1) // nb)
     for t in prange(n_tasks):
-        _macro_tile(t, mb, nb, out, k, wa, wb, scratch, bias, has_bias, y, act_id, param)
+        tid = numba.get_thread_id()
+        _macro_tile(t, mb, nb, a, transpose_a, b, transpose_b, out, k,
+                    work[tid * size : (tid + 1) * size], bias, has_bias, y, act_id, param)
 
 
 @kernel
@@ -764,19 +791,11 @@ def _gemm_serial(a, b, out, transpose_a, transpose_b, work, mb, nb,
     nr = NV * vlanes(work)
     n_pm = (m + MR - 1) // MR
     n_pn = (n + nr - 1) // nr
-    size_a = n_pm * MR * k
-    size_b = n_pn * nr * k
-    wa = work[:size_a]
-    wb = work[size_a : size_a + size_b]
-    scratch = work[size_a + size_b :]
-    for p in range(n_pm + n_pn):
-        if p < n_pm:
-            _pack_a_panel(a, transpose_a, p, m, k, wa)
-        else:
-            _pack_b_panel(b, transpose_b, p - n_pm, n, k, wb)
+    size = _slot_size(mb, k, work)
     n_tasks = ((n_pm + mb - 1) // mb) * ((n_pn + nb - 1) // nb)
     for t in range(n_tasks):
-        _macro_tile(t, mb, nb, out, k, wa, wb, scratch, bias, has_bias, y, act_id, param)
+        _macro_tile(t, mb, nb, a, transpose_a, b, transpose_b, out, k, work[:size],
+                    bias, has_bias, y, act_id, param)
 
 
 # ---------------------------------------------------------------------------------------
@@ -870,8 +889,10 @@ def _plan(m: int, n: int, k: int, nr: int, threads: int) -> GemmPlan:
             ):
                 best = (key, mb, nb)
     _, mb, nb = best
-    tasks = _ceil_div(n_pm, mb) * _ceil_div(n_pn, nb)
-    workspace = n_pm * MR * k + n_pn * nr * k + tasks * MR * nr
+    # One private slot per pool thread (see _slot_size), whether or not this shape runs
+    # in parallel: a slot is indexed by the running thread's id.
+    kce = min(KC * nr // (NV * LANES_FLOAT32), max(k, 1))
+    workspace = max(threads, 1) * (mb * MR * kce + nr * kce + MR * nr)
     return GemmPlan(mb, nb, workspace, parallel)
 
 
