@@ -119,15 +119,26 @@ def _kc_for_overload(dtype):
 #: Below this many multiply-adds (m * n * k), run the serial twin.
 SERIAL_WORK = 1 << 20
 # Largest macro tile, in panels (MB * MR rows by NB * NR columns): with KC = 256 the A
-# block (16 * 12 * 256 floats, 196 KiB) and the B block stay in L2.
-_MAX_MB = 16
+# block a task packs (32 * 12 * 256 floats, 384 KiB) stays in a 2 MiB L2 while it is
+# swept with each B panel (in L1). Measured with 2 threads, float32: 512x1024x1024 ran
+# 0.92-0.96x numpy with at most 16 A panels per task and 0.99-1.03x with 32.
+_MAX_MB = 32
 _MAX_NB = 16
 # Planner cost model, in units of one full micro-tile over all of k: per task, and per
-# A panel a task packs (a B panel costs NR / MR times more: its bytes per step of k).
-# Every task packs the panels it uses, so a panel shared by several tasks is packed
-# by each of them.
+# A panel a task packs (and per B panel: _B_TO_A_COST * NR / MR times that, by bytes
+# per step of k). Every task packs the panels it uses, so a panel shared by several
+# tasks is packed by each of them. An A panel costs more per byte (a transpose unless
+# transpose_a; B is a plain copy unless transpose_b): with equal per-byte costs the
+# planner split N for 256x784x256 and 256x128x256, measured 0.1x slower than
+# splitting M.
 _TASK_COST = 0.5
-_A_PANEL_COST = 0.4
+_A_PANEL_COST = 0.8
+_B_TO_A_COST = 0.5
+# Tasks per thread, at least (when the shape allows). One: on 2 idle cores, two big
+# tasks beat four smaller ones (dW2 256x256x128 float32: 0.89-0.98x -> 1.01-1.08x
+# numpy), as each task repacks the panels it shares with others. The price: with one
+# core taken by another process, a single task per thread cannot be shed.
+_MIN_TASKS_PER_THREAD = 1
 # No epilogue (plain matmul) is encoded as act_id = -1.
 _NO_ACTIVATION = -1
 
@@ -855,13 +866,13 @@ def _plan(m: int, n: int, k: int, nr: int, threads: int) -> GemmPlan:
     # kernel, at lower efficiency than the 12-row one.
     tail = m - (n_pm - 1) * MR
     tail_cost = 1.0 if tail > _MR_TWO_THIRDS else (0.75 if tail > _MR_THIRD else 0.45)
-    # At least two tasks per thread when the shape allows: with one-task chunks handed
-    # out dynamically, a thread slowed down by another process then sheds work.
-    min_tasks = min(2 * workers, n_pm * n_pn) if parallel else 1
+    # At least _MIN_TASKS_PER_THREAD tasks per thread when the shape allows (one-task
+    # chunks are handed out dynamically).
+    min_tasks = min(_MIN_TASKS_PER_THREAD * workers, n_pm * n_pn) if parallel else 1
     fewest = _ceil_div(n_pm, _MAX_MB) * _ceil_div(n_pn, _MAX_NB)
     max_tasks = max(min_tasks, fewest, 16 * workers)
     a_cost = _A_PANEL_COST
-    b_cost = _A_PANEL_COST * nr / MR
+    b_cost = _A_PANEL_COST * _B_TO_A_COST * nr / MR
     best = None
     for mb in range(1, min(n_pm, _MAX_MB) + 1):
         if mb > 1 and _ceil_div(n_pm, mb) == _ceil_div(n_pm, mb - 1):
