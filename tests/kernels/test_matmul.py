@@ -112,6 +112,32 @@ def test_serial_twin_and_parallel_kernel_agree_bitwise(ta, tb, dtype):
         np.testing.assert_array_equal(serial, parallel)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("ta,tb", TRANSPOSES)
+def test_many_small_tasks_reuse_thread_slots(ta, tb, dtype):
+    # Tasks pack their panels into the running thread's slot of the workspace: force
+    # many more tasks than threads (1-2 panels each, edge panels, several k blocks) so
+    # every slot is reused, with stale NaN workspace content, and compare both drivers.
+    rng = np.random.default_rng(12)
+    m, k, n = 5 * MR + 7, 2 * KC + 9, 3 * mm.NV * mm._lanes(dtype) + 5
+    a, b = _operands(rng, m, k, n, ta, tb, dtype)
+    nr = mm.NV * mm._lanes(dtype)
+    kc = mm.kc_for(dtype)
+    threads = numbanet.threads.max_threads()
+    outs = []
+    for parallel in (False, True):
+        for mb, nb in ((1, 1), (2, 1), (1, 2)):
+            slot = mb * MR * kc + nr * kc + MR * nr  # per thread, as in _slot_size
+            small = GemmPlan(mb, nb, threads * slot, parallel)
+            work = np.full(small.workspace, np.nan, dtype)
+            out = np.full((m, n), np.nan, dtype)
+            gemm_into(a, b, out, ta, tb, work, small)
+            outs.append(out)
+    _assert_close(outs[0], a, b, ta, tb)
+    for out in outs[1:]:
+        np.testing.assert_array_equal(out, outs[0])
+
+
 @pytest.mark.skipif(numbanet.threads.max_threads() < 2, reason="needs a 2-thread pool")
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_one_and_two_threads_agree_bitwise(dtype):
