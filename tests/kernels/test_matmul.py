@@ -236,34 +236,31 @@ def test_serial_driver_py_func_matches_numpy(ta, tb):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_packed_layouts_match_numpy(dtype):
-    # A panels: [k-block][panel][k][MR]; B panels: [k-block][panel][k][NR]. Padding rows
-    # and columns are unspecified (they only feed discarded results), so compare the
-    # valid entries only. Both transposed and plain sources must give the same layout.
+    # An A panel is [k][MR], a B panel [k][NR], one K block at a time. Padding rows and
+    # columns are unspecified (they only feed discarded results), so compare the valid
+    # entries only. Both transposed and plain sources must give the same layout.
     rng = np.random.default_rng(7)
     nr = mm.NV * mm._lanes(dtype)
     kc = mm.kc_for(dtype)
-    m, k, n = MR + 5, kc + 19, nr - 3  # two A panels, one padded B panel
+    m, k, n = MR + 5, kc + 19, nr - 3  # two A panels (one short), one padded B panel
     a = rng.standard_normal((m, k)).astype(dtype)
     b = rng.standard_normal((k, n)).astype(dtype)
     for transposed in (False, True):
-        wa = np.full(2 * MR * k, np.nan, dtype)
-        wb = np.full(nr * k, np.nan, dtype)
         src_a = np.ascontiguousarray(a.T) if transposed else a
         src_b = np.ascontiguousarray(b.T) if transposed else b
-        for ip in range(2):
-            mm._pack_a_panel(src_a, transposed, ip, m, k, wa)
-        mm._pack_b_panel(src_b, transposed, 0, n, k, wb)
-        offset = 0
         for k0 in range(0, k, kc):
             kcb = min(kc, k - k0)
             for ip in range(2):
-                panel = wa[offset : offset + MR * kcb].reshape(kcb, MR)
+                wa = np.full(MR * kcb, np.nan, dtype)
+                mm._pack_a_block(src_a, transposed, ip, m, k, k0, kcb, wa, 0)
                 rows = slice(ip * MR, min(m, (ip + 1) * MR))
                 valid = rows.stop - rows.start
-                np.testing.assert_array_equal(panel[:, :valid], a[rows, k0 : k0 + kcb].T)
-                offset += MR * kcb
-            b_panel = wb[k0 * nr : (k0 + kcb) * nr].reshape(kcb, nr)
-            np.testing.assert_array_equal(b_panel[:, :n], b[k0 : k0 + kcb])
+                np.testing.assert_array_equal(
+                    wa.reshape(kcb, MR)[:, :valid], a[rows, k0 : k0 + kcb].T
+                )
+            wb = np.full(nr * kcb, np.nan, dtype)
+            mm._pack_b_block(src_b, transposed, 0, n, k, k0, kcb, wb, 0)
+            np.testing.assert_array_equal(wb.reshape(kcb, nr)[:, :n], b[k0 : k0 + kcb])
 
 
 def test_epilogue_py_func_matches_compiled_and_numpy():

@@ -620,29 +620,6 @@ def _pack_b_block(b, transpose_b, jp, n, k, k0, kcb, wb, dst):
                 vcopy_masked(b, src + g, wb, d + g, min(lanes, nn - g))
 
 
-@kernel
-def _pack_a_panel(a, transpose_a, ip, m, k, wa):
-    """Pack rows ``ip*MR .. ip*MR+MR`` of ``op(a)`` over all of ``k`` into ``wa``
-    (``[kblock][panel][k][MR]``, the layout of the whole packed operand)."""
-    mp = (m + MR - 1) // MR * MR
-    kc = kc_for(wa)
-    for k0 in range(0, k, kc):
-        kcb = min(kc, k - k0)
-        _pack_a_block(a, transpose_a, ip, m, k, k0, kcb, wa, k0 * mp + ip * MR * kcb)
-
-
-@kernel
-def _pack_b_panel(b, transpose_b, jp, n, k, wb):
-    """Pack columns ``jp*NR .. jp*NR+NR`` of ``op(b)`` over all of ``k`` into ``wb``
-    (``[kblock][panel][k][NR]``, the layout of the whole packed operand)."""
-    nr = NV * vlanes(wb)
-    np_ = (n + nr - 1) // nr * nr
-    kc = kc_for(wb)
-    for k0 in range(0, k, kc):
-        kcb = min(kc, k - k0)
-        _pack_b_block(b, transpose_b, jp, n, k, k0, kcb, wb, k0 * np_ + jp * nr * kcb)
-
-
 # ---------------------------------------------------------------------------------------
 # Macro tile (one parallel task) and epilogue
 # ---------------------------------------------------------------------------------------
