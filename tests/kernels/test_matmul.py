@@ -230,7 +230,7 @@ def test_serial_driver_py_func_matches_numpy(ta, tb):
     out = np.full((m, n), np.nan)
     empty = np.empty(0)
     mm._gemm_serial.py_func(a, b, out, ta, tb, work, plan.mb, plan.nb, empty, False, out,
-                            -1, 0.0)
+                            out, -1, 0.0, False)
     _assert_close(out, a, b, ta, tb)
 
 
@@ -272,7 +272,7 @@ def test_epilogue_py_func_matches_compiled_and_numpy():
     for fn in (mm._epilogue, mm._epilogue.py_func):
         z = z0.copy()
         y = np.full_like(z, np.nan)
-        fn(z, y, bias, True, relu, 0.0, 1, 3, 2, 6)
+        fn(z, y, z, bias, True, relu, 0.0, False, 1, 3, 2, 6)
         results.append((z, y))
     z_ref = z0.copy()
     z_ref[1:4, 2:8] += bias[2:8]
@@ -363,6 +363,103 @@ def test_dense_forward_with_empty_k_is_bias_then_activation(dtype):
                   ACTIVATION_IDS["relu"])
     np.testing.assert_array_equal(z, np.tile(bias, (2, 1)))
     np.testing.assert_array_equal(y, np.maximum(z, 0))
+
+
+# ---------------------------------------------------------------------------------------
+# gemm_into(derivative=True): out = (op(a) @ op(b)) * act'(z_saved), the fused backward
+# ---------------------------------------------------------------------------------------
+
+
+def _derivative_reference(name, z, y, param):
+    """``act'(z)`` in float64 from numpy formulas (PyTorch's convention at kinks)."""
+    if name == "identity":
+        return np.ones_like(z)
+    if name == "relu":
+        return (z > 0).astype(np.float64)
+    if name == "leaky_relu":
+        return np.where(z > 0, 1.0, param)
+    if name == "tanh":
+        return 1 - y * y
+    if name == "sigmoid":
+        return y * (1 - y)
+    raise AssertionError(name)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("act", ["identity", "relu", "leaky_relu", "tanh", "sigmoid"])
+@pytest.mark.parametrize("threads", [1, 2])
+# dx = dz @ W.T shapes: full-width SIMD tiles (n >= 32) and ragged edges, one and two
+# K blocks, serial and parallel plans.
+@pytest.mark.parametrize("m,k,n", [(5, 7, 9), (40, 70, KC + 9), (150, 130, 100)])
+def test_derivative_epilogue_matches_numpy(m, k, n, act, threads, dtype):
+    rng = np.random.default_rng(12)
+    dz = rng.standard_normal((m, k)).astype(dtype)
+    w = rng.standard_normal((n, k)).astype(dtype)
+    z_saved = rng.standard_normal((m, n)).astype(dtype)
+    z_saved[0, :5] = 0  # the kink: PyTorch's derivative there (relu' = 0, leaky = slope)
+    param = 0.1
+    y_saved = _act_reference(act, z_saved.astype(np.float64), param).astype(dtype)
+    out = np.full((m, n), np.nan, dtype)
+    plan = gemm_plan(m, n, k, dtype)
+    work = np.full(plan.workspace, np.nan, dtype)
+    previous = numbanet.get_num_threads()
+    numbanet.set_num_threads(threads)
+    try:
+        gemm_into(dz, w, out, False, True, work, plan, y=y_saved, act_id=ACTIVATION_IDS[act],
+                  param=param, derivative=True, z_saved=z_saved)
+    finally:
+        numbanet.set_num_threads(previous)
+    ref, scale = _reference(dz, w, False, True)
+    deriv = _derivative_reference(act, z_saved.astype(np.float64),
+                                  y_saved.astype(np.float64), param)
+    tol = 1e-4 if dtype == np.float32 else 1e-11
+    assert (np.abs(out - ref * deriv) <= tol * scale * np.abs(deriv) + 1e-30).all()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_relu_epilogues_keep_nan_and_zero_conventions_on_simd_and_edge_tiles(dtype):
+    # 2 * NR + 3 columns: two full-width tiles (SIMD path) and a ragged one (row path);
+    # both must treat NaN and zero alike. Forward: relu(NaN) = NaN (numpy.maximum);
+    # backward: relu'(0) = 0 and a NaN input passes the gradient (torch's
+    # threshold_backward).
+    nr = mm.NV * mm._lanes(dtype)
+    m, n, k = MR, 2 * nr + 3, 3
+    relu = ACTIVATION_IDS["relu"]
+    x = np.zeros((m, k), dtype)
+    w = np.zeros((k, n), dtype)
+    bias = np.zeros(n, dtype)
+    bias[::3] = np.nan
+    bias[1::3] = -1.0
+    z = np.empty((m, n), dtype)
+    y = np.empty((m, n), dtype)
+    dense_forward(x, w, bias, z, y, relu)
+    expected = np.where(np.isnan(bias), np.nan, 0.0)
+    np.testing.assert_array_equal(y, np.tile(expected, (m, 1)).astype(dtype))
+    np.testing.assert_array_equal(z, np.tile(bias, (m, 1)))
+
+    z_saved = np.tile(bias, (m, 1))
+    z_saved[:, 2::3] = 0.0
+    z_saved[:, 2::6] = 2.0
+    g = np.ones((m, k), dtype)
+    wt = np.ones((n, k), dtype)  # g @ wt.T = k everywhere
+    out = np.empty((m, n), dtype)
+    plan = gemm_plan(m, n, k, dtype)
+    work = np.empty(plan.workspace, dtype)
+    gemm_into(g, wt, out, False, True, work, plan, y=z_saved, act_id=relu,
+              derivative=True, z_saved=z_saved)
+    keep = np.isnan(z_saved) | (z_saved > 0)
+    np.testing.assert_array_equal(out, np.where(keep, float(k), 0.0))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_derivative_epilogue_with_empty_k_gives_zeros(dtype):
+    z_saved = np.array([[1.0, -1.0, np.nan]], dtype)
+    out = np.full((1, 3), np.nan, dtype)
+    plan = gemm_plan(1, 3, 0, dtype)
+    gemm_into(np.empty((1, 0), dtype), np.empty((3, 0), dtype), out, False, True,
+              np.empty(plan.workspace, dtype), plan, y=z_saved,
+              act_id=ACTIVATION_IDS["tanh"], derivative=True, z_saved=z_saved)
+    np.testing.assert_array_equal(out[0, :2], [0.0, 0.0])
 
 
 # ---------------------------------------------------------------------------------------

@@ -93,6 +93,46 @@ def test_ten_sgd_steps_match_torch(sgd_kwargs):
                                    rtol=1e-9, atol=1e-12)
 
 
+ELEMENTWISE = [a for a in sorted(TORCH_ACTIVATIONS) if a not in ("softmax", "log_softmax")]
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("activation", ELEMENTWISE)
+def test_deep_mlp_gradients_match_torch(activation, dtype):
+    # Dense over Dense: each layer's dx GEMM applies the derivative of the activation
+    # below in its epilogue (the fused backward). Widths of 40-70 give full-width SIMD
+    # tiles and ragged edge tiles; the middle layer's input is another activation's
+    # output, so both neighbours of the fused layer vary.
+    torch = pytest.importorskip("torch")
+    F = torch.nn.functional
+    rng = np.random.default_rng(4)
+    acts = [activation, "tanh" if activation != "tanh" else "relu", "identity"]
+    widths = [37, 70, 45, 10]
+    model = Sequential([Dense(i, o, activation=a) for i, o, a in
+                        zip(widths[:-1], widths[1:], acts, strict=True)],
+                       seed=1, dtype=dtype)
+    X = rng.normal(size=(30, widths[0]))
+    d_out = rng.normal(size=(30, widths[-1]))
+    model.forward(X)
+    dx = model.backward(d_out)
+
+    tx = torch.tensor(X, requires_grad=True)
+    h, params = tx, []
+    for layer, act in zip(model.layers, acts, strict=True):
+        tw = torch.tensor(layer.weight.value.astype(np.float64), requires_grad=True)
+        tb = torch.tensor(layer.bias.value.astype(np.float64), requires_grad=True)
+        params.append((layer, tw, tb))
+        h = TORCH_ACTIVATIONS[act](F, h @ tw + tb)
+    h.backward(torch.tensor(d_out))
+    rtol, atol = (1e-9, 1e-12) if dtype == "float64" else (2e-4, 2e-5)
+    np.testing.assert_allclose(dx, tx.grad.numpy(), rtol=rtol, atol=atol)
+    for layer, tw, tb in params:
+        np.testing.assert_allclose(layer.weight.grad, tw.grad.numpy(), rtol=rtol, atol=atol,
+                                   err_msg=repr(layer))
+        np.testing.assert_allclose(layer.bias.grad, tb.grad.numpy(), rtol=rtol, atol=atol,
+                                   err_msg=repr(layer))
+
+
 def _two_moons_like(rng, n):
     """Two interleaved half circles: separable, but not by a straight line."""
     t = rng.uniform(0, np.pi, size=n)

@@ -36,6 +36,7 @@ __all__ = [
     "LANES_FLOAT32",
     "LANES_FLOAT64",
     "SimdVec",
+    "prefetch",
     "sload",
     "sstore",
     "transpose_copy",
@@ -43,8 +44,10 @@ __all__ = [
     "vcopy_masked",
     "vbroadcast",
     "vfma",
+    "vkeep_where_positive",
     "vlanes",
     "vload",
+    "vrelu",
     "vstore",
     "vzero",
 ]
@@ -215,6 +218,66 @@ def vadd(typingctx, a, b):
         return builder.fadd(args[0], args[1])
 
     return a(a, b), codegen
+
+
+@intrinsic
+def prefetch(typingctx, arr, index, locality):
+    """Hint that ``arr.flat[index]``'s cache line is about to be written or read.
+
+    ``locality`` is a literal int: 3 fetches into L1 (``prefetcht0``), 2 into L2
+    (``prefetcht1``). A hint only: it never faults, and it changes no result.
+    """
+    if not _check_array(arr) or not isinstance(index, types.Integer):
+        return None
+    if not isinstance(locality, types.IntegerLiteral) or locality.literal_value not in (2, 3):
+        return None
+    level = locality.literal_value
+
+    def codegen(context, builder, sig, args):
+        ptr = _element_pointer(context, builder, arr, args[0], args[1])
+        i8p = ir.IntType(8).as_pointer()
+        i32 = ir.IntType(32)
+        fnty = ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32])
+        fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.prefetch.p0")
+        # (address, read=0, locality, data cache=1)
+        builder.call(fn, [builder.bitcast(ptr, i8p), ir.Constant(i32, 0),
+                          ir.Constant(i32, level), ir.Constant(i32, 1)])
+        return context.get_dummy_value()
+
+    return types.none(arr, index, locality), codegen
+
+
+@intrinsic
+def vrelu(typingctx, v):
+    """``0 if v < 0 else v`` lane by lane (NaN lanes pass through, as ``numpy.maximum``)."""
+    if not isinstance(v, SimdVec):
+        return None
+
+    def codegen(context, builder, sig, args):
+        _allow_wide_vectors(builder)
+        zero = ir.Constant(args[0].type, None)
+        negative = builder.fcmp_ordered("<", args[0], zero)
+        return builder.select(negative, zero, args[0])
+
+    return v(v), codegen
+
+
+@intrinsic
+def vkeep_where_positive(typingctx, z, g):
+    """``0 if z <= 0 else g`` lane by lane: ReLU's backward pass (NaN ``z`` passes ``g``).
+
+    Matches PyTorch's ``threshold_backward``: the derivative at 0 is 0.
+    """
+    if not (isinstance(z, SimdVec) and z == g):
+        return None
+
+    def codegen(context, builder, sig, args):
+        _allow_wide_vectors(builder)
+        zero = ir.Constant(args[0].type, None)
+        non_positive = builder.fcmp_ordered("<=", args[0], zero)
+        return builder.select(non_positive, zero, args[1])
+
+    return g(z, g), codegen
 
 
 def vlanes(like):

@@ -65,6 +65,7 @@ from numbanet.kernels._simd import (
     LANES_FLOAT32,
     LANES_FLOAT64,
     WIDE_VECTORS,
+    prefetch,
     sload,
     sstore,
     transpose_copy,
@@ -72,12 +73,20 @@ from numbanet.kernels._simd import (
     vbroadcast,
     vcopy_masked,
     vfma,
+    vkeep_where_positive,
     vlanes,
     vload,
+    vrelu,
     vstore,
     vzero,
 )
-from numbanet.kernels.activations import ACTIVATION_IDS, activation_forward_1d
+from numbanet.kernels.activations import (
+    ACTIVATION_IDS,
+    IDENTITY,
+    RELU,
+    activation_backward_1d,
+    activation_forward_1d,
+)
 
 __all__ = [
     "CACHED_WORKSPACE_LIMIT",
@@ -626,16 +635,101 @@ def _pack_b_block(b, transpose_b, jp, n, k, k0, kcb, wb, dst):
 
 
 @kernel
-def _epilogue(z, y, bias, has_bias, act_id, param, i0, mr, j0, nn):
-    """Add ``bias`` and apply the activation to ``z[i0:i0+mr, j0:j0+nn]`` (into ``y``)."""
+def _epilogue(out, y, z_saved, bias, has_bias, act_id, param, derivative, i0, mr, j0, nn):
+    """Finish the tile ``out[i0:i0+mr, j0:j0+nn]`` right after its last ``k`` block.
+
+    Forward (``derivative`` False): ``out += bias`` (if ``has_bias``) and, if
+    ``act_id >= 0``, ``y = act(out)`` on the same tile.
+    Backward (``derivative`` True): ``out *= act'`` of the activation ``act_id`` whose
+    saved input and output are ``z_saved`` and ``y`` (read only): the GEMM that makes
+    a layer's input gradient hands the layer below the gradient of its pre-activation,
+    with no separate pass over memory.
+
+    Full-width ReLU/identity tiles take the SIMD path (one load, add, select and store
+    per vector); other tiles and activations go row by row through the 1-D kernels of
+    :mod:`numbanet.kernels.activations`.
+    """
+    full_width = nn == NV * vlanes(out)
+    if full_width and (act_id == RELU or act_id == IDENTITY or act_id < 0):
+        _epilogue_relu_tile(out, y, z_saved, bias, has_bias, act_id, derivative, i0, mr, j0)
+    else:
+        _epilogue_rows(out, y, z_saved, bias, has_bias, act_id, param, derivative,
+                       i0, mr, j0, nn)
+
+
+@kernel
+def _epilogue_relu_tile(out, y, z_saved, bias, has_bias, act_id, derivative, i0, mr, j0):
+    """SIMD epilogue of a full-width (``NR`` columns) tile for ReLU, identity or none.
+
+    Same contract as :func:`_epilogue`; two vectors per row (``NV == 2``).
+    """
+    n = out.shape[1]
+    lanes = vlanes(out)
+    if derivative:
+        if act_id != RELU:  # identity' = 1
+            return
+        for r in range(mr):
+            o = (i0 + r) * n + j0
+            vstore(out, o, vkeep_where_positive(vload(z_saved, o), vload(out, o)))
+            o1 = o + lanes
+            vstore(out, o1, vkeep_where_positive(vload(z_saved, o1), vload(out, o1)))
+        return
+    if has_bias:
+        b0 = vload(bias, j0)
+        b1 = vload(bias, j0 + lanes)
+    else:
+        b0 = vzero(out)
+        b1 = vzero(out)
+    relu = act_id == RELU
+    for r in range(mr):
+        o = (i0 + r) * n + j0
+        v0 = vadd(vload(out, o), b0)
+        v1 = vadd(vload(out, o + lanes), b1)
+        vstore(out, o, v0)
+        vstore(out, o + lanes, v1)
+        if relu:
+            vstore(y, o, vrelu(v0))
+            vstore(y, o + lanes, vrelu(v1))
+        elif act_id == IDENTITY:
+            vstore(y, o, v0)
+            vstore(y, o + lanes, v1)
+
+
+@kernel
+def _epilogue_rows(out, y, z_saved, bias, has_bias, act_id, param, derivative,
+                   i0, mr, j0, nn):
+    """Row-by-row epilogue for any elementwise activation and tile width (see
+    :func:`_epilogue`)."""
+    if derivative:
+        for r in range(mr):
+            grow = out[i0 + r, j0 : j0 + nn]
+            activation_backward_1d(act_id, param, z_saved[i0 + r, j0 : j0 + nn],
+                                   y[i0 + r, j0 : j0 + nn], grow, grow)
+        return
     bseg = bias[j0 : j0 + nn]
     for r in range(mr):
-        zrow = z[i0 + r, j0 : j0 + nn]
+        zrow = out[i0 + r, j0 : j0 + nn]
         if has_bias:
             for j in range(nn):
                 zrow[j] += bseg[j]
         if act_id >= 0:
             activation_forward_1d(act_id, param, zrow, y[i0 + r, j0 : j0 + nn])
+
+
+@kernel
+def _prefetch_tile(c, oc, ldc, mr):
+    """Ask for the cache lines of ``mr`` rows of ``NR`` elements of ``c`` from
+    ``c.flat[oc]`` on (row stride ``ldc``), into L2.
+
+    Issued before a micro-kernel call so the lines its final stores (or a derivative
+    epilogue's loads) touch arrive during its ``KC`` steps instead of stalling them.
+    """
+    lanes = vlanes(c)
+    for r in range(mr):
+        o = oc + r * ldc
+        prefetch(c, o, 2)
+        prefetch(c, o + lanes, 2)
+        prefetch(c, o + 2 * lanes - 1, 2)  # a row segment not aligned to a line spans 3
 
 
 @kernel
@@ -648,7 +742,7 @@ def _slot_size(mb, k, work):
 
 @kernel
 def _macro_tile(t, mb, nb, a, transpose_a, b, transpose_b, out, k, slot,
-                bias, has_bias, y, act_id, param):
+                bias, has_bias, y, z_saved, act_id, param, derivative):
     """Pack and compute macro tile ``t`` of ``out`` (one parallel task).
 
     Task ``t`` covers A panels ``(t // n_blocks) * mb ...`` and B panels
@@ -689,6 +783,9 @@ def _macro_tile(t, mb, nb, a, transpose_a, b, transpose_b, out, k, slot,
                 mr = min(MR, m - i0)
                 oa = (ip - pi0) * MR * kcb
                 if mr == MR and nn == nr:
+                    _prefetch_tile(out, i0 * n + j0, n, MR)
+                    if last and derivative:
+                        _prefetch_tile(z_saved, i0 * n + j0, n, MR)
                     _kernel_full(kcb, slot, oa, slot, ob, out, i0 * n + j0, n, acc)
                 elif mr == _MR_TWO_THIRDS and nn == nr:
                     _kernel_two_thirds(kcb, slot, oa, slot, ob, out, i0 * n + j0, n, acc)
@@ -713,19 +810,21 @@ def _macro_tile(t, mb, nb, a, transpose_a, b, transpose_b, out, k, slot,
                             for j in range(nn):
                                 orow[j] = srow[j]
                 if last and epilogue:
-                    _epilogue(out, y, bias, has_bias, act_id, param, i0, mr, j0, nn)
+                    _epilogue(out, y, z_saved, bias, has_bias, act_id, param, derivative,
+                              i0, mr, j0, nn)
 
 
 @kernel
-def _zero_k_fill(out, y, bias, has_bias, act_id, param):
-    """The ``k == 0`` case: ``out = 0`` (plus bias and activation)."""
+def _zero_k_fill(out, y, z_saved, bias, has_bias, act_id, param, derivative):
+    """The ``k == 0`` case: ``out = 0`` (plus the epilogue)."""
     m, n = out.shape
     for i in range(m):
         row = out[i]
         for j in range(n):
             row[j] = 0
     if has_bias or act_id >= 0:
-        _epilogue(out, y, bias, has_bias, act_id, param, 0, m, 0, n)
+        _epilogue_rows(out, y, z_saved, bias, has_bias, act_id, param, derivative,
+                       0, m, 0, n)
 
 
 # ---------------------------------------------------------------------------------------
@@ -735,7 +834,7 @@ def _zero_k_fill(out, y, bias, has_bias, act_id, param):
 
 @parallel_kernel
 def _gemm_parallel(a, b, out, transpose_a, transpose_b, work, mb, nb,
-                   bias, has_bias, y, act_id, param):
+                   bias, has_bias, y, z_saved, act_id, param, derivative):
     """Parallel GEMM on validated arguments (see the module docstring for the contract).
 
     Shapes: ``out`` is (m, n); ``a`` is (m, k), or (k, m) if ``transpose_a``; ``b`` is
@@ -752,7 +851,7 @@ def _gemm_parallel(a, b, out, transpose_a, transpose_b, work, mb, nb,
     if m == 0 or n == 0:
         return
     if k == 0:
-        _zero_k_fill(out, y, bias, has_bias, act_id, param)
+        _zero_k_fill(out, y, z_saved, bias, has_bias, act_id, param, derivative)
         return
     nr = NV * vlanes(work)
     n_pm = (m + MR - 1) // MR
@@ -762,19 +861,20 @@ def _gemm_parallel(a, b, out, transpose_a, transpose_b, work, mb, nb,
     for t in prange(n_tasks):
         tid = numba.get_thread_id()
         _macro_tile(t, mb, nb, a, transpose_a, b, transpose_b, out, k,
-                    work[tid * size : (tid + 1) * size], bias, has_bias, y, act_id, param)
+                    work[tid * size : (tid + 1) * size], bias, has_bias, y, z_saved,
+                    act_id, param, derivative)
 
 
 @kernel
 def _gemm_serial(a, b, out, transpose_a, transpose_b, work, mb, nb,
-                 bias, has_bias, y, act_id, param):
+                 bias, has_bias, y, z_saved, act_id, param, derivative):
     """Serial twin of :func:`_gemm_parallel` (same arguments, same results bit for bit)."""
     m, n = out.shape
     k = a.shape[0] if transpose_a else a.shape[1]
     if m == 0 or n == 0:
         return
     if k == 0:
-        _zero_k_fill(out, y, bias, has_bias, act_id, param)
+        _zero_k_fill(out, y, z_saved, bias, has_bias, act_id, param, derivative)
         return
     nr = NV * vlanes(work)
     n_pm = (m + MR - 1) // MR
@@ -783,7 +883,7 @@ def _gemm_serial(a, b, out, transpose_a, transpose_b, work, mb, nb,
     n_tasks = ((n_pm + mb - 1) // mb) * ((n_pn + nb - 1) // nb)
     for t in range(n_tasks):
         _macro_tile(t, mb, nb, a, transpose_a, b, transpose_b, out, k, work[:size],
-                    bias, has_bias, y, act_id, param)
+                    bias, has_bias, y, z_saved, act_id, param, derivative)
 
 
 # ---------------------------------------------------------------------------------------
@@ -896,13 +996,24 @@ def gemm_into(
     y: np.ndarray | None = None,
     act_id: int = _NO_ACTIVATION,
     param: float = 0.0,
+    derivative: bool = False,
+    z_saved: np.ndarray | None = None,
 ) -> None:
-    """Unchecked hot path: ``out = op(a) @ op(b)`` (+ bias, activation into ``y``).
+    """Unchecked hot path: ``out = op(a) @ op(b)``, then a fused epilogue.
 
     For layers that validated their arrays once and own a workspace: no checks (about
     3 us per call instead of about 10 us for :func:`matmul`) and no allocation. Wrong
     shapes, dtypes or a short ``work`` here read and write out of bounds. Call it from
     Python, never from inside a ``prange`` (parallel regions must not nest).
+
+    Epilogues, applied to each output tile while it is in L1:
+
+    * forward (default): ``out += bias`` if ``bias`` is given, and ``y = act(out)`` if
+      ``act_id >= 0`` (a dense layer's ``z = x @ W + b``, ``y = act(z)``);
+    * ``derivative=True``: ``out *= act'(z_saved)``, where ``z_saved`` and ``y`` are the
+      saved input and output of activation ``act_id`` (read only; ``bias`` must be
+      ``None``). With ``out = dz @ W.T`` this is the gradient of the pre-activation of
+      the layer below, without a separate pass over memory.
 
     Args:
         a, b, out, transpose_a, transpose_b: as in :func:`matmul`, already validated.
@@ -910,9 +1021,12 @@ def gemm_into(
             on entry does not matter.
         plan: ``gemm_plan(m, n, k, out.dtype)`` for this shape.
         bias: (n,) added to every row of ``out``, or ``None``.
-        y: receives ``act(out)`` when ``act_id >= 0`` (may be ``out``).
+        y: forward: receives ``act(out)`` when ``act_id >= 0`` (may be ``out``);
+            derivative: the saved activation output, (m, n).
         act_id: an id from ``ACTIVATION_IDS``, or -1 for none.
         param: the activation's parameter (leaky_relu slope, elu alpha).
+        derivative: multiply by the activation's derivative instead of applying it.
+        z_saved: derivative only: the saved activation input, (m, n).
 
     Example:
         >>> import numpy as np
@@ -930,8 +1044,10 @@ def gemm_into(
         bias = _empty_like_dtype(out.dtype)
     if y is None:
         y = out
+    if z_saved is None:
+        z_saved = out
     args = (a, b, out, bool(transpose_a), bool(transpose_b), work, plan.mb, plan.nb,
-            bias, has_bias, y, int(act_id), float(param))
+            bias, has_bias, y, z_saved, int(act_id), float(param), bool(derivative))
     if not plan.parallel or numba.get_num_threads() == 1:
         # Same results bit for bit; skips the thread pool's fork/join.
         _gemm_serial(*args)

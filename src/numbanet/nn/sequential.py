@@ -188,10 +188,22 @@ class Sequential:
 
     def _backward(self, d_out: np.ndarray, need_input_grad: bool) -> np.ndarray | None:
         grad: np.ndarray | None = d_out
+        grad_is_dz = False  # grad already went through the next layer's activation
         last = len(self.layers) - 1
         for i in range(last, -1, -1):
+            layer = self.layers[i]
             # The first layer's input gradient is only needed when the caller asks for it.
-            grad = self.layers[i].backward(grad, need_input_grad=need_input_grad or i > 0)
+            need = need_input_grad or i > 0
+            if isinstance(layer, Dense):
+                # Dense over Dense: the derivative of the lower layer's activation is
+                # applied in the epilogue of this layer's dx GEMM (no separate pass).
+                below = self.layers[i - 1] if i > 0 else None
+                fuse = isinstance(below, Dense) and below.fuses_derivative
+                grad = layer.backward_fused(grad, grad_is_dz, need, below if fuse else None)
+                grad_is_dz = fuse
+            else:
+                grad = layer.backward(grad, need_input_grad=need)
+                grad_is_dz = False
         return grad
 
     def forward(self, X: Any, training: bool = True) -> np.ndarray:
