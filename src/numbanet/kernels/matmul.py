@@ -634,7 +634,7 @@ def _pack_b_block(b, transpose_b, jp, n, k, k0, kcb, wb, dst):
 # ---------------------------------------------------------------------------------------
 
 
-@kernel
+@kernel(inline="always")
 def _epilogue(out, y, z_saved, bias, has_bias, act_id, param, derivative, i0, mr, j0, nn):
     """Finish the tile ``out[i0:i0+mr, j0:j0+nn]`` right after its last ``k`` block.
 
@@ -657,7 +657,7 @@ def _epilogue(out, y, z_saved, bias, has_bias, act_id, param, derivative, i0, mr
                        i0, mr, j0, nn)
 
 
-@kernel
+@kernel(inline="always")
 def _epilogue_relu_tile(out, y, z_saved, bias, has_bias, act_id, derivative, i0, mr, j0):
     """SIMD epilogue of a full-width (``NR`` columns) tile for ReLU, identity or none.
 
