@@ -47,6 +47,8 @@ SHAPES = [
     (25, KC + 1, 33),
     (97, 2 * KC + 3, 29),
     (131, 40, 290),
+    (150, 70, 10),  # narrow outputs: the plan tiles out.T (GemmPlan.swap)
+    (61, KC + 3, 1),
 ]
 
 
@@ -82,7 +84,7 @@ def _run(a, b, ta, tb, *, parallel):
     n = b.shape[0] if tb else b.shape[1]
     k = a.shape[0] if ta else a.shape[1]
     plan = gemm_plan(m, n, k, a.dtype)
-    plan = GemmPlan(plan.mb, plan.nb, plan.workspace, parallel)
+    plan = GemmPlan(plan.mb, plan.nb, plan.workspace, parallel, plan.swap)
     work = np.full(plan.workspace, np.nan, a.dtype)  # stale workspace content must not leak
     out = np.full((m, n), np.nan, a.dtype)
     gemm_into(a, b, out, ta, tb, work, plan)
@@ -104,7 +106,7 @@ def test_matmul_matches_numpy(m, k, n, ta, tb, dtype):
 @pytest.mark.parametrize("ta,tb", TRANSPOSES)
 def test_serial_twin_and_parallel_kernel_agree_bitwise(ta, tb, dtype):
     rng = np.random.default_rng(3)
-    for m, k, n in [(7, 13, 97), (97, 2 * KC + 3, 29), (131, 40, 290)]:
+    for m, k, n in [(7, 13, 97), (97, 2 * KC + 3, 29), (131, 40, 290), (600, 200, 10)]:
         a, b = _operands(rng, m, k, n, ta, tb, dtype)
         serial = _run(a, b, ta, tb, parallel=False)
         parallel = _run(a, b, ta, tb, parallel=True)
@@ -229,8 +231,8 @@ def test_serial_driver_py_func_matches_numpy(ta, tb):
     work = np.full(plan.workspace, np.nan)
     out = np.full((m, n), np.nan)
     empty = np.empty(0)
-    mm._gemm_serial.py_func(a, b, out, ta, tb, work, plan.mb, plan.nb, empty, False, out,
-                            out, -1, 0.0, False)
+    mm._gemm_serial.py_func(a, b, out, ta, tb, work, plan.mb, plan.nb, plan.swap, empty,
+                            False, out, out, -1, 0.0, False)
     _assert_close(out, a, b, ta, tb)
 
 
@@ -303,7 +305,7 @@ def _act_reference(name, z, param):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("act", ["identity", "relu", "leaky_relu", "tanh", "sigmoid"])
-@pytest.mark.parametrize("m,k,n", [(5, 9, 7), (40, KC + 9, 70), (150, 100, 130)])
+@pytest.mark.parametrize("m,k,n", [(5, 9, 7), (40, KC + 9, 70), (150, 100, 130), (150, 40, 10)])
 def test_dense_forward_matches_numpy(m, k, n, act, dtype):
     rng = np.random.default_rng(8)
     x = rng.standard_normal((m, k)).astype(dtype)
@@ -390,7 +392,7 @@ def _derivative_reference(name, z, y, param):
 @pytest.mark.parametrize("threads", [1, 2])
 # dx = dz @ W.T shapes: full-width SIMD tiles (n >= 32) and ragged edges, one and two
 # K blocks, serial and parallel plans.
-@pytest.mark.parametrize("m,k,n", [(5, 7, 9), (40, 70, KC + 9), (150, 130, 100)])
+@pytest.mark.parametrize("m,k,n", [(5, 7, 9), (40, 70, KC + 9), (150, 130, 100), (150, 20, 10)])
 def test_derivative_epilogue_matches_numpy(m, k, n, act, threads, dtype):
     rng = np.random.default_rng(12)
     dz = rng.standard_normal((m, k)).astype(dtype)
