@@ -39,6 +39,8 @@ SHAPES = [
     ("dX2 256x128 @ (256x128)^T", 256, 128, 256, False, True),
     ("fwd 64x784 @ 784x256", 64, 784, 256, False, False),
     ("512x1024 @ 1024x1024", 512, 1024, 1024, False, False),
+    ("out fwd 256x128 @ 128x10", 256, 128, 10, False, False),
+    ("out dW (256x128)^T @ 256x10", 128, 256, 10, True, False),
 ]
 
 

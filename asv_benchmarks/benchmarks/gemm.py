@@ -68,3 +68,31 @@ class DenseForwardSuite:
 
     def time_dense_forward(self, activation: str, threads: int) -> None:
         dense_forward(self.x, self.w, self.bias, self.z, self.y, self.act_id)
+
+
+class NarrowOutputSuite:
+    """A classifier's output layer (10 columns, float32): the forward product and dW.
+
+    The plan tiles the transpose of such narrow outputs (``GemmPlan.swap``); a
+    regression here means the planner stopped choosing it or the transpose got slow.
+    """
+
+    params = (["forward", "weight_grad"], GEMM_THREADS)
+    param_names = ["product", "threads"]
+    timeout = 300
+
+    def setup(self, product: str, threads: int) -> None:
+        set_threads(threads)
+        self.x = random_array((256, 128), "float32", seed=1)
+        if product == "forward":  # (256 x 128) @ (128 x 10)
+            self.b = random_array((128, 10), "float32", seed=2)
+            self.out = np.empty((256, 10), dtype=np.float32)
+            self.ta = False
+        else:  # (256 x 128)^T @ (256 x 10)
+            self.b = random_array((256, 10), "float32", seed=2)
+            self.out = np.empty((128, 10), dtype=np.float32)
+            self.ta = True
+        matmul(self.x, self.b, self.out, transpose_a=self.ta)
+
+    def time_matmul(self, product: str, threads: int) -> None:
+        matmul(self.x, self.b, self.out, transpose_a=self.ta)

@@ -18,7 +18,6 @@ from numbanet.kernels.reductions import column_sum_into, column_sum_partials
 from numbanet.nn.init import init_weight
 from numbanet.nn.module import Module
 
-
 # Activations whose derivative the backward pass can take from the output alone (ReLU:
 # y <= 0 exactly where z <= 0, NaN included; sigmoid and tanh read only y). For these a
 # Dense layer lets the GEMM epilogue overwrite z with y in place: one output array
