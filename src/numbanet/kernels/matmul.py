@@ -21,7 +21,12 @@
    float64 on 24 zmm registers; on other CPUs 6 x 16 float32 or 6 x 8 float64 on 12
    256-bit registers.
 4. After the last ``KC`` block of a tile, the **epilogue** adds the bias and applies the
-   activation to the tile's row segments while they are still in L1.
+   activation to the tile's row segments while they are still in L1, or (backward)
+   multiplies them by an activation's derivative (see :func:`gemm_into`).
+
+A narrow output (a classifier's 10 columns) would waste most of each register tile's
+``NR`` columns, so its plan tiles the transpose ``out.T = op(b).T @ op(a).T`` instead
+and transposes the small result back (``GemmPlan.swap``).
 
 Parallel contract: one ``prange`` loop per call (one fork/join), over the macro tiles.
 Each iteration writes a disjoint rectangle of ``out`` (and ``y``) and the slot of the
