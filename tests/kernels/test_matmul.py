@@ -194,6 +194,21 @@ def test_matmul_matches_numpy_on_random_shapes(m, k, n, ta, tb, dtype, seed):
     _assert_close(out, a, b, ta, tb)
 
 
+@pytest.mark.parametrize("m,k,n", [(40, 30, 50), (150, 70, 10)])  # plain and swapped plans
+def test_read_only_operands_are_accepted(m, k, n):
+    # Weights loaded from a read-only file or shared memory: only out must be writeable.
+    # A read-only and a writeable operand also meet in the driver's one tile loop.
+    rng = np.random.default_rng(13)
+    a, b = _operands(rng, m, k, n, False, False, np.float32)
+    for freeze_a, freeze_b in ((True, False), (False, True), (True, True)):
+        a2, b2 = a.copy(), b.copy()
+        a2.flags.writeable = not freeze_a
+        b2.flags.writeable = not freeze_b
+        out = np.full((m, n), np.nan, np.float32)
+        matmul(a2, b2, out)
+        _assert_close(out, a, b, False, False)
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_zero_sized_dimensions(dtype):
     out = np.full((3, 4), np.nan, dtype)

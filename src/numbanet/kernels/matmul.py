@@ -890,21 +890,25 @@ def _gemm_parallel(a, b, out, transpose_a, transpose_b, work, mb, nb, swap,
     if k == 0:
         _zero_k_fill(out, y, z_saved, bias, has_bias, act_id, param, derivative)
         return
-    size = _slot_size(mb, k, work)
+    # One tile loop for both orientations (a second loop would double the compiled
+    # code): with swap, the tiles compute out.T = op(b).T @ op(a).T without epilogue.
     if swap:
-        out_t = _transposed_output(work, m, n)
-        for t in prange(_n_tasks(n, m, mb, nb, work)):
-            tid = numba.get_thread_id()
-            _macro_tile(t, mb, nb, b, not transpose_b, a, not transpose_a, out_t, k,
-                        work[tid * size : (tid + 1) * size], bias, False, out_t, out_t,
-                        _NO_ACTIVATION, param, False)
-        _finish_swapped(out_t, out, y, z_saved, bias, has_bias, act_id, param, derivative)
-        return
-    for t in prange(_n_tasks(m, n, mb, nb, work)):
+        dst = _transposed_output(work, m, n)
+        left, left_t, right, right_t = b, not transpose_b, a, not transpose_a
+    else:
+        dst = out
+        left, left_t, right, right_t = a, transpose_a, b, transpose_b
+    tile_bias = has_bias and not swap
+    tile_act = _NO_ACTIVATION if swap else act_id
+    tile_derivative = derivative and not swap
+    size = _slot_size(mb, k, work)
+    for t in prange(_n_tasks(dst.shape[0], dst.shape[1], mb, nb, work)):
         tid = numba.get_thread_id()
-        _macro_tile(t, mb, nb, a, transpose_a, b, transpose_b, out, k,
-                    work[tid * size : (tid + 1) * size], bias, has_bias, y, z_saved,
-                    act_id, param, derivative)
+        _macro_tile(t, mb, nb, left, left_t, right, right_t, dst, k,
+                    work[tid * size : (tid + 1) * size], bias, tile_bias, y, z_saved,
+                    tile_act, param, tile_derivative)
+    if swap:
+        _finish_swapped(dst, out, y, z_saved, bias, has_bias, act_id, param, derivative)
 
 
 @kernel
@@ -918,17 +922,21 @@ def _gemm_serial(a, b, out, transpose_a, transpose_b, work, mb, nb, swap,
     if k == 0:
         _zero_k_fill(out, y, z_saved, bias, has_bias, act_id, param, derivative)
         return
-    size = _slot_size(mb, k, work)
     if swap:
-        out_t = _transposed_output(work, m, n)
-        for t in range(_n_tasks(n, m, mb, nb, work)):
-            _macro_tile(t, mb, nb, b, not transpose_b, a, not transpose_a, out_t, k,
-                        work[:size], bias, False, out_t, out_t, _NO_ACTIVATION, param, False)
-        _finish_swapped(out_t, out, y, z_saved, bias, has_bias, act_id, param, derivative)
-        return
-    for t in range(_n_tasks(m, n, mb, nb, work)):
-        _macro_tile(t, mb, nb, a, transpose_a, b, transpose_b, out, k, work[:size],
-                    bias, has_bias, y, z_saved, act_id, param, derivative)
+        dst = _transposed_output(work, m, n)
+        left, left_t, right, right_t = b, not transpose_b, a, not transpose_a
+    else:
+        dst = out
+        left, left_t, right, right_t = a, transpose_a, b, transpose_b
+    tile_bias = has_bias and not swap
+    tile_act = _NO_ACTIVATION if swap else act_id
+    tile_derivative = derivative and not swap
+    size = _slot_size(mb, k, work)
+    for t in range(_n_tasks(dst.shape[0], dst.shape[1], mb, nb, work)):
+        _macro_tile(t, mb, nb, left, left_t, right, right_t, dst, k, work[:size],
+                    bias, tile_bias, y, z_saved, tile_act, param, tile_derivative)
+    if swap:
+        _finish_swapped(dst, out, y, z_saved, bias, has_bias, act_id, param, derivative)
 
 
 # ---------------------------------------------------------------------------------------
