@@ -40,10 +40,12 @@ __all__ = [
     "hinge_row",
     "huber_row",
     "kl_div_row",
+    "count_equal",
     "loss_driver",
     "mae_row",
     "mse_row",
     "nll_row",
+    "ordered_sum",
     "smooth_l1_row",
 ]
 
@@ -126,6 +128,26 @@ def loss_driver(func: Any) -> LossDriver:
     if drv is None:
         drv = _drivers[func] = LossDriver(func)
     return drv
+
+
+@_serial_jit
+def count_equal(labels, value):
+    """How many entries of the 1-D integer array ``labels`` equal ``value`` (serial)."""
+    count = 0
+    for i in range(labels.shape[0]):
+        if labels[i] == value:
+            count += 1
+    return count
+
+
+@_serial_jit(fastmath=False)
+def ordered_sum(x):
+    """``x[0] + x[1] + ...`` in float64, in index order (serial, no reassociation), so
+    the total never depends on the thread count."""
+    total = 0.0
+    for i in range(x.shape[0]):
+        total += x[i]
+    return total
 
 
 # --------------------------------------------------------------------------------------

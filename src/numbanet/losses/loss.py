@@ -10,7 +10,7 @@ import numpy as np
 from numba.core.errors import NumbaError
 
 from numbanet._validation import check_float_array, resolve_dtype
-from numbanet.kernels.losses import LossDriver, loss_driver
+from numbanet.kernels.losses import LossDriver, count_equal, loss_driver, ordered_sum
 from numbanet.specs import LossSpec, PluginError, flatten_hyperparams, validate_hyperparams
 
 __all__ = ["Loss"]
@@ -227,17 +227,17 @@ class Loss:
         over = self.spec.extra_reductions.get(self.reduction, self.spec.mean_over)
         if over == "elements":
             return float(n * k)
-        ignored = (
-            kind == "labels" and self.ignore_label is not None and n > 0
-            and targets.min() <= self.ignore_label <= targets.max()
+        # A compiled count, not numpy reductions: in a training step numpy's reduction
+        # machinery runs with cold caches (10 us for 256 labels, against 1-2 us).
+        n_ignored = (
+            count_equal(targets, self.ignore_label)
+            if kind == "labels" and self.ignore_label is not None else 0
         )
         if over == "weights" and kind == "labels" and self.weight is not None:
-            if ignored:
+            if n_ignored:
                 return float(np.sum(aux[targets[targets != self.ignore_label]]))
             return float(np.sum(aux[targets]))
-        if ignored:
-            return float(n - np.count_nonzero(targets == self.ignore_label))
-        return float(n)
+        return float(n - n_ignored)
 
     def _run(self, outputs: np.ndarray, targets: Any, grad: np.ndarray) -> tuple[float, int]:
         targets, aux, kind = self._setup(outputs, targets)
@@ -274,8 +274,8 @@ class Loss:
             raise PluginError(
                 f"loss {self.qualified_id!r}: its kernel raised {type(exc).__name__}: {exc}"
             ) from exc
-        # np.sum over a float64 vector is pairwise in a fixed order: thread-count independent.
-        return float(np.sum(self._rowloss)) / divisor if divisor else math.nan, n
+        # A sum in row order: thread-count independent (and cheaper than np.sum here).
+        return ordered_sum(self._rowloss) / divisor if divisor else math.nan, n
 
     def forward_backward(self, outputs: np.ndarray, targets: Any, grad: np.ndarray) -> float:
         """Loss value and its gradient in one fused pass.
