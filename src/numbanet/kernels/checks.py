@@ -13,10 +13,25 @@ _CHUNK = 4096
 
 
 @kernel
+def _chunk_is_finite(chunk):
+    """Whether every element of the 1-D ``chunk`` is finite.
+
+    ``x - x`` is 0 for finite ``x`` and NaN for NaN or +-inf: one comparison per
+    element. No early exit inside a chunk, so the loop vectorizes (an early exit per
+    element kept it scalar: 110 us for 200,704 float32 values, one thread). Never turn
+    this into a sum of ``x - x``: ``reassoc`` lets LLVM cancel it to 0.
+    """
+    found = False
+    for i in range(chunk.size):
+        if not (chunk[i] - chunk[i] == 0):
+            found = True
+    return not found
+
+
+@kernel
 def _all_finite_serial(flat):
-    for i in range(flat.size):
-        # x - x is 0 for finite x and NaN for NaN or +-inf; one comparison per element.
-        if not (flat[i] - flat[i] == 0):
+    for start in range(0, flat.size, _CHUNK):
+        if not _chunk_is_finite(flat[start : start + _CHUNK]):
             return False
     return True
 
@@ -29,12 +44,7 @@ def _all_finite_parallel(flat):
     for c in prange(n_chunks):
         start = c * _CHUNK
         stop = min(start + _CHUNK, flat.size)
-        chunk = flat[start:stop]
-        found = 0
-        for i in range(chunk.size):
-            if not (chunk[i] - chunk[i] == 0):
-                found = 1
-        bad += found
+        bad += 0 if _chunk_is_finite(flat[start:stop]) else 1
     return bad == 0
 
 

@@ -39,6 +39,7 @@ __all__ = [
     "cross_entropy_labels_row",
     "hinge_row",
     "huber_row",
+    "labels_in_range",
     "kl_div_row",
     "count_equal",
     "loss_driver",
@@ -138,6 +139,17 @@ def count_equal(labels, value):
         if labels[i] == value:
             count += 1
     return count
+
+
+@_serial_jit
+def labels_in_range(labels, n_classes):
+    """Whether every entry of the 1-D integer array ``labels`` lies in
+    ``[0, n_classes)`` (serial; no early exit, so the loop vectorizes)."""
+    outside = False
+    for i in range(labels.shape[0]):
+        if labels[i] < 0 or labels[i] >= n_classes:
+            outside = True
+    return not outside
 
 
 @_serial_jit(fastmath=False)
