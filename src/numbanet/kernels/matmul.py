@@ -976,7 +976,9 @@ def gemm_plan(m: int, n: int, k: int, dtype: object) -> GemmPlan:
 
     The plan depends on the shape, the dtype and the size of the thread pool
     (``NUMBA_NUM_THREADS``), not on :func:`numbanet.set_num_threads`, so a workspace
-    allocated once stays valid for the whole process. Plans are cached.
+    allocated once stays valid for the whole process. Plans are cached. A narrow output
+    (at most a few columns) gets ``swap``: its transpose is tiled, which fills the
+    register tile's rows instead of wasting most of its columns.
 
     Args:
         m, n, k: the product's dimensions (``op(a)`` is m x k, ``op(b)`` is k x n).
