@@ -720,21 +720,37 @@ def _epilogue_relu_tile(out, y, z_saved, bias, has_bias, act_id, derivative, i0,
 def _epilogue_rows(out, y, z_saved, bias, has_bias, act_id, param, derivative,
                    i0, mr, j0, nn):
     """Row-by-row epilogue for any elementwise activation and tile width (see
-    :func:`_epilogue`)."""
-    if derivative:
+    :func:`_epilogue`).
+
+    When the tile spans whole rows (a narrow output, or the whole of a swapped one)
+    its rows are one contiguous block and the activation runs in a single call: a call
+    per row costs about 100 ns in argument traffic (a 256 x 8 ReLU gradient: 26 -> 5 us).
+    """
+    n = out.shape[1]
+    if has_bias and not derivative:
+        bseg = bias[j0 : j0 + nn]
         for r in range(mr):
-            grow = out[i0 + r, j0 : j0 + nn]
-            activation_backward_1d(act_id, param, z_saved[i0 + r, j0 : j0 + nn],
-                                   y[i0 + r, j0 : j0 + nn], grow, grow)
-        return
-    bseg = bias[j0 : j0 + nn]
-    for r in range(mr):
-        zrow = out[i0 + r, j0 : j0 + nn]
-        if has_bias:
+            zrow = out[i0 + r, j0 : j0 + nn]
             for j in range(nn):
                 zrow[j] += bseg[j]
-        if act_id >= 0:
-            activation_forward_1d(act_id, param, zrow, y[i0 + r, j0 : j0 + nn])
+    if act_id < 0:
+        return
+    if j0 == 0 and nn == n:
+        block = out[i0 : i0 + mr].reshape(mr * n)
+        y_block = y[i0 : i0 + mr].reshape(mr * n)
+        if derivative:
+            activation_backward_1d(act_id, param, z_saved[i0 : i0 + mr].reshape(mr * n),
+                                   y_block, block, block)
+        else:
+            activation_forward_1d(act_id, param, block, y_block)
+        return
+    for r in range(mr):
+        row = out[i0 + r, j0 : j0 + nn]
+        if derivative:
+            activation_backward_1d(act_id, param, z_saved[i0 + r, j0 : j0 + nn],
+                                   y[i0 + r, j0 : j0 + nn], row, row)
+        else:
+            activation_forward_1d(act_id, param, row, y[i0 + r, j0 : j0 + nn])
 
 
 @kernel
