@@ -578,7 +578,7 @@ def _pack_a_block(a, transpose_a, ip, m, k, k0, kcb, wa, dst):
         # 256 x 784 source; dW GEMMs 0-5% faster).
         src = k0 * m + i0
         d = dst
-        for kk in range(kcb):
+        for _ in range(kcb):
             vcopy_masked(a, src, wa, d, MR)
             src += m
             d += MR
