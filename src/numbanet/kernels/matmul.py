@@ -885,6 +885,18 @@ def _transposed_output(work, m, n):
 
 
 @kernel
+def _orientation(a, transpose_a, b, transpose_b, out, work, swap):
+    """``(dst, left, left_t, right, right_t)``: the product the tile loop computes,
+    ``dst = op(left) @ op(right)``. Normally ``out = op(a) @ op(b)``; with ``swap``,
+    ``out.T = op(b).T @ op(a).T`` into the tail of ``work``. One tile loop serves both
+    orientations (a second loop would double the compiled code)."""
+    if swap:
+        m, n = out.shape
+        return _transposed_output(work, m, n), b, not transpose_b, a, not transpose_a
+    return out, a, transpose_a, b, transpose_b
+
+
+@kernel
 def _finish_swapped(out_t, out, y, z_saved, bias, has_bias, act_id, param, derivative):
     """``out = out_t.T``, then the epilogue over the whole of ``out``. Serial: a
     swapped output is narrow (a few columns), so this is a small pass."""
@@ -922,23 +934,16 @@ def _gemm_parallel(a, b, out, transpose_a, transpose_b, work, mb, nb, swap,
     if k == 0:
         _zero_k_fill(out, y, z_saved, bias, has_bias, act_id, param, derivative)
         return
-    # One tile loop for both orientations (a second loop would double the compiled
-    # code): with swap, the tiles compute out.T = op(b).T @ op(a).T without epilogue.
-    if swap:
-        dst = _transposed_output(work, m, n)
-        left, left_t, right, right_t = b, not transpose_b, a, not transpose_a
-    else:
-        dst = out
-        left, left_t, right, right_t = a, transpose_a, b, transpose_b
-    tile_bias = has_bias and not swap
+    dst, left, left_t, right, right_t = _orientation(a, transpose_a, b, transpose_b, out,
+                                                     work, swap)
+    # A swapped plan applies the epilogue after the transpose back, not on the tiles.
     tile_act = _NO_ACTIVATION if swap else act_id
-    tile_derivative = derivative and not swap
     size = _slot_size(mb, k, work)
     for t in prange(_n_tasks(dst.shape[0], dst.shape[1], mb, nb, work)):
         tid = numba.get_thread_id()
         _macro_tile(t, mb, nb, left, left_t, right, right_t, dst, k,
-                    work[tid * size : (tid + 1) * size], bias, tile_bias, y, z_saved,
-                    tile_act, param, tile_derivative)
+                    work[tid * size : (tid + 1) * size], bias, has_bias and not swap, y,
+                    z_saved, tile_act, param, derivative and not swap)
     if swap:
         _finish_swapped(dst, out, y, z_saved, bias, has_bias, act_id, param, derivative)
 
@@ -954,19 +959,14 @@ def _gemm_serial(a, b, out, transpose_a, transpose_b, work, mb, nb, swap,
     if k == 0:
         _zero_k_fill(out, y, z_saved, bias, has_bias, act_id, param, derivative)
         return
-    if swap:
-        dst = _transposed_output(work, m, n)
-        left, left_t, right, right_t = b, not transpose_b, a, not transpose_a
-    else:
-        dst = out
-        left, left_t, right, right_t = a, transpose_a, b, transpose_b
-    tile_bias = has_bias and not swap
+    dst, left, left_t, right, right_t = _orientation(a, transpose_a, b, transpose_b, out,
+                                                     work, swap)
     tile_act = _NO_ACTIVATION if swap else act_id
-    tile_derivative = derivative and not swap
     size = _slot_size(mb, k, work)
     for t in range(_n_tasks(dst.shape[0], dst.shape[1], mb, nb, work)):
-        _macro_tile(t, mb, nb, left, left_t, right, right_t, dst, k, work[:size],
-                    bias, tile_bias, y, z_saved, tile_act, param, tile_derivative)
+        _macro_tile(t, mb, nb, left, left_t, right, right_t, dst, k, work[:size], bias,
+                    has_bias and not swap, y, z_saved, tile_act, param,
+                    derivative and not swap)
     if swap:
         _finish_swapped(dst, out, y, z_saved, bias, has_bias, act_id, param, derivative)
 
