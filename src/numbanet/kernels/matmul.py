@@ -22,7 +22,7 @@
    256-bit registers.
 4. After the last ``KC`` block of a tile, the **epilogue** adds the bias and applies the
    activation to the tile's row segments while they are still in L1, or (backward)
-   multiplies them by an activation's derivative (see :func:`gemm_into`).
+   multiplies them by ReLU's derivative (see :func:`gemm_into`).
 
 A narrow output (a classifier's 10 columns) would waste most of each register tile's
 ``NR`` columns, so its plan tiles the transpose ``out.T = op(b).T @ op(a).T`` instead
@@ -89,7 +89,6 @@ from numbanet.kernels.activations import (
     ACTIVATION_IDS,
     IDENTITY,
     RELU,
-    activation_backward_1d,
     activation_forward_1d,
 )
 
@@ -661,10 +660,10 @@ def _epilogue(out, y, z_saved, bias, has_bias, act_id, param, derivative, i0, mr
 
     Forward (``derivative`` False): ``out += bias`` (if ``has_bias``) and, if
     ``act_id >= 0``, ``y = act(out)`` on the same tile.
-    Backward (``derivative`` True): ``out *= act'`` of the activation ``act_id`` whose
-    saved input and output are ``z_saved`` and ``y`` (read only): the GEMM that makes
-    a layer's input gradient hands the layer below the gradient of its pre-activation,
-    with no separate pass over memory.
+    Backward (``derivative`` True, ReLU only): ``out = 0`` where the saved activation
+    ``z_saved <= 0`` (read only): the GEMM that makes a layer's input gradient hands
+    the layer below the gradient of its pre-activation, with no separate pass over
+    memory.
 
     Full-width ReLU/identity tiles take the SIMD path (one load, add, select and store
     per vector); other tiles and activations go row by row through the 1-D kernels of
@@ -686,9 +685,7 @@ def _epilogue_relu_tile(out, y, z_saved, bias, has_bias, act_id, derivative, i0,
     """
     n = out.shape[1]
     lanes = vlanes(out)
-    if derivative:
-        if act_id != RELU:  # identity' = 1
-            return
+    if derivative:  # ReLU's (gemm_into accepts no other)
         for r in range(mr):
             o = (i0 + r) * n + j0
             vstore(out, o, vkeep_where_positive(vload(z_saved, o), vload(out, o)))
@@ -723,11 +720,20 @@ def _epilogue_rows(out, y, z_saved, bias, has_bias, act_id, param, derivative,
     :func:`_epilogue`).
 
     When the tile spans whole rows (a narrow output, or the whole of a swapped one)
-    its rows are one contiguous block and the activation runs in a single call: a call
-    per row costs about 100 ns in argument traffic (a 256 x 8 ReLU gradient: 26 -> 5 us).
+    its rows are one contiguous block and the activation runs in a single call instead
+    of one call per row (about 100 ns each in argument traffic).
     """
-    n = out.shape[1]
-    if has_bias and not derivative:
+    if derivative:
+        # ReLU's derivative: zero where the saved activation is <= 0 (PyTorch's
+        # threshold_backward: 0 at the kink; NaN passes the gradient on).
+        for r in range(mr):
+            row = out[i0 + r, j0 : j0 + nn]
+            saved = z_saved[i0 + r, j0 : j0 + nn]
+            for j in range(nn):
+                if saved[j] <= 0:
+                    row[j] = 0
+        return
+    if has_bias:
         bseg = bias[j0 : j0 + nn]
         for r in range(mr):
             zrow = out[i0 + r, j0 : j0 + nn]
@@ -735,22 +741,14 @@ def _epilogue_rows(out, y, z_saved, bias, has_bias, act_id, param, derivative,
                 zrow[j] += bseg[j]
     if act_id < 0:
         return
+    n = out.shape[1]
     if j0 == 0 and nn == n:
-        block = out[i0 : i0 + mr].reshape(mr * n)
-        y_block = y[i0 : i0 + mr].reshape(mr * n)
-        if derivative:
-            activation_backward_1d(act_id, param, z_saved[i0 : i0 + mr].reshape(mr * n),
-                                   y_block, block, block)
-        else:
-            activation_forward_1d(act_id, param, block, y_block)
+        activation_forward_1d(act_id, param, out[i0 : i0 + mr].reshape(mr * n),
+                              y[i0 : i0 + mr].reshape(mr * n))
         return
     for r in range(mr):
-        row = out[i0 + r, j0 : j0 + nn]
-        if derivative:
-            activation_backward_1d(act_id, param, z_saved[i0 + r, j0 : j0 + nn],
-                                   y[i0 + r, j0 : j0 + nn], row, row)
-        else:
-            activation_forward_1d(act_id, param, row, y[i0 + r, j0 : j0 + nn])
+        activation_forward_1d(act_id, param, out[i0 + r, j0 : j0 + nn],
+                              y[i0 + r, j0 : j0 + nn])
 
 
 @kernel
@@ -1114,10 +1112,12 @@ def gemm_into(
 
     * forward (default): ``out += bias`` if ``bias`` is given, and ``y = act(out)`` if
       ``act_id >= 0`` (a dense layer's ``z = x @ W + b``, ``y = act(z)``);
-    * ``derivative=True``: ``out *= act'(z_saved)``, where ``z_saved`` and ``y`` are the
-      saved input and output of activation ``act_id`` (read only; ``bias`` must be
-      ``None``). With ``out = dz @ W.T`` this is the gradient of the pre-activation of
-      the layer below, without a separate pass over memory.
+    * ``derivative=True`` (ReLU only, ``act_id = ACTIVATION_IDS["relu"]``): ``out = 0``
+      where the saved activation ``z_saved <= 0``, that is ``out *= relu'``. With
+      ``out = dz @ W.T`` this is the gradient of the pre-activation of the layer below,
+      without a separate pass over memory. Other activations' derivatives take their
+      own vectorised pass (faster than a row-by-row epilogue); ``bias`` must be
+      ``None``.
 
     Args:
         a, b, out, transpose_a, transpose_b: as in :func:`matmul`, already validated.
@@ -1126,11 +1126,15 @@ def gemm_into(
         plan: ``gemm_plan(m, n, k, out.dtype)`` for this shape.
         bias: (n,) added to every row of ``out``, or ``None``.
         y: forward: receives ``act(out)`` when ``act_id >= 0`` (may be ``out``);
-            derivative: the saved activation output, (m, n).
+            ignored with ``derivative``.
         act_id: an id from ``ACTIVATION_IDS``, or -1 for none.
         param: the activation's parameter (leaky_relu slope, elu alpha).
-        derivative: multiply by the activation's derivative instead of applying it.
-        z_saved: derivative only: the saved activation input, (m, n).
+        derivative: multiply by ReLU's derivative instead of applying an activation.
+        z_saved: derivative only: the saved ReLU input or output (either works: both
+            are <= 0 at the same places), (m, n).
+
+    Raises:
+        ValueError: ``derivative=True`` with an activation other than ReLU.
 
     Example:
         >>> import numpy as np
@@ -1143,6 +1147,11 @@ def gemm_into(
         >>> z[0].tolist()
         [0.0, 4.0]
     """
+    if derivative and act_id != RELU:
+        raise ValueError(
+            f"gemm_into: derivative=True supports ReLU only (act_id {RELU}), got act_id "
+            f"{act_id}; other activations take their own backward pass"
+        )
     has_bias = bias is not None
     if bias is None:
         bias = _empty_like_dtype(out.dtype)

@@ -147,9 +147,10 @@ class Dense(Module):
         """Whether the layer above applies this layer's activation derivative in the
         epilogue of its ``dx`` GEMM.
 
-        ReLU only: its derivative epilogue is a SIMD select per vector. The other
-        activations would take the row-by-row epilogue, measured slower than their
-        separate vectorised pass (tanh, 256x128 output: +106 us fused, 6 us separate).
+        ReLU only: its derivative epilogue is a SIMD select per vector. A row-by-row
+        epilogue for the other activations measured slower than their separate
+        vectorised pass (tanh, 256x128 output: +106 us fused, 6 us separate), so the
+        GEMM offers none.
         """
         return self._act.name == "relu"
 
@@ -171,9 +172,9 @@ class Dense(Module):
             grad_is_dz: the layer above already multiplied by this layer's derivative.
             need_input_grad: return a gradient for the input (else ``None``).
             below: the Dense layer whose output is this layer's input, or ``None``.
-                When given, the returned gradient is ``below``'s d(loss)/d(z):
-                ``(dz @ W.T) * act'`` in one GEMM (any elementwise activation works;
-                :attr:`fuses_derivative` says where it pays).
+                When given (its activation must be ReLU, see
+                :attr:`fuses_derivative`), the returned gradient is ``below``'s
+                d(loss)/d(z): ``(dz @ W.T) * relu'`` in one GEMM.
 
         Returns:
             ``(batch, in_features)`` (a buffer reused next step), or ``None``.
@@ -199,10 +200,8 @@ class Dense(Module):
             gemm_into(dz, self.weight.value, dx, False, True, work, dx_plan)  # dx = dz @ W.T
         else:
             # dz_below = (dz @ W.T) * act_below'(z_below), tile by tile in the epilogue.
-            act = below._act
-            gemm_into(dz, self.weight.value, dx, False, True, work, dx_plan, y=below._y,
-                      act_id=act.id, param=act.default_param, derivative=True,
-                      z_saved=below._z)
+            gemm_into(dz, self.weight.value, dx, False, True, work, dx_plan,
+                      act_id=below._act.id, derivative=True, z_saved=below._z)
         return dx
 
     def __repr__(self) -> str:
