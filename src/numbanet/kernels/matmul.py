@@ -803,6 +803,7 @@ def _macro_tile(t, mb, nb, a, transpose_a, b, transpose_b, out, k, slot,
     ob = mb * MR * kce
     sc = slot[ob + nr * kce : ob + nr * kce + MR * nr]
     epilogue = has_bias or act_id >= 0
+    out_flat = out.reshape(m * n)  # the micro-kernels address out and scratch alike
     for k0 in range(0, k, kc):
         kcb = min(kc, k - k0)
         acc = k0 > 0
@@ -817,24 +818,27 @@ def _macro_tile(t, mb, nb, a, transpose_a, b, transpose_b, out, k, slot,
                 i0 = ip * MR
                 mr = min(MR, m - i0)
                 oa = (ip - pi0) * MR * kcb
-                if mr == MR and nn == nr:
-                    _prefetch_tile(out, i0 * n + j0, n, MR)
-                    if last and derivative:
-                        _prefetch_tile(z_saved, i0 * n + j0, n, MR)
-                    _kernel_full(kcb, slot, oa, slot, ob, out, i0 * n + j0, n, acc)
-                elif mr == _MR_TWO_THIRDS and nn == nr:
-                    _kernel_two_thirds(kcb, slot, oa, slot, ob, out, i0 * n + j0, n, acc)
-                elif mr == _MR_THIRD and nn == nr:
-                    _kernel_third(kcb, slot, oa, slot, ob, out, i0 * n + j0, n, acc)
+                # A tile whose rows match a kernel and whose columns fill NR goes
+                # straight to out; any other edge tile is computed padded into scratch
+                # and its valid part copied. Short last panels use a shorter kernel
+                # (less padding work). One call site per kernel: each is inlined, so
+                # more sites would mean more machine code to compile.
+                direct = nn == nr and (mr == MR or mr == _MR_TWO_THIRDS or mr == _MR_THIRD)
+                if direct:
+                    c, oc, ldc, into = out_flat, i0 * n + j0, n, acc
+                    if mr == MR:
+                        _prefetch_tile(out_flat, oc, n, MR)
+                        if last and derivative:
+                            _prefetch_tile(z_saved, oc, n, MR)
                 else:
-                    # Edge tile: compute a padded tile into scratch, copy the valid
-                    # part. Short last panels use a shorter kernel (less padding work).
-                    if mr <= _MR_THIRD:
-                        _kernel_third(kcb, slot, oa, slot, ob, sc, 0, nr, False)
-                    elif mr <= _MR_TWO_THIRDS:
-                        _kernel_two_thirds(kcb, slot, oa, slot, ob, sc, 0, nr, False)
-                    else:
-                        _kernel_full(kcb, slot, oa, slot, ob, sc, 0, nr, False)
+                    c, oc, ldc, into = sc, 0, nr, False
+                if mr <= _MR_THIRD:
+                    _kernel_third(kcb, slot, oa, slot, ob, c, oc, ldc, into)
+                elif mr <= _MR_TWO_THIRDS:
+                    _kernel_two_thirds(kcb, slot, oa, slot, ob, c, oc, ldc, into)
+                else:
+                    _kernel_full(kcb, slot, oa, slot, ob, c, oc, ldc, into)
+                if not direct:
                     for r in range(mr):
                         orow = out[i0 + r, j0 : j0 + nn]
                         srow = sc[r * nr : r * nr + nn]
