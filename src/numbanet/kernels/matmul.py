@@ -665,20 +665,20 @@ def _epilogue(out, y, z_saved, bias, has_bias, act_id, param, derivative, i0, mr
     the layer below the gradient of its pre-activation, with no separate pass over
     memory.
 
-    Full-width ReLU/identity tiles take the SIMD path (one load, add, select and store
-    per vector); other tiles and activations go row by row through the 1-D kernels of
-    :mod:`numbanet.kernels.activations`.
+    Full-width tiles with ReLU, identity or no activation take the SIMD path (one load,
+    add, select and store per vector); other tiles and activations go row by row, the
+    activations through the 1-D kernels of :mod:`numbanet.kernels.activations`.
     """
     full_width = nn == NV * vlanes(out)
     if full_width and (act_id == RELU or act_id == IDENTITY or act_id < 0):
-        _epilogue_relu_tile(out, y, z_saved, bias, has_bias, act_id, derivative, i0, mr, j0)
+        _epilogue_vector_tile(out, y, z_saved, bias, has_bias, act_id, derivative, i0, mr, j0)
     else:
         _epilogue_rows(out, y, z_saved, bias, has_bias, act_id, param, derivative,
                        i0, mr, j0, nn)
 
 
 @kernel(inline="always")
-def _epilogue_relu_tile(out, y, z_saved, bias, has_bias, act_id, derivative, i0, mr, j0):
+def _epilogue_vector_tile(out, y, z_saved, bias, has_bias, act_id, derivative, i0, mr, j0):
     """SIMD epilogue of a full-width (``NR`` columns) tile for ReLU, identity or none.
 
     Same contract as :func:`_epilogue`; two vectors per row (``NV == 2``).
