@@ -247,6 +247,14 @@ def prefetch(typingctx, arr, index, locality):
     return types.none(arr, index, locality), codegen
 
 
+def _zero_where(builder, test, compare, value):
+    """``0 where (test <compare> 0) else value``, lane by lane. The comparison is ordered:
+    a NaN ``test`` lane compares false and keeps ``value``."""
+    _allow_wide_vectors(builder)
+    zero = ir.Constant(value.type, None)
+    return builder.select(builder.fcmp_ordered(compare, test, zero), zero, value)
+
+
 @intrinsic
 def vrelu(typingctx, v):
     """``0 if v < 0 else v`` lane by lane (NaN lanes pass through, as ``numpy.maximum``)."""
@@ -254,10 +262,7 @@ def vrelu(typingctx, v):
         return None
 
     def codegen(context, builder, sig, args):
-        _allow_wide_vectors(builder)
-        zero = ir.Constant(args[0].type, None)
-        negative = builder.fcmp_ordered("<", args[0], zero)
-        return builder.select(negative, zero, args[0])
+        return _zero_where(builder, args[0], "<", args[0])
 
     return v(v), codegen
 
@@ -272,10 +277,7 @@ def vkeep_where_positive(typingctx, z, g):
         return None
 
     def codegen(context, builder, sig, args):
-        _allow_wide_vectors(builder)
-        zero = ir.Constant(args[0].type, None)
-        non_positive = builder.fcmp_ordered("<=", args[0], zero)
-        return builder.select(non_positive, zero, args[1])
+        return _zero_where(builder, args[0], "<=", args[1])
 
     return g(z, g), codegen
 
