@@ -74,6 +74,31 @@ def test_gradients_through_activation_and_dropout_layers():
         np.testing.assert_allclose(grad, _numeric_grad(loss, p.value), rtol=1e-5, atol=1e-8)
 
 
+@pytest.mark.parametrize("activation", ["relu", "tanh", "sigmoid"])
+def test_in_place_outputs_backpropagate_through_dropout_unfused(activation):
+    # These Dense layers keep one array (z overwritten by y); with a Dropout above, the
+    # layer's own backward reads it (no fused derivative from the layer above). Widths
+    # of 40 give full-width SIMD epilogue tiles.
+    rng = np.random.default_rng(5)
+    model = Sequential(
+        [Dense(6, 40, activation=activation), Dropout(0.5), Dense(40, 40, activation="relu"),
+         Dense(40, 3)],
+        seed=2, dtype="float64",
+    )
+    X = rng.normal(size=(14, 6))
+    weights = rng.normal(size=(14, 3))
+    model.forward(X, training=False)  # inference: dropout is the identity
+    model.backward(weights)
+    analytic = [p.grad.copy() for p in model.parameters()]
+
+    def loss() -> float:
+        return float(np.sum(weights * model.forward(X, training=False)))
+
+    for p, grad in zip(model.parameters(), analytic, strict=True):
+        np.testing.assert_allclose(grad, _numeric_grad(loss, p.value), rtol=1e-5, atol=1e-7,
+                                   err_msg=p.name)
+
+
 def test_parameters_are_named_views_into_flat_buffers():
     model = Sequential([Dense(3, 4, activation="relu"), Dropout(0.1), Dense(4, 2)], seed=0)
     names = [p.name for p in model.parameters()]
