@@ -6,15 +6,10 @@ faults, not about speed, and every compiled variant is shared across the suite.
 
 from __future__ import annotations
 
-import itertools
-import sys
-import textwrap
-
 import numpy as np
 import pytest
 
 import numbanet as nbn
-import numbanet.plugins as nbp
 
 N_IN, N_HIDDEN, N_OUT = 4, 8, 3
 
@@ -48,49 +43,12 @@ def data() -> tuple[np.ndarray, np.ndarray]:
     return make_data()
 
 
-_counter = itertools.count()
-
-PLUGIN_PRELUDE = '''
-import numpy as np
-from numbanet import hookspecs
-from numbanet._jit import kernel
-from numbanet.specs import LossSpec, OptimizerSpec
-
-hookimpl = hookspecs.hookimpl
-'''
-
-
 @pytest.fixture
-def fake_plugin(tmp_path, monkeypatch):
-    """``fake_plugin(dist_name, body) -> module name``: an installed-looking plugin.
-
-    Writes ``<dist>-1.0.dist-info/entry_points.txt`` and a module on ``sys.path``, which
-    is exactly what importlib.metadata finds for a pip-installed distribution, so the
-    real entry-point loading runs. Plugins are reloaded afterwards.
-    """
-    monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.delenv(nbp.AUTOLOAD_ENV, raising=False)
-    monkeypatch.delenv(nbp.ALLOW_ENV, raising=False)
-    created: list[str] = []
-
-    def make(dist_name: str, body: str) -> str:
-        module = f"reliability_plugin_{next(_counter)}"
-        (tmp_path / f"{module}.py").write_text(PLUGIN_PRELUDE + textwrap.dedent(body))
-        info = tmp_path / f"{dist_name.replace('-', '_')}-1.0.dist-info"
-        info.mkdir()
-        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist_name}\n"
-                                       f"Version: 1.0\n")
-        (info / "entry_points.txt").write_text(
-            f"[numbanet]\n{dist_name.replace('-', '_')} = {module}\n")
-        created.append(module)
-        nbp.reload_plugins()
-        return module
-
-    yield make
-    for module in created:
-        sys.modules.pop(module, None)
-    monkeypatch.undo()
-    nbp.reload_plugins()
+def fake_plugin(make_dist):
+    """``fake_plugin(dist_name, body) -> module name``: an installed-looking plugin (the
+    suite-wide ``make_dist`` fixture of ``tests/conftest.py``; plugins are reloaded
+    afterwards)."""
+    return make_dist
 
 
 @pytest.fixture

@@ -1,4 +1,6 @@
-"""Fake installed distributions for plugin tests: a dist-info folder on ``sys.path``.
+"""Fixtures shared by the whole suite.
+
+``make_dist``: fake installed plugin distributions, a dist-info folder on ``sys.path``.
 
 importlib.metadata finds ``<name>-<version>.dist-info/entry_points.txt`` on ``sys.path``
 exactly as it finds a pip-installed package, so these tests exercise the real entry-point
