@@ -46,7 +46,6 @@ __all__ = [
     "mae_row",
     "mse_row",
     "nll_row",
-    "ordered_sum",
     "smooth_l1_row",
 ]
 
@@ -150,16 +149,6 @@ def labels_in_range(labels, n_classes):
         if labels[i] < 0 or labels[i] >= n_classes:
             outside = True
     return not outside
-
-
-@_serial_jit(fastmath=False)
-def ordered_sum(x):
-    """``x[0] + x[1] + ...`` in float64, in index order (serial, no reassociation), so
-    the total never depends on the thread count."""
-    total = 0.0
-    for i in range(x.shape[0]):
-        total += x[i]
-    return total
 
 
 # --------------------------------------------------------------------------------------

@@ -48,6 +48,7 @@ __all__ = [
     "column_sum",
     "column_sum_into",
     "column_sum_partials",
+    "fixed_order_sum",
     "sum_of_squares",
     "sum_partials",
     "total_sum",
@@ -210,8 +211,10 @@ def column_sum_into(x: np.ndarray, out: np.ndarray, partials: np.ndarray) -> Non
 
 
 @kernel
-def _chunk_sum(v, squares):
-    """float64 sum of ``v`` (or of ``v**2`` when ``squares``); fixed order for fixed length."""
+def fixed_order_sum(v, squares):
+    """float64 sum of the 1-D ``v`` (or of ``v**2`` when ``squares``), serial, in an
+    order fixed by the length alone (never by the thread count). Callable from Python
+    on small buffers (the loss host totals its per-row losses with it) and from kernels."""
     s = 0.0
     if squares:
         for j in range(v.shape[0]):
@@ -235,7 +238,7 @@ def _chunked_sum_parallel(x, partials, squares):
     for c in numba.prange(nchunks):
         lo = c * CHUNK
         hi = min(lo + CHUNK, n)
-        partials[c] = _chunk_sum(x[lo:hi], squares)
+        partials[c] = fixed_order_sum(x[lo:hi], squares)
     total = 0.0
     for c in range(nchunks):
         total += partials[c]
@@ -250,7 +253,7 @@ def _chunked_sum_serial(x, partials, squares):
     for c in range(nchunks):
         lo = c * CHUNK
         hi = min(lo + CHUNK, n)
-        partials[c] = _chunk_sum(x[lo:hi], squares)
+        partials[c] = fixed_order_sum(x[lo:hi], squares)
     total = 0.0
     for c in range(nchunks):
         total += partials[c]

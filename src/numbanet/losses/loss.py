@@ -10,13 +10,8 @@ import numpy as np
 from numba.core.errors import NumbaError
 
 from numbanet._validation import check_float_array, resolve_dtype
-from numbanet.kernels.losses import (
-    LossDriver,
-    count_equal,
-    labels_in_range,
-    loss_driver,
-    ordered_sum,
-)
+from numbanet.kernels.losses import LossDriver, count_equal, labels_in_range, loss_driver
+from numbanet.kernels.reductions import fixed_order_sum
 from numbanet.specs import LossSpec, PluginError, flatten_hyperparams, validate_hyperparams
 
 __all__ = ["Loss"]
@@ -280,8 +275,8 @@ class Loss:
             raise PluginError(
                 f"loss {self.qualified_id!r}: its kernel raised {type(exc).__name__}: {exc}"
             ) from exc
-        # A sum in row order: thread-count independent (and cheaper than np.sum here).
-        return ordered_sum(self._rowloss) / divisor if divisor else math.nan, n
+        # A fixed-order sum: thread-count independent (and cheaper than np.sum here).
+        return fixed_order_sum(self._rowloss, False) / divisor if divisor else math.nan, n
 
     def forward_backward(self, outputs: np.ndarray, targets: Any, grad: np.ndarray) -> float:
         """Loss value and its gradient in one fused pass.
