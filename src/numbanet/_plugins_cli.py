@@ -1,7 +1,7 @@
 """``numbanet plugins [--json] [--strict]``: what is installed and whether it loaded.
 
 Lists every plugin distribution (numbanet's built-ins first), its version, its status
-(``loaded``, ``failed``, ``skipped``), the optimizers and losses it provides (qualified
+(``loaded``, ``failed``, ``skipped``), the optimizers, losses and layers it provides (qualified
 ids), and the error for failed or skipped ones. Also shows the environment switches in
 effect. ``numbanet.cli`` calls :func:`main`.
 """
@@ -37,7 +37,7 @@ def _print_table(report: list[dict[str, Any]], notes: list[str], out: TextIO) ->
             print(f"{name}={value}", file=out)
     for rec in report:
         print(f"{rec['name']} {rec['version']}: {rec['status']}", file=out)
-        for kind in ("optimizers", "losses"):
+        for kind in ("optimizers", "losses", "layers"):
             if rec[kind]:
                 print(f"  {kind}: {', '.join(rec[kind])}", file=out)
         if rec["error"]:
@@ -68,6 +68,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for rec in report:
         rec["optimizers"] = [f"{rec['name']}:{n}" for n in rec["optimizers"]]
         rec["losses"] = [f"{rec['name']}:{n}" for n in rec["losses"]]
+        rec["layers"] = [f"{rec['name']}:{n}" for n in rec["layers"]]
     if args.json:
         json.dump({"plugins": report, "warnings": notes}, sys.stdout, indent=2)
         sys.stdout.write("\n")

@@ -1,4 +1,4 @@
-"""The whole plugin surface of numbanet: two hooks.
+"""The whole plugin surface of numbanet: three hooks.
 
 A plugin is any module (or object) with functions decorated by :data:`hookimpl`, made
 known through the ``numbanet`` entry-point group in its ``pyproject.toml``::
@@ -6,7 +6,7 @@ known through the ``numbanet`` entry-point group in its ``pyproject.toml``::
     [project.entry-points.numbanet]
     lion = "numbanet_lion"
 
-numbanet's own optimizers and losses are registered through these same hooks (see
+numbanet's own optimizers, losses and layers are registered through these same hooks (see
 :mod:`numbanet._builtin`), before any installed plugin. Each hook is called once per
 plugin, lazily, the first time a name is looked up; an exception or a malformed return
 value disables that plugin (with a warning naming it) and the others keep working.
@@ -15,10 +15,14 @@ value disables that plugin (with a warning naming it) and the others keep workin
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import pluggy
 
 from numbanet.specs import LossSpec, OptimizerSpec
+
+if TYPE_CHECKING:
+    from numbanet.nn.module import Module
 
 PROJECT_NAME = "numbanet"
 
@@ -63,4 +67,27 @@ def numbanet_register_losses() -> Sequence[LossSpec]:
         def numbanet_register_losses():
             return [LossSpec("focal", focal_row_kernel, target="labels",
                              hyperparams={"gamma": 2.0}, output_activation="softmax")]
+    """
+
+
+@hookspec
+def numbanet_register_layers() -> Sequence[type[Module]]:
+    """Return the layer classes this plugin provides.
+
+    Called once per plugin when numbanet first needs the layer registry
+    (``numbanet.load``, ``Sequential.from_config``, ``numbanet plugins``). A layer is
+    registered under its class's ``layer_type`` (the class name unless the class sets
+    it), which is also what its ``get_config()["type"]`` returns. Layers you construct
+    yourself need no registration; registering is what lets saved models that use them
+    load again.
+
+    Returns:
+        A list (or tuple) of subclasses of :class:`~numbanet.Module` (the classes, not
+        instances); an empty list is fine.
+
+    Example::
+
+        @numbanet.hookimpl
+        def numbanet_register_layers():
+            return [RMSNorm]
     """

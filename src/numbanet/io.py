@@ -13,9 +13,15 @@ key                       content
                           state of the model's random generator, the parameter and slot
                           names with their shapes, user ``metadata``
 ``param/<name>``          each parameter, e.g. ``param/0.weight`` ``(64, 128)``
+``buffer/<name>``         each non-trainable layer buffer (``buffer/1.running_mean``)
 ``slot/<slot>/<name>``    each optimizer state slot per parameter (``slot/exp_avg/0.bias``)
 ``loss/weight``           the loss's class weights, when set
 ========================  ==============================================================
+
+Format version 2 added layer buffers (``buffers`` in the metadata, ``buffer/`` arrays);
+files of version 1, written before, load unchanged. Layer types are looked up in the
+layer registry, so a model using a plugin's layer loads wherever that plugin is
+installed (and says which type is missing elsewhere).
 
 Arrays are keyed by parameter name (the contract of ``Optimizer.state_dict``), not by
 offsets in the flat buffer, so a file stays loadable if the buffer layout changes.
@@ -43,10 +49,12 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["FORMAT_NAME", "FORMAT_VERSION", "load", "save"]
+__all__ = ["FORMAT_NAME", "FORMAT_VERSION", "READABLE_VERSIONS", "load", "save"]
 
 FORMAT_NAME = "numbanet-model"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+#: Versions :func:`load` reads (1: before layer buffers).
+READABLE_VERSIONS = (1, 2)
 
 
 def _jsonable(value: Any) -> Any:
@@ -115,11 +123,15 @@ def save(model: Any, path: str | os.PathLike[str], *, metadata: dict[str, Any] |
     arrays: dict[str, np.ndarray] = {}
     for name, start, stop, shape in layout:
         arrays[f"param/{name}"] = model.flat_parameters[start:stop].reshape(shape)
+    buffer_layout = model.buffer_layout()
+    for name, start, stop, shape in buffer_layout:
+        arrays[f"buffer/{name}"] = model.flat_buffers[start:stop].reshape(shape)
 
     meta: dict[str, Any] = {
         "numbanet_version": _version(),
         "config": model.get_config(),
         "parameters": [[name, list(shape)] for name, _, _, shape in layout],
+        "buffers": [[name, list(shape)] for name, _, _, shape in buffer_layout],
         "epochs_completed": int(getattr(model, "epochs_completed", 0)),
         "rng": _jsonable(model.rng.bit_generator.state),
         "loss": None,
@@ -313,11 +325,13 @@ def _check_meta(path: str, meta: Any) -> None:
     need(isinstance(config, dict) and isinstance(config.get("layers"), list)
          and all(isinstance(layer, dict) for layer in config["layers"]),
          "'config' is not an architecture")
-    params = meta.get("parameters")
-    need(isinstance(params, list) and all(
-        isinstance(p, list) and len(p) == 2 and isinstance(p[0], str)
-        and isinstance(p[1], list) and all(is_count(d) for d in p[1]) for p in params),
-        "'parameters' is not a list of [name, shape]")
+    for key in ("parameters", "buffers"):
+        entries = meta.get(key, [])
+        need(isinstance(entries, list) and all(
+            isinstance(p, list) and len(p) == 2 and isinstance(p[0], str)
+            and isinstance(p[1], list) and all(is_count(d) for d in p[1]) for p in entries),
+            f"{key!r} is not a list of [name, shape]")
+    need("parameters" in meta, "'parameters' is missing")
     need(isinstance(meta.get("rng"), dict), "'rng' is not a generator state")
     need(is_count(meta.get("epochs_completed", 0)), "'epochs_completed' is not a count")
     need(isinstance(meta.get("metadata", {}), dict), "'metadata' is not an object")
@@ -351,6 +365,8 @@ def _check_members(path: str, meta: dict[str, Any],
     expected: dict[str, tuple[int, ...]] = {}
     for name, shape in meta["parameters"]:
         expected[f"param/{name}"] = tuple(shape)
+    for name, shape in meta.get("buffers", []):
+        expected[f"buffer/{name}"] = tuple(shape)
     opt = meta.get("optimizer")
     for slot in (opt or {}).get("slots", []):
         for name, shape in meta["parameters"]:
@@ -366,21 +382,36 @@ def _check_members(path: str, meta: dict[str, Any],
     missing = sorted(set(expected) - set(headers))
     if missing:
         raise _not_a_model(path, f"missing array(s) {missing[:4]}")
-    stored = sum(math.prod(shape) for shape in expected.values() if len(shape))
-    claimed = 0
-    for layer in meta["config"]["layers"]:
-        n_in, n_out = layer.get("in_features", 0), layer.get("out_features", 0)
-        if isinstance(n_in, int) and isinstance(n_out, int) and n_in > 0 and n_out > 0:
-            claimed += n_in * n_out
-    if claimed > stored:
-        raise _not_a_model(path, f"the architecture claims {claimed} weights but the file "
-                                 f"holds {stored}")
+
+
+def _build_model(path: str, meta: dict[str, Any]) -> Any:
+    """The model the metadata describes, built only after its layers' parameter and buffer
+    shapes are checked against the arrays the file holds, so a file cannot make numbanet
+    allocate an architecture larger than the weights it actually contains."""
+    from numbanet.nn import Sequential
+    from numbanet.nn.registry import layer_from_config
+
+    config = meta["config"]
+    try:
+        layers = [layer_from_config(c) for c in config["layers"]]
+    except (ValueError, TypeError) as exc:
+        raise _tagged(_not_a_model(path, f"bad architecture: {exc}")) from None
+    for key, shapes_of in (("parameters", "parameter_shapes"), ("buffers", "buffer_shapes")):
+        described = [(f"{i}.{local}", tuple(shape)) for i, layer in enumerate(layers)
+                     for local, shape in getattr(layer, shapes_of)()]
+        stored = [(name, tuple(shape)) for name, shape in meta.get(key, [])]
+        if described != stored:
+            what = "parameter" if key == "parameters" else "buffer"
+            raise _not_a_model(path, f"the {what} list does not match the architecture")
+    try:
+        return Sequential(layers, seed=config.get("seed"), dtype=config.get("dtype", "float32"),
+                          input_shape=config.get("input_shape"))
+    except (ValueError, TypeError) as exc:
+        raise _not_a_model(path, f"bad architecture: {exc}") from None
 
 
 def _load_archive(path: str, archive: Any,
                   headers: dict[str, tuple[tuple[int, ...], np.dtype]]) -> Any:
-    from numbanet.nn import Sequential
-
     files = set(archive.files)
     if "format" not in files or str(archive["format"][()]) != FORMAT_NAME:
         raise _not_a_model(path, f"no '{FORMAT_NAME}' marker; it holds {sorted(files)[:8]}")
@@ -389,19 +420,15 @@ def _load_archive(path: str, archive: Any,
         raise _tagged(ValueError(
             f"{path!r} uses model format version {version}, newer than this numbanet "
             f"understands ({FORMAT_VERSION}); upgrade numbanet"))
+    if version not in READABLE_VERSIONS:
+        raise _not_a_model(path, f"unknown format version {version}")
     meta = json.loads(str(archive["meta"][()]))
     _check_meta(path, meta)
     _check_members(path, meta, headers)
-    try:
-        model = Sequential.from_config(meta["config"])
-    except (ValueError, TypeError) as exc:
-        raise _not_a_model(path, f"bad architecture: {exc}") from None
-
+    model = _build_model(path, meta)
     layout = model.parameter_layout()
-    stored = {name: tuple(shape) for name, shape in meta["parameters"]}
-    expected = {name: tuple(shape) for name, _, _, shape in layout}
-    if stored != expected:
-        raise _not_a_model(path, "the parameter list does not match the architecture")
+    for name, start, stop, shape in model.buffer_layout():
+        model.flat_buffers[start:stop] = archive[f"buffer/{name}"].reshape(-1)
     for name, start, stop, shape in layout:
         arr = archive[f"param/{name}"]
         if arr.shape != tuple(shape) or arr.dtype != model.dtype:

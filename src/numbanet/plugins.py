@@ -1,4 +1,4 @@
-"""Finding, loading and naming optimizers and losses from plugins.
+"""Finding, loading and naming optimizers, losses and layers from plugins.
 
 Load order: numbanet's built-ins (:mod:`numbanet._builtin`, through the same hooks a
 third party uses), then every entry point in the ``numbanet`` group, then plugins
@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 import pluggy
 
 from numbanet import hookspecs
+from numbanet.nn.module import Module
 from numbanet.specs import LossSpec, OptimizerSpec
 
 if TYPE_CHECKING:
@@ -47,12 +48,15 @@ __all__ = [
     "PluginWarning",
     "get_loss",
     "get_optimizer",
+    "get_layer_class",
     "get_plugin_manager",
+    "list_layers",
     "list_losses",
     "list_optimizers",
     "plugin_report",
     "register_plugin",
     "reload_plugins",
+    "resolve_layer",
     "resolve_loss",
     "resolve_optimizer",
 ]
@@ -65,10 +69,16 @@ ALLOW_ENV = "NUMBANET_PLUGINS"
 _HOOKS = {
     "optimizers": ("numbanet_register_optimizers", OptimizerSpec),
     "losses": ("numbanet_register_losses", LossSpec),
+    "layers": ("numbanet_register_layers", Module),
 }
 
 
-_SINGULAR = {"optimizers": "optimizer", "losses": "loss"}
+_SINGULAR = {"optimizers": "optimizer", "losses": "loss", "layers": "layer"}
+
+
+def _item_name(item: Any) -> str:
+    """The registry name of a spec (``spec.name``) or a layer class (``cls.layer_type``)."""
+    return item.layer_type if isinstance(item, type) else item.name
 
 
 class PluginWarning(UserWarning):
@@ -95,6 +105,7 @@ class PluginRecord:
     entry_points: list[str] = field(default_factory=list)
     optimizers: list[str] = field(default_factory=list)
     losses: list[str] = field(default_factory=list)
+    layers: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -105,6 +116,7 @@ class PluginRecord:
             "entry_points": list(self.entry_points),
             "optimizers": list(self.optimizers),
             "losses": list(self.losses),
+            "layers": list(self.layers),
         }
 
 
@@ -121,8 +133,8 @@ class _Registry:
         self.pm.add_hookspecs(hookspecs)
         self.records: dict[str, PluginRecord] = {}
         self.plugin_dist: dict[str, str] = {}  # pluggy plugin name -> distribution
-        self.items: dict[str, dict[str, _Item]] = {"optimizers": {}, "losses": {}}
-        self.by_name: dict[str, dict[str, list[str]]] = {"optimizers": {}, "losses": {}}
+        self.items: dict[str, dict[str, _Item]] = {kind: {} for kind in _HOOKS}
+        self.by_name: dict[str, dict[str, list[str]]] = {kind: {} for kind in _HOOKS}
 
     # -- loading -----------------------------------------------------------------------
     def add(self, plugin: object, plugin_name: str, dist: str, version: str) -> None:
@@ -144,8 +156,8 @@ class _Registry:
         for kind in self.items:
             for qid in [q for q, it in self.items[kind].items() if it.distribution == dist]:
                 del self.items[kind][qid]
-        record.optimizers.clear()
-        record.losses.clear()
+        for kind in _HOOKS:
+            getattr(record, kind).clear()
         if dist == BUILTIN_DISTRIBUTION:
             raise RuntimeError(f"numbanet's built-in plugins failed to load: {message}")
         warnings.warn(
@@ -171,16 +183,17 @@ class _Registry:
                     self.fail(dist, f"hook {hook_name} returned {problem}")
                     continue
                 for spec in result:
-                    qid = f"{dist}:{spec.name}"
+                    name = _item_name(spec)
+                    qid = f"{dist}:{name}"
                     if qid in self.items[kind]:
-                        self.fail(dist, f"{_SINGULAR[kind]} {spec.name!r} is registered twice")
+                        self.fail(dist, f"{_SINGULAR[kind]} {name!r} is registered twice")
                         break
                     self.items[kind][qid] = _Item(qid, dist, spec)
-                    getattr(record, kind).append(spec.name)
+                    getattr(record, kind).append(name)
         for kind in self.items:
             names: dict[str, list[str]] = {}
             for qid, item in self.items[kind].items():
-                names.setdefault(item.spec.name, []).append(qid)
+                names.setdefault(_item_name(item.spec), []).append(qid)
             self.by_name[kind] = names
             for name, qids in names.items():
                 builtin = f"{BUILTIN_DISTRIBUTION}:{name}"
@@ -237,11 +250,27 @@ class _Registry:
 
 
 def _check_result(result: object, spec_type: type) -> str | None:
+    if spec_type is Module:
+        return _check_layer_classes(result)
     if not isinstance(result, (list, tuple)):
         return f"{type(result).__name__} {result!r:.80}, expected a list of {spec_type.__name__}"
     bad = [r for r in result if not isinstance(r, spec_type)]
     if bad:
         return f"{bad[0]!r:.80}, expected {spec_type.__name__} items"
+    return None
+
+
+def _check_layer_classes(result: object) -> str | None:
+    if not isinstance(result, (list, tuple)):
+        return (f"{type(result).__name__} {result!r:.80}, expected a list of layer classes "
+                f"(subclasses of numbanet.Module)")
+    for item in result:
+        if not (isinstance(item, type) and issubclass(item, Module)):
+            hint = " (return the class, not an instance)" if isinstance(item, Module) else ""
+            return f"{item!r:.80}, expected subclasses of numbanet.Module{hint}"
+        name = item.layer_type
+        if not (isinstance(name, str) and name.isidentifier()):
+            return f"{item.__name__} with layer_type {name!r}, expected a Python identifier"
     return None
 
 
@@ -422,6 +451,28 @@ def get_loss(name: str | LossSpec, **hyperparams: Any) -> Loss:
         return Loss(name, f"unregistered:{name.name}", **hyperparams)
     qid, spec = resolve_loss(name)
     return Loss(spec, qid, **hyperparams)
+
+
+def resolve_layer(name: str) -> tuple[str, type[Module]]:
+    """``(qualified_id, layer class)`` for a layer type name (``"Dense"``) or qualified id
+    (``"numbanet:Dense"``, ``"numbanet-rmsnorm:RMSNorm"``)."""
+    item = _get().resolve("layers", name)
+    return item.qualified_id, item.spec
+
+
+def get_layer_class(name: str) -> type[Module]:
+    """The layer class registered under ``name`` (see :func:`resolve_layer`).
+
+    Raises:
+        ValueError: unknown layer type; the message lists the known ones.
+    """
+    return resolve_layer(name)[1]
+
+
+def list_layers(qualified: bool = False) -> list[str]:
+    """Layer type names known to :func:`numbanet.nn.layer_from_config` and
+    :func:`numbanet.load`, sorted (see :func:`list_optimizers` for ``qualified``)."""
+    return _get().names("layers", qualified)
 
 
 def plugin_report() -> list[dict[str, Any]]:

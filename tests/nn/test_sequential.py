@@ -180,8 +180,11 @@ def test_dropout_drops_at_the_rate_and_scales_survivors():
     [
         (lambda: Sequential([]), ValueError, "must not be empty"),
         (lambda: Sequential(Dense(2, 3)), TypeError, "list of layers"),
-        (lambda: Sequential([Dropout(0.1), Dense(2, 3)]), ValueError, "first layer must be Dense"),
-        (lambda: Sequential([Dense(2, 3), Dense(4, 1)]), ValueError, "expects 4 input features"),
+        (lambda: Sequential([Dropout(0.1), Dense(2, 3)], input_shape=(3,)), ValueError,
+         r"layers\[1\].*expects samples of shape \(2,\) but receives \(3,\)"),
+        (lambda: Sequential([Dense(2, 3), Dense(4, 1)]), ValueError,
+         r"expects samples of shape \(4,\)"),
+        (lambda: Sequential([Dense(2, 3)], input_shape=(0,)), TypeError, "input_shape"),
         (lambda: Sequential([Dense(2, 3)], dtype="float16"), TypeError, "float32"),
         (lambda: Sequential([Dense(2, 3)], seed="x"), TypeError, "seed"),
         (lambda: Sequential([Dense(2, 3), "relu"]), TypeError, r"layers\[1\]"),

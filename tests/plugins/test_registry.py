@@ -54,7 +54,7 @@ def test_installed_plugin_is_found_through_its_entry_point(make_dist):
     assert report["numbanet-half"] == {
         "name": "numbanet-half", "version": "1.0", "status": "loaded", "error": None,
         "entry_points": ["numbanet-half:numbanet_half"], "optimizers": ["halfstep"],
-        "losses": ["rowsum"],
+        "losses": ["rowsum"], "layers": [],
     }
 
 

@@ -1,7 +1,8 @@
-"""numbanet's own optimizers and losses, registered through the public hooks.
+"""numbanet's own optimizers, losses and layers, registered through the public hooks.
 
 Each module here is a plugin like any third-party one: it implements
-``numbanet_register_optimizers`` or ``numbanet_register_losses`` and is registered under
+``numbanet_register_optimizers``, ``numbanet_register_losses`` or
+``numbanet_register_layers`` and is registered under
 the distribution name ``numbanet`` before installed plugins load.
 """
 
@@ -11,6 +12,7 @@ from numbanet._builtin import (
     adam,
     adamax,
     adamw,
+    layers,
     losses,
     nadam,
     radam,
@@ -19,4 +21,5 @@ from numbanet._builtin import (
 )
 
 #: Plugin modules, in registration order.
-MODULES = (sgd, adagrad, rmsprop, adadelta, adam, adamw, adamax, nadam, radam, losses)
+MODULES = (sgd, adagrad, rmsprop, adadelta, adam, adamw, adamax, nadam, radam, losses,
+           layers)

@@ -1,25 +1,59 @@
-"""The layer protocol every building block of a :class:`~numbanet.nn.Sequential` follows."""
+"""The layer contract every building block of a :class:`~numbanet.nn.Sequential` follows.
+
+A layer maps a batch ``(batch, *in_shape)`` to ``(batch, *out_shape)``. Per-sample shapes
+(the batch axis excluded) are what :meth:`Module.output_shape` takes and returns.
+
+What a layer implements (plugin layers too; everything but ``forward``, ``backward`` and
+``get_config`` has a default):
+
+===============================  ===========================================================
+``parameter_shapes()``           ``[(local_name, shape), ...]``: trainable arrays
+``parameter_roles()``            ``{local_name: role}``: ``"weight"`` (default, decays),
+                                 ``"bias"`` or ``"norm"`` (no weight decay by default)
+``buffer_shapes()``              ``[(local_name, shape), ...]``: saved, not trained
+``initialize(rng)``              write initial parameter (and buffer) values
+``input_shape``                  the per-sample input shape the layer fixes, or ``None``
+``output_shape(in_shape)``       per-sample output shape; ``ValueError`` if it cannot take it
+``forward(x, training)``         ``(batch, *in_shape)`` -> ``(batch, *out_shape)``
+``backward(dy, need_input_grad)``  fill this layer's gradients, return ``dx`` or ``None``
+``get_config()``                 constructor arguments plus ``"type"`` (:attr:`layer_type`)
+===============================  ===========================================================
+
+Optional protocol members the model uses without knowing the layer's class:
+
+* ``set_rng(rng)``: receive the model's random generator (Dropout's masks).
+* ``fused_derivative()`` / ``accepts_fused_derivative`` / ``backward_fused(...)``: the
+  layer above applies this layer's activation derivative in the epilogue of its input
+  gradient GEMM (Dense over Dense with ReLU).
+
+Parameters are reached by local name with :meth:`Module.parameter` and buffers with
+:meth:`Module.buffer`; both are views into the model's flat buffers, handed over by
+:meth:`Module.attach`.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, ClassVar, NamedTuple
 
 import numpy as np
 
-from numbanet.nn.parameter import Parameter
+from numbanet.nn.parameter import ROLES, Parameter
 
 # Distinct batch sizes whose buffers a layer keeps: an epoch of fit touches up to five
 # (training batch and its remainder, evaluation batch and its remainder, validation).
 # The least recently used one is dropped beyond this.
 _MAX_CACHED_BATCH_SIZES = 6
 
+Shape = tuple[int, ...]
+
 
 class Workspace:
     """Buffers a layer reuses across steps, one set per batch size.
 
     A training step must not allocate in steady state, so each layer asks its workspace
-    for ``(rows, width)`` arrays by name; they are created on first use for that batch
-    size and handed back on every later step.
+    for arrays by name and shape (batch axis first); they are created on first use for
+    that batch size and handed back on every later step.
     """
 
     def __init__(self, dtype: np.dtype) -> None:
@@ -27,8 +61,17 @@ class Workspace:
         self._by_rows: dict[int, dict[str, np.ndarray]] = {}
         self._scratch: np.ndarray | None = None
 
-    def get(self, name: str, rows: int, width: int) -> np.ndarray:
-        """The ``(rows, width)`` buffer called ``name`` (contents are left from last use)."""
+    def get(self, name: str, *shape: int | Sequence[int], dtype: Any = None) -> np.ndarray:
+        """The buffer called ``name`` with ``shape`` (batch first); contents are left from
+        its last use.
+
+        ``get("z", rows, width)`` and ``get("z", (rows, h, w, c))`` both work. ``dtype``
+        defaults to the model's (integer buffers such as pooling's argmax pass their own).
+        """
+        # Called several times per layer and step: no normalisation beyond unpacking.
+        dims = (tuple(shape[0]) if len(shape) == 1 and isinstance(shape[0], (tuple, list))
+                else shape)
+        rows = dims[0]
         buffers = self._by_rows.pop(rows, None)
         if buffers is None:
             if len(self._by_rows) >= _MAX_CACHED_BATCH_SIZES:
@@ -38,8 +81,9 @@ class Workspace:
             buffers = {}
         self._by_rows[rows] = buffers
         array = buffers.get(name)
-        if array is None or array.shape[1] != width:
-            array = buffers[name] = np.empty((rows, width), dtype=self.dtype)
+        if array is None or array.shape != dims or (dtype is not None
+                                                     and array.dtype != dtype):
+            array = buffers[name] = np.empty(dims, dtype=self.dtype if dtype is None else dtype)
         return array
 
     def scratch(self, size: int) -> np.ndarray:
@@ -55,52 +99,170 @@ class Workspace:
         self._scratch = None
 
 
-class Module:
-    """Base class of layers.
+class FusedDerivative(NamedTuple):
+    """What a layer offers the layer above for fusing its activation derivative.
 
-    A layer declares its parameters with :meth:`parameter_shapes`; the owning
-    :class:`~numbanet.nn.Sequential` allocates one flat buffer for all layers and hands each
+    Attributes:
+        act_id: the activation id (:mod:`numbanet.kernels.activations`) whose derivative
+            the GEMM epilogue applies.
+        saved: the array the derivative reads (the layer's pre-activation or output from
+            the last forward), shaped like the layer's output.
+    """
+
+    act_id: int
+    saved: np.ndarray
+
+
+class Module:
+    """Base class of layers (see the module docstring for the whole contract).
+
+    The owning :class:`~numbanet.nn.Sequential` allocates one flat buffer for the
+    parameters of all layers (one for the gradients, one for the buffers) and hands each
     layer views into it through :meth:`attach`. ``forward`` keeps what ``backward`` needs;
     ``backward`` overwrites the gradients of the layer's parameters (it does not add to
     them) and returns the gradient with respect to the layer's input.
 
     Arrays returned by ``forward``/``backward`` are the layer's own workspace buffers:
     valid until the next call with the same batch size.
+
+    Attributes:
+        layer_type: the name under which the layer registry knows the class and which
+            ``get_config()["type"]`` returns; the class name unless a subclass sets it.
+        input_shape: the per-sample input shape the layer fixes (``Dense(64, 10)``:
+            ``(64,)``), or ``None`` when it takes what it is given.
+        accepts_fused_derivative: the layer's :meth:`backward_fused` can apply the
+            activation derivative of the layer below in its input-gradient epilogue.
     """
 
-    in_features: int | None = None
-    out_features: int | None = None
+    layer_type: ClassVar[str] = "Module"
+    input_shape: Shape | None = None
+    accepts_fused_derivative: ClassVar[bool] = False
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "layer_type" not in cls.__dict__:
+            cls.layer_type = cls.__name__
 
     def __init__(self) -> None:
         self._params: dict[str, Parameter] = {}
+        self._buffers: dict[str, np.ndarray] = {}
         self._workspace: Workspace | None = None
 
     # -- structure -----------------------------------------------------------------
-    def parameter_shapes(self) -> list[tuple[str, tuple[int, ...]]]:
-        """Local names and shapes of this layer's parameters, in a fixed order."""
+    def parameter_shapes(self) -> list[tuple[str, Shape]]:
+        """Local names and shapes of this layer's trainable parameters, in a fixed order."""
         return []
 
-    def attach(self, params: dict[str, Parameter], dtype: np.dtype) -> None:
+    def parameter_roles(self) -> dict[str, str]:
+        """Role of each parameter by local name: ``"weight"``, ``"bias"`` or ``"norm"``.
+
+        The gradient pipeline decays only ``"weight"`` parameters by default
+        (:class:`numbanet.optim.DecoupledWeightDecay`). Names left out are ``"weight"``.
+        """
+        return {}
+
+    def buffer_shapes(self) -> list[tuple[str, Shape]]:
+        """Local names and shapes of non-trainable state (running statistics, ...).
+
+        Buffers are saved and loaded with the model and restored on resume, but have no
+        gradient and the optimizer never touches them. They hold the model's dtype.
+        """
+        return []
+
+    def attach(
+        self,
+        params: dict[str, Parameter],
+        dtype: np.dtype,
+        buffers: dict[str, np.ndarray] | None = None,
+    ) -> None:
         """Receive views into the model's buffers (keyed by local name) and the dtype."""
         self._params = params
+        self._buffers = dict(buffers or {})
         self._workspace = Workspace(dtype)
 
     def initialize(self, rng: np.random.Generator) -> None:
-        """Write initial values into the attached parameters."""
+        """Write initial values into the attached parameters and buffers."""
 
-    def output_features(self, in_features: int) -> int:
-        """Width of the output for an input of width ``in_features``."""
-        return in_features
+    def output_shape(self, in_shape: Shape) -> Shape:
+        """Per-sample output shape for a per-sample input of ``in_shape``.
+
+        Raises:
+            ValueError: the layer cannot take that input (the message names both shapes).
+        """
+        return tuple(in_shape)
 
     def get_config(self) -> dict[str, Any]:
-        """JSON-serialisable constructor arguments, with the class name under ``"type"``."""
+        """JSON-serialisable constructor arguments, with :attr:`layer_type` under ``"type"``."""
         raise NotImplementedError
+
+    # -- parameters and buffers by local name ----------------------------------------
+    def parameter(self, name: str) -> Parameter:
+        """The :class:`Parameter` called ``name`` (local name, e.g. ``"weight"``)."""
+        try:
+            return self._params[name]
+        except KeyError:
+            if not self._params and any(n == name for n, _ in self.parameter_shapes()):
+                raise RuntimeError(
+                    f"{type(self).__name__} is not part of a model yet; put it in a Sequential"
+                ) from None
+            raise KeyError(
+                f"{type(self).__name__} has no parameter {name!r}; it has "
+                f"{[n for n, _ in self.parameter_shapes()]}"
+            ) from None
+
+    def buffer(self, name: str) -> np.ndarray:
+        """The non-trainable buffer called ``name`` (a view into the model's buffers)."""
+        try:
+            return self._buffers[name]
+        except KeyError:
+            if not self._buffers and any(n == name for n, _ in self.buffer_shapes()):
+                raise RuntimeError(
+                    f"{type(self).__name__} is not part of a model yet; put it in a Sequential"
+                ) from None
+            raise KeyError(
+                f"{type(self).__name__} has no buffer {name!r}; it has "
+                f"{[n for n, _ in self.buffer_shapes()]}"
+            ) from None
+
+    # -- protocol hooks the model calls without knowing the class ------------------------
+    def set_rng(self, rng: np.random.Generator) -> None:
+        """Receive the model's random generator (called once when the model is built).
+
+        Layers that draw random numbers in training (Dropout) keep it; saving the
+        generator's state is then enough to resume bit for bit.
+        """
+
+    def fused_derivative(self) -> FusedDerivative | None:
+        """The activation derivative the layer above may apply for this layer, or ``None``.
+
+        Called during backward, after this layer's forward; a layer returning a value
+        must accept ``grad_is_dz=True`` in :meth:`backward_fused` (its incoming gradient
+        is then already d(loss)/d(pre-activation)).
+        """
+        return None
+
+    def backward_fused(
+        self,
+        grad: np.ndarray,
+        grad_is_dz: bool,
+        need_input_grad: bool,
+        below: FusedDerivative | None,
+    ) -> np.ndarray | None:
+        """Backward with derivative fusion; the model calls this, layers override it only
+        when they take part (see :meth:`fused_derivative` and
+        :attr:`accepts_fused_derivative`). By default it is :meth:`backward`."""
+        if grad_is_dz or below is not None:
+            raise RuntimeError(f"{type(self).__name__} does not take part in derivative fusion")
+        return self.backward(grad, need_input_grad=need_input_grad)
 
     # -- computation ---------------------------------------------------------------
     def forward(self, x: np.ndarray, training: bool) -> np.ndarray:
+        """``(batch, *in_shape)`` -> ``(batch, *out_shape)``; keeps what backward needs."""
         raise NotImplementedError
 
     def backward(self, dy: np.ndarray, need_input_grad: bool = True) -> np.ndarray | None:
+        """Overwrite this layer's gradients from ``dy`` (shaped like the last output) and
+        return d(loss)/d(input) (or ``None`` when ``need_input_grad`` is false)."""
         raise NotImplementedError
 
     @property
@@ -110,3 +272,17 @@ class Module:
                 f"{type(self).__name__} is not part of a model yet; put it in a Sequential"
             )
         return self._workspace
+
+
+def check_roles(layer: Module) -> dict[str, str]:
+    """``layer.parameter_roles()`` completed with ``"weight"`` and checked."""
+    names = [n for n, _ in layer.parameter_shapes()]
+    roles = dict(layer.parameter_roles())
+    for name, role in roles.items():
+        if name not in names:
+            raise ValueError(f"{type(layer).__name__}.parameter_roles() names {name!r}, which "
+                             f"is not among its parameters {names}")
+        if role not in ROLES:
+            raise ValueError(f"{type(layer).__name__}.parameter_roles(): role {role!r} of "
+                             f"{name!r} is not one of {ROLES}")
+    return {name: roles.get(name, "weight") for name in names}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -10,8 +11,7 @@ import numpy as np
 
 from numbanet._validation import resolve_dtype
 from numbanet.kernels.checks import all_finite
-from numbanet.nn.layers import Dense, Dropout
-from numbanet.nn.module import Module, Workspace
+from numbanet.nn.module import Module, Shape, Workspace, check_roles
 from numbanet.nn.parameter import Parameter
 
 # Each parameter starts on a 64-byte boundary of the flat buffer (16 float32 values), so
@@ -22,26 +22,46 @@ _ALIGN_BYTES = 64
 LayoutEntry = tuple[str, int, int, tuple[int, ...]]
 
 
+def _check_shape(name: str, shape: Any) -> Shape:
+    if isinstance(shape, (int, np.integer)) and not isinstance(shape, bool):
+        shape = (shape,)
+    if not isinstance(shape, (tuple, list)) or not all(
+        isinstance(d, (int, np.integer)) and not isinstance(d, bool) and d > 0 for d in shape
+    ):
+        raise TypeError(f"{name} must be a tuple of positive ints (one sample's shape, batch "
+                        f"axis excluded), e.g. (8, 8, 1); got {shape!r}")
+    return tuple(int(d) for d in shape)
+
+
 class Sequential:
     """A feed-forward network: layers applied one after the other.
 
     Args:
-        layers: the layers; the first must be a :class:`~numbanet.nn.Dense`, which fixes
-            the input width. Consecutive widths must agree.
+        layers: the layers. Each maps ``(batch, *in_shape)`` to ``(batch, *out_shape)``;
+            consecutive shapes must agree.
         seed: seeds weight initialisation, dropout and shuffling; ``None`` draws fresh
             entropy. The same seed gives bit-identical initial weights.
         dtype: ``"float32"`` (default, fastest) or ``"float64"``.
+        input_shape: one sample's shape, batch axis excluded (``(64,)``, ``(8, 8, 1)``).
+            When given, the whole stack is checked here. Without it the first layer
+            fixes the input shape when it can (``Dense(64, 10)`` takes ``(64,)``);
+            otherwise shapes are resolved and checked at the first call.
 
     All parameters live in one contiguous buffer (:attr:`flat_parameters`) and all
     gradients in another (:attr:`flat_gradients`); each :class:`Parameter` is a view into
-    them, so an optimizer step is one parallel pass over one array.
+    them, so an optimizer step is one parallel pass over one array. Non-trainable layer
+    state (running statistics) lives in :attr:`flat_buffers`.
 
     A model is not meant to be used from two Python threads at once: its layers keep
     per-batch workspaces. Train two models in two threads instead.
     """
 
     def __init__(
-        self, layers: Sequence[Module], seed: int | None = None, dtype: str | np.dtype = "float32"
+        self,
+        layers: Sequence[Module],
+        seed: int | None = None,
+        dtype: str | np.dtype = "float32",
+        input_shape: Sequence[int] | int | None = None,
     ) -> None:
         if isinstance(layers, Module) or not isinstance(layers, Sequence):
             raise TypeError("layers must be a list of layers, e.g. [Dense(64, 10)]")
@@ -51,10 +71,6 @@ class Sequential:
         for i, layer in enumerate(layers):
             if not isinstance(layer, Module):
                 raise TypeError(f"layers[{i}] must be a numbanet layer, got {type(layer).__name__}")
-        if not isinstance(layers[0], Dense):
-            raise ValueError(
-                "the first layer must be Dense: it fixes the input width of the model"
-            )
         if len({id(layer) for layer in layers}) != len(layers):
             raise ValueError("the same layer object appears twice in layers")
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))):
@@ -65,14 +81,14 @@ class Sequential:
         self.layers: list[Module] = layers
         self.dtype: np.dtype = resolve_dtype(dtype)
         self.seed = seed
-        self.in_features: int = layers[0].in_features  # type: ignore[assignment]
-        width = self.in_features
-        for i, layer in enumerate(layers):
-            try:
-                width = layer.output_features(width)
-            except ValueError as exc:
-                raise ValueError(f"layers[{i}]: {exc}") from None
-        self.out_features: int = width
+        self._declared_input_shape = (None if input_shape is None
+                                      else _check_shape("input_shape", input_shape))
+        self._input_shape: Shape | None = None
+        self._output_shape: Shape | None = None
+        self._layer_shapes: list[Shape] = []
+        first = self._declared_input_shape or layers[0].input_shape
+        if first is not None:
+            self._resolve_shapes(tuple(first))
 
         self._build_buffers()
         seed_seq = np.random.SeedSequence(seed)
@@ -84,8 +100,13 @@ class Sequential:
         # so saving its state is enough to resume bit for bit.
         self.rng = np.random.default_rng(noise_seq)
         for layer in layers:
-            if isinstance(layer, Dropout):
-                layer.rng = self.rng
+            layer.set_rng(self.rng)
+        # Backward pairs each layer with the layer below when the two can fuse an
+        # activation derivative into the upper layer's input-gradient GEMM.
+        self._fusion_below: list[Module | None] = [
+            below if layer.accepts_fused_derivative and _offers_fusion(below) else None
+            for below, layer in zip([None, *layers[:-1]], layers, strict=True)
+        ]
 
         self.loss: Any = None
         self.optimizer: Any = None
@@ -101,22 +122,81 @@ class Sequential:
         self.stop_reason: str | None = None
         self.metadata: dict[str, Any] = {}
 
-    # -- parameters ------------------------------------------------------------------
+    # -- shapes ------------------------------------------------------------------------
+    def _resolve_shapes(self, in_shape: Shape) -> None:
+        """Run ``output_shape`` through the stack; errors name the layer."""
+        shapes = [in_shape]
+        shape = in_shape
+        for i, layer in enumerate(self.layers):
+            try:
+                shape = tuple(layer.output_shape(shape))
+            except ValueError as exc:
+                raise ValueError(f"layers[{i}] ({layer!r}): {exc}") from None
+            shapes.append(shape)
+        self._layer_shapes = shapes
+        self._input_shape, self._output_shape = in_shape, shape
+
+    @property
+    def input_shape(self) -> Shape | None:
+        """One sample's input shape (batch excluded), or ``None`` until the first call
+        resolves it."""
+        return self._input_shape
+
+    @property
+    def output_shape(self) -> Shape | None:
+        """One sample's output shape (batch excluded), or ``None`` until resolved."""
+        return self._output_shape
+
+    @property
+    def in_features(self) -> int | None:
+        """Numbers per input sample (``prod(input_shape)``), or ``None`` until resolved."""
+        return None if self._input_shape is None else math.prod(self._input_shape)
+
+    @property
+    def out_features(self) -> int:
+        """Width ``k`` of the ``(batch, k)`` outputs that losses and metrics read.
+
+        Raises:
+            ValueError: the network's outputs are not ``(batch, k)`` (end it with a layer
+                that flattens), or shapes are not resolved yet.
+        """
+        shape = self._output_shape
+        if shape is None:
+            raise ValueError("the model's shapes are not known yet: pass input_shape= to "
+                             "Sequential or call it on data first")
+        if len(shape) != 1:
+            raise ValueError(
+                f"the network's outputs have shape (batch, {', '.join(map(str, shape))}), "
+                f"but losses and metrics need (batch, k): end the network with a layer "
+                f"that flattens its input"
+            )
+        return shape[0]
+
+    # -- parameters and buffers ----------------------------------------------------------
     def _build_buffers(self) -> None:
         align = max(1, _ALIGN_BYTES // self.dtype.itemsize)
-        layout: list[LayoutEntry] = []
-        offset = 0
-        for index, layer in enumerate(self.layers):
-            for local, shape in layer.parameter_shapes():
-                size = int(np.prod(shape))
-                layout.append((f"{index}.{local}", offset, offset + size, tuple(shape)))
-                offset += -(-size // align) * align
-        self._layout = layout
-        self.flat_parameters = np.zeros(offset, dtype=self.dtype)
-        self.flat_gradients = np.zeros(offset, dtype=self.dtype)
+
+        def lay_out(shapes_of: Callable[[Module], list[tuple[str, Shape]]]) -> tuple[
+                list[LayoutEntry], int]:
+            layout: list[LayoutEntry] = []
+            offset = 0
+            for index, layer in enumerate(self.layers):
+                for local, shape in shapes_of(layer):
+                    size = math.prod(shape)
+                    layout.append((f"{index}.{local}", offset, offset + size, tuple(shape)))
+                    offset += -(-size // align) * align
+            return layout, offset
+
+        self._layout, n_params = lay_out(lambda layer: layer.parameter_shapes())
+        self._buffer_layout, n_buffers = lay_out(lambda layer: layer.buffer_shapes())
+        self.flat_parameters = np.zeros(n_params, dtype=self.dtype)
+        self.flat_gradients = np.zeros(n_params, dtype=self.dtype)
+        self.flat_buffers = np.zeros(n_buffers, dtype=self.dtype)
         self._parameters: list[Parameter] = []
-        entries = iter(layout)
+        self._buffers: dict[str, np.ndarray] = {}
+        entries, buffer_entries = iter(self._layout), iter(self._buffer_layout)
         for layer in self.layers:
+            roles = check_roles(layer)
             params = {}
             for local, _shape in layer.parameter_shapes():
                 name, start, stop, shape = next(entries)
@@ -124,10 +204,15 @@ class Sequential:
                     name,
                     self.flat_parameters[start:stop].reshape(shape),
                     self.flat_gradients[start:stop].reshape(shape),
+                    roles[local],
                 )
                 params[local] = param
                 self._parameters.append(param)
-            layer.attach(params, self.dtype)
+            buffers = {}
+            for local, _shape in layer.buffer_shapes():
+                name, start, stop, shape = next(buffer_entries)
+                buffers[local] = self._buffers[name] = self.flat_buffers[start:stop].reshape(shape)
+            layer.attach(params, self.dtype, buffers)
 
     def parameters(self) -> list[Parameter]:
         """Every :class:`Parameter` in layer order (weight before bias)."""
@@ -137,39 +222,102 @@ class Sequential:
         """``[(name, start, stop, shape), ...]``: where each parameter sits in the flat buffers."""
         return list(self._layout)
 
+    def buffers(self) -> dict[str, np.ndarray]:
+        """Non-trainable layer state by qualified name (``"1.running_mean"``): views into
+        :attr:`flat_buffers`, saved and loaded with the model, never trained."""
+        return dict(self._buffers)
+
+    def buffer_layout(self) -> list[LayoutEntry]:
+        """``[(name, start, stop, shape), ...]``: where each buffer sits in :attr:`flat_buffers`."""
+        return list(self._buffer_layout)
+
     @property
     def num_parameters(self) -> int:
         """Number of trainable scalars (alignment padding excluded)."""
         return sum(stop - start for _, start, stop, _ in self._layout)
 
+    def get_weights(self) -> list[np.ndarray]:
+        """Copies of every parameter, then every buffer, layer by layer (Keras's order)."""
+        weights = []
+        for index, layer in enumerate(self.layers):
+            weights += [layer.parameter(local).value.copy() for local, _ in layer.parameter_shapes()]
+            weights += [self._buffers[f"{index}.{local}"].copy()
+                        for local, _ in layer.buffer_shapes()]
+        return weights
+
+    def set_weights(self, weights: Sequence[Any]) -> None:
+        """Write arrays in the order of :meth:`get_weights` into the model (converted to
+        its dtype; the optimizer state is left as it is).
+
+        Raises:
+            ValueError: wrong number of arrays, a wrong shape, or NaN/infinity (nothing is
+                written then).
+        """
+        targets = []
+        for index, layer in enumerate(self.layers):
+            targets += [(f"{index}.{local}", layer.parameter(local).value)
+                        for local, _ in layer.parameter_shapes()]
+            targets += [(f"{index}.{local}", self._buffers[f"{index}.{local}"])
+                        for local, _ in layer.buffer_shapes()]
+        weights = list(weights)
+        if len(weights) != len(targets):
+            raise ValueError(f"set_weights needs {len(targets)} arrays (see get_weights()), "
+                             f"got {len(weights)}")
+        converted = []
+        for (name, target), value in zip(targets, weights, strict=True):
+            array = np.asarray(value)
+            if array.shape != target.shape:
+                raise ValueError(f"set_weights: {name} must have shape {target.shape}, got "
+                                 f"{array.shape}")
+            if array.dtype.kind not in "fiu" or not np.isfinite(array).all():
+                raise ValueError(f"set_weights: {name} must hold finite real numbers")
+            converted.append(array.astype(self.dtype, copy=False))
+        for (_, target), array in zip(targets, converted, strict=True):
+            target[...] = array
+
     # -- input checks ----------------------------------------------------------------
-    def _check_input(self, X: Any, name: str = "X") -> np.ndarray:
+    def validate_input(self, X: Any, name: str = "X") -> np.ndarray:
         """Validate ``X`` and return it as a C-contiguous array of the model's dtype.
 
-        Integer and float arrays of another dtype are converted (copied); booleans,
-        strings, objects and complex numbers are rejected.
+        ``X`` must be ``(n, *input_shape)``. Integer and float arrays of another dtype are
+        converted (copied); booleans, strings, objects and complex numbers are rejected.
+        A model whose input shape is not known yet resolves its shapes from ``X``.
         """
         if not isinstance(X, np.ndarray):
             try:
                 X = np.asarray(X)
             except (ValueError, TypeError) as exc:
-                raise TypeError(f"{name} must be a 2-D array of numbers: {exc}") from None
+                raise TypeError(f"{name} must be an array of numbers: {exc}") from None
         if X.dtype.kind not in "fiu":
             raise TypeError(f"{name} must hold real numbers, got dtype {X.dtype}")
-        if X.ndim != 2:
-            raise ValueError(
-                f"{name} must be 2-D (samples, features), got {X.ndim}-D with shape {X.shape}"
-            )
+        expected = self._input_shape
+        if expected is None:
+            if X.ndim < 2:
+                raise ValueError(f"{name} must have a batch axis and at least one more, got "
+                                 f"shape {X.shape}")
+            with self._lock:
+                self._resolve_shapes(tuple(int(d) for d in X.shape[1:]))
+            expected = self._input_shape
+            assert expected is not None
+        if X.ndim != 1 + len(expected):
+            if len(expected) == 1:
+                raise ValueError(
+                    f"{name} must be 2-D (samples, features), got {X.ndim}-D with shape "
+                    f"{X.shape}")
+            raise ValueError(f"{name} must be {1 + len(expected)}-D (samples, "
+                             f"{', '.join(map(str, expected))}), got shape {X.shape}")
         if X.shape[0] == 0:
             raise ValueError(f"{name} is empty (0 samples)")
-        if X.shape[1] != self.in_features:
-            raise ValueError(
-                f"{name} has {X.shape[1]} features per sample but the model expects "
-                f"{self.in_features}"
-            )
+        if X.shape[1:] != expected:
+            if len(expected) == 1:
+                raise ValueError(
+                    f"{name} has {X.shape[1]} features per sample but the model expects "
+                    f"{expected[0]}")
+            raise ValueError(f"{name} has samples of shape {X.shape[1:]} but the model "
+                             f"expects {expected}")
         with np.errstate(over="ignore", invalid="ignore"):
             converted = np.ascontiguousarray(X, dtype=self.dtype)
-        if not all_finite(converted):
+        if not all_finite(converted.reshape(converted.shape[0], -1)):
             if X.dtype.kind == "f" and np.isfinite(X).all():
                 # Finite data that overflowed in the cast (1e300 into float32): say so.
                 raise ValueError(
@@ -178,6 +326,9 @@ class Sequential:
                 )
             raise ValueError(f"{name} contains NaN or infinity")
         return converted
+
+    # Kept for code written against the first release.
+    _check_input = validate_input
 
     # -- computation -----------------------------------------------------------------
     def _forward(self, X: np.ndarray, training: bool) -> np.ndarray:
@@ -188,29 +339,22 @@ class Sequential:
 
     def _backward(self, d_out: np.ndarray, need_input_grad: bool) -> np.ndarray | None:
         grad: np.ndarray | None = d_out
-        grad_is_dz = False  # grad already went through the next layer's activation
-        last = len(self.layers) - 1
-        for i in range(last, -1, -1):
-            layer = self.layers[i]
+        grad_is_dz = False  # grad already went through the layer's activation derivative
+        below_of = self._fusion_below
+        for i in range(len(self.layers) - 1, -1, -1):
             # The first layer's input gradient is only needed when the caller asks for it.
-            need = need_input_grad or i > 0
-            if isinstance(layer, Dense):
-                # Dense over Dense: the derivative of the lower layer's activation is
-                # applied in the epilogue of this layer's dx GEMM (no separate pass).
-                below = self.layers[i - 1] if i > 0 else None
-                fuse = isinstance(below, Dense) and below.fuses_derivative
-                grad = layer.backward_fused(grad, grad_is_dz, need, below if fuse else None)
-                grad_is_dz = fuse
-            else:
-                grad = layer.backward(grad, need_input_grad=need)
-                grad_is_dz = False
+            below = below_of[i]
+            offer = below.fused_derivative() if below is not None else None
+            grad = self.layers[i].backward_fused(grad, grad_is_dz, need_input_grad or i > 0,
+                                                 offer)
+            grad_is_dz = offer is not None
         return grad
 
     def forward(self, X: Any, training: bool = True) -> np.ndarray:
-        """Run the network on ``X`` (``(batch, in_features)``) and return a new array of
-        outputs ``(batch, out_features)``. ``training=True`` applies dropout and keeps what
-        :meth:`backward` needs."""
-        X = self._check_input(X)
+        """Run the network on ``X`` (``(batch, *input_shape)``) and return a new array of
+        outputs ``(batch, *output_shape)``. ``training=True`` applies dropout and keeps
+        what :meth:`backward` needs."""
+        X = self.validate_input(X)
         with self._lock:
             self._last_rows = X.shape[0]
             return self._forward(X, training).copy()
@@ -233,10 +377,12 @@ class Sequential:
         d_out = np.asarray(d_out)
         if d_out.dtype.kind not in "fiu":
             raise TypeError(f"d_out must hold real numbers, got dtype {d_out.dtype}")
-        if d_out.shape != (rows, self.out_features):
+        assert self._output_shape is not None
+        expected = (rows, *self._output_shape)
+        if d_out.shape != expected:
             raise ValueError(
-                f"d_out must have the shape of the last forward's output "
-                f"{(rows, self.out_features)}, got {d_out.shape}"
+                f"d_out must have the shape of the last forward's output {expected}, got "
+                f"{d_out.shape}"
             )
         return np.ascontiguousarray(d_out, dtype=self.dtype)
 
@@ -249,11 +395,16 @@ class Sequential:
         from numbanet._validation import check_positive_int
 
         batch_size = check_positive_int("batch_size", batch_size)
-        X = self._check_input(X)
-        result = np.empty((X.shape[0], self.out_features), dtype=self.dtype)
+        return self.predict_validated(self.validate_input(X), batch_size)
+
+    def predict_validated(self, X: np.ndarray, batch_size: int = 1024) -> np.ndarray:
+        """:meth:`predict` for ``X`` already returned by :meth:`validate_input`: a new
+        ``(n, *output_shape)`` array."""
+        assert self._output_shape is not None
+        result = np.empty((X.shape[0], *self._output_shape), dtype=self.dtype)
         for start in range(0, X.shape[0], batch_size):
             stop = min(start + batch_size, X.shape[0])
-            with self._lock:
+            with self._lock:  # the forward pass writes the model's shared workspaces
                 result[start:stop] = self._forward(X[start:stop], training=False)
         return result
 
@@ -270,9 +421,15 @@ class Sequential:
 
         Returns:
             the model, so calls can be chained.
+
+        Raises:
+            ValueError: the network's outputs are not ``(batch, k)`` (when shapes are
+                known), or an unknown name.
         """
         from numbanet.plugins import get_loss, get_optimizer
 
+        if self._output_shape is not None:
+            _ = self.out_features  # raises the (batch, k) error now rather than in fit
         self.loss = get_loss(loss) if isinstance(loss, str) else loss
         self.optimizer = get_optimizer(optimizer) if isinstance(optimizer, str) else optimizer
         for attr, needed in (("loss", ("forward_backward", "prepare_targets")),
@@ -297,61 +454,72 @@ class Sequential:
 
         return [get_metric(m) for m in metrics]
 
-    def _require_compiled(self, what: str) -> None:
+    def require_compiled(self, what: str) -> None:
+        """Raise ``RuntimeError`` naming ``what`` unless :meth:`compile` was called."""
         if self.loss is None or self.optimizer is None:
             raise RuntimeError(
                 f"call model.compile(loss=..., optimizer=...) before {what}"
             )
 
-    def _grad_buffer(self, rows: int) -> np.ndarray:
-        """The reused ``(rows, out_features)`` buffer for d(loss)/d(outputs)."""
-        return self._workspace.get("d_out", rows, self.out_features)
+    _require_compiled = require_compiled
 
     def train_step(self, X: Any, y: Any) -> float:
         """One step of training on a batch: forward, loss, backward, optimizer update.
 
         Args:
-            X: inputs ``(batch, in_features)``.
+            X: inputs ``(batch, *input_shape)``.
             y: targets in the form the loss expects (integer labels for cross-entropy,
                 ``(batch, out_features)`` floats for mse, ...).
 
         Returns:
             the loss of this batch measured before the update.
         """
-        self._require_compiled("train_step")
-        X = self._check_input(X)
+        self.require_compiled("train_step")
+        X = self.validate_input(X)
         targets = self.loss.prepare_targets(y, self.out_features, self.dtype)
         if len(targets) != X.shape[0]:
             raise ValueError(f"X has {X.shape[0]} samples but y has {len(targets)}")
-        return self._train_step(X, targets)
+        return self.train_batch(X, targets)
 
-    def _train_step(
+    def train_batch(
         self,
         X: np.ndarray,
         targets: np.ndarray,
-        before_update: Callable[[], float] | None = None,
+        pipeline: Callable[[Sequential], float] | None = None,
     ) -> float:
         """:meth:`train_step` on already validated arrays (the fit loop's hot path).
 
         Args:
-            X, targets: validated inputs and prepared targets.
-            before_update: called after backward, before the optimizer update; it may
-                edit the gradients or parameters in place (clipping, weight decay) and
-                returns the factor the optimizer applies to the gradients.
+            X: inputs from :meth:`validate_input`.
+            targets: targets from ``model.loss.prepare_targets``.
+            pipeline: the gradient pipeline (:class:`numbanet.optim.GradientPipeline`),
+                called after backward and before the optimizer update as
+                ``pipeline(model)``; it may edit the gradients or parameters in place
+                (clipping, weight decay, an all-reduce) and returns the factor the
+                optimizer applies to the gradients.
+
+        Returns:
+            the loss of this batch measured before the update.
         """
         with self._lock:
             out = self._forward(X, training=True)
-            d_out = self._grad_buffer(X.shape[0])
+            d_out = self._workspace.get("d_out", out.shape)
             # Built-in loss and optimizer objects offer unchecked entries (the buffers
             # here are the model's own, validated once); others need the public methods.
             loss_step = getattr(self.loss, "forward_backward_unchecked",
                                 self.loss.forward_backward)
             loss_value = loss_step(out, targets, d_out)
             self._backward(d_out, need_input_grad=False)
-            grad_scale = 1.0 if before_update is None else float(before_update())
+            grad_scale = 1.0 if pipeline is None else float(pipeline(self))
             update = getattr(self.optimizer, "step_unchecked", self.optimizer.step)
             update(self.flat_parameters, self.flat_gradients, grad_scale)
         return float(loss_value)
+
+    def _train_step(self, X: np.ndarray, targets: np.ndarray,
+                    before_update: Callable[[], float] | None = None) -> float:
+        # Kept for code written against the first release.
+        return self.train_batch(X, targets,
+                                None if before_update is None else lambda _: before_update())
 
     def fit(self, X: Any, y: Any, **kwargs: Any) -> Any:
         """Train on ``(X, y)``; see :func:`numbanet.train.fit` for the arguments.
@@ -376,32 +544,74 @@ class Sequential:
         return predict_proba(self, X, batch_size=batch_size)
 
     def save(self, path: Any) -> None:
-        """Write the model (architecture, weights, optimizer state) to ``path`` atomically;
-        see :func:`numbanet.io.save`."""
+        """Write the model (architecture, weights, buffers, optimizer state) to ``path``
+        atomically; see :func:`numbanet.io.save`."""
         from numbanet.io import save
 
         save(self, path)
 
     # -- description -------------------------------------------------------------------
+    def summary(self, print_fn: Callable[[str], Any] = print) -> None:
+        """Print each layer with its output shape and parameter count, then the totals.
+
+        Args:
+            print_fn: called with each line (default :func:`print`); pass
+                ``lines.append`` to collect them.
+        """
+        rows = [("#", "layer", "output shape", "params")]
+        shapes = self._layer_shapes[1:] if self._layer_shapes else [None] * len(self.layers)
+        for i, (layer, shape) in enumerate(zip(self.layers, shapes, strict=True)):
+            count = sum(math.prod(s) for _, s in layer.parameter_shapes())
+            shown = "?" if shape is None else "(batch, " + ", ".join(map(str, shape)) + ")"
+            rows.append((str(i), repr(layer), shown, f"{count:,}"))
+        widths = [max(len(r[c]) for r in rows) for c in range(4)]
+
+        def line(r: tuple[str, str, str, str]) -> str:
+            return (f"{r[0]:>{widths[0]}}  {r[1]:<{widths[1]}}  {r[2]:<{widths[2]}}  "
+                    f"{r[3]:>{widths[3]}}")
+
+        rule = "-" * len(line(rows[0]))
+        input_shape = ("not known until the first call" if self._input_shape is None
+                       else "(batch, " + ", ".join(map(str, self._input_shape)) + ")")
+        print_fn(f"Sequential, {self.dtype.name}, input {input_shape}")
+        print_fn(line(rows[0]))
+        print_fn(rule)
+        for r in rows[1:]:
+            print_fn(line(r))
+        print_fn(rule)
+        n_buffers = sum(stop - start for _, start, stop, _ in self._buffer_layout)
+        print_fn(f"trainable parameters: {self.num_parameters:,}"
+                 + (f"; non-trainable buffers: {n_buffers:,}" if n_buffers else ""))
+
     def get_config(self) -> dict[str, Any]:
         """The architecture as JSON-serialisable data (see :func:`from_config`)."""
-        return {
+        config: dict[str, Any] = {
             "layers": [layer.get_config() for layer in self.layers],
             "dtype": self.dtype.name,
             "seed": self.seed,
         }
+        if self._declared_input_shape is not None:
+            config["input_shape"] = list(self._declared_input_shape)
+        return config
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> Sequential:
-        """Build a fresh (newly initialised) model from :meth:`get_config` output."""
-        from numbanet.nn.layers import layer_from_config
+        """Build a fresh (newly initialised) model from :meth:`get_config` output; layer
+        types are looked up in the layer registry (built-ins and plugins)."""
+        from numbanet.nn.registry import layer_from_config
 
         try:
             layers = [layer_from_config(c) for c in config["layers"]]
-            return cls(layers, seed=config.get("seed"), dtype=config.get("dtype", "float32"))
+            return cls(layers, seed=config.get("seed"), dtype=config.get("dtype", "float32"),
+                       input_shape=config.get("input_shape"))
         except (KeyError, TypeError) as exc:
             raise ValueError(f"invalid model config: {exc}") from None
 
     def __repr__(self) -> str:
         inner = ", ".join(repr(layer) for layer in self.layers)
         return f"Sequential([{inner}], dtype={self.dtype.name!r})"
+
+
+def _offers_fusion(layer: Module | None) -> bool:
+    """Whether ``layer`` overrides :meth:`Module.fused_derivative`."""
+    return layer is not None and type(layer).fused_derivative is not Module.fused_derivative

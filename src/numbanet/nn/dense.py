@@ -1,8 +1,4 @@
-"""Layers: Dense, Activation and Dropout.
-
-Each layer computes through :mod:`numbanet.kernels` into its own workspace buffers, so a
-training step reuses memory instead of allocating it.
-"""
+"""Dense: the fully connected layer on ``(batch, features)`` inputs."""
 
 from __future__ import annotations
 
@@ -12,11 +8,11 @@ import numpy as np
 
 from numbanet._validation import check_positive_int
 from numbanet.kernels.activations import get_activation
-from numbanet.kernels.dropout import dropout_backward, dropout_forward
 from numbanet.kernels.matmul import GemmPlan, gemm_into, gemm_plan
 from numbanet.kernels.reductions import column_sum_into, column_sum_partials
 from numbanet.nn.init import init_weight
-from numbanet.nn.module import Module
+from numbanet.nn.module import FusedDerivative, Module, Shape
+from numbanet.nn.parameter import Parameter
 
 # Activations whose derivative the backward pass can take from the output alone (ReLU:
 # y <= 0 exactly where z <= 0, NaN included; sigmoid and tanh read only y). For these a
@@ -25,7 +21,8 @@ from numbanet.nn.module import Module
 _DERIVATIVE_FROM_OUTPUT = frozenset({"relu", "sigmoid", "tanh"})
 
 
-def _activation_name(activation: str | None) -> str:
+def activation_name(activation: str | None) -> str:
+    """The canonical activation name for a layer argument (``None`` means identity)."""
     if activation is None:
         return "identity"
     if not isinstance(activation, str):
@@ -49,16 +46,22 @@ class Dense(Module):
     The forward pass is one GEMM whose epilogue adds the bias and applies an elementwise
     activation while the output tile is in cache. Backward computes
     ``dz = dy * act'(z)``, ``dW = x.T @ dz``, ``db = sum(dz, axis=0)``, ``dx = dz @ W.T``.
-    Inside a :class:`~numbanet.nn.Sequential`, when the layer below is a Dense layer with
-    ReLU, the ``dx`` GEMM's epilogue multiplies by ReLU's derivative, so the layer below
+    Inside a :class:`~numbanet.nn.Sequential`, when the layer below offers its activation
+    derivative (:meth:`~numbanet.nn.Module.fused_derivative`: a Dense layer with ReLU
+    does), the ``dx`` GEMM's epilogue multiplies by that derivative, so the layer below
     receives its ``dz`` directly (:meth:`backward_fused`).
+
+    Parameter roles: ``weight`` is a ``"weight"`` (decayed by default), ``bias`` a
+    ``"bias"``.
     """
+
+    accepts_fused_derivative = True
 
     def __init__(self, in_features: int, out_features: int, activation: str | None = None):
         super().__init__()
         self.in_features = check_positive_int("in_features", in_features)
         self.out_features = check_positive_int("out_features", out_features)
-        self.activation = _activation_name(activation)
+        self.activation = activation_name(activation)
         self._act = get_activation(self.activation)
         self._x: np.ndarray | None = None
         self._z: np.ndarray | None = None
@@ -68,30 +71,43 @@ class Dense(Module):
         self._plan_cache: dict[int, tuple[GemmPlan, GemmPlan, GemmPlan, np.ndarray]] = {}
 
     @property
-    def weight(self):
-        return self._params["weight"]
+    def weight(self) -> Parameter:
+        """``(in_features, out_features)``."""
+        return self.parameter("weight")
 
     @property
-    def bias(self):
-        return self._params["bias"]
+    def bias(self) -> Parameter:
+        """``(out_features,)``."""
+        return self.parameter("bias")
 
-    def parameter_shapes(self) -> list[tuple[str, tuple[int, ...]]]:
+    @property
+    def input_shape(self) -> Shape:  # type: ignore[override]
+        return (self.in_features,)
+
+    def parameter_shapes(self) -> list[tuple[str, Shape]]:
         return [("weight", (self.in_features, self.out_features)), ("bias", (self.out_features,))]
 
-    def initialize(self, rng: np.random.Generator) -> None:
-        init_weight(rng, self.in_features, self.out_features, self.activation, self.weight.value)
-        self.bias.value[...] = 0
+    def parameter_roles(self) -> dict[str, str]:
+        return {"weight": "weight", "bias": "bias"}
 
-    def output_features(self, in_features: int) -> int:
-        if in_features != self.in_features:
+    def initialize(self, rng: np.random.Generator) -> None:
+        init_weight(rng, self.in_features, self.out_features, self.activation,
+                    self._params["weight"].value)
+        self._params["bias"].value[...] = 0
+
+    def output_shape(self, in_shape: Shape) -> Shape:
+        if tuple(in_shape) != (self.in_features,):
+            hint = (" (flatten the input first)" if len(in_shape) > 1
+                    and int(np.prod(in_shape)) == self.in_features else "")
             raise ValueError(
-                f"{self!r} expects {self.in_features} input features but receives {in_features}"
+                f"{self!r} expects samples of shape ({self.in_features},) but receives "
+                f"{tuple(in_shape)}{hint}"
             )
-        return self.out_features
+        return (self.out_features,)
 
     def get_config(self) -> dict[str, Any]:
         return {
-            "type": "Dense",
+            "type": self.layer_type,
             "in_features": self.in_features,
             "out_features": self.out_features,
             "activation": None if self.activation == "identity" else self.activation,
@@ -124,7 +140,7 @@ class Dense(Module):
         plan, _, _, work = self._plans(rows)
         z = self.workspace.get("z", rows, self.out_features)
         act = self._act
-        w, b = self.weight.value, self.bias.value
+        w, b = self._params["weight"].value, self._params["bias"].value
         if act.name == "identity":
             y = z
             gemm_into(x, w, z, False, False, work, plan, bias=b)
@@ -142,17 +158,17 @@ class Dense(Module):
         self._x, self._z, self._y = x, z, y
         return y
 
-    @property
-    def fuses_derivative(self) -> bool:
-        """Whether the layer above applies this layer's activation derivative in the
-        epilogue of its ``dx`` GEMM.
+    def fused_derivative(self) -> FusedDerivative | None:
+        """ReLU's derivative, for the layer above's ``dx`` GEMM epilogue; else ``None``.
 
         ReLU only: its derivative epilogue is a SIMD select per vector. A row-by-row
         epilogue for the other activations measured slower than their separate
         vectorised pass (tanh, 256x128 output: +106 us fused, 6 us separate), so the
         GEMM offers none.
         """
-        return self._act.name == "relu"
+        if self._act.name != "relu" or self._z is None:
+            return None
+        return FusedDerivative(self._act.id, self._z)
 
     def backward(self, dy: np.ndarray, need_input_grad: bool = True) -> np.ndarray | None:
         return self.backward_fused(dy, False, need_input_grad, None)
@@ -162,7 +178,7 @@ class Dense(Module):
         grad: np.ndarray,
         grad_is_dz: bool,
         need_input_grad: bool,
-        below: Dense | None,
+        below: FusedDerivative | None,
     ) -> np.ndarray | None:
         """Backward pass with the activation derivatives fused into the GEMMs.
 
@@ -171,10 +187,10 @@ class Dense(Module):
                 pre-activation) when ``grad_is_dz``.
             grad_is_dz: the layer above already multiplied by this layer's derivative.
             need_input_grad: return a gradient for the input (else ``None``).
-            below: the Dense layer whose output is this layer's input, or ``None``.
-                When given (its activation must be ReLU, see
-                :attr:`fuses_derivative`), the returned gradient is ``below``'s
-                d(loss)/d(z): ``(dz @ W.T) * relu'`` in one GEMM.
+            below: what the layer below offered through its
+                :meth:`~numbanet.nn.Module.fused_derivative`, or ``None``. When given,
+                the returned gradient is that layer's d(loss)/d(z):
+                ``(dz @ W.T) * act'(saved)`` in one GEMM.
 
         Returns:
             ``(batch, in_features)`` (a buffer reused next step), or ``None``.
@@ -188,131 +204,22 @@ class Dense(Module):
         else:
             dz = self.workspace.get("dz", rows, self.out_features)
             self._act.backward_unchecked(self._z, self._y, grad, dz)
-        gemm_into(self._x, dz, self.weight.grad, True, False, work, dw_plan)  # dW = x.T @ dz
+        gemm_into(self._x, dz, self._params["weight"].grad, True, False, work, dw_plan)  # dW = x.T @ dz
         partials = self._bias_partials.get(rows)
         if partials is None:
             partials = self._bias_partials[rows] = column_sum_partials(rows, self.out_features)
-        column_sum_into(dz, self.bias.grad, partials)  # db = sum of dz over the batch
+        column_sum_into(dz, self._params["bias"].grad, partials)  # db = sum of dz over the batch
         if not need_input_grad:
             return None
         dx = self.workspace.get("dx", rows, self.in_features)
         if below is None:
-            gemm_into(dz, self.weight.value, dx, False, True, work, dx_plan)  # dx = dz @ W.T
+            gemm_into(dz, self._params["weight"].value, dx, False, True, work, dx_plan)  # dx = dz @ W.T
         else:
             # dz_below = (dz @ W.T) * act_below'(z_below), tile by tile in the epilogue.
-            gemm_into(dz, self.weight.value, dx, False, True, work, dx_plan,
-                      act_id=below._act.id, derivative=True, z_saved=below._z)
+            gemm_into(dz, self._params["weight"].value, dx, False, True, work, dx_plan,
+                      act_id=below.act_id, derivative=True, z_saved=below.saved)
         return dx
 
     def __repr__(self) -> str:
         act = "" if self.activation == "identity" else f", activation={self.activation!r}"
         return f"Dense({self.in_features}, {self.out_features}{act})"
-
-
-class Activation(Module):
-    """An activation applied on its own: ``y = activation(x)``, same shape as ``x``.
-
-    Args:
-        name: an activation name; softmax and log_softmax work along each row.
-    """
-
-    def __init__(self, name: str):
-        super().__init__()
-        self.name = _activation_name(name)
-        self._act = get_activation(self.name)
-        self._x: np.ndarray | None = None
-        self._y: np.ndarray | None = None
-
-    def get_config(self) -> dict[str, Any]:
-        return {"type": "Activation", "name": self.name}
-
-    def forward(self, x: np.ndarray, training: bool) -> np.ndarray:
-        y = self.workspace.get("y", x.shape[0], x.shape[1])
-        self._act.forward_unchecked(x, y)
-        self._x, self._y = x, y
-        return y
-
-    def backward(self, dy: np.ndarray, need_input_grad: bool = True) -> np.ndarray | None:
-        if self._x is None:
-            raise RuntimeError("Activation.backward called before forward")
-        if not need_input_grad:
-            return None
-        dx = self.workspace.get("dx", dy.shape[0], dy.shape[1])
-        self._act.backward_unchecked(self._x, self._y, dy, dx)
-        return dx
-
-    def __repr__(self) -> str:
-        return f"Activation({self.name!r})"
-
-
-class Dropout(Module):
-    """Inverted dropout: in training, zero each input with probability ``rate`` and scale
-    the survivors by ``1 / (1 - rate)``; at inference, pass the input through unchanged.
-
-    Args:
-        rate: drop probability, ``0 <= rate < 1``.
-
-    The random numbers come from the model's generator (seeded by ``Sequential(seed=...)``),
-    so a seeded run is reproducible.
-    """
-
-    def __init__(self, rate: float):
-        super().__init__()
-        if isinstance(rate, bool) or not isinstance(rate, (int, float, np.floating)):
-            raise TypeError(f"Dropout rate must be a float, got {type(rate).__name__}")
-        if not 0.0 <= float(rate) < 1.0:
-            raise ValueError(f"Dropout rate must satisfy 0 <= rate < 1, got {rate}")
-        self.rate = float(rate)
-        self.rng: np.random.Generator | None = None  # set by the owning model
-        self._u: np.ndarray | None = None
-
-    def get_config(self) -> dict[str, Any]:
-        return {"type": "Dropout", "rate": self.rate}
-
-    def forward(self, x: np.ndarray, training: bool) -> np.ndarray:
-        if not training or self.rate == 0.0:
-            self._u = None
-            return x
-        if self.rng is None:
-            raise RuntimeError("Dropout has no random generator; put it in a Sequential")
-        rows, width = x.shape
-        u = self.workspace.get("u", rows, width)
-        self.rng.random(dtype=u.dtype, out=u)
-        y = self.workspace.get("y", rows, width)
-        dropout_forward(x, u, 1.0 - self.rate, y)
-        self._u = u
-        return y
-
-    def backward(self, dy: np.ndarray, need_input_grad: bool = True) -> np.ndarray | None:
-        if not need_input_grad:
-            return None
-        if self._u is None:
-            return dy
-        dx = self.workspace.get("dx", dy.shape[0], dy.shape[1])
-        dropout_backward(dy, self._u, 1.0 - self.rate, dx)
-        return dx
-
-    def __repr__(self) -> str:
-        return f"Dropout({self.rate})"
-
-
-LAYER_TYPES: dict[str, type[Module]] = {
-    "Dense": Dense,
-    "Activation": Activation,
-    "Dropout": Dropout,
-}
-
-
-def layer_from_config(config: dict[str, Any]) -> Module:
-    """Rebuild a layer from :meth:`Module.get_config` output."""
-    if not isinstance(config, dict) or "type" not in config:
-        raise ValueError(f"layer config must be a dict with a 'type' key, got {config!r}")
-    kind = config["type"]
-    cls = LAYER_TYPES.get(kind)
-    if cls is None:
-        raise ValueError(f"unknown layer type {kind!r}; known: {sorted(LAYER_TYPES)}")
-    kwargs = {k: v for k, v in config.items() if k != "type"}
-    try:
-        return cls(**kwargs)
-    except TypeError as exc:
-        raise ValueError(f"bad arguments for layer {kind}: {exc}") from None

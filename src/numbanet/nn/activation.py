@@ -1,0 +1,59 @@
+"""Activation: an activation function applied on its own, to inputs of any shape."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from numbanet.kernels.activations import get_activation
+from numbanet.nn.dense import activation_name
+from numbanet.nn.module import Module
+
+
+def _rows(a: np.ndarray) -> np.ndarray:
+    """A 2-D view ``(everything but the last axis, last axis)`` of a C-contiguous array."""
+    return a if a.ndim == 2 else a.reshape(-1, a.shape[-1])
+
+
+class Activation(Module):
+    """An activation applied on its own: ``y = activation(x)``, same shape as ``x``.
+
+    Args:
+        name: an activation name (``numbanet.kernels.activations.ACTIVATIONS``).
+            Elementwise ones act on every element of any shape; softmax and
+            log_softmax act along the last axis.
+    """
+
+    def __init__(self, name: str):
+        super().__init__()
+        self.name = activation_name(name)
+        self._act = get_activation(self.name)
+        self._x: np.ndarray | None = None
+        self._y: np.ndarray | None = None
+
+    def get_config(self) -> dict[str, Any]:
+        return {"type": self.layer_type, "name": self.name}
+
+    def output_shape(self, in_shape: tuple[int, ...]) -> tuple[int, ...]:
+        if not self._act.elementwise and len(in_shape) == 0:
+            raise ValueError(f"{self!r} needs at least one feature axis, got samples of shape ()")
+        return tuple(in_shape)
+
+    def forward(self, x: np.ndarray, training: bool) -> np.ndarray:
+        y = self.workspace.get("y", x.shape)
+        self._act.forward_unchecked(_rows(x), _rows(y))
+        self._x, self._y = x, y
+        return y
+
+    def backward(self, dy: np.ndarray, need_input_grad: bool = True) -> np.ndarray | None:
+        if self._x is None:
+            raise RuntimeError("Activation.backward called before forward")
+        if not need_input_grad:
+            return None
+        dx = self.workspace.get("dx", dy.shape)
+        self._act.backward_unchecked(_rows(self._x), _rows(self._y), _rows(dy), _rows(dx))
+        return dx
+
+    def __repr__(self) -> str:
+        return f"Activation({self.name!r})"
