@@ -21,7 +21,13 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
+from numbanet._validation import Integer, Optional, Real, check_arg, validate_args
+
 __all__ = ["Schedule", "cosine_decay", "exponential_decay", "one_cycle", "step_decay"]
+
+_STEP = Integer(min=0)
+_POSITIVE = Real(min=0, closed="neither")
+_NON_NEGATIVE = Real(min=0)
 
 
 class Schedule:
@@ -34,59 +40,27 @@ class Schedule:
         self._repr = description
 
     def __call__(self, t: int) -> float:
-        if isinstance(t, bool) or not isinstance(t, int):
-            try:
-                import operator
-
-                t = operator.index(t)
-            except TypeError:
-                raise TypeError(f"schedule: t must be an int, got {type(t).__name__}") from None
-        if t < 0:
-            raise ValueError(f"schedule: t must be >= 0, got {t}")
-        return float(self._fn(t))
+        return float(self._fn(check_arg("t", t, _STEP, where="schedule")))
 
     def __repr__(self) -> str:
         return self._repr
 
 
-def _positive(name: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
-    if not (value > 0 and math.isfinite(value)):
-        raise ValueError(f"{name} must be positive and finite, got {value}")
-    return float(value)
-
-
-def _nonneg(name: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
-    if not (value >= 0 and math.isfinite(value)):
-        raise ValueError(f"{name} must be >= 0 and finite, got {value}")
-    return float(value)
-
-
-def _count(name: str, value: object, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return value
-
-
+@validate_args({"lr": _POSITIVE, "step_size": Integer(min=1), "gamma": _NON_NEGATIVE})
 def step_decay(lr: float, step_size: int, gamma: float = 0.1) -> Schedule:
     """``lr * gamma ** (t // step_size)``: drop by ``gamma`` every ``step_size`` (``StepLR``)."""
-    lr, gamma = _positive("lr", lr), _nonneg("gamma", gamma)
-    step_size = _count("step_size", step_size, 1)
     return Schedule(lambda t: lr * gamma ** (t // step_size),
                     f"step_decay(lr={lr}, step_size={step_size}, gamma={gamma})")
 
 
+@validate_args({"lr": _POSITIVE, "gamma": _NON_NEGATIVE})
 def exponential_decay(lr: float, gamma: float) -> Schedule:
     """``lr * gamma ** t`` (``ExponentialLR``)."""
-    lr, gamma = _positive("lr", lr), _nonneg("gamma", gamma)
     return Schedule(lambda t: lr * gamma**t, f"exponential_decay(lr={lr}, gamma={gamma})")
 
 
+@validate_args({"lr": _POSITIVE, "total": Integer(min=1), "warmup": Integer(min=0),
+                "min_lr": _NON_NEGATIVE, "warmup_start": Optional(_NON_NEGATIVE)})
 def cosine_decay(lr: float, total: int, warmup: int = 0, min_lr: float = 0.0,
                  warmup_start: float | None = None) -> Schedule:
     """Linear warmup, then half a cosine from ``lr`` down to ``min_lr``.
@@ -104,14 +78,14 @@ def cosine_decay(lr: float, total: int, warmup: int = 0, min_lr: float = 0.0,
         min_lr: the final rate, ``0 <= min_lr <= lr``.
         warmup_start: the rate at ``t = 0`` when ``warmup > 0``.
     """
-    lr, min_lr = _positive("lr", lr), _nonneg("min_lr", min_lr)
-    total, warmup = _count("total", total, 1), _count("warmup", warmup, 0)
     if warmup >= total:
         raise ValueError(f"warmup ({warmup}) must be smaller than total ({total})")
     if min_lr > lr:
         raise ValueError(f"min_lr ({min_lr}) must not exceed lr ({lr})")
-    start = lr / warmup if warmup and warmup_start is None else (
-        _nonneg("warmup_start", warmup_start) if warmup_start is not None else lr)
+    if warmup_start is not None:
+        start = warmup_start
+    else:
+        start = lr / warmup if warmup else lr
     span = total - warmup
 
     def fn(t: int) -> float:
@@ -125,6 +99,9 @@ def cosine_decay(lr: float, total: int, warmup: int = 0, min_lr: float = 0.0,
                         f"min_lr={min_lr})")
 
 
+@validate_args({"max_lr": _POSITIVE, "total": Integer(min=2),
+                "pct_start": Real(min=0, max=1, closed="neither"),
+                "div_factor": _POSITIVE, "final_div_factor": _POSITIVE})
 def one_cycle(max_lr: float, total: int, pct_start: float = 0.3, div_factor: float = 25.0,
               final_div_factor: float = 1e4) -> Schedule:
     """The one-cycle policy (Smith & Topin 2017), as PyTorch's ``OneCycleLR`` sets the rate.
@@ -140,14 +117,8 @@ def one_cycle(max_lr: float, total: int, pct_start: float = 0.3, div_factor: flo
         div_factor: ``max_lr / initial_lr``.
         final_div_factor: ``initial_lr / final_lr``.
     """
-    max_lr = _positive("max_lr", max_lr)
-    total = _count("total", total, 2)
-    if isinstance(pct_start, bool) or not isinstance(pct_start, (int, float)) or not (
-        0.0 < pct_start < 1.0
-    ):
-        raise ValueError(f"pct_start must be in (0, 1), got {pct_start!r}")
-    initial = max_lr / _positive("div_factor", div_factor)
-    final = initial / _positive("final_div_factor", final_div_factor)
+    initial = max_lr / div_factor
+    final = initial / final_div_factor
     # PyTorch's phase boundaries, kept as floats like theirs.
     peak = float(pct_start * total) - 1.0
     end = float(total - 1)
