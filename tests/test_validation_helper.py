@@ -233,6 +233,17 @@ def test_validate_args_rejects_with_the_constraint_message(args, kwargs, error, 
     assert str(info.value) == message
 
 
+def test_validate_args_passes_omitted_defaults_in_their_checked_form():
+    @validate_args({"dtype": FloatDtype(), "scale": Real(), "n": Integer()})
+    def f(n: int = 2, *, dtype: object = "float32", scale: float = 1) -> tuple:
+        return n, dtype, scale
+
+    n, dtype, scale = f()
+    assert n == 2 and dtype == np.dtype("float32") and isinstance(dtype, np.dtype)
+    assert scale == 1.0 and type(scale) is float
+    assert f(dtype="float64")[1] == np.dtype("float64")
+
+
 def test_validate_args_keeps_signature_docs_and_declared_constraints():
     assert list(inspect.signature(_sample).parameters) == ["n", "p", "flag", "seed"]
     assert _sample.__name__ == "_sample"
@@ -257,3 +268,7 @@ def test_validate_args_refuses_unknown_names_and_bad_defaults_when_decorating():
         @validate_args({"n": Integer(min=1)})
         def f(n: int = 0) -> int:
             return n
+    with pytest.raises(TypeError, match="positional-only 'x' as 1.0"):
+        @validate_args({"x": Real()})
+        def g(x: float = 1, /) -> float:
+            return x

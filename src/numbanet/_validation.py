@@ -552,8 +552,9 @@ def validate_args(
 
     Each named argument the caller passes, positionally or by keyword, is replaced by
     what its constraint returns (``int``, ``float``, ``bool``...) before the function
-    runs. Defaults are checked once, here, when the function is decorated. The
-    constraints stay readable as ``func.arg_constraints``.
+    runs. Defaults are checked once, here, when the function is decorated, and an
+    omitted argument arrives in its checked form too (``dtype="float32"`` as a
+    ``numpy.dtype``). The constraints stay readable as ``func.arg_constraints``.
 
     Args:
         constraints: argument name -> :class:`Constraint`.
@@ -577,18 +578,28 @@ def validate_args(
             if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
         ]
         plan: list[tuple[str, int, Callable[[str, Any], Any]]] = []
+        # Defaults whose checked form differs from the written one ("float32" -> dtype,
+        # 0 -> 0.0): the wrapper passes the checked form, so the body sees one type.
+        fills: dict[str, Any] = {}
         for name, constraint in constraints.items():
             param = params.get(name)
             if param is None or param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
                 raise TypeError(f"validate_args: {func.__qualname__} has no argument {name!r}")
             if param.default is not param.empty:
                 try:
-                    constraint.check(name, param.default)
+                    checked = constraint.check(name, param.default)
                 except (TypeError, ValueError) as exc:
                     raise TypeError(
                         f"validate_args: the default of {func.__qualname__}'s {name!r} "
                         f"breaks its constraint: {exc}"
                     ) from None
+                if checked is not param.default:
+                    if param.kind is param.POSITIONAL_ONLY:
+                        raise TypeError(
+                            f"validate_args: write the default of {func.__qualname__}'s "
+                            f"positional-only {name!r} as {checked!r}"
+                        )
+                    fills[name] = checked
             index = positional.index(name) if name in positional else len(params) + 1
             plan.append((name, index, constraint.check))
         first = min((index for _, index, _ in plan), default=0)
@@ -602,6 +613,8 @@ def validate_args(
                     values[index] = check(name, values[index])  # type: ignore[index]
                 elif name in kwargs:
                     kwargs[name] = check(name, kwargs[name])
+                elif name in fills:
+                    kwargs[name] = fills[name]
             return func(*values, **kwargs)  # type: ignore[arg-type]
 
         wrapper.arg_constraints = dict(constraints)  # type: ignore[attr-defined]
