@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import gzip
 import math
-import numbers
 import os
 import zlib
 from collections.abc import Sequence
@@ -33,7 +32,17 @@ from typing import BinaryIO
 
 import numpy as np
 
-from numbanet._validation import check_positive_int, resolve_dtype
+from numbanet._validation import (
+    AnyOf,
+    Boolean,
+    FloatDtype,
+    InstanceOf,
+    Integer,
+    Optional,
+    Real,
+    check_arg,
+    validate_args,
+)
 
 __all__ = [
     "load_digits",
@@ -51,29 +60,13 @@ _DIGITS_MAX_COUNT = 16  # each pixel counts the ink pixels in a 4x4 block
 
 # --------------------------------------------------------------------------- helpers
 
-
-def _rng(seed: object) -> np.random.Generator:
-    """A Generator from ``seed`` (None, a non-negative int, or a Generator used as is)."""
-    if seed is None or isinstance(seed, np.random.Generator):
-        return np.random.default_rng(seed)
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
-        raise TypeError(
-            f"seed must be None, a non-negative int or a numpy.random.Generator, "
-            f"got {type(seed).__name__}"
-        )
-    if seed < 0:
-        raise ValueError(f"seed must be a non-negative int, got {seed}")
-    return np.random.default_rng(int(seed))
-
-
-def _check_real(name: str, value: object, *, minimum: float = 0.0) -> float:
-    """Return ``value`` as a finite float >= ``minimum``, else raise naming ``name``."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
-    value = float(value)
-    if not math.isfinite(value) or value < minimum:
-        raise ValueError(f"{name} must be a finite number >= {minimum:g}, got {value}")
-    return value
+# The arguments several functions share, declared once.
+_SEED = Optional(
+    AnyOf(Integer(min=0), InstanceOf(np.random.Generator, what="a numpy.random.Generator"))
+)
+_COUNT = Integer(min=1)
+_DTYPE = FloatDtype()
+_NON_NEGATIVE = Real(min=0)
 
 
 def _counts_per_class(n_samples: int, n_classes: int) -> np.ndarray:
@@ -86,6 +79,7 @@ def _counts_per_class(n_samples: int, n_classes: int) -> np.ndarray:
 # --------------------------------------------------------------------------- digits
 
 
+@validate_args({"dtype": _DTYPE})
 def load_digits(
     *, as_images: bool = False, dtype: str | np.dtype = "float32"
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -110,7 +104,6 @@ def load_digits(
     Raises:
         TypeError: ``dtype`` is not float32/float64.
     """
-    dtype = resolve_dtype(dtype)
     source = resources.files("numbanet").joinpath("data").joinpath(_DIGITS_FILE)
     with source.open("rb") as fh, np.load(fh, allow_pickle=False) as archive:
         images = archive["images"]
@@ -125,6 +118,8 @@ def load_digits(
 # --------------------------------------------------------------------------- synthetic
 
 
+@validate_args({"n_samples": _COUNT, "n_classes": _COUNT, "noise": _NON_NEGATIVE,
+                "seed": _SEED, "turns": Real(min=0, closed="neither"), "dtype": _DTYPE})
 def make_spirals(
     n_samples: int = 300,
     n_classes: int = 3,
@@ -162,19 +157,12 @@ def make_spirals(
         ValueError: a size is not positive, ``n_classes > n_samples``, ``noise < 0`` or
             ``turns <= 0``.
     """
-    n_samples = check_positive_int("n_samples", n_samples)
-    n_classes = check_positive_int("n_classes", n_classes)
     if n_classes > n_samples:
         raise ValueError(
             f"n_classes ({n_classes}) must not exceed n_samples ({n_samples}): "
             "every class needs at least one point"
         )
-    noise = _check_real("noise", noise)
-    turns = _check_real("turns", turns)
-    if turns == 0.0:
-        raise ValueError("turns must be > 0, got 0.0")
-    dtype = resolve_dtype(dtype)
-    rng = _rng(seed)
+    rng = np.random.default_rng(seed)
 
     counts = _counts_per_class(n_samples, n_classes)
     y = np.repeat(np.arange(n_classes, dtype=np.int64), counts)
@@ -192,6 +180,8 @@ def make_spirals(
     return np.ascontiguousarray(X, dtype=dtype), y
 
 
+@validate_args({"n_samples": _COUNT, "n_features": Optional(_COUNT), "seed": _SEED,
+                "dtype": _DTYPE})
 def make_blobs(
     n_samples: int = 100,
     n_features: int | None = None,
@@ -230,19 +220,15 @@ def make_blobs(
             standard deviations have the wrong shape or are not finite, a standard
             deviation is negative, or ``center_box`` is empty.
     """
-    n_samples = check_positive_int("n_samples", n_samples)
-    if n_features is not None:
-        n_features = check_positive_int("n_features", n_features)
-    dtype = resolve_dtype(dtype)
-    rng = _rng(seed)
+    rng = np.random.default_rng(seed)
 
-    if isinstance(centers, (int, np.integer)) and not isinstance(centers, bool):
-        n_centers = check_positive_int("centers", centers)
+    if _COUNT.matches_type(centers):
+        n_centers = check_arg("centers", centers, _COUNT)
         n_features = 2 if n_features is None else n_features
         if not isinstance(center_box, (tuple, list)) or len(center_box) != 2:
             raise TypeError(f"center_box must be a (low, high) pair, got {center_box!r}")
-        low = _check_real("center_box[0]", center_box[0], minimum=-math.inf)
-        high = _check_real("center_box[1]", center_box[1], minimum=-math.inf)
+        low = check_arg("center_box[0]", center_box[0], Real())
+        high = check_arg("center_box[1]", center_box[1], Real())
         if not low < high:
             raise ValueError(f"center_box must have low < high, got {tuple(center_box)}")
         center_array = rng.uniform(low, high, size=(n_centers, n_features))
@@ -273,8 +259,8 @@ def make_blobs(
             f"the number of centers ({n_centers}) must not exceed n_samples ({n_samples})"
         )
 
-    if isinstance(cluster_std, numbers.Real) and not isinstance(cluster_std, bool):
-        std = np.full(n_centers, _check_real("cluster_std", cluster_std))
+    if _NON_NEGATIVE.matches_type(cluster_std):
+        std = np.full(n_centers, check_arg("cluster_std", cluster_std, _NON_NEGATIVE))
     else:
         try:
             std = np.asarray(cluster_std, dtype=np.float64)
@@ -313,6 +299,7 @@ _IDX_DTYPES = {
 _GZIP_MAGIC = b"\x1f\x8b"
 
 
+@validate_args({"path": InstanceOf(str, os.PathLike, what="a str or os.PathLike")})
 def load_idx(path: str | os.PathLike[str]) -> np.ndarray:
     """Read an IDX file, the format MNIST and Fashion-MNIST are distributed in.
 
@@ -339,8 +326,6 @@ def load_idx(path: str | os.PathLike[str]) -> np.ndarray:
             truncated, is a damaged gzip stream, or holds more bytes than its header
             announces.
     """
-    if not isinstance(path, (str, os.PathLike)):
-        raise TypeError(f"path must be a str or os.PathLike, got {type(path).__name__}")
     where = repr(os.fspath(path))
     with open(path, "rb") as raw:
         compressed = raw.read(2) == _GZIP_MAGIC
@@ -432,23 +417,17 @@ def _read_idx(fh: BinaryIO, where: str, file_size: int | None) -> np.ndarray:
 # --------------------------------------------------------------------------- splitting
 
 
-def _n_test(test_size: object, n: int) -> int:
-    """Number of test samples for ``test_size`` (fraction or count) out of ``n``."""
-    if isinstance(test_size, bool) or not isinstance(test_size, numbers.Real):
-        raise TypeError(
-            f"test_size must be a float in (0, 1) or an int count, got {type(test_size).__name__}"
-        )
-    if isinstance(test_size, numbers.Integral):
-        n_test = int(test_size)
+def _n_test(test_size: int | float, n: int) -> int:
+    """Number of test samples for ``test_size`` (a checked fraction or count) out of ``n``."""
+    if isinstance(test_size, int):
+        n_test = test_size
         if not 1 <= n_test <= n - 1:
             raise ValueError(
                 f"test_size={n_test} must leave at least one sample on each side: "
                 f"use 1..{n - 1} for {n} samples"
             )
         return n_test
-    fraction = float(test_size)
-    if not 0.0 < fraction < 1.0:
-        raise ValueError(f"test_size must be in (0, 1) as a fraction, got {fraction}")
+    fraction = test_size
     # Round the test side up, as scikit-learn does, so a small test_size still gets a sample.
     n_test = math.ceil(fraction * n)
     if not 1 <= n_test <= n - 1:
@@ -480,6 +459,12 @@ def _stratified_test_counts(
     return counts
 
 
+@validate_args({
+    "test_size": AnyOf(Integer(), Real(min=0, max=1, closed="neither"),
+                       what="a float in (0, 1) or an int count"),
+    "seed": _SEED,
+    "stratify": Boolean(),
+})
 def train_test_split(
     X: np.ndarray,
     y: np.ndarray,
@@ -521,10 +506,8 @@ def train_test_split(
         raise ValueError(f"X and y must have the same number of samples, got {n} and {y.shape[0]}")
     if n < 2:
         raise ValueError(f"train_test_split needs at least 2 samples, got {n}")
-    if not isinstance(stratify, (bool, np.bool_)):
-        raise TypeError(f"stratify must be True or False, got {type(stratify).__name__}")
     n_test = _n_test(test_size, n)
-    rng = _rng(seed)
+    rng = np.random.default_rng(seed)
 
     if not stratify:
         order = rng.permutation(n)
