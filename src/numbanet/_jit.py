@@ -13,7 +13,10 @@ Why these flags:
   removes the per-element zero check that blocks vectorization.
 * ``cache=True`` writes compiled code to ``__pycache__`` so a new process does not pay
   the compile time again. Kernels are module-level functions for this reason: closures
-  built by factories miss the disk cache in every new process.
+  built by factories miss the disk cache in every new process. The cache used is
+  :class:`numbanet._kernel_cache.DependencyAwareCache`, not Numba's plain one: its index
+  also goes stale when a source file the kernel's module imports changes (the GEMM
+  inlines activation code from another module), so no cache ever needs deleting by hand.
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import numba
+
+from numbanet._kernel_cache import enable_dependency_cache
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -42,20 +47,22 @@ _COMMON: dict[str, Any] = {
 }
 
 
+def _jit(options: dict[str, Any], func: F | None) -> Any:
+    cache = options.pop("cache", False)
+    if func is None:
+        return lambda f: _jit(dict(options, cache=cache), f)
+    dispatcher = numba.njit(**options)(func)
+    return enable_dependency_cache(dispatcher) if cache else dispatcher
+
+
 def kernel(func: F | None = None, **overrides: Any) -> Any:
     """Compile ``func`` as a serial kernel with numbanet's flags.
 
     Usable bare (``@kernel``) or with overrides (``@kernel(inline="always")``).
     """
-    options = {**_COMMON, **overrides}
-    if func is None:
-        return numba.njit(**options)
-    return numba.njit(**options)(func)
+    return _jit({**_COMMON, **overrides}, func)
 
 
 def parallel_kernel(func: F | None = None, **overrides: Any) -> Any:
     """Compile ``func`` with ``parallel=True`` (``prange`` loops run on all threads)."""
-    options = {**_COMMON, "parallel": True, **overrides}
-    if func is None:
-        return numba.njit(**options)
-    return numba.njit(**options)(func)
+    return _jit({**_COMMON, "parallel": True, **overrides}, func)

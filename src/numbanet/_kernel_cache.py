@@ -1,0 +1,274 @@
+"""Numba's disk cache, made to notice edits in the source files a kernel depends on.
+
+Numba keys a cached kernel on the content of the one file that defines it. A kernel that
+calls (and inlines) code from other modules, such as the GEMM whose epilogue inlines
+:func:`numbanet.kernels.activations.activation_forward_1d`, therefore kept loading stale
+machine code after an edit of those modules, until someone deleted the ``.nbi``/``.nbc``
+files by hand (numba issue #1833).
+
+:class:`DependencyAwareCache` fixes that for every kernel compiled through
+:mod:`numbanet._jit`. Its source stamp (the value Numba stores in the cache index and
+compares on load) is the pair ``(Numba's own stamp, dependency digest)``: the digest
+hashes the content of every source file the kernel's module imports, followed
+transitively through ``numbanet`` and through the kernel's own top-level package. When any
+of those files changes, the stamp differs, Numba treats the index as stale (exactly as
+after an edit of the kernel's own file), recompiles and overwrites the index. An
+unchanged tree gives the same stamp, so a warm cache loads as before.
+
+Dependencies are found statically, by reading ``import`` and ``from ... import``
+statements (anywhere in the file, function bodies included) with :mod:`ast`; nothing is
+imported. This over-approximates (a module imported but not called from a kernel still
+counts) and never under-approximates what a kernel can reach through its module's
+globals. Modules outside ``numbanet`` and the kernel's own package (numpy, numba, the
+standard library, other installed packages) are not followed: Numba's index already
+records its own version, and an edit of a third-party package is not a development loop
+this has to serve. Code that reaches a function some other way than an import (for
+example a kernel passed as an argument) is not covered; :mod:`numbanet.kernels.updates`
+hashes plugin kernels into its generated module names for that reason.
+
+Cost: each file is read and parsed once per process (memoised on its path, size and
+modification time); stamping all of numbanet's kernels at import adds a few
+milliseconds.
+"""
+
+from __future__ import annotations
+
+import ast
+import functools
+import hashlib
+import importlib.util
+import inspect
+import os
+import sys
+from collections.abc import Iterable
+from typing import Any
+
+from numba.core.caching import CompileResultCacheImpl, FunctionCache
+
+__all__ = [
+    "DependencyAwareCache",
+    "dependency_digest",
+    "enable_dependency_cache",
+    "source_dependencies",
+]
+
+#: Packages always followed, besides the kernel's own top-level package.
+FOLLOWED_PACKAGES = ("numbanet",)
+
+#: Bumped when the stamp's meaning changes, so old indexes are treated as stale.
+_STAMP_VERSION = "numbanet-deps-1"
+
+#: One import statement: ``(module, level, names)``.
+_Import = tuple[str, int, tuple[str, ...]]
+
+
+@functools.lru_cache(maxsize=None)
+def _read_file(path: str, mtime_ns: int, size: int) -> tuple[str, tuple[_Import, ...]]:
+    """``(sha256 of the bytes, import statements)`` of one source file.
+
+    Keyed on ``mtime_ns`` and ``size`` as well as the path, so a file edited while the
+    process runs is read again. Each import is ``(module, level, names)``: ``import a.b``
+    gives ``("a.b", 0, ())``, ``from .x import y, z`` gives ``("x", 1, ("y", "z"))``.
+    """
+    with open(path, "rb") as fh:
+        data = fh.read()
+    imports: list[_Import] = []
+    try:
+        tree = ast.parse(data, filename=path)
+    except (SyntaxError, ValueError):
+        tree = None
+    if tree is not None:
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                imports.extend((alias.name, 0, ()) for alias in node.names)
+            elif isinstance(node, ast.ImportFrom):
+                names = tuple(alias.name for alias in node.names if alias.name != "*")
+                imports.append((node.module or "", node.level, names))
+    return hashlib.sha256(data).hexdigest(), tuple(imports)
+
+
+def _file_info(path: str) -> tuple[str, tuple[_Import, ...]]:
+    st = os.stat(path)
+    return _read_file(path, st.st_mtime_ns, st.st_size)
+
+
+def _package_root(top: str) -> tuple[str, bool] | None:
+    """``(path, is_package)`` of top-level module ``top``: its directory or its file."""
+    module = sys.modules.get(top)
+    if module is not None:
+        paths = getattr(module, "__path__", None)
+        if paths:
+            return os.path.abspath(list(paths)[0]), True
+        file = getattr(module, "__file__", None)
+        return (os.path.abspath(file), False) if file else None
+    try:
+        spec = importlib.util.find_spec(top)  # top-level: locates, does not import
+    except (ImportError, ValueError):
+        return None
+    if spec is None:
+        return None
+    if spec.submodule_search_locations:
+        return os.path.abspath(list(spec.submodule_search_locations)[0]), True
+    if spec.origin and os.path.isfile(spec.origin):
+        return os.path.abspath(spec.origin), False
+    return None
+
+
+@functools.lru_cache(maxsize=None)
+def _module_file(name: str, followed: frozenset[str]) -> str | None:
+    """The source file of module ``name`` (a package's ``__init__.py``), or ``None`` when
+    it is outside the followed packages or not a plain ``.py`` file on disk."""
+    parts = name.split(".")
+    if not parts[0] or parts[0] not in followed:
+        return None
+    root = _package_root(parts[0])
+    if root is None:
+        return None
+    path, is_package = root
+    if not is_package:
+        return path if len(parts) == 1 and path.endswith(".py") else None
+    for part in parts[1:]:
+        path = os.path.join(path, part)
+    for candidate in (os.path.join(path, "__init__.py"), path + ".py"):
+        if os.path.isfile(candidate):
+            return candidate
+    return None
+
+
+def _resolve_relative(module: str, is_package: bool, level: int, target: str) -> str | None:
+    base = module.split(".") if is_package else module.split(".")[:-1]
+    if level - 1 > len(base) or level - 1 == len(base) and not target:
+        return None
+    base = base[: len(base) - (level - 1)]
+    return ".".join([*base, target] if target else base)
+
+
+def _imported_modules(
+    module: str, path: str, followed: frozenset[str]
+) -> tuple[tuple[str, str], ...]:
+    """``(module name, file)`` of every followed module that ``path`` imports."""
+    st = os.stat(path)
+    return _imported_modules_of(module, path, st.st_mtime_ns, st.st_size, followed)
+
+
+@functools.lru_cache(maxsize=None)
+def _imported_modules_of(
+    module: str, path: str, mtime_ns: int, size: int, followed: frozenset[str]
+) -> tuple[tuple[str, str], ...]:
+    return tuple(_scan_imports(module, path, _read_file(path, mtime_ns, size)[1], followed))
+
+
+def _scan_imports(
+    module: str,
+    path: str,
+    imports: tuple[_Import, ...],
+    followed: frozenset[str],
+) -> Iterable[tuple[str, str]]:
+    is_package = os.path.basename(path) == "__init__.py"
+    for target, level, names in imports:
+        name = _resolve_relative(module, is_package, level, target) if level else target
+        if not name:
+            continue
+        submodules = []
+        for alias in names:  # `from pkg import sub`: sub may be a module itself
+            sub_file = _module_file(f"{name}.{alias}", followed)
+            if sub_file is not None:
+                submodules.append((f"{name}.{alias}", sub_file))
+        yield from submodules
+        if len(submodules) < len(names) or not names:
+            file = _module_file(name, followed)
+            if file is not None:
+                yield name, file
+
+
+def source_dependencies(module: str, path: str) -> dict[str, str]:
+    """Every source file that module ``module`` (defined in ``path``) depends on.
+
+    Args:
+        module: the module's import name, e.g. ``"numbanet.kernels.matmul"``.
+        path: its source file.
+
+    Returns:
+        ``{module name: absolute file path}``, ``module`` itself included, closed under
+        imports within ``numbanet`` and ``module``'s own top-level package.
+    """
+    followed = frozenset((*FOLLOWED_PACKAGES, module.split(".")[0]))
+    deps = {module: os.path.abspath(path)}
+    todo = [module]
+    while todo:
+        name = todo.pop()
+        for dep, file in _imported_modules(name, deps[name], followed):
+            if dep not in deps:
+                deps[dep] = file
+                todo.append(dep)
+    return deps
+
+
+def dependency_digest(module: str, path: str) -> str:
+    """sha256 over the content of every source file module ``module`` depends on.
+
+    Args:
+        module: the module's import name (a kernel's ``py_func.__module__``).
+        path: its source file.
+
+    Location-independent (files are named by module, not by path). A file that cannot be
+    read contributes a marker instead of failing: the cache then behaves like Numba's own.
+    """
+    digest = hashlib.sha256(_STAMP_VERSION.encode())
+    try:
+        deps = source_dependencies(module, path)
+    except OSError:
+        deps = {module: path}
+    for name in sorted(deps):
+        try:
+            content_hash = _file_info(deps[name])[0]
+        except OSError:
+            content_hash = "unreadable"
+        digest.update(f"{name}\0{content_hash}\n".encode())
+    return digest.hexdigest()
+
+
+class _DependencyStampedLocator:
+    """Wraps the locator Numba chose; only the source stamp changes."""
+
+    def __init__(self, inner: Any, py_func: Any) -> None:
+        self._inner = inner
+        self._py_func = py_func
+
+    def ensure_cache_path(self) -> None:
+        self._inner.ensure_cache_path()
+
+    def get_cache_path(self) -> str:
+        return self._inner.get_cache_path()
+
+    def get_disambiguator(self) -> str:
+        return self._inner.get_disambiguator()
+
+    def get_source_stamp(self) -> Any:
+        func = self._py_func
+        digest = dependency_digest(func.__module__, inspect.getfile(func))
+        return (self._inner.get_source_stamp(), digest)
+
+
+class _DependencyCacheImpl(CompileResultCacheImpl):
+    def __init__(self, py_func: Any) -> None:
+        super().__init__(py_func)
+        self._locator = _DependencyStampedLocator(self._locator, py_func)
+
+
+class DependencyAwareCache(FunctionCache):
+    """A :class:`numba.core.caching.FunctionCache` whose index goes stale when any source
+    file the kernel's module depends on changes (see the module docstring)."""
+
+    _impl_class = _DependencyCacheImpl
+
+
+def enable_dependency_cache(dispatcher: Any) -> Any:
+    """Give a Numba dispatcher the dependency-aware disk cache; returns the dispatcher.
+
+    The replacement for ``dispatcher.enable_caching()`` (what ``cache=True`` calls). A
+    plain function (``NUMBA_DISABLE_JIT=1``) is returned unchanged.
+    """
+    if hasattr(dispatcher, "py_func") and hasattr(dispatcher, "_cache"):
+        dispatcher._cache = DependencyAwareCache(dispatcher.py_func)
+    return dispatcher
