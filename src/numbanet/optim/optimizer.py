@@ -9,7 +9,14 @@ from typing import Any
 import numpy as np
 from numba.core.errors import NumbaError
 
-from numbanet._validation import check_float_array
+from numbanet._validation import (
+    InstanceOf,
+    Optional,
+    Real,
+    check_arg,
+    check_float_array,
+    validate_args,
+)
 from numbanet.kernels.updates import UpdateDriver, update_driver
 from numbanet.specs import (
     OptimizerSpec,
@@ -21,6 +28,8 @@ from numbanet.specs import (
 __all__ = ["Optimizer"]
 
 Layout = Sequence[tuple[str, int, int, tuple[int, ...]]]
+
+_MAX_GRAD_NORM = Optional(Real(min=0, closed="neither"))
 
 
 class Optimizer:
@@ -46,6 +55,7 @@ class Optimizer:
         array([0.8, 0.8, 0.8, 0.8])
     """
 
+    @validate_args({"spec": InstanceOf(OptimizerSpec)})
     def __init__(
         self,
         spec: OptimizerSpec,
@@ -54,14 +64,14 @@ class Optimizer:
         max_grad_norm: float | None = None,
         **hyperparams: Any,
     ) -> None:
-        if not isinstance(spec, OptimizerSpec):
-            raise TypeError(f"spec must be an OptimizerSpec, got {type(spec).__name__}")
         self.spec = spec
         self.qualified_id = qualified_id
         self._hp = validate_hyperparams("optimizer", spec, hyperparams)
         self._hp_tuple = flatten_hyperparams(self._hp)
         self._hp_cast: dict[np.dtype, tuple[Any, ...]] = {}
-        self.max_grad_norm = _check_max_norm(spec.name, max_grad_norm)
+        self.max_grad_norm: float | None = check_arg(
+            "max_grad_norm", max_grad_norm, _MAX_GRAD_NORM, where=f"optimizer {spec.name!r}"
+        )
         self.step_count = 0
         self._slots: tuple[np.ndarray, ...] | None = None
         self._pending: tuple[dict[str, Any], Layout | None] | None = None
@@ -103,6 +113,7 @@ class Optimizer:
         return dict(zip(self.spec.slots, self._slots, strict=False))
 
     # -- stepping ----------------------------------------------------------------------
+    @validate_args({"grad_scale": Real()})
     def step(self, params: np.ndarray, grads: np.ndarray, grad_scale: float = 1.0) -> None:
         """Update ``params`` in place from ``grad_scale * grads``.
 
@@ -121,12 +132,7 @@ class Optimizer:
         check_float_array("grads", grads, dtype=params.dtype, shape=params.shape)
         if np.may_share_memory(params, grads):
             raise ValueError("grads must not share memory with params (pass separate buffers)")
-        if isinstance(grad_scale, bool) or not isinstance(grad_scale, (int, float, np.floating)):
-            raise TypeError(f"grad_scale must be a number, got {type(grad_scale).__name__}")
-        gs = float(grad_scale)
-        if not math.isfinite(gs):
-            raise ValueError(f"grad_scale must be finite, got {grad_scale!r}")
-        self.step_unchecked(params, grads, gs)
+        self.step_unchecked(params, grads, grad_scale)
 
     def step_unchecked(self, params: np.ndarray, grads: np.ndarray, grad_scale: float) -> None:
         """:meth:`step` without its argument checks, for the training step's hot path.
@@ -305,13 +311,3 @@ class Optimizer:
     def __repr__(self) -> str:
         hp = ", ".join(f"{k}={v!r}" for k, v in self._hp.items())
         return f"Optimizer({self.qualified_id!r}, {hp})"
-
-
-def _check_max_norm(name: str, value: object) -> float | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"optimizer {name!r}: max_grad_norm must be a number or None")
-    if not value > 0 or not math.isfinite(value):
-        raise ValueError(f"optimizer {name!r}: max_grad_norm must be positive, got {value!r}")
-    return float(value)
