@@ -9,7 +9,15 @@ from typing import Any
 import numpy as np
 from numba.core.errors import NumbaError
 
-from numbanet._validation import check_float_array, resolve_dtype
+from numbanet._validation import (
+    InstanceOf,
+    Integer,
+    OneOf,
+    check_arg,
+    check_float_array,
+    resolve_dtype,
+    validate_args,
+)
 from numbanet.kernels.losses import LossDriver, count_equal, labels_in_range, loss_driver
 from numbanet.kernels.reductions import fixed_order_sum
 from numbanet.specs import LossSpec, PluginError, flatten_hyperparams, validate_hyperparams
@@ -17,7 +25,6 @@ from numbanet.specs import LossSpec, PluginError, flatten_hyperparams, validate_
 __all__ = ["Loss"]
 
 _BASE_REDUCTIONS = {"mean": None, "sum": "one", "none": "one"}
-
 
 class Loss:
     """Runs a :class:`~numbanet.LossSpec` over a batch.
@@ -48,6 +55,7 @@ class Loss:
         (2.5, array([[1., 2.]]))
     """
 
+    @validate_args({"spec": InstanceOf(LossSpec)})
     def __init__(
         self,
         spec: LossSpec,
@@ -57,15 +65,11 @@ class Loss:
         weight: Any = None,
         **hyperparams: Any,
     ) -> None:
-        if not isinstance(spec, LossSpec):
-            raise TypeError(f"spec must be a LossSpec, got {type(spec).__name__}")
         self.spec = spec
         self.qualified_id = qualified_id
         where = f"loss {spec.name!r}"
-        allowed = ["mean", "sum", "none", *spec.extra_reductions]
-        if not isinstance(reduction, str) or reduction not in allowed:
-            raise ValueError(f"{where}: reduction must be one of {allowed}, got {reduction!r}")
-        self.reduction = reduction
+        reductions = OneOf("mean", "sum", "none", *spec.extra_reductions)
+        self.reduction: str = check_arg("reduction", reduction, reductions, where=where)
         self._hp = validate_hyperparams("loss", spec, hyperparams)
         self._hp_tuple = flatten_hyperparams(self._hp)
         self.ignore_label: int | None = None
@@ -131,6 +135,7 @@ class Loss:
         return self.spec.output_activation
 
     # -- targets -------------------------------------------------------------------------
+    @validate_args({"n_outputs": Integer(min=1)})
     def prepare_targets(self, y: Any, n_outputs: int, dtype: Any) -> np.ndarray:
         """Check and convert user targets once, before training.
 
@@ -151,8 +156,6 @@ class Loss:
         """
         where = f"loss {self.spec.name!r}"
         dtype = resolve_dtype(dtype)
-        if isinstance(n_outputs, bool) or not isinstance(n_outputs, (int, np.integer)):
-            raise TypeError(f"n_outputs must be an int, got {type(n_outputs).__name__}")
         arr = np.asarray(y)
         if arr.dtype.kind not in "biuf":
             raise TypeError(f"{where}: y must be numeric, got dtype {arr.dtype}")
@@ -161,7 +164,7 @@ class Loss:
             kind = "dense" if arr.ndim == 2 and arr.shape[1] == n_outputs and (
                 arr.dtype.kind == "f" and n_outputs > 1) else "labels"
         if kind == "labels":
-            return _prepare_labels(where, arr, int(n_outputs), self.ignore_label)
+            return _prepare_labels(where, arr, n_outputs, self.ignore_label)
         if arr.dtype.kind == "b":
             arr = arr.astype(dtype)
         if arr.ndim == 1 and n_outputs == 1:
