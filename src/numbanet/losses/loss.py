@@ -24,8 +24,6 @@ from numbanet.specs import LossSpec, PluginError, flatten_hyperparams, validate_
 
 __all__ = ["Loss"]
 
-_BASE_REDUCTIONS = {"mean": None, "sum": "one", "none": "one"}
-
 class Loss:
     """Runs a :class:`~numbanet.LossSpec` over a batch.
 
