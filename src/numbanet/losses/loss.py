@@ -24,6 +24,7 @@ from numbanet.specs import LossSpec, PluginError, flatten_hyperparams, validate_
 
 __all__ = ["Loss"]
 
+
 class Loss:
     """Runs a :class:`~numbanet.LossSpec` over a batch.
 
