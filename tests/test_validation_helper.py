@@ -56,6 +56,8 @@ GENERATOR = InstanceOf(np.random.Generator, what="a numpy.random.Generator")
         (Boolean(), np.False_, False, bool),
         (OneOf("mean", "sum"), "sum", "sum", str),
         (OneOf(None, "softmax"), None, None, type(None)),
+        (OneOf("mean", "sum"), np.str_("sum"), "sum", str),
+        (OneOf(0, 1, True), True, True, bool),
         (InstanceOf(str), "adam", "adam", str),
         (InstanceOf(int, str), "x", "x", str),
         (Optional(Integer(min=0)), None, None, type(None)),
@@ -140,6 +142,8 @@ def test_float_dtype_resolves_names_and_types():
          "x must be one of 'mean', 'sum', 'none', got 1"),
         (OneOf(0, 1), True, ValueError, "x must be one of 0, 1, got True"),
         (OneOf(0, 1), 1.0, ValueError, "x must be one of 0, 1, got 1.0"),
+        (OneOf(None, "softmax"), "sigmoid", ValueError,
+         "x must be one of None, 'softmax', got 'sigmoid'"),
         (OneOf("a", "b"), np.array(["a"]), ValueError,
          "x must be one of 'a', 'b', got an array of shape (1,) and dtype <U1"),
         # A range error of the alternative whose type matched stands.

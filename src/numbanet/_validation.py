@@ -355,7 +355,8 @@ class Boolean(Constraint):
 class OneOf(Constraint):
     """One of a few fixed values (strings, usually); anything else raises ``ValueError``.
 
-    A misspelt string gets a "did you mean" suggestion. Returns the value unchanged.
+    A misspelt string gets a "did you mean" suggestion. Returns the matching option
+    (so ``numpy.str_("sum")`` comes back as the ``str`` ``"sum"``).
 
     Example:
         >>> OneOf("mean", "sum", "none").check("reduction", "sum")
@@ -371,13 +372,18 @@ class OneOf(Constraint):
         self.options = options
 
     def matches_type(self, value: object) -> bool:
-        return any(type(value) is type(o) for o in self.options)
+        return any(isinstance(value, type(o)) for o in self.options)
 
     def check(self, name: str, value: Any, where: str | None = None) -> Any:
         for option in self.options:
-            # Compare types too: True == 1 and 1.0 == 1, but neither is the option 1.
-            if value is option or (type(value) is type(option) and value == option):
-                return value
+            # Compare types too: True == 1 and 1.0 == 1, but neither is the option 1
+            # (while numpy.str_("sum") is the option "sum").
+            if value is option or (
+                isinstance(value, type(option))
+                and (isinstance(option, bool) or not isinstance(value, bool))
+                and value == option
+            ):
+                return option
         raise self.value_error(name, self.what, value, where, self.fix(value))
 
     def fix(self, value: object) -> str | None:
