@@ -46,6 +46,8 @@ from typing import Any
 
 import numpy as np
 
+from numbanet._validation import OneOf, Real, check_arg
+
 __all__ = [
     "HyperparamValue",
     "LossSpec",
@@ -73,6 +75,9 @@ _INTERVAL_RE = re.compile(
 LOSS_TARGETS = ("labels", "dense", "labels_or_dense")
 LOSS_REDUCTIONS = ("mean", "sum", "none")
 OUTPUT_ACTIVATIONS = (None, "softmax", "sigmoid")
+_MEAN_OVER = ("rows", "elements", "weights")
+# A user's hyperparameter value (the spec's bounds are checked once all are merged).
+_HYPERPARAM_NUMBER = Real(what="a number")
 
 
 @dataclass(frozen=True)
@@ -270,20 +275,13 @@ class LossSpec(_SpecBase):
         _check_kernel("LossSpec", self.name, self.kernel)
         _check_defaults("LossSpec", self.name, self.hyperparams)
         object.__setattr__(self, "hyperparams", dict(self.hyperparams))
-        if self.target not in LOSS_TARGETS:
-            raise ValueError(
-                f"LossSpec {self.name!r}: target must be one of {LOSS_TARGETS}, got {self.target!r}"
-            )
+        where = f"LossSpec {self.name!r}"
+        check_arg("target", self.target, OneOf(*LOSS_TARGETS), where=where)
         if self.target == "labels_or_dense":
             _check_kernel("LossSpec", self.name, self.dense_kernel)
-        if self.mean_over not in ("rows", "elements", "weights"):
-            raise ValueError(
-                f"LossSpec {self.name!r}: mean_over must be 'rows', 'elements' or 'weights'"
-            )
-        if self.output_activation not in OUTPUT_ACTIVATIONS:
-            raise ValueError(
-                f"LossSpec {self.name!r}: output_activation must be one of {OUTPUT_ACTIVATIONS}"
-            )
+        check_arg("mean_over", self.mean_over, OneOf(*_MEAN_OVER), where=where)
+        check_arg("output_activation", self.output_activation, OneOf(*OUTPUT_ACTIVATIONS),
+                  where=where)
         if self.ignore_label is not None and (
             self.ignore_label not in self.hyperparams or self.target == "dense"
         ):
@@ -364,11 +362,7 @@ def validate_hyperparams(
 
 
 def _as_float(where: str, key: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        if isinstance(value, (np.floating, np.integer)):
-            return float(value)
-        raise TypeError(f"{where}: {key} must be a number, got {type(value).__name__} {value!r}")
-    return float(value)
+    return check_arg(key, value, _HYPERPARAM_NUMBER, where=where)  # type: ignore[no-any-return]
 
 
 def flatten_hyperparams(values: Mapping[str, HyperparamValue]) -> tuple[float, ...]:
