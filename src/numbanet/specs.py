@@ -73,7 +73,6 @@ _INTERVAL_RE = re.compile(
 )
 
 LOSS_TARGETS = ("labels", "dense", "labels_or_dense")
-LOSS_REDUCTIONS = ("mean", "sum", "none")
 OUTPUT_ACTIVATIONS = (None, "softmax", "sigmoid")
 _MEAN_OVER = ("rows", "elements", "weights")
 # A user's hyperparameter value (the spec's bounds are checked once all are merged).
