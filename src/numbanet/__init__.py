@@ -27,7 +27,9 @@ from numbanet.nn import Activation, Dense, Dropout, Module, Parameter, Sequentia
 from numbanet.plugins import (
     PluginWarning,
     get_loss,
+    get_layer_class,
     get_optimizer,
+    list_layers,
     list_losses,
     list_optimizers,
 )
@@ -59,9 +61,11 @@ __all__ = [
     "datasets",
     "get_loss",
     "get_num_threads",
+    "get_layer_class",
     "get_optimizer",
     "hookimpl",
     "kernels",
+    "list_layers",
     "list_losses",
     "list_optimizers",
     "load",
