@@ -41,6 +41,8 @@ from typing import Any
 
 import numpy as np
 
+from numbanet._validation import Integer, OneOf, Optional, Real, check_arg, validate_args
+
 __all__ = [
     "FRAMEWORKS",
     "STANDARD_MODELS",
@@ -317,6 +319,7 @@ def available_frameworks() -> list[str]:
     return found
 
 
+@validate_args({"framework": OneOf(*FRAMEWORKS)})
 def make_step(
     framework: str, model: str | ModelSpec, seed: int = 0
 ) -> Callable[[], float]:
@@ -331,8 +334,6 @@ def make_step(
         ``step() -> float``: one forward, loss, backward and Adam update; returns the
         loss before the update.
     """
-    if framework not in _BUILDERS:
-        raise ValueError(f"framework must be one of {list(FRAMEWORKS)}, got {framework!r}")
     spec = parse_model(model)
     x, y = make_batch(spec, seed + 1)
     return _BUILDERS[framework](spec, initial_weights(spec, seed), x, y)
@@ -513,6 +514,11 @@ class Comparison:
         return asdict(self)
 
 
+@validate_args({
+    "repeats": Integer(min=1),
+    "min_time": Real(min=0, closed="neither", what="a number of seconds"),
+    "settle": Optional(Real(min=0, what="a number of seconds")),
+})
 def compare(
     model: str | ModelSpec,
     threads: int = 1,
@@ -549,22 +555,12 @@ def compare(
         TypeError, ValueError: bad arguments (named in the message).
         ImportError: ``"torch"`` asked for explicitly but not installed.
     """
-    from numbanet._validation import check_positive_int
     from numbanet.threads import max_threads
 
     spec = parse_model(model)
-    threads = check_positive_int("threads", threads)
-    if threads > max_threads():
-        raise ValueError(f"threads must be between 1 and {max_threads()}, got {threads}")
-    repeats = check_positive_int("repeats", repeats)
-    if isinstance(min_time, bool) or not isinstance(min_time, (int, float)):
-        raise TypeError(f"min_time must be a number of seconds, got {type(min_time).__name__}")
-    if not min_time > 0:
-        raise ValueError(f"min_time must be positive, got {min_time}")
+    threads = check_arg("threads", threads, Integer(min=1, max=max_threads()))
     if settle is None:
         settle = 0.2 if threads > 1 else 0.0
-    if isinstance(settle, bool) or not isinstance(settle, (int, float)) or not settle >= 0:
-        raise ValueError(f"settle must be a non-negative number of seconds, got {settle!r}")
     if frameworks is None:
         chosen = available_frameworks()
     else:
