@@ -13,13 +13,11 @@ index of the inputs only, so the loop is race-free and thread-count independent.
 
 from __future__ import annotations
 
-import math
-
 import numba
 import numpy as np
 
 from numbanet._jit import kernel, parallel_kernel
-from numbanet._validation import check_float_array
+from numbanet._validation import Real, check_arg, check_float_array
 
 __all__ = ["CHUNK", "PARALLEL_MIN", "dropout_backward", "dropout_forward"]
 
@@ -59,21 +57,15 @@ def _dropout_parallel(x, u, keep_prob, y):
         _dropout_1d(x[lo:hi], u[lo:hi], keep_prob, y[lo:hi])
 
 
-def _check_keep_prob(keep_prob: object) -> float:
-    if isinstance(keep_prob, bool) or not isinstance(
-        keep_prob, (int, float, np.integer, np.floating)
-    ):
-        raise TypeError(f"keep_prob must be a real number, got {type(keep_prob).__name__}")
-    kp = float(keep_prob)
-    if not (math.isfinite(kp) and 0.0 <= kp <= 1.0):
-        raise ValueError(f"keep_prob must be in [0, 1], got {keep_prob!r}")
-    return kp
+#: What ``keep_prob`` accepts. Checked inline rather than by ``validate_args``: the
+#: Dropout layer calls these functions on every training step.
+_KEEP_PROB = Real(min=0, max=1)
 
 
 def _apply(
     names: tuple[str, str], x: np.ndarray, u: np.ndarray, keep_prob: object, y: np.ndarray
 ) -> None:
-    kp = _check_keep_prob(keep_prob)
+    kp = check_arg("keep_prob", keep_prob, _KEEP_PROB)
     check_float_array(names[0], x)
     check_float_array("u", u, dtype=x.dtype, shape=x.shape)
     check_float_array(names[1], y, dtype=x.dtype, shape=x.shape, writeable=True)
