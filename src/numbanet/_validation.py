@@ -562,6 +562,10 @@ def validate_args(
     omitted argument arrives in its checked form too (``dtype="float32"`` as a
     ``numpy.dtype``). The constraints stay readable as ``func.arg_constraints``.
 
+    The wrapper costs about half a microsecond per call on top of the checks; for a
+    function called on every training step, declare the constraint as a module constant
+    and call :func:`check_arg` inside instead.
+
     Args:
         constraints: argument name -> :class:`Constraint`.
 
