@@ -1,8 +1,12 @@
 """Activation kernels against NumPy (float64 truth), finite differences, PyTorch and
-properties that hold for any input, across dtypes, odd shapes and thread counts."""
+properties that hold for any input, across dtypes, odd shapes and thread counts.
+
+The parametrization and the NumPy / PyTorch references come from the one table,
+``activations.ACTIVATION_TABLE``: a new row is tested here without editing this file."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import warnings
 
@@ -17,67 +21,28 @@ from numbanet._jit import kernel
 from numbanet.kernels import activations as A
 
 DTYPES = [np.float32, np.float64]
-ELEMENTWISE = list(A.ACTIVATION_IDS)
-ROWWISE = ["softmax", "log_softmax"]
+SPECS = {spec.name: spec for spec in A.ACTIVATION_TABLE}
+ELEMENTWISE = [spec.name for spec in A.ACTIVATION_TABLE if spec.kind == "elementwise"]
+ROWWISE = [spec.name for spec in A.ACTIVATION_TABLE if spec.kind == "rowwise"]
 # 1 element, primes, a 3-D shape, and one shape above every parallel threshold.
 SHAPES = [(1,), (7,), (1031,), (3, 5, 7), (257, 263)]
 ROW_SHAPES = [(1, 1), (1, 7), (13, 11), (97, 89)]
-assert 257 * 263 >= A.PARALLEL_MIN_CHEAP and 97 * 89 >= A.PARALLEL_MIN_ROWWISE
+assert 257 * 263 >= max(SPECS[n].forward_parallel_min for n in ELEMENTWISE)
+assert 97 * 89 >= max(SPECS[n].forward_parallel_min for n in ROWWISE)
 
+# Written out here, not imported: the kink test checks the kernels' constants.
 SELU_ALPHA = 1.6732632423543772848170429916717
 SELU_SCALE = 1.0507009873554804934193349852946
-_erf = np.vectorize(math.erf, otypes=[np.float64])
 
 
-def _sigmoid(x):
-    # float64 truth, written independently of the kernels (tanh form of the logistic).
-    return 0.5 * (1.0 + np.tanh(0.5 * x))
+def _reference(name, x):
+    """float64 forward truth from the table row."""
+    return SPECS[name].reference(x)
 
 
-def _normal_cdf(x):
-    return 0.5 * (1.0 + _erf(x / math.sqrt(2.0)))
-
-
-def _softplus(x):
-    return np.where(x > 20, x, np.logaddexp(0.0, x))
-
-
-REF_FORWARD = {
-    "identity": lambda x: x.copy(),
-    "sigmoid": _sigmoid,
-    "relu": lambda x: np.maximum(x, 0.0),
-    "leaky_relu": lambda x: np.where(x >= 0, x, 0.01 * x),
-    "tanh": np.tanh,
-    "gelu": lambda x: x * _normal_cdf(x),
-    "elu": lambda x: np.where(x > 0, x, np.expm1(np.minimum(x, 0))),
-    "selu": lambda x: SELU_SCALE * np.where(x > 0, x, SELU_ALPHA * np.expm1(np.minimum(x, 0))),
-    "silu": lambda x: x * _sigmoid(x),
-    "softplus": _softplus,
-}
-
-# Derivatives d act / dx in float64.
-REF_DERIVATIVE = {
-    "identity": np.ones_like,
-    "sigmoid": lambda x: _sigmoid(x) * (1 - _sigmoid(x)),
-    "relu": lambda x: (x > 0).astype(np.float64),
-    "leaky_relu": lambda x: np.where(x > 0, 1.0, 0.01),
-    "tanh": lambda x: 1 - np.tanh(x) ** 2,
-    "gelu": lambda x: _normal_cdf(x) + x * np.exp(-0.5 * x * x) / math.sqrt(2 * math.pi),
-    "elu": lambda x: np.where(x > 0, 1.0, np.exp(np.minimum(x, 0))),
-    "selu": lambda x: SELU_SCALE * np.where(x > 0, 1.0, SELU_ALPHA * np.exp(np.minimum(x, 0))),
-    "silu": lambda x: _sigmoid(x) * (1 + x * (1 - _sigmoid(x))),
-    "softplus": lambda x: np.where(x > 20, 1.0, _sigmoid(x)),
-}
-
-
-def _ref_softmax(x):
-    e = np.exp(x - x.max(axis=1, keepdims=True))
-    return e / e.sum(axis=1, keepdims=True)
-
-
-def _ref_log_softmax(x):
-    s = x - x.max(axis=1, keepdims=True)
-    return s - np.log(np.exp(s).sum(axis=1, keepdims=True))
+def _reference_dx(name, x, dy):
+    """float64 ``dx`` truth (the vector-Jacobian product) from the table row."""
+    return SPECS[name].reference_backward(x, dy)
 
 
 def _tol(dtype):
@@ -111,25 +76,32 @@ def test_elementwise_forward_and_backward_match_numpy(name, dtype, shape):
     y, dx = _run(name, x, dy)
     x64 = x.astype(np.float64)
     assert y.dtype == dtype and dx.dtype == dtype
-    np.testing.assert_allclose(y, REF_FORWARD[name](x64), **_tol(dtype))
-    expected_dx = dy.astype(np.float64) * REF_DERIVATIVE[name](x64)
+    np.testing.assert_allclose(y, _reference(name, x64), **_tol(dtype))
+    expected_dx = _reference_dx(name, x64, dy.astype(np.float64))
     np.testing.assert_allclose(dx, expected_dx, **_tol(dtype))
 
 
 @pytest.mark.parametrize("shape", ROW_SHAPES, ids=str)
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: d.__name__)
-def test_softmax_and_log_softmax_match_numpy(dtype, shape):
+@pytest.mark.parametrize("name", ROWWISE)
+def test_rowwise_forward_and_backward_match_numpy(name, dtype, shape):
     x, dy = _inputs(shape, dtype, scale=5.0)
     x64, dy64 = x.astype(np.float64), dy.astype(np.float64)
-    p = _ref_softmax(x64)
-    y, dx = _run("softmax", x, dy)
-    np.testing.assert_allclose(y, p, **_tol(dtype))
-    np.testing.assert_allclose(dx, p * (dy64 - (dy64 * p).sum(1, keepdims=True)), **_tol(dtype))
-    y, dx = _run("log_softmax", x, dy)
-    # log-probabilities reach ~-40 here: compare with an absolute tolerance scaled to that.
+    y, dx = _run(name, x, dy)
+    ref = _reference(name, x64)
+    # Error over max(1, |truth|): absolute for probabilities (below 1), relative for
+    # log-probabilities (they reach ~-40 here, where an absolute bound would be too tight).
+    err = np.abs(y - ref) / np.maximum(1.0, np.abs(ref))
+    assert err.max() <= _tol(dtype)["atol"], err.max()
+    np.testing.assert_allclose(dx, _reference_dx(name, x64, dy64), **_tol(dtype))
+
+
+@pytest.mark.parametrize("shape", ROW_SHAPES, ids=str)
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: d.__name__)
+def test_logsumexp_rows_matches_numpy(dtype, shape):
+    x, _ = _inputs(shape, dtype, scale=5.0)
+    x64 = x.astype(np.float64)
     atol = 2e-5 if dtype == np.float32 else 1e-12
-    np.testing.assert_allclose(y, _ref_log_softmax(x64), rtol=0, atol=atol)
-    np.testing.assert_allclose(dx, dy64 - p * dy64.sum(1, keepdims=True), **_tol(dtype))
     out = np.empty(shape[0], dtype)
     A.logsumexp_rows(x, out)
     ref = x64.max(1) + np.log(np.exp(x64 - x64.max(1, keepdims=True)).sum(1))
@@ -159,17 +131,17 @@ def test_logsumexp_rows_of_infinite_rows_is_the_limit():
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: d.__name__)
-def test_sigmoid_softplus_tanh_silu_stay_finite_and_quiet_at_extremes(dtype):
+@pytest.mark.parametrize("name", ELEMENTWISE)
+def test_elementwise_activations_stay_finite_and_quiet_at_extremes(name, dtype):
     x = np.array([-1000.0, -100.0, -20.5, 20.5, 100.0, 1000.0], dtype=dtype)
     y = np.empty_like(x)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        for name in ("sigmoid", "softplus", "tanh", "silu", "gelu", "elu", "selu"):
-            A.get_activation(name).forward(x, y)
-            assert np.isfinite(y).all(), name
-            x64 = x.astype(np.float64)
-            with np.errstate(over="ignore"):
-                np.testing.assert_allclose(y, REF_FORWARD[name](x64), rtol=1e-6, atol=1e-30)
+        A.get_activation(name).forward(x, y)
+    assert np.isfinite(y).all(), name
+    x64 = x.astype(np.float64)
+    with np.errstate(over="ignore"):
+        np.testing.assert_allclose(y, _reference(name, x64), rtol=1e-6, atol=1e-30)
 
 
 def test_parameterised_activations_use_their_parameter():
@@ -228,7 +200,7 @@ def test_1d_epilogue_functions_match_python_and_numpy(dtype):
         dx, dxp = np.empty_like(x), np.empty_like(x)
         A.activation_backward_1d(act_id, param, x, y, dy, dx)
         A.activation_backward_1d.py_func(act_id, param, x, y, dy, dxp)
-        np.testing.assert_allclose(y, REF_FORWARD[name](x64), **_tol(dtype))
+        np.testing.assert_allclose(y, _reference(name, x64), **_tol(dtype))
         np.testing.assert_allclose(yp, y, **_tol(dtype))
         np.testing.assert_allclose(dxp, dx, **_tol(dtype))
 
@@ -486,22 +458,6 @@ def test_activations_are_monotone(x):
 
 # -------------------------------------------------------------------------- PyTorch parity
 
-TORCH_FUNCS = {
-    "identity": lambda F, t: t * 1,
-    "sigmoid": lambda F, t: F.sigmoid(t),
-    "relu": lambda F, t: F.relu(t),
-    "leaky_relu": lambda F, t: F.leaky_relu(t),
-    "tanh": lambda F, t: F.tanh(t),
-    "gelu": lambda F, t: F.gelu(t),
-    "elu": lambda F, t: F.elu(t),
-    "selu": lambda F, t: F.selu(t),
-    "silu": lambda F, t: F.silu(t),
-    "softplus": lambda F, t: F.softplus(t),
-    "softmax": lambda F, t: F.softmax(t, dim=-1),
-    "log_softmax": lambda F, t: F.log_softmax(t, dim=-1),
-}
-
-
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: d.__name__)
 @pytest.mark.parametrize("name", A.ACTIVATIONS)
 def test_forward_and_backward_match_torch(name, dtype):
@@ -510,7 +466,7 @@ def test_forward_and_backward_match_torch(name, dtype):
     x[0, :3] = [25.0, -25.0, 19.5]  # softplus's threshold region and saturation
     y, dx = _run(name, x, dy)
     t = torch.from_numpy(x.copy()).requires_grad_(True)
-    ty = TORCH_FUNCS[name](torch.nn.functional, t)
+    ty = SPECS[name].torch_reference(torch.nn.functional, t)
     ty.backward(torch.from_numpy(dy))
     tol = {"rtol": 1e-5, "atol": 1e-6} if dtype == np.float32 else {"rtol": 1e-12, "atol": 1e-13}
     np.testing.assert_allclose(y, ty.detach().numpy(), **tol)
@@ -521,14 +477,85 @@ def test_forward_and_backward_match_torch(name, dtype):
 
 
 def test_registry_lists_every_activation():
-    assert A.ACTIVATIONS == (*A.ACTIVATION_IDS, "softmax", "log_softmax")
+    assert A.ACTIVATIONS == (*ELEMENTWISE, *ROWWISE)
+    assert A.ACTIVATION_IDS == {n: SPECS[n].id for n in ELEMENTWISE}
     assert sorted(A.ACTIVATION_IDS.values()) == list(range(len(A.ACTIVATION_IDS)))
     for name in A.ACTIVATIONS:
         act = A.get_activation(name)
         assert act.name == name and act.elementwise == (name in A.ACTIVATION_IDS)
         assert act.id == A.ACTIVATION_IDS.get(name, -1)
+        # Every table field is on the record get_activation returns.
+        for field in dataclasses.fields(A.ActivationSpec):
+            assert getattr(act, field.name) == getattr(SPECS[name], field.name), field.name
+        hand_written = getattr(A, name, None)
+        if hand_written is not None:
+            assert act.forward is hand_written and act.backward is getattr(A, name + "_backward")
     assert A.get_activation("leaky_relu").default_param == 0.01
     assert A.get_activation("elu").default_param == 1.0
+    assert A.RELU == A.ACTIVATION_IDS["relu"] and A.SOFTPLUS == A.ACTIVATION_IDS["softplus"]
+
+
+def test_table_records_what_layers_and_init_used_to_hard_code():
+    # The sets nn/layers.py and nn/init.py held before the table.
+    from numbanet.nn import init
+
+    from_output = {n for n in A.ACTIVATIONS if A.get_activation(n).derivative_from_output}
+    assert from_output == {"relu", "sigmoid", "tanh"}
+    assert init.HE_ACTIVATIONS == {"relu", "leaky_relu", "elu", "gelu", "silu"}
+    assert init.LECUN_ACTIVATIONS == {"selu"}
+    for name in A.ACTIVATIONS:
+        assert init.init_scheme(name) == SPECS[name].init in A.INIT_SCHEMES
+    assert init.init_scheme("not_an_activation") == "glorot_uniform"
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: d.__name__)
+@pytest.mark.parametrize(
+    "name", [n for n in A.ACTIVATIONS if SPECS[n].derivative_from_output]
+)
+def test_derivative_from_output_holds_when_x_is_replaced_by_y(name, dtype):
+    # What the flag promises a layer that overwrites its pre-activation with the output.
+    x, dy = _inputs((1031,), dtype, seed=9)
+    x[:3] = [0.0, -0.0, np.nan]
+    y, dx = _run(name, x, dy)
+    act = A.get_activation(name)
+    dx_from_y = np.empty_like(x)
+    act.backward(y, y, dy, dx_from_y)
+    np.testing.assert_array_equal(dx_from_y, dx)
+
+
+@pytest.mark.parametrize("name", A.ACTIVATIONS)
+def test_a_row_without_hand_written_functions_gets_checked_kernels(name):
+    # A new table row needs no public wrapper pair: the record builds one.
+    spec = dataclasses.replace(SPECS[name], name=f"unlisted_{name}")
+    act = A._make_activation(spec)
+    assert act.forward is not getattr(A, name) and act.name == spec.name
+    shape = (13, 11)
+    x, dy = _inputs(shape, np.float64, seed=10)
+    y, dx = np.empty_like(x), np.empty_like(x)
+    act.forward(x, y)
+    act.backward(x, y, dy, dx)
+    y_ref, dx_ref = _run(name, x, dy)
+    np.testing.assert_array_equal(y, y_ref)
+    np.testing.assert_array_equal(dx, dx_ref)
+    with pytest.raises(ValueError, match="out must have shape"):
+        act.forward(x, np.empty((2, 2)))
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"name": "relu"}, "duplicate activation names"),
+        ({"id": 42}, "elementwise ids must be 0, 1"),
+        ({"kind": "columnwise"}, "kind must be"),
+        ({"init": "orthogonal"}, "init must be one of"),
+        ({"default_param": 0.5}, "default_param without a param_name"),
+    ],
+)
+def test_inconsistent_table_is_rejected(change, message):
+    table = list(A.ACTIVATION_TABLE)
+    table[0] = dataclasses.replace(table[0], **change)  # identity
+    with pytest.raises(ValueError, match=message):
+        A._check_table(tuple(table))
 
 
 def test_unknown_activation_name_lists_the_known_ones():

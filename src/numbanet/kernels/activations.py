@@ -1,9 +1,40 @@
 """Activation functions and their derivatives, forward and backward side by side.
 
-Elementwise activations (``identity``, ``sigmoid``, ``relu``, ``leaky_relu``, ``tanh``,
-``gelu``, ``elu``, ``selu``, ``silu``, ``softplus``) work on any rank: the kernels see a
-flat 1-D view of C-contiguous arrays. Row-wise activations (``softmax``, ``log_softmax``)
-normalise along the last axis of a 2-D array.
+:data:`ACTIVATION_TABLE` is the single source of truth: one :class:`ActivationSpec` row
+per activation gives its name, kind, kernel id, parameter and default, parallel-size
+thresholds, weight-init scheme, whether its derivative can be computed from the output
+alone, and float64 NumPy (and PyTorch) references for the tests.
+:data:`ACTIVATION_IDS`, :data:`ACTIVATIONS`, :func:`get_activation`,
+:mod:`numbanet.nn.init` and the activation tests are all derived from it.
+
+Elementwise activations (``kind="elementwise"``: ``relu``, ``gelu``, ``softplus``, ...)
+work on any rank: the kernels see a flat 1-D view of C-contiguous arrays. Row-wise
+activations (``kind="rowwise"``: ``softmax``, ``log_softmax``) normalise along the last
+axis of a 2-D array. :data:`ACTIVATIONS` lists them all.
+
+How to add an activation (all in this file; no other code or test to edit):
+
+1. An id constant next to the others (``SWISH = 10``: the next elementwise id; for a
+   row-wise activation the next row mode) and its row in :data:`ACTIVATION_TABLE` (name,
+   kind, id or mode, thresholds, ``init``, ``derivative_from_output``, ``reference``,
+   ``reference_backward``, ``torch_reference``, and ``param_name``/``default_param`` if
+   it takes a parameter). The table is checked at import.
+2. Its maths: an ``elif act_id == SWISH:`` branch in :func:`activation_forward_1d` and
+   one in :func:`activation_backward_1d` (row-wise: a ``mode`` branch in
+   ``_row_forward`` and ``_row_backward``). Constants via ``z.dtype.type(...)``, and
+   ``fast_exp``-style helpers rather than ``math.exp``, so the loop stays float32 and
+   vectorizes.
+
+That is four edits: the constant, the row and the two kernel branches. Optional: a
+hand-written public pair ``swish(x, out)`` / ``swish_backward(x, y, dy, dx)`` (needed
+only to accept the parameter as a keyword, like :func:`leaky_relu`); without it,
+``get_activation("swish").forward``/``.backward`` run the checked kernels at the default
+parameter. The tests (``tests/kernels/test_activations.py``, ``tests/nn/test_training.py``,
+``tests/nn/test_sequential.py``) parametrize over the table and pick the new row up by
+themselves; layers read ``init`` and ``derivative_from_output`` from it. Compiled kernels
+that inline this module (the GEMM epilogue) recompile by themselves: the disk cache is
+stamped with a hash of every numbanet source file a kernel's module imports
+(:mod:`numbanet._kernel_cache`), so no cache needs deleting.
 
 Every public function follows the kernel contract of ``docs/dev/contracts.md``:
 
@@ -41,10 +72,12 @@ kernels stay float32 (a bare ``0.5`` literal is float64 and would promote the lo
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numba
 import numpy as np
@@ -58,8 +91,11 @@ from numbanet._validation import check_float_array
 __all__ = [
     "ACTIVATIONS",
     "ACTIVATION_IDS",
+    "ACTIVATION_TABLE",
     "CHUNK",
+    "INIT_SCHEMES",
     "Activation",
+    "ActivationSpec",
     "activation_backward_1d",
     "activation_forward_1d",
     "elu",
@@ -95,7 +131,12 @@ __all__ = [
     "tanh_backward",
 ]
 
-# Integer ids, used as compile-time constants inside the kernels and by the GEMM epilogue.
+# ---------------------------------------------------------------------------------------
+# Kernel ids and constants. The ids are compile-time constants inside the kernels and the
+# GEMM epilogue; each is stated once here and used by its row of ACTIVATION_TABLE below.
+# ---------------------------------------------------------------------------------------
+
+# Elementwise ids: dense, 0..n-1, in table order.
 IDENTITY = 0
 SIGMOID = 1
 RELU = 2
@@ -106,23 +147,9 @@ ELU = 6
 SELU = 7
 SILU = 8
 SOFTPLUS = 9
-
-#: Ids of the elementwise activations, for :func:`activation_forward_1d` and fused epilogues.
-ACTIVATION_IDS: dict[str, int] = {
-    "identity": IDENTITY,
-    "sigmoid": SIGMOID,
-    "relu": RELU,
-    "leaky_relu": LEAKY_RELU,
-    "tanh": TANH,
-    "gelu": GELU,
-    "elu": ELU,
-    "selu": SELU,
-    "silu": SILU,
-    "softplus": SOFTPLUS,
-}
-
-#: Every activation name, elementwise first, then the row-wise ones.
-ACTIVATIONS: tuple[str, ...] = (*ACTIVATION_IDS, "softmax", "log_softmax")
+# Row-wise modes of the row kernels (a separate numbering: row-wise activations have id -1).
+SOFTMAX = 0
+LOG_SOFTMAX = 1
 
 # SELU constants as in PyTorch (Klambauer et al. 2017, "Self-Normalizing Neural Networks").
 SELU_ALPHA = 1.6732632423543772848170429916717
@@ -142,7 +169,8 @@ CHUNK = 2048
 #: launch costs a few microseconds, more than the whole job for small arrays. Measured
 #: crossovers on 2 threads, float32, serial time / parallel time: relu 0.81 at 32768
 #: elements and 1.14 at 65536 (~5 us serial); vectorized sigmoid 0.75 at 4096 and 1.09
-#: at 8192; gelu 0.70 at 1024 and 1.47 at 4096. Three cost classes, per direction.
+#: at 8192; gelu 0.70 at 1024 and 1.47 at 4096. Three cost classes, per direction: no
+#: transcendental (cheap), one vectorized exp-like call (medium), GELU's erfc (heavy).
 PARALLEL_MIN_CHEAP = 1 << 16
 PARALLEL_MIN_MEDIUM = 1 << 13
 PARALLEL_MIN_HEAVY = 1 << 12
@@ -151,24 +179,264 @@ PARALLEL_MIN_HEAVY = 1 << 12
 #: 1024 elements of 100 columns, 1.6x at 4096).
 PARALLEL_MIN_ROWWISE = 1 << 11
 
-# Forward: no transcendental / one vectorized exp-like call / GELU's erfc.
-_FORWARD_THRESHOLD = {
-    IDENTITY: PARALLEL_MIN_CHEAP,
-    RELU: PARALLEL_MIN_CHEAP,
-    LEAKY_RELU: PARALLEL_MIN_CHEAP,
-    SIGMOID: PARALLEL_MIN_MEDIUM,
-    TANH: PARALLEL_MIN_MEDIUM,
-    ELU: PARALLEL_MIN_MEDIUM,
-    SELU: PARALLEL_MIN_MEDIUM,
-    SILU: PARALLEL_MIN_MEDIUM,
-    SOFTPLUS: PARALLEL_MIN_MEDIUM,
-    GELU: PARALLEL_MIN_HEAVY,
+#: Weight initialisation schemes a table row may name (implemented in :mod:`numbanet.nn.init`).
+INIT_SCHEMES = ("he_uniform", "lecun_normal", "glorot_uniform")
+
+
+# ---------------------------------------------------------------------------------------
+# The activation table
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class ActivationSpec:
+    """One row of :data:`ACTIVATION_TABLE`: everything numbanet knows about an activation
+    except its kernel code.
+
+    Attributes:
+        name: the public name, e.g. ``"relu"``.
+        kind: ``"elementwise"`` (any shape, each element on its own) or ``"rowwise"``
+            (normalises along the last axis of a 2-D array).
+        id: for elementwise activations the kernel id (a constant such as :data:`RELU`,
+            an entry of :data:`ACTIVATION_IDS`, usable in fused GEMM epilogues); ``-1``
+            for row-wise ones.
+        mode: for row-wise activations the row kernels' mode (:data:`SOFTMAX`,
+            :data:`LOG_SOFTMAX`); ``-1`` for elementwise ones.
+        param_name: keyword of the public function's one parameter (``"negative_slope"``
+            for leaky_relu, ``"alpha"`` for elu), ``None`` when there is none.
+        default_param: the parameter's default, the value layers pass as ``param`` to
+            :func:`activation_forward_1d` (``0.0`` when there is no parameter).
+        forward_parallel_min: input size (elements) from which the forward pass runs the
+            ``prange`` kernel instead of the serial twin.
+        backward_parallel_min: the same for the backward pass.
+        init: weight initialisation scheme for a layer followed by this activation, one of
+            :data:`INIT_SCHEMES` (read by :func:`numbanet.nn.init.init_scheme`).
+        derivative_from_output: ``True`` when the backward kernel gives the same ``dx``
+            if it is handed the output ``y`` in place of the input ``x``, so a layer may
+            overwrite its pre-activation with the output and keep one array (relu,
+            sigmoid, tanh).
+        reference: float64 NumPy forward ``reference(x) -> y`` at the default parameter,
+            written independently of the kernels; the tests' ground truth.
+        reference_backward: float64 NumPy ``reference_backward(x, dy) -> dx`` (the
+            vector-Jacobian product) at the default parameter.
+        torch_reference: ``torch_reference(F, t) -> tensor`` with ``F`` the module
+            ``torch.nn.functional``: PyTorch's equivalent, for parity tests (no torch
+            import happens here).
+    """
+
+    name: str
+    kind: str
+    id: int = -1
+    mode: int = -1
+    param_name: str | None = None
+    default_param: float = 0.0
+    forward_parallel_min: int
+    backward_parallel_min: int
+    init: str = "glorot_uniform"
+    derivative_from_output: bool = False
+    reference: Callable[[np.ndarray], np.ndarray]
+    reference_backward: Callable[[np.ndarray, np.ndarray], np.ndarray]
+    torch_reference: Callable[[Any, Any], Any]
+
+    @property
+    def elementwise(self) -> bool:
+        """``True`` for activations that act on each element independently."""
+        return self.kind == "elementwise"
+
+
+# NumPy references: float64 truth, written independently of the kernels (different
+# formulas where that is possible: the tanh form of the logistic, erf for GELU).
+_erf = np.vectorize(math.erf, otypes=[np.float64])
+
+
+def _ref_sigmoid(x: np.ndarray) -> np.ndarray:
+    return 0.5 * (1.0 + np.tanh(0.5 * x))
+
+
+def _ref_normal_cdf(x: np.ndarray) -> np.ndarray:
+    return 0.5 * (1.0 + _erf(x / math.sqrt(2.0)))
+
+
+def _ref_softmax(x: np.ndarray) -> np.ndarray:
+    e = np.exp(x - x.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def _ref_log_softmax(x: np.ndarray) -> np.ndarray:
+    s = x - x.max(axis=-1, keepdims=True)
+    return s - np.log(np.exp(s).sum(axis=-1, keepdims=True))
+
+
+def _elementwise_vjp(
+    derivative: Callable[[np.ndarray], np.ndarray],
+) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
+    """``reference_backward`` of an elementwise activation: ``dy * act'(x)``."""
+    return lambda x, dy: dy * derivative(x)
+
+
+def _ref_selu(x: np.ndarray) -> np.ndarray:
+    return SELU_SCALE * np.where(x > 0, x, SELU_ALPHA * np.expm1(np.minimum(x, 0)))
+
+
+def _ref_softmax_backward(x: np.ndarray, dy: np.ndarray) -> np.ndarray:
+    p = _ref_softmax(x)
+    return p * (dy - (dy * p).sum(axis=-1, keepdims=True))
+
+
+def _ref_log_softmax_backward(x: np.ndarray, dy: np.ndarray) -> np.ndarray:
+    return dy - _ref_softmax(x) * dy.sum(axis=-1, keepdims=True)
+
+#: The single source of truth for every activation (see "How to add an activation" in
+#: the module docstring). Elementwise rows first, ids in order.
+ACTIVATION_TABLE: tuple[ActivationSpec, ...] = (
+    ActivationSpec(
+        name="identity", kind="elementwise", id=IDENTITY,
+        forward_parallel_min=PARALLEL_MIN_CHEAP, backward_parallel_min=PARALLEL_MIN_CHEAP,
+        reference=lambda x: x.copy(),
+        reference_backward=lambda x, dy: dy.copy(),
+        torch_reference=lambda F, t: t * 1,
+    ),
+    ActivationSpec(
+        name="sigmoid", kind="elementwise", id=SIGMOID,
+        # Backward reads y only: no transcendental.
+        forward_parallel_min=PARALLEL_MIN_MEDIUM, backward_parallel_min=PARALLEL_MIN_CHEAP,
+        derivative_from_output=True,
+        reference=_ref_sigmoid,
+        reference_backward=_elementwise_vjp(lambda x: _ref_sigmoid(x) * (1 - _ref_sigmoid(x))),
+        torch_reference=lambda F, t: F.sigmoid(t),
+    ),
+    ActivationSpec(
+        name="relu", kind="elementwise", id=RELU,
+        forward_parallel_min=PARALLEL_MIN_CHEAP, backward_parallel_min=PARALLEL_MIN_CHEAP,
+        init="he_uniform", derivative_from_output=True,
+        reference=lambda x: np.maximum(x, 0.0),
+        reference_backward=_elementwise_vjp(lambda x: (x > 0).astype(np.float64)),
+        torch_reference=lambda F, t: F.relu(t),
+    ),
+    ActivationSpec(
+        name="leaky_relu", kind="elementwise", id=LEAKY_RELU,
+        param_name="negative_slope", default_param=0.01,
+        forward_parallel_min=PARALLEL_MIN_CHEAP, backward_parallel_min=PARALLEL_MIN_CHEAP,
+        init="he_uniform",
+        reference=lambda x: np.where(x >= 0, x, 0.01 * x),
+        reference_backward=_elementwise_vjp(lambda x: np.where(x > 0, 1.0, 0.01)),
+        torch_reference=lambda F, t: F.leaky_relu(t, 0.01),
+    ),
+    ActivationSpec(
+        name="tanh", kind="elementwise", id=TANH,
+        # Backward reads y only: no transcendental.
+        forward_parallel_min=PARALLEL_MIN_MEDIUM, backward_parallel_min=PARALLEL_MIN_CHEAP,
+        derivative_from_output=True,
+        reference=np.tanh,
+        reference_backward=_elementwise_vjp(lambda x: 1 - np.tanh(x) ** 2),
+        torch_reference=lambda F, t: F.tanh(t),
+    ),
+    ActivationSpec(
+        name="gelu", kind="elementwise", id=GELU,
+        forward_parallel_min=PARALLEL_MIN_HEAVY, backward_parallel_min=PARALLEL_MIN_HEAVY,
+        init="he_uniform",
+        reference=lambda x: x * _ref_normal_cdf(x),
+        reference_backward=_elementwise_vjp(
+            lambda x: _ref_normal_cdf(x) + x * np.exp(-0.5 * x * x) / math.sqrt(2 * math.pi)
+        ),
+        torch_reference=lambda F, t: F.gelu(t),
+    ),
+    ActivationSpec(
+        name="elu", kind="elementwise", id=ELU, param_name="alpha", default_param=1.0,
+        forward_parallel_min=PARALLEL_MIN_MEDIUM, backward_parallel_min=PARALLEL_MIN_MEDIUM,
+        init="he_uniform",
+        reference=lambda x: np.where(x > 0, x, np.expm1(np.minimum(x, 0))),
+        reference_backward=_elementwise_vjp(
+            lambda x: np.where(x > 0, 1.0, np.exp(np.minimum(x, 0)))
+        ),
+        torch_reference=lambda F, t: F.elu(t),
+    ),
+    ActivationSpec(
+        name="selu", kind="elementwise", id=SELU,
+        forward_parallel_min=PARALLEL_MIN_MEDIUM, backward_parallel_min=PARALLEL_MIN_MEDIUM,
+        init="lecun_normal",
+        reference=_ref_selu,
+        reference_backward=_elementwise_vjp(
+            lambda x: SELU_SCALE * np.where(x > 0, 1.0, SELU_ALPHA * np.exp(np.minimum(x, 0)))
+        ),
+        torch_reference=lambda F, t: F.selu(t),
+    ),
+    ActivationSpec(
+        name="silu", kind="elementwise", id=SILU,
+        forward_parallel_min=PARALLEL_MIN_MEDIUM, backward_parallel_min=PARALLEL_MIN_MEDIUM,
+        init="he_uniform",
+        reference=lambda x: x * _ref_sigmoid(x),
+        reference_backward=_elementwise_vjp(
+            lambda x: _ref_sigmoid(x) * (1 + x * (1 - _ref_sigmoid(x)))
+        ),
+        torch_reference=lambda F, t: F.silu(t),
+    ),
+    ActivationSpec(
+        name="softplus", kind="elementwise", id=SOFTPLUS,
+        forward_parallel_min=PARALLEL_MIN_MEDIUM, backward_parallel_min=PARALLEL_MIN_MEDIUM,
+        reference=lambda x: np.where(x > SOFTPLUS_THRESHOLD, x, np.logaddexp(0.0, x)),
+        reference_backward=_elementwise_vjp(
+            lambda x: np.where(x > SOFTPLUS_THRESHOLD, 1.0, _ref_sigmoid(x))
+        ),
+        torch_reference=lambda F, t: F.softplus(t),
+    ),
+    ActivationSpec(
+        name="softmax", kind="rowwise", mode=SOFTMAX,
+        forward_parallel_min=PARALLEL_MIN_ROWWISE, backward_parallel_min=PARALLEL_MIN_ROWWISE,
+        reference=_ref_softmax,
+        reference_backward=_ref_softmax_backward,
+        torch_reference=lambda F, t: F.softmax(t, dim=-1),
+    ),
+    ActivationSpec(
+        name="log_softmax", kind="rowwise", mode=LOG_SOFTMAX,
+        forward_parallel_min=PARALLEL_MIN_ROWWISE, backward_parallel_min=PARALLEL_MIN_ROWWISE,
+        reference=_ref_log_softmax,
+        reference_backward=_ref_log_softmax_backward,
+        torch_reference=lambda F, t: F.log_softmax(t, dim=-1),
+    ),
+)
+
+
+def _check_table(table: tuple[ActivationSpec, ...]) -> None:
+    """Fail at import on an inconsistent table (the one edit an author makes)."""
+    names = [s.name for s in table]
+    if len(set(names)) != len(names):
+        raise ValueError(f"duplicate activation names in ACTIVATION_TABLE: {names}")
+    elementwise = [s for s in table if s.kind == "elementwise"]
+    rowwise = [s for s in table if s.kind == "rowwise"]
+    if len(elementwise) + len(rowwise) != len(table):
+        raise ValueError("ACTIVATION_TABLE: kind must be 'elementwise' or 'rowwise'")
+    if [s.id for s in elementwise] != list(range(len(elementwise))):
+        raise ValueError("ACTIVATION_TABLE: elementwise ids must be 0, 1, ... in table order")
+    if any(s.id != -1 for s in rowwise) or any(s.mode != -1 for s in elementwise):
+        raise ValueError("ACTIVATION_TABLE: row-wise rows have id -1, elementwise mode -1")
+    if sorted(s.mode for s in rowwise) != list(range(len(rowwise))):
+        raise ValueError("ACTIVATION_TABLE: row-wise modes must be 0, 1, ...")
+    for s in table:
+        if s.init not in INIT_SCHEMES:
+            raise ValueError(f"{s.name}: init must be one of {INIT_SCHEMES}, got {s.init!r}")
+        if s.param_name is None and s.default_param != 0.0:
+            raise ValueError(f"{s.name}: default_param without a param_name")
+
+
+_check_table(ACTIVATION_TABLE)
+
+#: Ids of the elementwise activations, for :func:`activation_forward_1d` and fused epilogues.
+ACTIVATION_IDS: dict[str, int] = {s.name: s.id for s in ACTIVATION_TABLE if s.elementwise}
+
+#: Every activation name, elementwise first, then the row-wise ones.
+ACTIVATIONS: tuple[str, ...] = (
+    *ACTIVATION_IDS,
+    *(s.name for s in ACTIVATION_TABLE if not s.elementwise),
+)
+
+_FORWARD_THRESHOLD = {s.id: s.forward_parallel_min for s in ACTIVATION_TABLE if s.elementwise}
+_BACKWARD_THRESHOLD = {s.id: s.backward_parallel_min for s in ACTIVATION_TABLE if s.elementwise}
+_ROWWISE_FORWARD_THRESHOLD = {
+    s.mode: s.forward_parallel_min for s in ACTIVATION_TABLE if not s.elementwise
 }
-# Backward: sigmoid and tanh read y and need no transcendental.
-_BACKWARD_THRESHOLD = {
-    **_FORWARD_THRESHOLD,
-    SIGMOID: PARALLEL_MIN_CHEAP,
-    TANH: PARALLEL_MIN_CHEAP,
+_ROWWISE_BACKWARD_THRESHOLD = {
+    s.mode: s.backward_parallel_min for s in ACTIVATION_TABLE if not s.elementwise
 }
 
 
@@ -941,10 +1209,6 @@ del _f
 # Row-wise: softmax, log_softmax, logsumexp over the last axis of a 2-D array
 # ---------------------------------------------------------------------------------------
 
-SOFTMAX = 0
-LOG_SOFTMAX = 1
-
-
 @kernel(fastmath=set(ELEMENTWISE_FASTMATH))
 def _row_forward(mode, xr, yr):
     """One row of softmax (``mode == 0``) or log_softmax (``mode == 1``); ``yr`` may alias ``xr``.
@@ -1066,7 +1330,7 @@ def _rowwise_forward(mode: int, x: np.ndarray, out: np.ndarray) -> None:
 
 def _run_rowwise_forward(mode: int, x: np.ndarray, out: np.ndarray) -> None:
     """Unchecked dispatch: parallel over rows or serial by size."""
-    if x.size >= PARALLEL_MIN_ROWWISE:
+    if x.size >= _ROWWISE_FORWARD_THRESHOLD[mode]:
         _rows_forward_parallel(mode, x, out)
     else:
         _rows_forward_serial(mode, x, out)
@@ -1085,7 +1349,7 @@ def _run_rowwise_backward(
     mode: int, x: np.ndarray, y: np.ndarray, dy: np.ndarray, dx: np.ndarray
 ) -> None:
     """Unchecked dispatch: parallel over rows or serial by size (reads ``y`` and ``dy``)."""
-    if x.size >= PARALLEL_MIN_ROWWISE:
+    if x.size >= _ROWWISE_BACKWARD_THRESHOLD[mode]:
         _rows_backward_parallel(mode, y, dy, dx)
     else:
         _rows_backward_serial(mode, y, dy, dx)
@@ -1175,58 +1439,64 @@ def logsumexp_rows(x: np.ndarray, out: np.ndarray) -> None:
 # ---------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Activation:
-    """An activation's forward/backward pair and the data a layer needs to use it.
+@dataclass(frozen=True, kw_only=True)
+class Activation(ActivationSpec):
+    """An activation's table row (every :class:`ActivationSpec` field, e.g.
+    ``derivative_from_output``, ``init``, ``default_param``) plus its kernels.
 
     Attributes:
-        name: the name used in :data:`ACTIVATIONS`, e.g. ``"relu"``.
-        id: the id in :data:`ACTIVATION_IDS` for elementwise activations, ``-1`` for
-            row-wise ones (they cannot be fused into a GEMM epilogue).
-        forward: ``forward(x, out)``, the public checked kernel.
+        forward: ``forward(x, out)``, the public checked kernel (the module-level function
+            of that name when there is one, e.g. :func:`relu`).
         backward: ``backward(x, y, dy, dx)``, the public checked kernel.
-        default_param: the value to pass as ``param`` to :func:`activation_forward_1d`
-            (``0.01`` for leaky_relu, ``1.0`` for elu, ``0.0`` otherwise).
-        elementwise: ``True`` for activations that act on each element independently.
         forward_unchecked: ``forward_unchecked(x, out)`` with the default parameter and
             no argument checks, for layers that validated their buffers once (the
             training step's hot path). Wrong arguments here are undefined behaviour.
         backward_unchecked: ``backward_unchecked(x, y, dy, dx)``, likewise.
+        elementwise: ``True`` for activations that act on each element independently
+            (``kind == "elementwise"``).
     """
 
-    name: str
-    id: int
     forward: Callable[..., None]
     backward: Callable[..., None]
-    default_param: float
-    elementwise: bool
     forward_unchecked: Callable[..., None]
     backward_unchecked: Callable[..., None]
 
 
-def _make_activation(name: str) -> Activation:
-    default_param = {"leaky_relu": 0.01, "elu": 1.0}.get(name, 0.0)
-    if name in ACTIVATION_IDS:
-        act_id = ACTIVATION_IDS[name]
-        forward_unchecked = functools.partial(_run_elementwise_forward, act_id, default_param)
-        backward_unchecked = functools.partial(_run_elementwise_backward, act_id, default_param)
+def _public_function(name: str, fallback: Callable[..., None]) -> Callable[..., None]:
+    """The hand-written public function ``name`` of this module, else ``fallback``."""
+    func = globals().get(name)
+    if callable(func) and getattr(func, "__module__", None) == __name__:
+        return func
+    return fallback
+
+
+def _make_activation(spec: ActivationSpec) -> Activation:
+    if spec.elementwise:
+        forward_unchecked = functools.partial(
+            _run_elementwise_forward, spec.id, spec.default_param
+        )
+        backward_unchecked = functools.partial(
+            _run_elementwise_backward, spec.id, spec.default_param
+        )
+        # Rows without hand-written public functions get these (default parameter only).
+        forward = functools.partial(_elementwise_forward, spec.id, spec.default_param)
+        backward = functools.partial(_elementwise_backward, spec.id, spec.default_param)
     else:
-        mode = SOFTMAX if name == "softmax" else LOG_SOFTMAX
-        forward_unchecked = functools.partial(_run_rowwise_forward, mode)
-        backward_unchecked = functools.partial(_run_rowwise_backward, mode)
+        forward_unchecked = functools.partial(_run_rowwise_forward, spec.mode)
+        backward_unchecked = functools.partial(_run_rowwise_backward, spec.mode)
+        forward = functools.partial(_rowwise_forward, spec.mode)
+        backward = functools.partial(_rowwise_backward, spec.mode)
+    fields = {f.name: getattr(spec, f.name) for f in dataclasses.fields(ActivationSpec)}
     return Activation(
-        name=name,
-        id=ACTIVATION_IDS.get(name, -1),
-        forward=globals()[name],
-        backward=globals()[name + "_backward"],
-        default_param=default_param,
-        elementwise=name in ACTIVATION_IDS,
+        **fields,
+        forward=_public_function(spec.name, forward),
+        backward=_public_function(spec.name + "_backward", backward),
         forward_unchecked=forward_unchecked,
         backward_unchecked=backward_unchecked,
     )
 
 
-_REGISTRY: dict[str, Activation] = {name: _make_activation(name) for name in ACTIVATIONS}
+_REGISTRY: dict[str, Activation] = {spec.name: _make_activation(spec) for spec in ACTIVATION_TABLE}
 
 
 def get_activation(name: str) -> Activation:
@@ -1236,7 +1506,8 @@ def get_activation(name: str) -> Activation:
         name: one of :data:`ACTIVATIONS` (case-sensitive).
 
     Returns:
-        The :class:`Activation` record.
+        The :class:`Activation` record: the table row (``derivative_from_output``,
+        ``init``, ``default_param``, references, ...) and the kernels.
 
     Raises:
         TypeError: ``name`` is not a string.

@@ -1,12 +1,15 @@
 """Weight initialisation chosen by the activation that follows the layer.
 
-* ReLU family (relu, leaky_relu, elu, gelu, silu): He/Kaiming uniform,
-  ``U(-sqrt(6 / fan_in), sqrt(6 / fan_in))`` (He et al., 2015), which keeps the variance of
-  activations constant through layers that zero half their inputs.
-* selu: LeCun normal, ``N(0, 1 / fan_in)`` (Klambauer et al., 2017), required for
+The scheme for each activation is the ``init`` field of its row in
+:data:`numbanet.kernels.activations.ACTIVATION_TABLE`; this module implements the schemes:
+
+* ``"he_uniform"`` (the ReLU family, e.g. relu, gelu): He/Kaiming uniform,
+  ``U(-sqrt(6 / fan_in), sqrt(6 / fan_in))`` (He et al., 2015), which keeps the variance
+  of activations constant through layers that zero half their inputs.
+* ``"lecun_normal"`` (selu): ``N(0, 1 / fan_in)`` (Klambauer et al., 2017), required for
   self-normalisation.
-* everything else (identity, sigmoid, tanh, softplus, softmax, log_softmax): Glorot/Xavier
-  uniform, ``U(-sqrt(6 / (fan_in + fan_out)), ...)`` (Glorot & Bengio, 2010).
+* ``"glorot_uniform"`` (e.g. tanh, sigmoid, softmax, and names not in the table):
+  Glorot/Xavier uniform, ``U(-sqrt(6 / (fan_in + fan_out)), ...)`` (Glorot & Bengio, 2010).
 
 Biases start at zero.
 """
@@ -15,17 +18,21 @@ from __future__ import annotations
 
 import numpy as np
 
-HE_ACTIVATIONS = frozenset({"relu", "leaky_relu", "elu", "gelu", "silu"})
-LECUN_ACTIVATIONS = frozenset({"selu"})
+from numbanet.kernels.activations import ACTIVATION_TABLE
+
+_SCHEMES: dict[str, str] = {spec.name: spec.init for spec in ACTIVATION_TABLE}
+
+#: Activations initialised with He uniform (derived from the table).
+HE_ACTIVATIONS = frozenset(name for name, scheme in _SCHEMES.items() if scheme == "he_uniform")
+#: Activations initialised with LeCun normal (derived from the table).
+LECUN_ACTIVATIONS = frozenset(
+    name for name, scheme in _SCHEMES.items() if scheme == "lecun_normal"
+)
 
 
 def init_scheme(activation: str) -> str:
     """Name of the scheme used for a layer followed by ``activation``."""
-    if activation in HE_ACTIVATIONS:
-        return "he_uniform"
-    if activation in LECUN_ACTIVATIONS:
-        return "lecun_normal"
-    return "glorot_uniform"
+    return _SCHEMES.get(activation, "glorot_uniform")
 
 
 def init_weight(
