@@ -6,6 +6,7 @@ from typing import Any
 
 import numpy as np
 
+from numbanet._validation import Real, check_arg
 from numbanet.kernels.dropout import dropout_backward, dropout_forward
 from numbanet.nn.module import Module
 
@@ -24,11 +25,7 @@ class Dropout(Module):
 
     def __init__(self, rate: float):
         super().__init__()
-        if isinstance(rate, bool) or not isinstance(rate, (int, float, np.floating)):
-            raise TypeError(f"Dropout rate must be a float, got {type(rate).__name__}")
-        if not 0.0 <= float(rate) < 1.0:
-            raise ValueError(f"Dropout rate must satisfy 0 <= rate < 1, got {rate}")
-        self.rate = float(rate)
+        self.rate = check_arg("rate", rate, Real(min=0, max=1, closed="left"), where="Dropout")
         self.rng: np.random.Generator | None = None  # set by the owning model
         self._u: np.ndarray | None = None
 

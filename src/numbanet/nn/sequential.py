@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from numbanet._validation import resolve_dtype
+from numbanet._validation import Integer, Optional, check_arg, resolve_dtype
 from numbanet.kernels.checks import all_finite
 from numbanet.nn.module import Module, Shape, Workspace, check_roles
 from numbanet.nn.parameter import Parameter
@@ -73,10 +73,7 @@ class Sequential:
                 raise TypeError(f"layers[{i}] must be a numbanet layer, got {type(layer).__name__}")
         if len({id(layer) for layer in layers}) != len(layers):
             raise ValueError("the same layer object appears twice in layers")
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))):
-            raise TypeError(f"seed must be an int or None, got {type(seed).__name__}")
-        if seed is not None and seed < 0:
-            raise ValueError(f"seed must be non-negative, got {seed}")
+        seed = check_arg("seed", seed, Optional(Integer(min=0)))
 
         self.layers: list[Module] = layers
         self.dtype: np.dtype = resolve_dtype(dtype)
