@@ -6,22 +6,11 @@ import numpy as np
 import pytest
 
 import numbanet as nbn
+from numbanet.kernels.activations import ACTIVATION_TABLE
 from numbanet.nn import Dense, Sequential
 
-TORCH_ACTIVATIONS = {
-    "identity": lambda F, z: z,
-    "sigmoid": lambda F, z: F.sigmoid(z),
-    "relu": lambda F, z: F.relu(z),
-    "leaky_relu": lambda F, z: F.leaky_relu(z, 0.01),
-    "tanh": lambda F, z: F.tanh(z),
-    "gelu": lambda F, z: F.gelu(z),
-    "elu": lambda F, z: F.elu(z),
-    "selu": lambda F, z: F.selu(z),
-    "silu": lambda F, z: F.silu(z),
-    "softplus": lambda F, z: F.softplus(z),
-    "softmax": lambda F, z: F.softmax(z, dim=1),
-    "log_softmax": lambda F, z: F.log_softmax(z, dim=1),
-}
+# PyTorch's equivalent of every activation, from the one activation table.
+TORCH_ACTIVATIONS = {spec.name: spec.torch_reference for spec in ACTIVATION_TABLE}
 
 
 @pytest.mark.parametrize("activation", sorted(TORCH_ACTIVATIONS))
@@ -93,7 +82,7 @@ def test_ten_sgd_steps_match_torch(sgd_kwargs):
                                    rtol=1e-9, atol=1e-12)
 
 
-ELEMENTWISE = [a for a in sorted(TORCH_ACTIVATIONS) if a not in ("softmax", "log_softmax")]
+ELEMENTWISE = sorted(spec.name for spec in ACTIVATION_TABLE if spec.kind == "elementwise")
 
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
