@@ -1,0 +1,143 @@
+"""BatchSampler / BatchLoader: the shuffling the fit loop has always used, views without
+shuffling, no allocation per step, and a sharding subclass splitting each global batch."""
+
+from __future__ import annotations
+
+import tracemalloc
+
+import numpy as np
+import pytest
+
+from numbanet.sampling import BatchLoader, BatchSampler
+
+
+def arrays(n=23, width=3):
+    X = np.arange(n * width, dtype=np.float32).reshape(n, width)
+    return X, np.arange(n, dtype=np.int64)
+
+
+def reference_epochs(n, batch_size, epochs, seed):
+    """The fit loop's shuffling before BatchSampler existed: per epoch, an index array
+    reset to 0..n-1 and shuffled in place by the generator; consecutive slices of it."""
+    rng = np.random.default_rng(seed)
+    order = np.arange(n, dtype=np.intp)
+    out = []
+    for _ in range(epochs):
+        np.copyto(order, np.arange(n, dtype=np.intp))
+        rng.shuffle(order)
+        out.append([order[s:s + batch_size].copy() for s in range(0, n, batch_size)])
+    return out, rng.random()
+
+
+def test_shuffled_batches_match_the_reference_permutations():
+    X, y = arrays(23)
+    rng = np.random.default_rng(5)
+    loader = BatchLoader(X, y, BatchSampler(23, 5, shuffle=True))
+    expected, next_draw = reference_epochs(23, 5, epochs=3, seed=5)
+    for epoch in expected:
+        loader.new_epoch(rng)
+        got = [loader.get(step)[1].copy() for step in range(len(loader))]
+        assert [g.tolist() for g in got] == [e.tolist() for e in epoch]
+        for step, idx in enumerate(epoch):
+            np.testing.assert_array_equal(loader.get(step)[0], X[idx])
+    # The generator advanced exactly as before (dropout draws from the same one).
+    assert rng.random() == next_draw
+
+
+def test_every_sample_once_per_epoch_and_the_last_batch_holds_the_rest():
+    sampler = BatchSampler(23, 5)
+    assert len(sampler) == sampler.steps == 5
+    sampler.new_epoch(np.random.default_rng(0))
+    batches = [sampler.indices(step) for step in range(5)]
+    assert [len(b) for b in batches] == [5, 5, 5, 5, 3]
+    assert sorted(np.concatenate(batches).tolist()) == list(range(23))
+    assert sampler.batch_sizes() == {5, 3}
+
+
+def test_without_shuffling_batches_are_views_in_order_and_draw_nothing():
+    X, y = arrays(7)
+    rng = np.random.default_rng(1)
+    state = rng.bit_generator.state
+    loader = BatchLoader(X, y, BatchSampler(7, 3, shuffle=False))
+    loader.new_epoch(rng)
+    assert rng.bit_generator.state == state
+    xb, yb = loader.get(2)
+    assert yb.tolist() == [6] and np.shares_memory(xb, X)
+    assert [loader.get(s)[1].tolist() for s in range(3)] == [[0, 1, 2], [3, 4, 5], [6]]
+
+
+def test_shuffled_batches_reuse_their_buffers():
+    X, y = arrays(10)
+    loader = BatchLoader(X, y, BatchSampler(10, 4))
+    loader.new_epoch(np.random.default_rng(0))
+    first = loader.get(0)[0]
+    loader.new_epoch(np.random.default_rng(1))
+    assert loader.get(1)[0] is first  # same size, same buffer
+    assert loader.get(2)[0].shape == (2, 3)
+
+
+def test_a_step_allocates_nothing():
+    X = np.random.default_rng(0).normal(size=(500, 64)).astype(np.float32)
+    y = np.arange(500)
+    loader = BatchLoader(X, y, BatchSampler(500, 32))
+    rng = np.random.default_rng(0)
+
+    def epoch():
+        loader.new_epoch(rng)
+        for step in range(len(loader)):
+            loader.get(step)
+
+    for _ in range(50):
+        epoch()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        tracemalloc.reset_peak()
+        epoch()
+        now, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    # One 32 x 64 float32 batch is 8 KiB.
+    assert peak - before < 2048 and now - before < 512
+
+
+class RankSampler(BatchSampler):
+    """Rank ``rank`` of ``size`` reads its contiguous share of every global batch (what
+    a data-parallel sampler does; the fit loop and the loader need nothing else)."""
+
+    def __init__(self, n, batch_size, rank, size, shuffle=True):
+        super().__init__(n, batch_size, shuffle=shuffle)
+        self.rank, self.size = rank, size
+
+    def positions(self, step):
+        start, stop = self.global_positions(step)
+        rows = stop - start
+        lo = start + rows * self.rank // self.size
+        hi = start + rows * (self.rank + 1) // self.size
+        return lo, hi
+
+
+@pytest.mark.parametrize("shuffle", [True, False])
+def test_a_sharding_subclass_splits_each_global_batch_between_ranks(shuffle):
+    X, y = arrays(23)
+    size = 3
+    loaders = [BatchLoader(X, y, RankSampler(23, 8, rank, size, shuffle=shuffle))
+               for rank in range(size)]
+    whole = BatchLoader(X, y, BatchSampler(23, 8, shuffle=shuffle))
+    for loader in [*loaders, whole]:
+        loader.new_epoch(np.random.default_rng(4))  # every rank draws the same order
+    for step in range(len(whole)):
+        parts = [loader.get(step)[1].tolist() for loader in loaders]
+        assert sum(parts, []) == whole.get(step)[1].tolist()
+    assert [loader.sampler.batch_sizes() for loader in loaders] == [{2}, {2, 3}, {3}]
+
+
+@pytest.mark.parametrize(("make", "error", "match"), [
+    (lambda: BatchSampler(0, 4), ValueError, "n"),
+    (lambda: BatchSampler(4, 0), ValueError, "batch_size"),
+    (lambda: BatchSampler(4, 2.0), TypeError, "batch_size"),
+    (lambda: BatchLoader(*arrays(5), BatchSampler(6, 2)), ValueError, "6 samples"),
+])
+def test_bad_arguments_are_named(make, error, match):
+    with pytest.raises(error, match=match):
+        make()
