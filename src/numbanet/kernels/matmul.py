@@ -65,7 +65,7 @@ from numba import prange, types
 from numba.extending import overload
 
 from numbanet._jit import kernel, parallel_kernel
-from numbanet._validation import check_float_array
+from numbanet._validation import Integer, check_arg, check_float_array
 from numbanet.kernels._simd import (
     LANES_FLOAT32,
     LANES_FLOAT64,
@@ -1290,6 +1290,9 @@ def matmul(
     gemm_into(a, b, out, transpose_a, transpose_b, work, plan)
 
 
+_ACT_ID = Integer(what="an int from ACTIVATION_IDS")
+
+
 def dense_forward(
     x: np.ndarray,
     w: np.ndarray,
@@ -1332,9 +1335,8 @@ def dense_forward(
                 )
         if bias is not None and np.shares_memory(y, bias):
             raise ValueError("y must not overlap bias; pass a separate output array")
-    if isinstance(act_id, bool) or not isinstance(act_id, (int, np.integer)):
-        raise TypeError(f"act_id must be an int from ACTIVATION_IDS, got {act_id!r}")
-    if int(act_id) not in ACTIVATION_IDS.values():
+    act_id = check_arg("act_id", act_id, _ACT_ID)
+    if act_id not in ACTIVATION_IDS.values():
         known = ", ".join(f"{name}={i}" for name, i in ACTIVATION_IDS.items())
         raise ValueError(f"act_id {act_id} is not an elementwise activation id; known: {known}")
     try:
