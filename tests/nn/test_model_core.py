@@ -366,3 +366,42 @@ def test_models_saved_by_the_first_release_still_load_and_resume():
     model.fit(X[:512], y[:512], epochs=1, batch_size=64, verbose=0)
     np.testing.assert_array_equal(
         model.flat_parameters, np.load(DATA / "digits_mlp_format_v1_resumed_weights.npy"))
+
+
+class Lookup(Module):
+    """Test layer taking integer indices: row ``i`` of a fixed table."""
+
+    input_kind = "index"
+
+    def __init__(self, rows: int):
+        super().__init__()
+        self.rows = rows
+
+    def check_input(self, x, name):
+        if x.min() < 0 or x.max() >= self.rows:
+            raise ValueError(f"{name} holds indices outside 0..{self.rows - 1}")
+
+    def output_shape(self, in_shape):
+        return (*in_shape, 2)
+
+    def get_config(self):
+        return {"type": self.layer_type, "rows": self.rows}
+
+    def forward(self, x, training):
+        self.seen = x
+        table = np.arange(2.0 * self.rows).reshape(self.rows, 2)
+        return table[x].astype(self.workspace.dtype)
+
+    def backward(self, dy, need_input_grad=True):
+        return None
+
+
+def test_an_index_first_layer_receives_int64_and_checks_its_range():
+    model = Sequential([Lookup(5), Flat()], input_shape=(3,))
+    out = model.predict(np.array([[0, 4, 1]], dtype=np.int32))
+    assert model.layers[0].seen.dtype == np.int64
+    np.testing.assert_array_equal(out, [[0, 1, 8, 9, 2, 3]])
+    with pytest.raises(TypeError, match="integer indices for Lookup"):
+        model.predict(np.array([[0.0, 1.5, 2.0]]))
+    with pytest.raises(ValueError, match=r"X holds indices outside 0..4"):
+        model.predict(np.array([[0, 5, 1]]))

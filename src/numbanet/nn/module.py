@@ -21,6 +21,9 @@ What a layer implements (plugin layers too; everything but ``forward``, ``backwa
 
 Optional protocol members the model uses without knowing the layer's class:
 
+* ``input_kind`` (``"real"`` or ``"index"``) and ``check_input(x, name)``: what a first
+  layer takes; ``"index"`` layers (Embedding) receive C-contiguous ``int64`` arrays, and
+  ``check_input`` may reject values (an index out of range) before any kernel runs.
 * ``set_rng(rng)``: receive the model's random generator (Dropout's masks).
 * ``fused_derivative()`` / ``accepts_fused_derivative`` / ``backward_fused(...)``: the
   layer above applies this layer's activation derivative in the epilogue of its input
@@ -130,12 +133,16 @@ class Module:
             ``get_config()["type"]`` returns; the class name unless a subclass sets it.
         input_shape: the per-sample input shape the layer fixes (``Dense(64, 10)``:
             ``(64,)``), or ``None`` when it takes what it is given.
+        input_kind: ``"real"`` (default): the model hands a first layer real numbers in
+            its dtype; ``"index"``: integer indices as ``int64`` (non-integer input is
+            refused with a clear error).
         accepts_fused_derivative: the layer's :meth:`backward_fused` can apply the
             activation derivative of the layer below in its input-gradient epilogue.
     """
 
     layer_type: ClassVar[str] = "Module"
     input_shape: Shape | None = None
+    input_kind: ClassVar[str] = "real"
     accepts_fused_derivative: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -225,6 +232,14 @@ class Module:
             ) from None
 
     # -- protocol hooks the model calls without knowing the class ------------------------
+    def check_input(self, x: np.ndarray, name: str) -> None:
+        """Reject input values this layer cannot take, when it is the model's first layer.
+
+        Called once per call of ``fit``/``predict``/``train_step`` on the converted input
+        (shape and dtype already checked), before any kernel runs. Raise ``ValueError``
+        naming ``name``, the offending value and the fix. The default accepts everything.
+        """
+
     def set_rng(self, rng: np.random.Generator) -> None:
         """Receive the model's random generator (called once when the model is built).
 

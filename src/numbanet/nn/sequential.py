@@ -285,6 +285,12 @@ class Sequential:
                 X = np.asarray(X)
             except (ValueError, TypeError) as exc:
                 raise TypeError(f"{name} must be an array of numbers: {exc}") from None
+        first = self.layers[0]
+        takes_indices = first.input_kind == "index"
+        if takes_indices and X.dtype.kind not in "iu":
+            raise TypeError(f"{name} must hold integer indices for {first.layer_type}, got dtype "
+                            f"{X.dtype}; convert with X.astype(numpy.int64) if the values are "
+                            f"whole numbers")
         if X.dtype.kind not in "fiu":
             raise TypeError(f"{name} must hold real numbers, got dtype {X.dtype}")
         expected = self._input_shape
@@ -312,6 +318,10 @@ class Sequential:
                     f"{expected[0]}")
             raise ValueError(f"{name} has samples of shape {X.shape[1:]} but the model "
                              f"expects {expected}")
+        if takes_indices:
+            converted = np.ascontiguousarray(X, dtype=np.int64)
+            first.check_input(converted, name)
+            return converted
         with np.errstate(over="ignore", invalid="ignore"):
             converted = np.ascontiguousarray(X, dtype=self.dtype)
         if not all_finite(converted.reshape(converted.shape[0], -1)):
@@ -322,6 +332,7 @@ class Sequential:
                     f"magnitude {np.abs(X).max():.3g}); rescale the data or use a float64 model"
                 )
             raise ValueError(f"{name} contains NaN or infinity")
+        first.check_input(converted, name)
         return converted
 
     # Kept for code written against the first release.
