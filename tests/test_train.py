@@ -13,8 +13,10 @@ import pytest
 import numbanet.plugins as plugins
 from numbanet.datasets import load_digits, train_test_split
 from numbanet.nn import Dense, Dropout, Sequential
+from numbanet.optim import make_pipeline
+from numbanet.sampling import BatchLoader, BatchSampler
 from numbanet.threads import get_num_threads, max_threads, set_num_threads
-from numbanet.train import History, _Batches, _Progress, _Stepper
+from numbanet.train import History, StopReason, _Progress
 
 # One small architecture per dtype keeps the number of compiled variants low.
 
@@ -218,21 +220,22 @@ def test_steady_state_step_allocates_no_arrays():
     X, y = load_digits()
     model = Sequential([Dense(64, 32, activation="relu"), Dense(32, 10)], seed=0)
     model.compile("cross_entropy", plugins.get_optimizer("adam", lr=1e-3))
-    X32 = model._check_input(X[:200])
+    X32 = model.validate_input(X[:200])
     targets = model.loss.prepare_targets(y[:200], 10, model.dtype)
-    batches = _Batches(X32, targets, 32, shuffle=True)
-    step = _Stepper(model, clip_norm=1.0, clip_value=1.0, weight_decay=1e-4,
-                    decay_biases=False)
-    plain = _Stepper(model, None, None, None, False)
+    batches = BatchLoader(X32, targets, BatchSampler(200, 32, shuffle=True))
+    pipeline = make_pipeline(clip_norm=1.0, clip_value=1.0, weight_decay=1e-4).setup(model)
 
     def epoch():
         batches.new_epoch(model.rng)
-        for i in range(batches.steps):
-            step(*batches.get(i))
-            plain(*batches.get(i))
+        for i in range(len(batches)):
+            model.train_batch(*batches.get(i), pipeline)
+            model.train_batch(*batches.get(i))
 
-    epoch()
-    epoch()
+    # Steady state: besides compiling and creating workspaces, warm-up fills CPython's
+    # free lists (tuples of each size keep up to 2000 freed objects, which tracemalloc
+    # still counts as allocated); until they are full they grow ~160 bytes a step.
+    for _ in range(300):
+        epoch()
     tracemalloc.start()
     try:
         base = tracemalloc.get_traced_memory()[0]
@@ -262,6 +265,60 @@ def test_nan_loss_stops_with_message_naming_epoch_and_step():
         history = model.fit(X, y, epochs=5, batch_size=8, verbose=0)
     assert history.stop_reason is not None and "training stopped" in history.stop_reason
     assert len(history.epoch) == 1 and not math.isfinite(history["loss"][0])
+
+
+def test_nan_stop_reason_is_structured():
+    model, X, y = _diverging()
+    with pytest.warns(RuntimeWarning):
+        history = model.fit(X, y, epochs=5, batch_size=8, verbose=0)
+    reason = history.stop_reason
+    assert isinstance(reason, StopReason) and isinstance(reason, str)
+    assert reason.kind == "nan_loss" and reason.epoch == 0
+    assert reason.step is not None and f"step {reason.step + 1} of 4" in reason
+
+
+def test_nan_stop_warning_points_at_the_caller():
+    model, X, y = _diverging()
+    with pytest.warns(RuntimeWarning) as record:
+        model.fit(X, y, epochs=5, batch_size=8, verbose=0)
+    assert record[0].filename == __file__
+
+
+def test_a_callbacks_text_reason_becomes_a_structured_one():
+    from numbanet.callbacks import Callback
+
+    class StopAfterTwo(Callback):
+        def __init__(self, reason):
+            self.reason, self.epochs = reason, 0
+
+        def on_epoch_end(self, epoch, logs=None):
+            self.epochs += 1
+            if self.epochs == 2:
+                self.model.stop_training = True
+                self.model.stop_reason = self.reason
+
+    X, y = small_data(20)
+    model = small_model()
+    history = model.fit(X, y, epochs=5, verbose=0, callbacks=[StopAfterTwo("enough")])
+    assert history.stop_reason == "enough"
+    assert (history.stop_reason.kind, history.stop_reason.epoch) == ("callback", 1)
+    # No reason given: a generic one; and a second fit does not inherit the first's.
+    history = model.fit(X, y, epochs=5, verbose=0, callbacks=[StopAfterTwo(None)])
+    assert history.stop_reason == "stopped by a callback"
+    assert history.stop_reason.epoch == 3  # the model's lifetime count continues
+
+
+def test_stop_reason_keeps_its_fields_through_copy_and_pickle():
+    import copy
+    import pickle
+
+    reason = StopReason("early stopping at epoch 3", "early_stopping", epoch=2)
+    for clone in (pickle.loads(pickle.dumps(reason)), copy.deepcopy(reason)):
+        assert clone == reason and clone.kind == "early_stopping" and clone.epoch == 2
+        assert clone.step is None
+    assert "kind='early_stopping'" in repr(reason)
+    with pytest.raises(TypeError, match="kind"):
+        StopReason("x", kind="")
 
 
 def test_nan_loss_raise_and_continue():

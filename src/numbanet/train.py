@@ -1,24 +1,36 @@
 """The training loop: :func:`fit`, :func:`evaluate`, :func:`predict_proba` and :class:`History`.
 
 ``model.fit(...)``, ``model.evaluate(...)`` and ``model.predict_proba(...)`` delegate
-here. What one call of :func:`fit` does:
+here. The loop uses only the public members of the model that :class:`TrainableModel`
+lists. One call of :func:`fit` runs these parts, each a named piece below:
 
-1. Check and convert ``X``/``y`` once (``model._check_input``,
-   ``model.loss.prepare_targets``): wrong kinds, NaN, length mismatches and labels out of
-   range fail here, before any training, with an error naming the argument.
-2. Allocate the batch buffers once. Every epoch draws one permutation from the model's
-   generator (``model.rng``, the same one dropout uses) and gathers each batch into
-   those buffers with ``np.take(..., out=...)``; the step itself is
-   ``model._train_step``, whose workspaces are reused too. In steady state a step
-   allocates no arrays.
-3. After every step the loss is checked: a NaN or infinite loss stops training with a
-   message naming the epoch and the step (``on_nan="stop"``), raises
-   (``on_nan="raise"``) or is recorded and ignored (``on_nan="continue"``).
-4. At the end of an epoch the model is evaluated in inference mode (no dropout) on the
-   validation data (``val_loss``, ``val_<metric>``) and, when metrics were compiled, on
-   the training data (``<metric>``), so the numbers in :class:`History` describe the
-   weights at the end of the epoch rather than a running average over changing weights.
-   The training ``loss`` is the sample-weighted mean of the step losses of the epoch.
+1. **Data** (:func:`_prepare_data`): check and convert ``X``/``y`` once
+   (``model.validate_input``, ``model.loss.prepare_targets``) and split off the
+   validation data: wrong kinds, NaN, length mismatches and labels out of range fail
+   here, before any training, with an error naming the argument.
+2. **Batching** (:class:`numbanet.sampling.BatchSampler` and
+   :class:`~numbanet.sampling.BatchLoader`): every epoch draws one permutation from the
+   model's generator (``model.rng``, the same one dropout uses) and gathers each batch
+   into buffers allocated once.
+3. **Gradient pipeline** (:mod:`numbanet.optim.pipeline`): ``clip_value``, ``clip_norm``,
+   ``weight_decay`` and ``gradient_transforms`` become one
+   :class:`~numbanet.optim.GradientPipeline` that ``model.train_batch`` runs between
+   backward and the optimizer update. In steady state a step allocates no arrays.
+4. **Epoch loop** (:class:`_FitLoop`): callbacks, the steps of an epoch
+   (:meth:`_FitLoop.train_epoch`), the end-of-epoch evaluation and the stop checks.
+5. **NaN policy** (:class:`_NanPolicy`): after every step the loss is checked; a NaN or
+   infinite loss stops training with a message naming the epoch and the step
+   (``on_nan="stop"``), raises (``on_nan="raise"``) or is recorded and ignored
+   (``on_nan="continue"``).
+6. **Validation** (:meth:`_FitLoop.epoch_logs`): at the end of an epoch the model is
+   evaluated in inference mode (no dropout) on the validation data (``val_loss``,
+   ``val_<metric>``) and, when metrics were compiled, on the training data
+   (``<metric>``), so the numbers in :class:`History` describe the weights at the end of
+   the epoch rather than a running average over changing weights. The training ``loss``
+   is the sample-weighted mean of the step losses of the epoch.
+7. **Progress** (:class:`_Progress`): a tqdm bar or one line per epoch.
+
+Why training stopped early is a :class:`StopReason` in ``History.stop_reason``.
 
 Determinism: everything random comes from ``model.rng``, and the kernels reduce in a
 fixed order, so a seeded model gives bit-identical weights run to run and for any thread
@@ -32,15 +44,81 @@ import sys
 import time
 import warnings
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 
 from numbanet._validation import check_positive_int
+from numbanet.optim.pipeline import GradientPipeline, PipelineTarget, make_pipeline
+from numbanet.sampling import BatchLoader, BatchSampler
 
-__all__ = ["History", "evaluate", "fit", "predict_proba"]
+__all__ = ["History", "StopReason", "TrainableModel", "evaluate", "fit", "predict_proba"]
 
 _ON_NAN = ("stop", "raise", "continue")
+
+
+# ----------------------------------------------------------------------- stop reasons
+
+
+class StopReason(str):
+    """Why training stopped early: the message, plus what kind of stop it was.
+
+    A ``str`` (the human-readable message, so ``"early stopping" in reason`` and printing
+    work as they always did) carrying structured fields for programs.
+
+    Args:
+        message: the text.
+        kind: what stopped training. Built-in kinds: ``"nan_loss"`` (fit's
+            ``on_nan="stop"``), ``"early_stopping"`` (:class:`~numbanet.EarlyStopping`),
+            ``"terminate_on_nan"`` (:class:`~numbanet.TerminateOnNaN`), ``"callback"``
+            (a callback set ``model.stop_training`` without a structured reason). Your
+            callbacks may use their own.
+        epoch: 0-based epoch index (counted over the model's lifetime, as in
+            ``History.epoch``) in which training stopped, or ``None``.
+        step: 0-based step within that epoch, or ``None`` when the stop came at the
+            end of the epoch.
+
+    Example:
+        >>> from numbanet.train import StopReason
+        >>> reason = StopReason("loss is nan at epoch 2, step 5", "nan_loss", epoch=1, step=4)
+        >>> reason.kind, reason.epoch, reason.step, "loss is" in reason
+        ('nan_loss', 1, 4, True)
+    """
+
+    kind: str
+    epoch: int | None
+    step: int | None
+
+    def __new__(cls, message: str, kind: str = "callback", epoch: int | None = None,
+                step: int | None = None) -> StopReason:
+        if not isinstance(kind, str) or not kind:
+            raise TypeError(f"StopReason: kind must be a non-empty str, got {kind!r}")
+        self = super().__new__(cls, message)
+        self.kind = kind
+        self.epoch = None if epoch is None else int(epoch)
+        self.step = None if step is None else int(step)
+        return self
+
+    @property
+    def message(self) -> str:
+        """The text as a plain ``str``."""
+        return str.__str__(self)
+
+    def __repr__(self) -> str:
+        return (f"StopReason({self.message!r}, kind={self.kind!r}, epoch={self.epoch!r}, "
+                f"step={self.step!r})")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (StopReason, (self.message, self.kind, self.epoch, self.step))
+
+
+def _as_stop_reason(reason: object, epoch: int | None) -> StopReason:
+    """What a callback left in ``model.stop_reason``, as a :class:`StopReason`."""
+    if isinstance(reason, StopReason):
+        return reason
+    if isinstance(reason, str) and reason:
+        return StopReason(reason, "callback", epoch=epoch)
+    return StopReason("stopped by a callback", "callback", epoch=epoch)
 
 
 class History:
@@ -53,8 +131,9 @@ class History:
         epoch: the (0-based, counted over the model's lifetime) index of each logged epoch.
         params: the arguments of the run (``epochs``, ``batch_size``, ``steps``,
             ``samples``, ``metrics``: the keys that will be logged).
-        stop_reason: ``None`` when all epochs ran, else why training stopped early
-            (early stopping, a NaN loss, ...).
+        stop_reason: ``None`` when all epochs ran, else a :class:`StopReason` saying why
+            training stopped early (its ``.kind``: ``"nan_loss"``, ``"early_stopping"``,
+            ...).
 
     Example:
         >>> history = model.fit(X, y, epochs=3)            # doctest: +SKIP
@@ -66,7 +145,7 @@ class History:
         self.history: dict[str, list[float]] = {}
         self.epoch: list[int] = []
         self.params: dict[str, Any] = {}
-        self.stop_reason: str | None = None
+        self.stop_reason: StopReason | None = None
 
     def _append(self, epoch: int, logs: dict[str, float]) -> None:
         self.epoch.append(epoch)
@@ -86,6 +165,97 @@ class History:
     def __repr__(self) -> str:
         last = {k: round(v[-1], 6) for k, v in self.history.items() if v}
         return f"History(epochs={len(self.epoch)}, last={last})"
+
+
+# ------------------------------------------------------------------ what the loop uses
+
+
+class LossLike(Protocol):
+    """The loss members the loop uses (a :class:`numbanet.losses.Loss` has them)."""
+
+    def prepare_targets(self, y: Any, n_outputs: int, dtype: Any) -> np.ndarray: ...
+
+    def forward(self, outputs: np.ndarray, targets: Any) -> float | np.ndarray: ...
+
+
+class OptimizerLike(Protocol):
+    """The optimizer members the loop reads (an :class:`numbanet.optim.Optimizer` has
+    them)."""
+
+    @property
+    def lr(self) -> float: ...
+
+    @property
+    def step_count(self) -> int: ...
+
+
+class MetricLike(Protocol):
+    """A compiled metric (:class:`numbanet.metrics.Metric`)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def greater_is_better(self) -> bool | None: ...
+
+    def __call__(self, outputs: np.ndarray, targets: np.ndarray) -> float: ...
+
+
+class TrainableModel(PipelineTarget, Protocol):
+    """Everything :func:`fit`, :func:`evaluate` and :func:`predict_proba` use of a model.
+
+    A :class:`~numbanet.Sequential` implements it; so can any model that wants to reuse
+    this loop. The loop touches nothing else (no private member).
+
+    Attributes:
+        epochs_completed: epochs trained over the model's lifetime (fit advances it).
+        stop_training: set by callbacks to end training after the current step/epoch.
+        stop_reason: optionally set with ``stop_training`` (a :class:`StopReason` or
+            text).
+    """
+
+    epochs_completed: int
+    stop_training: bool
+    stop_reason: str | None
+
+    @property
+    def rng(self) -> np.random.Generator:
+        """The generator shuffling and dropout draw from."""
+        ...
+
+    @property
+    def loss(self) -> Any:
+        """The compiled loss (:class:`LossLike`), ``None`` before compile."""
+        ...
+
+    @property
+    def metrics(self) -> Sequence[MetricLike]: ...
+
+    @property
+    def dtype(self) -> np.dtype: ...
+
+    @property
+    def out_features(self) -> int:
+        """Size of the last axis of the outputs (what ``loss.prepare_targets`` needs)."""
+        ...
+
+    def require_compiled(self, what: str) -> None:
+        """Raise ``RuntimeError`` naming ``what`` unless loss and optimizer are set."""
+        ...
+
+    def validate_input(self, X: Any, name: str = "X") -> np.ndarray:
+        """``X`` checked and converted once (C-contiguous, the model's dtype, no NaN)."""
+        ...
+
+    def predict_validated(self, X: np.ndarray, batch_size: int = 1024) -> np.ndarray:
+        """Outputs for an already validated ``X``, in inference mode (a new array)."""
+        ...
+
+    def train_batch(self, X: np.ndarray, targets: np.ndarray,
+                    pipeline: Callable[[Any], float] | None = None) -> float:
+        """Forward, loss, backward, ``pipeline(model)``, optimizer update; the loss
+        before the update."""
+        ...
 
 
 # ----------------------------------------------------------------------------- checks
@@ -119,6 +289,33 @@ def _check_optional_positive(name: str, value: object) -> float | None:
     return value
 
 
+def _check_weight_decay(value: object) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
+        raise TypeError(f"weight_decay must be a number or None, got {type(value).__name__}")
+    value = float(value)
+    if not (value >= 0.0 and math.isfinite(value)):
+        raise ValueError(f"weight_decay must be >= 0, got {value}")
+    return value
+
+
+def _check_bool(name: str, value: object) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be True or False, got {type(value).__name__}")
+    return bool(value)
+
+
+def _check_seed(seed: object) -> int | None:
+    if seed is None:
+        return None
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise TypeError(f"seed must be a non-negative int or None, got {type(seed).__name__}")
+    if seed < 0:
+        raise ValueError(f"seed must be a non-negative int or None, got {seed}")
+    return int(seed)
+
+
 def _check_verbose(verbose: object) -> int:
     if isinstance(verbose, bool):
         return int(verbose)
@@ -128,13 +325,23 @@ def _check_verbose(verbose: object) -> int:
     return int(verbose)
 
 
-def _prepare(model: Any, X: Any, y: Any, x_name: str, y_name: str) -> tuple[np.ndarray, np.ndarray]:
+def _check_on_nan(on_nan: object) -> str:
+    if on_nan not in _ON_NAN:
+        raise ValueError(f"on_nan must be one of {_ON_NAN}, got {on_nan!r}")
+    return str(on_nan)
+
+
+# ------------------------------------------------------------------------------- data
+
+
+def _prepare(model: TrainableModel, X: Any, y: Any, x_name: str,
+             y_name: str) -> tuple[np.ndarray, np.ndarray]:
     """Validate and convert one ``(X, y)`` pair once; errors name the arguments."""
     if X is None:
-        raise TypeError(f"{x_name} must be a 2-D array of samples, got None")
+        raise TypeError(f"{x_name} must be an array of samples, got None")
     if y is None:
         raise TypeError(f"{y_name} must be labels or targets, got None")
-    X = model._check_input(X, name=x_name)
+    X = model.validate_input(X, name=x_name)
     y_len = _length(y, y_name)
     if y_len != X.shape[0]:
         raise ValueError(f"{x_name} has {X.shape[0]} samples but {y_name} has {y_len}")
@@ -179,114 +386,120 @@ def _split_validation(
     return X[:cut], targets[:cut], X[cut:], targets[cut:]
 
 
-# --------------------------------------------------------------------------- stepping
+class _Data(NamedTuple):
+    """The checked arrays of one fit call."""
+
+    X: np.ndarray
+    targets: np.ndarray
+    X_val: np.ndarray | None
+    t_val: np.ndarray | None
 
 
-class _Stepper:
-    """One training step with the optional extras of :func:`fit` folded in.
-
-    Without clipping and weight decay this is exactly ``model._train_step``. With them,
-    between backward and the optimizer update it
-
-    * clips each gradient to ``[-clip_value, clip_value]`` in place,
-    * scales all gradients so their global L2 norm is at most ``clip_norm``; the norm
-      comes from the deterministic chunked ``sum_of_squares`` kernel and the scale is
-      handed to the optimizer as its ``grad_scale``, so no extra pass writes the
-      gradients,
-    * shrinks the decayed parameters by ``1 - lr * weight_decay`` before the optimizer
-      update (decoupled weight decay, Loshchilov & Hutter 2019, "AdamW"); biases are
-      skipped unless ``decay_biases``.
-    """
-
-    def __init__(
-        self,
-        model: Any,
-        clip_norm: float | None,
-        clip_value: float | None,
-        weight_decay: float | None,
-        decay_biases: bool,
-    ) -> None:
-        self.model = model
-        self.clip_norm = clip_norm
-        self.clip_value = clip_value
-        self.weight_decay = weight_decay
-        self.plain = clip_norm is None and clip_value is None and weight_decay is None
-        self.decayed: list[np.ndarray] = []
-        if weight_decay is not None:
-            for param in model.parameters():
-                if decay_biases or not param.name.endswith("bias"):
-                    self.decayed.append(param.value)
-        self.partials: np.ndarray | None = None
-        if clip_norm is not None:
-            from numbanet.kernels.reductions import sum_partials
-
-            self.partials = sum_partials(model.flat_gradients.shape[0])
-
-    def __call__(self, X: np.ndarray, targets: np.ndarray) -> float:
-        if self.plain:
-            return self.model._train_step(X, targets)
-        return self.model._train_step(X, targets, self._before_update)
-
-    def _before_update(self) -> float:
-        """Clip and decay in place; return the optimizer's gradient scale."""
-        model = self.model
-        grads = model.flat_gradients
-        if self.clip_value is not None:
-            np.clip(grads, -self.clip_value, self.clip_value, out=grads)
-        scale = 1.0
-        if self.clip_norm is not None:
-            from numbanet.kernels.reductions import sum_of_squares
-
-            norm = math.sqrt(sum_of_squares(grads, self.partials))
-            if norm > self.clip_norm:
-                # The epsilon matches torch.nn.utils.clip_grad_norm_.
-                scale = self.clip_norm / (norm + 1e-6)
-        if self.decayed:
-            factor = 1.0 - model.optimizer.lr * self.weight_decay
-            for value in self.decayed:
-                value *= factor
-        return scale
+def _prepare_data(model: TrainableModel, X: Any, y: Any,
+                  validation_data: tuple[Any, Any] | None,
+                  validation_split: float) -> _Data:
+    """Training and validation arrays, checked and converted once."""
+    X, targets = _prepare(model, X, y, "X", "y")
+    if validation_data is None:
+        return _Data(*_split_validation(X, targets, validation_split))
+    if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
+        raise TypeError("validation_data must be a tuple (X_val, y_val)")
+    X_val, t_val = _prepare(model, validation_data[0], validation_data[1],
+                            "validation_data[0]", "validation_data[1]")
+    return _Data(X, targets, X_val, t_val)
 
 
-class _Batches:
-    """Preallocated batch buffers and the gather of one shuffled batch into them."""
+# ------------------------------------------------------------------ gradient pipeline
 
-    def __init__(self, X: np.ndarray, targets: np.ndarray, batch_size: int, shuffle: bool):
-        n = X.shape[0]
-        self.X, self.targets, self.n, self.batch_size = X, targets, n, batch_size
-        self.shuffle = shuffle
-        self.steps = -(-n // batch_size)
-        self.order = np.arange(n, dtype=np.intp)
-        self.identity = self.order.copy()
-        self.bufs: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-        if shuffle:
-            rem = n % batch_size
-            for rows in {batch_size if n >= batch_size else rem, rem}:
-                if rows:
-                    self.bufs[rows] = (
-                        np.empty((rows,) + X.shape[1:], dtype=X.dtype),
-                        np.empty((rows,) + targets.shape[1:], dtype=targets.dtype),
-                    )
 
-    def new_epoch(self, rng: np.random.Generator) -> None:
-        if self.shuffle:
-            # Reset, then shuffle in place: the permutation depends only on the
-            # generator's state, which save/load restores, and nothing is allocated.
-            np.copyto(self.order, self.identity)
-            rng.shuffle(self.order)
+def _gradient_pipeline(
+    pipeline: object,
+    transforms: object,
+    clip_norm: float | None,
+    clip_value: float | None,
+    weight_decay: float | None,
+    decay_biases: bool,
+) -> GradientPipeline:
+    """The pipeline fit's keyword arguments stand for (a given one, or one built)."""
+    if pipeline is not None:
+        if not isinstance(pipeline, GradientPipeline):
+            raise TypeError(
+                f"gradient_pipeline must be a numbanet.optim.GradientPipeline, got "
+                f"{type(pipeline).__name__}; to add single stages pass "
+                f"gradient_transforms=[...]"
+            )
+        given = [name for name, value in (
+            ("clip_norm", clip_norm), ("clip_value", clip_value),
+            ("weight_decay", weight_decay), ("gradient_transforms", transforms),
+        ) if value is not None]
+        if given:
+            raise ValueError(
+                f"pass either gradient_pipeline or {', '.join(given)}, not both: put every "
+                f"stage in the pipeline (numbanet.optim.make_pipeline builds fit's order)"
+            )
+        return pipeline
+    if transforms is None:
+        transforms = ()
+    elif not isinstance(transforms, (list, tuple)):
+        raise TypeError(f"gradient_transforms must be a list of gradient transforms, got "
+                        f"{type(transforms).__name__}")
+    try:
+        return make_pipeline(
+            transforms=transforms, clip_value=clip_value, clip_norm=clip_norm,
+            weight_decay=weight_decay,
+            decay_mask={"weight", "bias"} if decay_biases else None,
+        )
+    except TypeError as exc:
+        raise TypeError(f"gradient_transforms: {exc}") from None
 
-    def get(self, step: int) -> tuple[np.ndarray, np.ndarray]:
-        start = step * self.batch_size
-        stop = min(start + self.batch_size, self.n)
-        if not self.shuffle:
-            return self.X[start:stop], self.targets[start:stop]
-        xb, tb = self.bufs[stop - start]
-        idx = self.order[start:stop]
-        # mode="clip" skips the temporary copy np.take makes for mode="raise" when `out`
-        # is given; the indices are a permutation, so they are always in range.
-        np.take(self.X, idx, axis=0, out=xb, mode="clip")
-        np.take(self.targets, idx, axis=0, out=tb, mode="clip")
-        return xb, tb
+
+# -------------------------------------------------------------------------- NaN policy
+
+
+class _NanPolicy:
+    """What a NaN or infinite training loss does (``fit(on_nan=...)``)."""
+
+    ADVICE = ("lower the learning rate or clip gradients (clip_norm=...); pass "
+              "on_nan='continue' to keep going")
+
+    def __init__(self, on_nan: str) -> None:
+        self.on_nan = on_nan
+
+    def check(self, loss: float, epoch: int, step: int, steps: int,
+              optimizer_step: int) -> StopReason | None:
+        """Called with a non-finite step loss: raise, or the reason to stop, or ``None``."""
+        if self.on_nan == "continue":
+            return None
+        message = (f"loss is {loss} at epoch {epoch + 1}, step {step + 1} of {steps} "
+                   f"(optimizer step {optimizer_step})")
+        if self.on_nan == "raise":
+            raise FloatingPointError(
+                f"{message}; lower the learning rate, clip gradients (clip_norm=...), or "
+                f"pass on_nan='continue'"
+            )
+        return StopReason(f"{message}; training stopped", "nan_loss", epoch=epoch, step=step)
+
+    def report(self, reason: StopReason, progress: _Progress) -> None:
+        """Tell the user: a line when ``verbose``, else a ``RuntimeWarning``."""
+        if progress.verbose:
+            progress.message(f"numbanet: {reason}; {self.ADVICE}")
+        else:
+            warnings.warn(f"{reason}; {self.ADVICE}", RuntimeWarning,
+                          stacklevel=_caller_stacklevel())
+
+
+def _in_numbanet(module: str) -> bool:
+    return module == "numbanet" or module.startswith("numbanet.")
+
+
+def _caller_stacklevel() -> int:
+    """The ``stacklevel`` that points a warning at the first frame outside numbanet."""
+    frame = sys._getframe(1)
+    level = 1
+    while frame.f_back is not None and _in_numbanet(frame.f_globals.get("__name__", "")):
+        frame = frame.f_back
+        level += 1
+    return level
 
 
 # ----------------------------------------------------------------------------- output
@@ -365,11 +578,128 @@ def _isatty(stream: Any) -> bool:
         return False
 
 
+# ------------------------------------------------------------------------- epoch loop
+
+
+class _EpochSteps(NamedTuple):
+    """What the steps of one epoch leave for its end."""
+
+    loss: float  # sample-weighted mean of the step losses
+    samples: int  # samples trained on
+    lr: float  # the learning rate in force (after per-step callbacks)
+    seconds: float
+    nan_stop: StopReason | None  # set when on_nan="stop" ended the epoch
+
+
+class _FitLoop:
+    """The epoch loop of one :func:`fit` call, over parts built beforehand."""
+
+    def __init__(self, model: TrainableModel, data: _Data, loader: BatchLoader,
+                 pipeline: GradientPipeline, callbacks: Any, progress: _Progress,
+                 nan_policy: _NanPolicy, history: History) -> None:
+        self.model, self.data, self.loader = model, data, loader
+        # An empty pipeline is skipped: train_batch's plain path has no hook call at all.
+        self.pipeline: GradientPipeline | None = pipeline if len(pipeline) else None
+        self.callbacks, self.progress = callbacks, progress
+        self.nan_policy, self.history = nan_policy, history
+
+    def run(self, first_epoch: int, epochs: int) -> None:
+        """Train ``epochs`` epochs; leave why it stopped early in the history."""
+        model, callbacks = self.model, self.callbacks
+        last = None
+        callbacks.on_train_begin({})
+        try:
+            for epoch in range(first_epoch, first_epoch + epochs):
+                last = epoch
+                if not self.run_epoch(epoch):
+                    break
+        finally:
+            self.progress.close()
+        callbacks.on_train_end({})
+        if self.history.stop_reason is None and model.stop_training:
+            # A callback stopped training in on_train_end.
+            self.history.stop_reason = _as_stop_reason(model.stop_reason, last)
+
+    def run_epoch(self, epoch: int) -> bool:
+        """One epoch with its callbacks and logs; ``False`` when training must stop."""
+        model, callbacks, history = self.model, self.callbacks, self.history
+        callbacks.on_epoch_begin(epoch, {})
+        self.progress.epoch_begin(epoch + 1)
+        steps = self.train_epoch(epoch)
+        logs: dict[str, float] = {"loss": steps.loss}
+        if steps.nan_stop is not None:
+            self.stop_on_nan(epoch, logs, steps.nan_stop)
+            return False
+        logs.update(self.epoch_logs())
+        logs["lr"] = steps.lr
+        model.epochs_completed = epoch + 1
+        callbacks.on_epoch_end(epoch, logs)
+        history._append(epoch, logs)
+        self.progress.epoch_end(epoch + 1, logs, steps.seconds, steps.samples)
+        if model.stop_training:
+            history.stop_reason = _as_stop_reason(model.stop_reason, epoch)
+            return False
+        return True
+
+    def train_epoch(self, epoch: int) -> _EpochSteps:
+        """The steps of one epoch: batch, callbacks, train, NaN check, progress."""
+        model, loader, callbacks, progress = self.model, self.loader, self.callbacks, self.progress
+        pipeline, per_batch = self.pipeline, callbacks.per_batch
+        steps = len(loader)
+        loader.new_epoch(model.rng)
+        started = time.perf_counter()
+        total = 0.0
+        seen = 0
+        nan_stop = None
+        lr_used = float(model.optimizer.lr)
+        for step in range(steps):
+            xb, tb = loader.get(step)
+            rows = xb.shape[0]
+            if per_batch:
+                callbacks.on_train_batch_begin(step, {"size": rows})
+                lr_used = float(model.optimizer.lr)
+            loss_value = model.train_batch(xb, tb, pipeline)
+            total += loss_value * rows
+            seen += rows
+            if not math.isfinite(loss_value):
+                nan_stop = self.nan_policy.check(loss_value, epoch, step, steps,
+                                                 model.optimizer.step_count)
+            if per_batch:
+                callbacks.on_train_batch_end(step, {"loss": loss_value, "size": rows})
+            if progress.bar is not None:
+                progress.step(loss_value, seen / max(time.perf_counter() - started, 1e-9))
+            if nan_stop is not None or model.stop_training:
+                break
+        seconds = time.perf_counter() - started
+        return _EpochSteps(total / seen, seen, lr_used, seconds, nan_stop)
+
+    def epoch_logs(self) -> dict[str, float]:
+        """End-of-epoch evaluation: training metrics and validation loss and metrics."""
+        model, data = self.model, self.data
+        logs: dict[str, float] = {}
+        if model.metrics:
+            logs.update(_metric_values(model, data.X, data.targets, prefix=""))
+        if data.X_val is not None and data.t_val is not None:
+            logs.update(_evaluate_prepared(model, data.X_val, data.t_val, prefix="val_"))
+        return logs
+
+    def stop_on_nan(self, epoch: int, logs: dict[str, float], reason: StopReason) -> None:
+        """End training after a NaN loss (``on_nan="stop"``)."""
+        # The weights may hold NaN now: skip evaluation, which would only echo it.
+        self.model.epochs_completed = epoch + 1
+        self.history._append(epoch, logs)
+        self.history.stop_reason = reason
+        self.progress.close()
+        self.nan_policy.report(reason, self.progress)
+        self.model.stop_training = True
+        self.callbacks.on_epoch_end(epoch, logs)
+
+
 # -------------------------------------------------------------------------------- fit
 
 
 def fit(
-    model: Any,
+    model: TrainableModel,
     X: Any,
     y: Any,
     *,
@@ -385,13 +715,15 @@ def fit(
     clip_value: float | None = None,
     weight_decay: float | None = None,
     decay_biases: bool = False,
+    gradient_transforms: Sequence[Any] | None = None,
+    gradient_pipeline: GradientPipeline | None = None,
     on_nan: str = "stop",
 ) -> History:
     """Train ``model`` on ``(X, y)`` for ``epochs`` passes over the data.
 
     Args:
-        model: a compiled :class:`~numbanet.Sequential`.
-        X: inputs ``(n, in_features)``; any real dtype (converted once to the model's).
+        model: a compiled :class:`~numbanet.Sequential` (or any :class:`TrainableModel`).
+        X: inputs ``(n, *input_shape)``; any real dtype (converted once to the model's).
         y: targets in the form the loss expects: integer labels ``(n,)`` in
             ``0..out_features-1`` for cross-entropy, float targets
             ``(n, out_features)`` for regression losses, ...
@@ -411,15 +743,25 @@ def fit(
         verbose: 0 quiet; 1 a progress bar per epoch on a terminal with tqdm installed,
             else one line per epoch; 2 one line per epoch.
         clip_norm: scale the gradients so their global L2 norm is at most this
-            (PyTorch's ``clip_grad_norm_``), applied after ``clip_value``.
-        clip_value: clip every gradient element to ``[-clip_value, clip_value]``.
-        weight_decay: decoupled weight decay: before each update, multiply the weights
-            by ``1 - lr * weight_decay`` (AdamW-style, independent of the gradient).
-        decay_biases: also decay biases (by default they are excluded).
+            (PyTorch's ``clip_grad_norm_``), applied after ``clip_value``
+            (:class:`~numbanet.optim.ClipByGlobalNorm`).
+        clip_value: clip every gradient element to ``[-clip_value, clip_value]``
+            (:class:`~numbanet.optim.ClipByValue`).
+        weight_decay: decoupled weight decay: before each update, multiply the
+            parameters whose role is ``"weight"`` by ``1 - lr * weight_decay``
+            (AdamW-style, independent of the gradient;
+            :class:`~numbanet.optim.DecoupledWeightDecay`).
+        decay_biases: also decay ``"bias"`` parameters (by default they are excluded).
+        gradient_transforms: your own :class:`~numbanet.optim.GradientTransform` stages,
+            run on the raw gradient after backward, before ``clip_value``, ``clip_norm``
+            and ``weight_decay`` (see :func:`numbanet.optim.make_pipeline`).
+        gradient_pipeline: a whole :class:`~numbanet.optim.GradientPipeline` instead of
+            the four arguments above (passing both is an error).
         on_nan: what a NaN or infinite training loss does: ``"stop"`` (default) ends
             training with a message naming the epoch and step (printed when ``verbose``,
-            else a ``RuntimeWarning``; also in ``History.stop_reason``), ``"raise"``
-            raises ``FloatingPointError``, ``"continue"`` keeps training.
+            else a ``RuntimeWarning``; also in ``History.stop_reason``, whose ``kind`` is
+            ``"nan_loss"``), ``"raise"`` raises ``FloatingPointError``, ``"continue"``
+            keeps training.
 
     Returns:
         a :class:`History`.
@@ -433,166 +775,73 @@ def fit(
     """
     from numbanet.callbacks import CallbackList
 
-    model._require_compiled("fit")
+    model.require_compiled("fit")
     epochs = _check_epochs(epochs)
     batch_size = check_positive_int("batch_size", batch_size)
     validation_split = _check_fraction("validation_split", validation_split)
     verbose = _check_verbose(verbose)
-    clip_norm = _check_optional_positive("clip_norm", clip_norm)
-    clip_value = _check_optional_positive("clip_value", clip_value)
-    if weight_decay is not None:
-        if isinstance(weight_decay, bool) or not isinstance(
-            weight_decay, (int, float, np.floating, np.integer)
-        ):
-            raise TypeError(f"weight_decay must be a number or None, got "
-                            f"{type(weight_decay).__name__}")
-        weight_decay = float(weight_decay)
-        if not (weight_decay >= 0.0 and math.isfinite(weight_decay)):
-            raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
-    if not isinstance(shuffle, (bool, np.bool_)):
-        raise TypeError(f"shuffle must be True or False, got {type(shuffle).__name__}")
-    if not isinstance(decay_biases, (bool, np.bool_)):
-        raise TypeError(f"decay_biases must be True or False, got {type(decay_biases).__name__}")
-    if on_nan not in _ON_NAN:
-        raise ValueError(f"on_nan must be one of {_ON_NAN}, got {on_nan!r}")
+    shuffle = _check_bool("shuffle", shuffle)
+    on_nan = _check_on_nan(on_nan)
+    seed = _check_seed(seed)
+    pipeline = _gradient_pipeline(
+        gradient_pipeline, gradient_transforms,
+        clip_norm=_check_optional_positive("clip_norm", clip_norm),
+        clip_value=_check_optional_positive("clip_value", clip_value),
+        weight_decay=_check_weight_decay(weight_decay),
+        decay_biases=_check_bool("decay_biases", decay_biases),
+    )
     if seed is not None:
-        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
-            raise TypeError(f"seed must be a non-negative int or None, got {type(seed).__name__}")
-        if seed < 0:
-            raise ValueError(f"seed must be a non-negative int or None, got {seed}")
         # Reset the state of the existing generator rather than replacing it: Dropout
         # layers hold a reference to this very object.
-        model.rng.bit_generator.state = np.random.default_rng(int(seed)).bit_generator.state
+        model.rng.bit_generator.state = np.random.default_rng(seed).bit_generator.state
 
-    X, targets = _prepare(model, X, y, "X", "y")
-    if validation_data is not None:
-        if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
-            raise TypeError("validation_data must be a tuple (X_val, y_val)")
-        X_val, t_val = _prepare(model, validation_data[0], validation_data[1],
-                                "validation_data[0]", "validation_data[1]")
-    else:
-        X, targets, X_val, t_val = _split_validation(X, targets, validation_split)
-    n = X.shape[0]
+    data = _prepare_data(model, X, y, validation_data, validation_split)
+    n = data.X.shape[0]
     batch_size = min(batch_size, n)
+    loader = BatchLoader(data.X, data.targets, BatchSampler(n, batch_size, shuffle=shuffle))
+    pipeline.setup(model)
 
     metric_names = [m.name for m in model.metrics]
     keys = ["loss", *metric_names]
-    if X_val is not None:
+    if data.X_val is not None:
         keys += ["val_loss", *(f"val_{name}" for name in metric_names)]
-    batches = _Batches(X, targets, batch_size, bool(shuffle))
-    stepper = _Stepper(model, clip_norm, clip_value, weight_decay, bool(decay_biases))
-
     history = History()
-    first_epoch = int(getattr(model, "epochs_completed", 0))
+    first_epoch = int(model.epochs_completed)
     history.params = {
-        "epochs": epochs, "batch_size": batch_size, "steps": batches.steps, "samples": n,
+        "epochs": epochs, "batch_size": batch_size, "steps": len(loader), "samples": n,
         "metrics": keys, "initial_epoch": first_epoch,
         "greater_is_better": {m.name: m.greater_is_better for m in model.metrics},
     }
     cbs = CallbackList(callbacks, model=model, params=history.params)
     model.stop_training = False
-    progress = _Progress(verbose, first_epoch + epochs, batches.steps)
-    cbs.on_train_begin({})
-    try:
-        for epoch in range(first_epoch, first_epoch + epochs):
-            cbs.on_epoch_begin(epoch, {})
-            progress.epoch_begin(epoch + 1)
-            batches.new_epoch(model.rng)
-            started = time.perf_counter()
-            total = 0.0
-            nan_message = None
-            lr_used = float(model.optimizer.lr)
-            for step in range(batches.steps):
-                xb, tb = batches.get(step)
-                if cbs.per_batch:
-                    cbs.on_train_batch_begin(step, {"size": xb.shape[0]})
-                    lr_used = float(model.optimizer.lr)
-                loss_value = stepper(xb, tb)
-                total += loss_value * xb.shape[0]
-                if not math.isfinite(loss_value):
-                    nan_message = (
-                        f"loss is {loss_value} at epoch {epoch + 1}, step {step + 1} of "
-                        f"{batches.steps} (optimizer step {model.optimizer.step_count})"
-                    )
-                    if on_nan == "raise":
-                        raise FloatingPointError(
-                            f"{nan_message}; lower the learning rate, clip gradients "
-                            f"(clip_norm=...), or pass on_nan='continue'"
-                        )
-                if cbs.per_batch:
-                    cbs.on_train_batch_end(step, {"loss": loss_value, "size": xb.shape[0]})
-                if progress.bar is not None:
-                    elapsed = time.perf_counter() - started
-                    progress.step(loss_value, (step * batch_size + xb.shape[0]) / max(elapsed,
-                                                                                       1e-9))
-                if (nan_message is not None and on_nan == "stop") or model.stop_training:
-                    break
-            seconds = time.perf_counter() - started
-            seen = min((step + 1) * batch_size, n)
-            logs: dict[str, float] = {"loss": total / seen}
-            if nan_message is not None and on_nan == "stop":
-                # Weights may hold NaN now: skip evaluation, which would only echo it.
-                model.epochs_completed = epoch + 1
-                history._append(epoch, logs)
-                history.stop_reason = f"{nan_message}; training stopped"
-                progress.close()
-                advice = ("lower the learning rate or clip gradients (clip_norm=...); pass "
-                          "on_nan='continue' to keep going")
-                if verbose:
-                    progress.message(f"numbanet: {history.stop_reason}; {advice}")
-                else:
-                    warnings.warn(f"{history.stop_reason}; {advice}", RuntimeWarning,
-                                  stacklevel=3)
-                model.stop_training = True
-                cbs.on_epoch_end(epoch, logs)
-                break
-            if model.metrics:
-                logs.update(_metric_values(model, X, targets, prefix=""))
-            if X_val is not None:
-                logs.update(_evaluate_prepared(model, X_val, t_val, prefix="val_"))
-            logs["lr"] = lr_used
-            model.epochs_completed = epoch + 1
-            cbs.on_epoch_end(epoch, logs)
-            history._append(epoch, logs)
-            progress.epoch_end(epoch + 1, logs, seconds, seen)
-            if model.stop_training:
-                history.stop_reason = getattr(model, "stop_reason", None) or "stopped by a callback"
-                break
-    finally:
-        progress.close()
-    cbs.on_train_end({})
-    if history.stop_reason is None and model.stop_training:
-        history.stop_reason = getattr(model, "stop_reason", None) or "stopped by a callback"
+    model.stop_reason = None
+    progress = _Progress(verbose, first_epoch + epochs, len(loader))
+    loop = _FitLoop(model, data, loader, pipeline, cbs, progress, _NanPolicy(on_nan), history)
+    loop.run(first_epoch, epochs)
     model.stop_training = False
     return history
 
 
-def _metric_values(model: Any, X: np.ndarray, targets: np.ndarray, prefix: str,
+# ------------------------------------------------------------------------- evaluation
+
+
+def _metric_values(model: TrainableModel, X: np.ndarray, targets: np.ndarray, prefix: str,
                    outputs: np.ndarray | None = None) -> dict[str, float]:
     if outputs is None:
-        outputs = _predict_prepared(model, X)
+        outputs = model.predict_validated(X)
     return {f"{prefix}{m.name}": float(m(outputs, targets)) for m in model.metrics}
 
 
-def _predict_prepared(model: Any, X: np.ndarray, batch_size: int = 1024) -> np.ndarray:
-    out = np.empty((X.shape[0], model.out_features), dtype=model.dtype)
-    for start in range(0, X.shape[0], batch_size):
-        stop = min(start + batch_size, X.shape[0])
-        with model._lock:  # the forward pass writes the model's shared workspaces
-            out[start:stop] = model._forward(X[start:stop], training=False)
-    return out
-
-
-def _loss_value(model: Any, outputs: np.ndarray, targets: np.ndarray) -> float:
+def _loss_value(model: TrainableModel, outputs: np.ndarray, targets: np.ndarray) -> float:
     value = model.loss.forward(outputs, targets)
     if isinstance(value, np.ndarray):  # reduction="none": report the mean
         return float(np.mean(value, dtype=np.float64))
     return float(value)
 
 
-def _evaluate_prepared(model: Any, X: np.ndarray, targets: np.ndarray, prefix: str = "",
+def _evaluate_prepared(model: TrainableModel, X: np.ndarray, targets: np.ndarray, prefix: str = "",
                        batch_size: int = 1024) -> dict[str, float]:
-    outputs = _predict_prepared(model, X, batch_size)
+    outputs = model.predict_validated(X, batch_size)
     logs = {f"{prefix}loss": _loss_value(model, outputs, targets)}
     logs.update(_metric_values(model, X, targets, prefix, outputs))
     return logs
@@ -601,13 +850,13 @@ def _evaluate_prepared(model: Any, X: np.ndarray, targets: np.ndarray, prefix: s
 # -------------------------------------------------------------------- evaluate/predict
 
 
-def evaluate(model: Any, X: Any, y: Any, *, batch_size: int = 1024,
+def evaluate(model: TrainableModel, X: Any, y: Any, *, batch_size: int = 1024,
              verbose: int = 0) -> dict[str, float]:
     """Loss and compiled metrics of ``model`` on ``(X, y)``, in inference mode.
 
     Args:
-        model: a compiled :class:`~numbanet.Sequential`.
-        X: inputs ``(n, in_features)``.
+        model: a compiled :class:`~numbanet.Sequential` (or any :class:`TrainableModel`).
+        X: inputs ``(n, *input_shape)``.
         y: targets as for :func:`fit`.
         batch_size: rows per forward pass (memory only; the result does not depend on it).
         verbose: 1 or 2 prints the result on one line.
@@ -615,7 +864,7 @@ def evaluate(model: Any, X: Any, y: Any, *, batch_size: int = 1024,
     Returns:
         ``{"loss": ..., "<metric>": ...}`` as Python floats.
     """
-    model._require_compiled("evaluate")
+    model.require_compiled("evaluate")
     batch_size = check_positive_int("batch_size", batch_size)
     verbose = _check_verbose(verbose)
     X, targets = _prepare(model, X, y, "X", "y")
@@ -625,7 +874,7 @@ def evaluate(model: Any, X: Any, y: Any, *, batch_size: int = 1024,
     return logs
 
 
-def predict_proba(model: Any, X: Any, batch_size: int = 1024) -> np.ndarray:
+def predict_proba(model: TrainableModel, X: Any, batch_size: int = 1024) -> np.ndarray:
     """Class probabilities ``(n, out_features)`` (same dtype as the model).
 
     The loss's ``output_activation`` is applied to the network outputs: a softmax over
@@ -645,7 +894,8 @@ def predict_proba(model: Any, X: Any, batch_size: int = 1024) -> np.ndarray:
             f"predict_proba needs a classification loss (softmax or sigmoid outputs); "
             f"{_loss_name(model.loss)} has none: use model.predict"
         )
-    outputs = model.predict(X, batch_size=batch_size)
+    batch_size = check_positive_int("batch_size", batch_size)
+    outputs = model.predict_validated(model.validate_input(X), batch_size)
     probs = np.empty_like(outputs)
     from numbanet.kernels import activations
 
