@@ -24,7 +24,6 @@ import math
 from typing import Any
 
 import numba
-import numpy as np
 
 from numbanet._jit import kernel as _serial_jit
 from numbanet._jit import parallel_kernel as _parallel_jit
@@ -421,10 +420,3 @@ def hinge_row(r, x, t, aux, hp, gs, grad):
             gr[j] = 0.0
     gr[y] = gs * scale * gy
     return scale * s
-
-
-def softmax_rows(x: np.ndarray) -> np.ndarray:
-    """Row-wise softmax in NumPy (used for ``predict_proba``-style helpers and tests)."""
-    z = x - x.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
