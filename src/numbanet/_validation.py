@@ -380,7 +380,7 @@ class OneOf(Constraint):
             # (while numpy.str_("sum") is the option "sum").
             if value is option or (
                 isinstance(value, type(option))
-                and (isinstance(option, bool) or not isinstance(value, bool))
+                and (not isinstance(value, bool) or isinstance(option, bool))
                 and value == option
             ):
                 return option
