@@ -71,6 +71,7 @@ def test_early_stopping_stops_and_restores_best_weights():
                         verbose=0)
     assert history.epoch == [0, 1, 2] and stopper.stopped_epoch == 2
     assert "early stopping at epoch 3" in history.stop_reason
+    assert (history.stop_reason.kind, history.stop_reason.epoch) == ("early_stopping", 2)
 
     reference, _, _ = model_and_data()
     reference.fit(X, y, epochs=1, batch_size=16, shuffle=False, verbose=0)
@@ -218,6 +219,9 @@ def test_terminate_on_nan_stops_when_fit_continues_on_nan(capsys):
                         callbacks=[TerminateOnNaN()])
     assert len(history.epoch) == 1
     assert "TerminateOnNaN" in history.stop_reason and "step" in history.stop_reason
+    reason = history.stop_reason
+    assert reason.kind == "terminate_on_nan" and reason.epoch == 0
+    assert f"step {reason.step + 1}" in reason
     assert not math.isfinite(history["loss"][0])
     assert "TerminateOnNaN" in capsys.readouterr().out
 

@@ -355,7 +355,7 @@ def _train(argv: Sequence[str]) -> int:
                       verbose=verbose, clip_norm=args.clip_norm,
                       weight_decay=args.weight_decay, on_nan=args.on_nan)
     seconds = time.perf_counter() - started
-    nan_stop = history.stop_reason is not None and "loss is" in history.stop_reason
+    nan_stop = getattr(history.stop_reason, "kind", None) in ("nan_loss", "terminate_on_nan")
     if nan_stop:
         print(f"numbanet train: error: {history.stop_reason}", file=sys.stderr)
     else:

@@ -13,8 +13,10 @@ The protocol is Keras's, reduced to what the fit loop needs. A callback subclass
 :class:`numbanet.train.History` (``loss``, metrics, ``val_*``, ``lr``). Before training,
 ``callback.model`` is the model and ``callback.params`` the run's parameters (``epochs``,
 ``batch_size``, ``steps``, ``metrics``: the keys that will be logged). A callback stops
-training by setting ``self.model.stop_training = True`` (and optionally
-``self.model.stop_reason``); fit finishes the current step and epoch bookkeeping first.
+training by setting ``self.model.stop_training = True`` and optionally
+``self.model.stop_reason``, a :class:`~numbanet.train.StopReason` (plain text becomes one
+of kind ``"callback"``); fit finishes the current step and epoch bookkeeping first and
+puts the reason in ``History.stop_reason``.
 
 The per-batch hooks are only called when some callback overrides them, so callbacks that
 work per epoch add nothing to the cost of a step.
@@ -42,6 +44,8 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
+
+from numbanet.train import StopReason
 
 __all__ = [
     "CSVLogger",
@@ -279,10 +283,11 @@ class EarlyStopping(Callback):
         if self.wait >= max(1, self.patience):
             self.stopped_epoch = epoch
             self.model.stop_training = True
-            self.model.stop_reason = (
+            self.model.stop_reason = StopReason(
                 f"early stopping at epoch {epoch + 1}: {self.monitor} did not improve for "
                 f"{self.wait} epoch(s); best {self.best:.6g} at epoch "
-                f"{'-' if self.best_epoch is None else self.best_epoch + 1}"
+                f"{'-' if self.best_epoch is None else self.best_epoch + 1}",
+                "early_stopping", epoch=epoch,
             )
 
     def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
@@ -544,8 +549,9 @@ class TerminateOnNaN(Callback):
         loss = (logs or {}).get("loss")
         if loss is not None and not math.isfinite(loss):
             self.model.stop_training = True
-            self.model.stop_reason = (
-                f"TerminateOnNaN: loss is {loss} at epoch {self._epoch + 1}, step {step + 1}"
+            self.model.stop_reason = StopReason(
+                f"TerminateOnNaN: loss is {loss} at epoch {self._epoch + 1}, step {step + 1}",
+                "terminate_on_nan", epoch=self._epoch, step=step,
             )
             print(f"numbanet: {self.model.stop_reason}; training stopped", flush=True)
 
@@ -555,6 +561,9 @@ class TerminateOnNaN(Callback):
         for key, value in (logs or {}).items():
             if key.endswith("loss") and not math.isfinite(value):
                 self.model.stop_training = True
-                self.model.stop_reason = f"TerminateOnNaN: {key} is {value} at epoch {epoch + 1}"
+                self.model.stop_reason = StopReason(
+                    f"TerminateOnNaN: {key} is {value} at epoch {epoch + 1}",
+                    "terminate_on_nan", epoch=epoch,
+                )
                 print(f"numbanet: {self.model.stop_reason}; training stopped", flush=True)
                 return
