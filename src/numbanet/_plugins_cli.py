@@ -42,9 +42,11 @@ def _print_table(report: list[dict[str, Any]], notes: list[str], out: TextIO) ->
                 print(f"  {kind}: {', '.join(rec[kind])}", file=out)
         if rec["error"]:
             print(f"  error: {rec['error']}", file=out)
-    shadow = [n for n in notes if "shadows" in n]
-    for note in shadow:
-        print(f"note: {note}", file=out)
+    # Disabled plugins already show their error above; the other warnings (a plugin
+    # shadowing a built-in, one implementing no hook) are notes.
+    for note in notes:
+        if "is disabled:" not in note:
+            print(f"note: {note}", file=out)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

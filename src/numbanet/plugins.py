@@ -148,6 +148,9 @@ class _Registry:
             return
         self.plugin_dist[plugin_name] = dist
         record.entry_points.append(plugin_name)
+        if not self.pm.get_hookcallers(plugin):
+            warnings.warn(_no_hooks_message(plugin, plugin_name, dist), PluginWarning,
+                          stacklevel=4)
 
     def fail(self, dist: str, message: str) -> None:
         record = self.records.setdefault(dist, PluginRecord(dist, "?", "failed"))
@@ -247,6 +250,22 @@ class _Registry:
             # Shadowed and clashing plugin items stay reachable by qualified id.
             out.extend(q for q in qids if q != builtin and len(qids) > 1)
         return sorted(out)
+
+
+def _no_hooks_message(plugin: object, plugin_name: str, dist: str) -> str:
+    """Why a registered plugin provides nothing, and the fix."""
+    label = getattr(plugin, "__name__", None) or type(plugin).__name__
+    where = f"numbanet plugin {dist!r} (entry point {plugin_name!r}, module {label!r})"
+    undecorated = sorted(name for name in _HOOK_NAMES if callable(getattr(plugin, name, None)))
+    if undecorated:
+        return (f"{where} defines {', '.join(undecorated)} without @numbanet.hookimpl, so "
+                f"numbanet never calls it: decorate it with @numbanet.hookimpl")
+    return (f"{where} implements no numbanet hook ({', '.join(_HOOK_NAMES)}); it provides "
+            f"nothing: decorate the hook functions with @numbanet.hookimpl, or point the "
+            f"entry point at the module that defines them")
+
+
+_HOOK_NAMES = tuple(hook for hook, _ in _HOOKS.values())
 
 
 def _check_result(result: object, spec_type: type) -> str | None:

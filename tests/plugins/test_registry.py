@@ -271,3 +271,29 @@ def numbanet_register_optimizers():
     opt.step(p, np.ones(5))
     np.testing.assert_allclose(p, 0.5)
     assert opt.driver.disk_cached
+
+
+def test_plugin_without_hookimpl_markers_warns_naming_module_and_fix(make_dist):
+    module = make_dist("numbanet-forgetful", '''
+def numbanet_register_optimizers():
+    return [OptimizerSpec("forgot", half_step_kernel, {"lr": 0.1})]
+''')
+    with pytest.warns(nbp.PluginWarning, match=(
+            rf"numbanet-forgetful.*{module}.*defines numbanet_register_optimizers without "
+            r"@numbanet.hookimpl.*decorate it with @numbanet.hookimpl")):
+        names = nbp.list_optimizers()
+    assert "forgot" not in names
+
+
+def test_plugin_with_no_hook_at_all_warns(make_dist):
+    make_dist("numbanet-empty", "VALUE = 1\n")
+    with pytest.warns(nbp.PluginWarning, match=r"numbanet-empty.*implements no numbanet hook"):
+        nbp.list_losses()
+
+
+def test_plugins_cli_shows_the_no_hook_note(make_dist, capsys):
+    from numbanet import _plugins_cli
+
+    make_dist("numbanet-empty", "VALUE = 1\n")
+    assert _plugins_cli.main([]) == 0
+    assert "note: numbanet plugin 'numbanet-empty'" in capsys.readouterr().out
