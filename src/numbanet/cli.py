@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 import sys
 from collections.abc import Sequence
 
@@ -66,15 +67,37 @@ def _info_main(argv: Sequence[str]) -> int:
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``numbanet`` command."""
-    argv = list(sys.argv[1:] if argv is None else argv)
+def _parser() -> argparse.ArgumentParser:
+    width = max(len(name) for name in _SUBCOMMANDS)
+    commands = "\n".join(f"  {name:<{width}}  {text}" for name, (_, text) in _SUBCOMMANDS.items())
     parser = argparse.ArgumentParser(
         prog="numbanet",
-        description="Train neural networks on every core of your CPU.",
+        usage="numbanet [--version] [-h] COMMAND [options]",
+        description=f"Train neural networks on every core of your CPU.\n\ncommands:\n{commands}",
         epilog="Run 'numbanet COMMAND --help' for a command's options.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("command", choices=sorted(_SUBCOMMANDS), help="what to do")
+    parser.add_argument("--version", action="store_true", help="print the version and exit")
+    parser.add_argument("command", choices=list(_SUBCOMMANDS), metavar="COMMAND",
+                        help="one of the commands above")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``numbanet`` command.
+
+    Run as a program (``argv`` is ``None``), a closed pipe ends it quietly like any Unix
+    tool (``numbanet train | head -2``): SIGPIPE gets its default action back.
+    """
+    if argv is None and hasattr(signal, "SIGPIPE"):
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = _parser()
+    if argv and argv[0] in ("-V", "--version"):
+        from numbanet import __version__
+
+        print(f"numbanet {__version__}")
+        return 0
     if not argv or argv[0] in ("-h", "--help"):
         parser.print_help()
         return 0 if argv else 2
