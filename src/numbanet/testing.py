@@ -1,8 +1,8 @@
-"""Conformance checks for optimizers and losses, for numbanet and for plugin authors.
+"""Conformance checks for optimizers, losses and layers, for numbanet and for plugin authors.
 
 Every built-in passes these, and a plugin's own tests should call them::
 
-    from numbanet.testing import check_optimizer, check_loss
+    from numbanet.testing import check_layer, check_loss, check_optimizer
 
     def test_lion_conforms():
         check_optimizer("lion", lr=1e-2)
@@ -10,9 +10,13 @@ Every built-in passes these, and a plugin's own tests should call them::
     def test_focal_conforms():
         check_loss("focal", gamma=2.0)
 
+    def test_rmsnorm_conforms():  # a layer: a factory (or an instance) and a sample shape
+        check_layer(lambda: RMSNorm(16), (16,))
+
 Each check raises :class:`AssertionError` with a message saying which property failed.
-They use small buffers, so they run in well under a second once the kernels are compiled
-(compilation itself is cached on disk after the first run).
+They use small buffers, so once the kernels are compiled (compilation is cached on disk
+after the first run) ``check_optimizer`` and ``check_loss`` take well under a second and
+``check_layer`` (in :mod:`numbanet._layer_checks`) a few seconds.
 """
 
 from __future__ import annotations
@@ -22,12 +26,13 @@ from typing import Any
 
 import numpy as np
 
+from numbanet._layer_checks import check_layer
 from numbanet.losses import Loss
 from numbanet.optim import Optimizer
 from numbanet.plugins import get_loss, get_optimizer
 from numbanet.specs import LossSpec, OptimizerSpec
 
-__all__ = ["check_loss", "check_optimizer", "gradcheck"]
+__all__ = ["check_layer", "check_loss", "check_optimizer", "gradcheck"]
 
 
 def _optimizer(spec_or_name: str | OptimizerSpec, hp: dict[str, Any]) -> Optimizer:
