@@ -70,6 +70,34 @@ def test_dependency_closure_follows_own_package_and_relative_imports(tmp_path, m
     assert after != before
 
 
+def test_import_scanner_reads_every_statement_form(tmp_path):
+    src = tmp_path / "m.py"
+    src.write_text(textwrap.dedent("""
+        from __future__ import annotations
+        import os, numpy as np  # a comment
+        from .sib import (a,
+                          b as c,  # note
+        )
+        from .. import up
+        from pkg.mod import \\
+            name
+        def f():
+            import pkg.lazy as lz
+        x = "not an import"
+    """), encoding="utf-8")
+    st = src.stat()
+    imports = kc._read_file(str(src), st.st_mtime_ns, st.st_size)[1]
+    assert imports == (
+        ("__future__", 0, ("annotations",)),
+        ("os", 0, ()),
+        ("numpy", 0, ()),
+        ("sib", 1, ("a", "b")),
+        ("", 2, ("up",)),
+        ("pkg.mod", 0, ("name",)),
+        ("pkg.lazy", 0, ()),
+    )
+
+
 def test_numbanet_kernels_use_the_dependency_aware_cache():
     @kernel
     def _cached(x):  # pragma: no cover - compiled
