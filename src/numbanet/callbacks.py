@@ -45,6 +45,7 @@ from typing import Any
 
 import numpy as np
 
+from numbanet._validation import InstanceOf, Integer, OneOf, Optional, Real, check_arg
 from numbanet.train import StopReason
 
 __all__ = [
@@ -171,15 +172,12 @@ class _Monitor:
     """Tracks the best value of one logged quantity and decides what counts as better."""
 
     def __init__(self, owner: str, monitor: str, mode: str, min_delta: float) -> None:
-        if not isinstance(monitor, str) or not monitor:
-            raise TypeError(f"{owner}: monitor must be a log key such as 'val_loss'")
-        if mode not in ("auto", "min", "max"):
-            raise ValueError(f"{owner}: mode must be 'auto', 'min' or 'max', got {mode!r}")
-        if isinstance(min_delta, bool) or not isinstance(min_delta, (int, float)) or not (
-            math.isfinite(min_delta) and min_delta >= 0
-        ):
-            raise ValueError(f"{owner}: min_delta must be a number >= 0, got {min_delta!r}")
-        self.owner, self.monitor, self.mode, self.min_delta = owner, monitor, mode, float(min_delta)
+        monitor = check_arg("monitor", monitor, _LOG_KEY, where=owner)
+        if not monitor:
+            raise ValueError(f"{owner}: monitor must be a log key such as 'val_loss', got ''")
+        mode = check_arg("mode", mode, _MODE, where=owner)
+        min_delta = check_arg("min_delta", min_delta, _NON_NEGATIVE, where=owner)
+        self.owner, self.monitor, self.mode, self.min_delta = owner, monitor, mode, min_delta
         self.greater = mode == "max"
         self.best = math.inf
 
@@ -215,10 +213,12 @@ class _Monitor:
         return value < self.best - self.min_delta
 
 
-def _check_int(owner: str, name: str, value: object, minimum: int = 0) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{owner}: {name} must be an int >= {minimum}, got {value!r}")
-    return int(value)
+# What the callbacks' arguments accept (numbanet._validation writes the messages).
+_LOG_KEY = InstanceOf(str, what="a log key such as 'val_loss'")
+_MODE = OneOf("auto", "min", "max")
+_NON_NEGATIVE = Real(min=0)
+_COUNT = Integer(min=0)
+_PATH = InstanceOf(str, os.PathLike, what="a path")
 
 
 # ----------------------------------------------------------------------- callbacks
@@ -244,9 +244,10 @@ class EarlyStopping(Callback):
                  mode: str = "auto", restore_best_weights: bool = False,
                  baseline: float | None = None) -> None:
         self._monitor = _Monitor("EarlyStopping", monitor, mode, min_delta)
-        self.patience = _check_int("EarlyStopping", "patience", patience)
+        self.patience = check_arg("patience", patience, _COUNT, where="EarlyStopping")
         self.restore_best_weights = bool(restore_best_weights)
-        self.baseline = None if baseline is None else float(baseline)
+        self.baseline = check_arg("baseline", baseline, Optional(Real(finite=False)),
+                                  where="EarlyStopping")
         self.best_epoch: int | None = None
         self.stopped_epoch: int | None = None
         self.wait = 0
@@ -313,10 +314,8 @@ class ModelCheckpoint(Callback):
 
     def __init__(self, filepath: str | os.PathLike[str], monitor: str = "val_loss",
                  save_best_only: bool = False, mode: str = "auto", verbose: int = 0) -> None:
-        if not isinstance(filepath, (str, os.PathLike)):
-            raise TypeError(f"ModelCheckpoint: filepath must be a path, got "
-                            f"{type(filepath).__name__}")
-        self.filepath = os.fspath(filepath)
+        self.filepath = os.fspath(check_arg("filepath", filepath, _PATH,
+                                            where="ModelCheckpoint"))
         self.save_best_only = bool(save_best_only)
         self._monitor = _Monitor("ModelCheckpoint", monitor, mode, 0.0)
         self.verbose = verbose
@@ -363,6 +362,9 @@ def _schedule_arity(schedule: Callable[..., float]) -> int:
     return 2 if len(params) >= 2 else 1
 
 
+_LEARNING_RATE = Real(min=0, hint="the schedule returns the learning rate")
+
+
 class LearningRateScheduler(Callback):
     """Set the optimizer's learning rate from a schedule before each epoch or step.
 
@@ -381,8 +383,7 @@ class LearningRateScheduler(Callback):
         if not callable(schedule):
             raise TypeError(f"LearningRateScheduler: schedule must be callable, got "
                             f"{type(schedule).__name__}")
-        if per not in ("epoch", "step"):
-            raise ValueError(f"LearningRateScheduler: per must be 'epoch' or 'step', got {per!r}")
+        per = check_arg("per", per, OneOf("epoch", "step"), where="LearningRateScheduler")
         self.schedule = schedule
         self.per = per
         self.verbose = verbose
@@ -393,13 +394,7 @@ class LearningRateScheduler(Callback):
     def _set(self, t: int) -> float:
         opt = self.model.optimizer
         lr = self.schedule(t, opt.lr) if self._arity == 2 else self.schedule(t)
-        if isinstance(lr, bool) or not isinstance(lr, (int, float, np.floating, np.integer)):
-            raise TypeError(f"LearningRateScheduler: schedule({t}) returned "
-                            f"{type(lr).__name__}, expected a float")
-        lr = float(lr)
-        if not (math.isfinite(lr) and lr >= 0):
-            raise ValueError(f"LearningRateScheduler: schedule({t}) returned {lr}; learning "
-                             f"rates must be finite and >= 0")
+        lr = check_arg(f"schedule({t})", lr, _LEARNING_RATE, where="LearningRateScheduler")
         if lr != opt.lr:
             opt.lr = lr
         return lr
@@ -433,17 +428,13 @@ class ReduceLROnPlateau(Callback):
     def __init__(self, monitor: str = "val_loss", factor: float = 0.1, patience: int = 10,
                  mode: str = "auto", min_delta: float = 1e-4, cooldown: int = 0,
                  min_lr: float = 0.0, verbose: int = 0) -> None:
-        if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not (
-            0.0 < factor < 1.0
-        ):
-            raise ValueError(f"ReduceLROnPlateau: factor must be in (0, 1), got {factor!r}")
-        if isinstance(min_lr, bool) or not isinstance(min_lr, (int, float)) or min_lr < 0:
-            raise ValueError(f"ReduceLROnPlateau: min_lr must be >= 0, got {min_lr!r}")
-        self._monitor = _Monitor("ReduceLROnPlateau", monitor, mode, min_delta)
-        self.factor = float(factor)
-        self.patience = _check_int("ReduceLROnPlateau", "patience", patience)
-        self.cooldown = _check_int("ReduceLROnPlateau", "cooldown", cooldown)
-        self.min_lr = float(min_lr)
+        owner = "ReduceLROnPlateau"
+        self._monitor = _Monitor(owner, monitor, mode, min_delta)
+        self.factor = check_arg("factor", factor, Real(min=0, max=1, closed="neither"),
+                                where=owner)
+        self.patience = check_arg("patience", patience, _COUNT, where=owner)
+        self.cooldown = check_arg("cooldown", cooldown, _COUNT, where=owner)
+        self.min_lr = check_arg("min_lr", min_lr, _NON_NEGATIVE, where=owner)
         self.verbose = verbose
         self.wait = 0
         self.cooldown_left = 0
@@ -494,9 +485,9 @@ class CSVLogger(Callback):
 
     def __init__(self, filename: str | os.PathLike[str], separator: str = ",",
                  append: bool = False) -> None:
-        if not isinstance(filename, (str, os.PathLike)):
-            raise TypeError(f"CSVLogger: filename must be a path, got {type(filename).__name__}")
-        if not isinstance(separator, str) or len(separator) != 1:
+        filename = check_arg("filename", filename, _PATH, where="CSVLogger")
+        separator = check_arg("separator", separator, InstanceOf(str), where="CSVLogger")
+        if len(separator) != 1:
             raise ValueError(f"CSVLogger: separator must be one character, got {separator!r}")
         self.filename = os.fspath(filename)
         self.separator = separator

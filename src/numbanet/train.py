@@ -48,7 +48,16 @@ from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 
-from numbanet._validation import check_positive_int
+from numbanet._validation import (
+    AnyOf,
+    Boolean,
+    Integer,
+    OneOf,
+    Optional,
+    Real,
+    check_arg,
+    validate_args,
+)
 from numbanet.optim.pipeline import GradientPipeline, PipelineTarget, make_pipeline
 from numbanet.sampling import BatchLoader, BatchSampler
 
@@ -260,75 +269,25 @@ class TrainableModel(PipelineTarget, Protocol):
 
 # ----------------------------------------------------------------------------- checks
 
+_VERBOSE_LEVELS = "0: quiet, 1: a progress bar, 2: one line per epoch"
+_VERBOSE = AnyOf(Boolean(), Integer(min=0, max=2, hint=_VERBOSE_LEVELS), hint=_VERBOSE_LEVELS)
+_BATCH_SIZE = Integer(min=1)
 
-def _check_epochs(epochs: object) -> int:
-    if isinstance(epochs, bool) or not isinstance(epochs, (int, np.integer)):
-        raise TypeError(f"epochs must be a non-negative int, got {type(epochs).__name__}")
-    if epochs < 0:
-        raise ValueError(f"epochs must be >= 0, got {epochs}")
-    return int(epochs)
-
-
-def _check_fraction(name: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
-        raise TypeError(f"{name} must be a float in [0, 1), got {type(value).__name__}")
-    value = float(value)
-    if not 0.0 <= value < 1.0:
-        raise ValueError(f"{name} must be in [0, 1), got {value}")
-    return value
-
-
-def _check_optional_positive(name: str, value: object) -> float | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
-        raise TypeError(f"{name} must be a positive number or None, got {type(value).__name__}")
-    value = float(value)
-    if not (value > 0.0 and math.isfinite(value)):
-        raise ValueError(f"{name} must be a positive finite number, got {value}")
-    return value
-
-
-def _check_weight_decay(value: object) -> float | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
-        raise TypeError(f"weight_decay must be a number or None, got {type(value).__name__}")
-    value = float(value)
-    if not (value >= 0.0 and math.isfinite(value)):
-        raise ValueError(f"weight_decay must be >= 0, got {value}")
-    return value
-
-
-def _check_bool(name: str, value: object) -> bool:
-    if not isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"{name} must be True or False, got {type(value).__name__}")
-    return bool(value)
-
-
-def _check_seed(seed: object) -> int | None:
-    if seed is None:
-        return None
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
-        raise TypeError(f"seed must be a non-negative int or None, got {type(seed).__name__}")
-    if seed < 0:
-        raise ValueError(f"seed must be a non-negative int or None, got {seed}")
-    return int(seed)
-
-
-def _check_verbose(verbose: object) -> int:
-    if isinstance(verbose, bool):
-        return int(verbose)
-    if not isinstance(verbose, (int, np.integer)) or verbose not in (0, 1, 2):
-        raise ValueError(f"verbose must be 0 (quiet), 1 (progress bar) or 2 (one line per "
-                         f"epoch), got {verbose!r}")
-    return int(verbose)
-
-
-def _check_on_nan(on_nan: object) -> str:
-    if on_nan not in _ON_NAN:
-        raise ValueError(f"on_nan must be one of {_ON_NAN}, got {on_nan!r}")
-    return str(on_nan)
+#: The allowed types and ranges of :func:`fit`'s scalar arguments (checked by
+#: :func:`numbanet._validation.validate_args`, which writes the messages).
+FIT_CONSTRAINTS = {
+    "epochs": Integer(min=0),
+    "batch_size": _BATCH_SIZE,
+    "validation_split": Real(min=0, max=1, closed="left"),
+    "shuffle": Boolean(),
+    "seed": Optional(Integer(min=0)),
+    "verbose": _VERBOSE,
+    "clip_norm": Optional(Real(min=0, closed="neither")),
+    "clip_value": Optional(Real(min=0, closed="neither")),
+    "weight_decay": Optional(Real(min=0)),
+    "decay_biases": Boolean(),
+    "on_nan": OneOf(*_ON_NAN),
+}
 
 
 # ------------------------------------------------------------------------------- data
@@ -698,6 +657,7 @@ class _FitLoop:
 # -------------------------------------------------------------------------------- fit
 
 
+@validate_args(FIT_CONSTRAINTS)
 def fit(
     model: TrainableModel,
     X: Any,
@@ -775,21 +735,10 @@ def fit(
     """
     from numbanet.callbacks import CallbackList
 
+    # The scalar arguments arrive checked and normalized (FIT_CONSTRAINTS).
     model.require_compiled("fit")
-    epochs = _check_epochs(epochs)
-    batch_size = check_positive_int("batch_size", batch_size)
-    validation_split = _check_fraction("validation_split", validation_split)
-    verbose = _check_verbose(verbose)
-    shuffle = _check_bool("shuffle", shuffle)
-    on_nan = _check_on_nan(on_nan)
-    seed = _check_seed(seed)
-    pipeline = _gradient_pipeline(
-        gradient_pipeline, gradient_transforms,
-        clip_norm=_check_optional_positive("clip_norm", clip_norm),
-        clip_value=_check_optional_positive("clip_value", clip_value),
-        weight_decay=_check_weight_decay(weight_decay),
-        decay_biases=_check_bool("decay_biases", decay_biases),
-    )
+    pipeline = _gradient_pipeline(gradient_pipeline, gradient_transforms, clip_norm,
+                                  clip_value, weight_decay, decay_biases)
     if seed is not None:
         # Reset the state of the existing generator rather than replacing it: Dropout
         # layers hold a reference to this very object.
@@ -815,7 +764,7 @@ def fit(
     cbs = CallbackList(callbacks, model=model, params=history.params)
     model.stop_training = False
     model.stop_reason = None
-    progress = _Progress(verbose, first_epoch + epochs, len(loader))
+    progress = _Progress(int(verbose), first_epoch + epochs, len(loader))
     loop = _FitLoop(model, data, loader, pipeline, cbs, progress, _NanPolicy(on_nan), history)
     loop.run(first_epoch, epochs)
     model.stop_training = False
@@ -850,6 +799,7 @@ def _evaluate_prepared(model: TrainableModel, X: np.ndarray, targets: np.ndarray
 # -------------------------------------------------------------------- evaluate/predict
 
 
+@validate_args({"batch_size": _BATCH_SIZE, "verbose": _VERBOSE})
 def evaluate(model: TrainableModel, X: Any, y: Any, *, batch_size: int = 1024,
              verbose: int = 0) -> dict[str, float]:
     """Loss and compiled metrics of ``model`` on ``(X, y)``, in inference mode.
@@ -865,8 +815,6 @@ def evaluate(model: TrainableModel, X: Any, y: Any, *, batch_size: int = 1024,
         ``{"loss": ..., "<metric>": ...}`` as Python floats.
     """
     model.require_compiled("evaluate")
-    batch_size = check_positive_int("batch_size", batch_size)
-    verbose = _check_verbose(verbose)
     X, targets = _prepare(model, X, y, "X", "y")
     logs = _evaluate_prepared(model, X, targets, batch_size=batch_size)
     if verbose:
@@ -894,7 +842,7 @@ def predict_proba(model: TrainableModel, X: Any, batch_size: int = 1024) -> np.n
             f"predict_proba needs a classification loss (softmax or sigmoid outputs); "
             f"{_loss_name(model.loss)} has none: use model.predict"
         )
-    batch_size = check_positive_int("batch_size", batch_size)
+    batch_size = check_arg("batch_size", batch_size, _BATCH_SIZE)
     outputs = model.predict_validated(model.validate_input(X), batch_size)
     probs = np.empty_like(outputs)
     from numbanet.kernels import activations

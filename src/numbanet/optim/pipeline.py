@@ -43,6 +43,7 @@ from typing import Any, ClassVar, Protocol
 
 import numpy as np
 
+from numbanet._validation import Real, check_arg
 from numbanet.kernels.reductions import (
     CHUNK,
     PARALLEL_MIN,
@@ -146,13 +147,7 @@ class GradientTransform:
         return f"{type(self).__name__}({fields})"
 
 
-def _positive(owner: str, name: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise TypeError(f"{owner}: {name} must be a positive number, got {type(value).__name__}")
-    value = float(value)
-    if not (value > 0.0 and math.isfinite(value)):
-        raise ValueError(f"{owner}: {name} must be a positive finite number, got {value}")
-    return value
+_POSITIVE = Real(min=0, closed="neither")
 
 
 # ---------------------------------------------------------------------------- transforms
@@ -181,7 +176,7 @@ class AllReduce(GradientTransform):
             raise TypeError(f"AllReduce: reduce_ must be callable or None, got "
                             f"{type(reduce_).__name__}")
         self.reduce_ = reduce_
-        self.divisor = _positive("AllReduce", "divisor", divisor)
+        self.divisor = check_arg("divisor", divisor, _POSITIVE, where="AllReduce")
 
     def update(self, grads: np.ndarray, params: np.ndarray, scale: float) -> float:
         if self.reduce_ is None:
@@ -201,14 +196,9 @@ class ScaleGradients(GradientTransform):
     """
 
     def __init__(self, factor: float) -> None:
-        if isinstance(factor, bool) or not isinstance(
-            factor, (int, float, np.integer, np.floating)
-        ):
-            raise TypeError(f"ScaleGradients: factor must be a number, got "
-                            f"{type(factor).__name__}")
-        factor = float(factor)
-        if factor == 0.0 or not math.isfinite(factor):
-            raise ValueError(f"ScaleGradients: factor must be finite and non-zero, got {factor}")
+        factor = check_arg("factor", factor, Real(), where="ScaleGradients")
+        if factor == 0.0:
+            raise ValueError("ScaleGradients: factor must be non-zero, got 0.0")
         self.factor = factor
 
     def update(self, grads: np.ndarray, params: np.ndarray, scale: float) -> float:
@@ -227,7 +217,7 @@ class ClipByValue(GradientTransform):
     """
 
     def __init__(self, clip_value: float) -> None:
-        self.clip_value = _positive("ClipByValue", "clip_value", clip_value)
+        self.clip_value = check_arg("clip_value", clip_value, _POSITIVE, where="ClipByValue")
 
     def update(self, grads: np.ndarray, params: np.ndarray, scale: float) -> float:
         if scale == 0.0:
@@ -256,7 +246,7 @@ class ClipByGlobalNorm(GradientTransform):
     repr_fields = ("max_norm",)
 
     def __init__(self, max_norm: float) -> None:
-        self.max_norm = _positive("ClipByGlobalNorm", "max_norm", max_norm)
+        self.max_norm = check_arg("max_norm", max_norm, _POSITIVE, where="ClipByGlobalNorm")
         self.last_norm = math.nan
         self._partials: np.ndarray | None = None
 
@@ -317,15 +307,8 @@ class DecoupledWeightDecay(GradientTransform):
     repr_fields = ("weight_decay", "mask")
 
     def __init__(self, weight_decay: float, mask: DecayMask | None = None) -> None:
-        if isinstance(weight_decay, bool) or not isinstance(
-            weight_decay, (int, float, np.integer, np.floating)
-        ):
-            raise TypeError(f"DecoupledWeightDecay: weight_decay must be a number, got "
-                            f"{type(weight_decay).__name__}")
-        weight_decay = float(weight_decay)
-        if not (weight_decay >= 0.0 and math.isfinite(weight_decay)):
-            raise ValueError(f"DecoupledWeightDecay: weight_decay must be >= 0, got "
-                             f"{weight_decay}")
+        weight_decay = check_arg("weight_decay", weight_decay, Real(min=0),
+                                 where="DecoupledWeightDecay")
         self.weight_decay = weight_decay
         self.mask = _check_mask(mask)
         self.decayed: list[str] = []
