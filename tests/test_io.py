@@ -9,6 +9,7 @@ import zipfile
 import numpy as np
 import pytest
 
+import numbanet as nbn
 import numbanet.io as nio
 import numbanet.plugins as plugins
 from numbanet.nn import Dense, Dropout, Sequential
@@ -213,3 +214,38 @@ def test_loss_hyperparameters_and_class_weights_round_trip(tmp_path):
     np.testing.assert_array_equal(hp.pop("weight"), [1.0, 2.0, 0.5])
     assert hp == {"label_smoothing": 0.1, "reduction": "sum"}
     assert loaded.evaluate(X, y) == model.evaluate(X, y)
+
+
+def test_load_without_compile_serves_a_model_whose_optimizer_plugin_is_gone(tmp_path):
+    """numbanet.load(path, compile=False): inference without the training plugins."""
+    import numbanet.plugins as nbp
+    from numbanet._jit import kernel
+
+    @kernel
+    def plain_step(i, p, g, gs, slots, hp, sc):
+        p[i] -= hp[0] * g[i] * gs
+
+    class Temporary:
+        @staticmethod
+        @nbn.hookimpl
+        def numbanet_register_optimizers():
+            return [nbn.OptimizerSpec("plainstep", plain_step, {"lr": 0.1})]
+
+    nbp.register_plugin(Temporary, "temporary-optim")
+    try:
+        model = nbn.Sequential([nbn.Dense(4, 3, activation="tanh"), nbn.Dense(3, 2)], seed=0)
+        model.compile("cross_entropy", "plainstep", metrics=["accuracy"])
+        X = np.random.default_rng(0).standard_normal((10, 4))
+        model.fit(X, np.arange(10) % 2, epochs=2, verbose=0)
+        path = tmp_path / "m.npz"
+        model.save(path)
+    finally:
+        nbp.unregister_plugin("temporary-optim")
+    with pytest.raises(ValueError, match="needs the optimizer 'temporary-optim:plainstep'"):
+        nbn.load(path)
+    served = nbn.load(path, compile=False)
+    assert served.loss is None and served.optimizer is None
+    np.testing.assert_array_equal(served.predict(X), model.predict(X))
+    assert served.training_config["optimizer"]["id"] == "temporary-optim:plainstep"
+    assert served.training_config["loss"]["id"] == "numbanet:cross_entropy"
+    assert served.epochs_completed == 2

@@ -229,7 +229,7 @@ def _not_a_model(path: str, reason: str) -> ValueError:
     return ValueError(f"{path!r} is not a readable numbanet model file: {reason}")
 
 
-def load(path: str | os.PathLike[str]) -> Any:
+def load(path: str | os.PathLike[str], *, compile: bool = True) -> Any:
     """Read a model written by :func:`save`: architecture, weights, loss, optimizer with
     its state and step count, metrics, epochs completed and the random generator's state.
 
@@ -239,6 +239,13 @@ def load(path: str | os.PathLike[str]) -> Any:
 
     Args:
         path: a file written by :func:`save`.
+        compile: ``False`` (Keras's spelling) loads for inference only: architecture,
+            weights and buffers, without building the loss, the optimizer or the metrics,
+            so a model trained with a plugin optimizer or loss predicts where that plugin
+            is not installed. What the model was compiled with is still readable in
+            ``model.training_config`` (``{"loss": {"id", "hyperparams"}, "optimizer":
+            {"id", ...}, "metrics": [...]}``, or ``None``), and ``model.compile`` works
+            as on any model.
 
     Returns:
         a :class:`~numbanet.Sequential`; its ``metadata`` attribute holds what was passed
@@ -264,7 +271,7 @@ def load(path: str | os.PathLike[str]) -> Any:
         headers = _member_headers(path)
         archive = np.load(path, allow_pickle=False)
         with archive:
-            return _load_archive(path, archive, headers)
+            return _load_archive(path, archive, headers, compile=bool(compile))
     except _READ_ERRORS as exc:
         if isinstance(exc, ValueError) and str(exc).startswith(repr(path)):
             raise
@@ -411,7 +418,7 @@ def _build_model(path: str, meta: dict[str, Any]) -> Any:
 
 
 def _load_archive(path: str, archive: Any,
-                  headers: dict[str, tuple[tuple[int, ...], np.dtype]]) -> Any:
+                  headers: dict[str, tuple[tuple[int, ...], np.dtype]], compile: bool) -> Any:
     files = set(archive.files)
     if "format" not in files or str(archive["format"][()]) != FORMAT_NAME:
         raise _not_a_model(path, f"no '{FORMAT_NAME}' marker; it holds {sorted(files)[:8]}")
@@ -452,8 +459,12 @@ def _load_archive(path: str, archive: Any,
     model.epochs_completed = int(meta.get("epochs_completed", 0))
     model.metadata = dict(meta.get("metadata") or {})
 
+    model.training_config = None
     if meta.get("loss") is not None and meta.get("optimizer") is not None:
-        _restore_training(path, model, meta, archive, files, layout)
+        model.training_config = {"loss": meta["loss"], "optimizer": meta["optimizer"],
+                                 "metrics": meta.get("metrics", [])}
+        if compile:
+            _restore_training(path, model, meta, archive, files, layout)
     return model
 
 

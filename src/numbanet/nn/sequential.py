@@ -118,6 +118,8 @@ class Sequential:
         self.stop_training = False
         self.stop_reason: str | None = None
         self.metadata: dict[str, Any] = {}
+        # What a model loaded with numbanet.load(..., compile=False) was compiled with.
+        self.training_config: dict[str, Any] | None = None
 
     # -- shapes ------------------------------------------------------------------------
     def _resolve_shapes(self, in_shape: Shape) -> None:
