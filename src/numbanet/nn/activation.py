@@ -32,6 +32,10 @@ class Activation(Module):
         self._x: np.ndarray | None = None
         self._y: np.ndarray | None = None
 
+    @property
+    def output_activation(self) -> str | None:
+        return None if self.name == "identity" else self.name
+
     def get_config(self) -> dict[str, Any]:
         return {"type": self.layer_type, "name": self.name}
 

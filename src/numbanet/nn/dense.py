@@ -158,6 +158,10 @@ class Dense(Module):
         self._x, self._z, self._y = x, z, y
         return y
 
+    @property
+    def output_activation(self) -> str | None:
+        return None if self.activation == "identity" else self.activation
+
     def fused_derivative(self) -> FusedDerivative | None:
         """ReLU's derivative, for the layer above's ``dx`` GEMM epilogue; else ``None``.
 

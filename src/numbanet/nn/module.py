@@ -25,6 +25,8 @@ Optional protocol members the model uses without knowing the layer's class:
   layer takes; ``"index"`` layers (Embedding) receive C-contiguous ``int64`` arrays, and
   ``check_input`` may reject values (an index out of range) before any kernel runs.
 * ``set_rng(rng)``: receive the model's random generator (Dropout's masks).
+* ``output_activation``: the activation the layer applies last (``"softmax"``, ...) or
+  ``None``; ``compile`` warns when the loss applies the same one again.
 * ``fused_derivative()`` / ``accepts_fused_derivative`` / ``backward_fused(...)``: the
   layer above applies this layer's activation derivative in the epilogue of its input
   gradient GEMM (Dense over Dense with ReLU).
@@ -246,6 +248,12 @@ class Module:
         Layers that draw random numbers in training (Dropout) keep it; saving the
         generator's state is then enough to resume bit for bit.
         """
+
+    @property
+    def output_activation(self) -> str | None:
+        """The activation this layer applies last, or ``None`` (identity or not an
+        activation); ``Sequential.compile`` reads it from the last layer."""
+        return None
 
     def fused_derivative(self) -> FusedDerivative | None:
         """The activation derivative the layer above may apply for this layer, or ``None``.

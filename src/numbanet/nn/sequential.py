@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import threading
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -452,7 +453,21 @@ class Sequential:
                     f"{type(obj).__name__} lacks {missing}"
                 )
         self.metrics = self._resolve_metrics(metrics)
+        self._warn_doubled_output_activation()
         return self
+
+    def _warn_doubled_output_activation(self) -> None:
+        # A Keras habit: softmax in the last layer *and* a loss that applies softmax
+        # itself. It trains, slowly and badly, so say so once per compile.
+        applied = self.layers[-1].output_activation
+        expected = getattr(self.loss, "output_activation", None)
+        if applied is not None and applied == expected:
+            name = getattr(self.loss, "name", type(self.loss).__name__)
+            warnings.warn(
+                f"the last layer ({self.layers[-1]!r}) applies {applied}, and the loss "
+                f"{name!r} applies {applied} to the network's outputs again; the loss takes "
+                f"logits: remove the activation from the last layer (predict_proba gives "
+                f"probabilities)", UserWarning, stacklevel=3)
 
     @staticmethod
     def _resolve_metrics(metrics: Any) -> list[Any]:
