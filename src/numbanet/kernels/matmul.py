@@ -561,7 +561,7 @@ def _pack_a_block(a, transpose_a, ip, m, k, k0, kcb, wa, dst):
     Rows past ``m`` are padding: zero, or copies of the last valid row; they only ever
     meet output rows that are discarded. Serial. Flat offsets go through the ``_simd``
     intrinsics, which skip the per-access wraparound check that keeps computed indices
-    scalar (design notes, section 3).
+    scalar (Numba checks every computed signed index for negative wraparound).
     """
     lanes = vlanes(wa)
     i0 = ip * MR
