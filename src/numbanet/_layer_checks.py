@@ -131,7 +131,9 @@ def check_layer(
         sample: ``sample(rng, shape) -> float64 array``, the inputs; the default is
             standard normal pushed at least 0.1 away from zero (:func:`away_from_zero`),
             which keeps ReLU-like kinks at zero away. Pass one for layers with kinks
-            elsewhere or with a restricted domain.
+            elsewhere or with a restricted domain. A layer with ``input_kind = "index"``
+            (Embedding) needs one that returns integer indices; it is then checked
+            without an input gradient (``backward(dy, need_input_grad=False)``).
         seed: seeds the models, the inputs and the upstream gradients.
         grad_rtol: relative tolerance of the finite-difference comparison.
         grad_atol: absolute tolerance of the finite-difference comparison.
@@ -156,13 +158,18 @@ def check_layer(
     if isinstance(skip, str) or unknown:
         raise ValueError(f"check_layer: skip must be a collection of names from "
                          f"{LAYER_CHECKS}, got {skip!r}")
-    sample = away_from_zero if sample is None else sample
     model = _model(make, input_shape, np.float64, seed)
     in_shape = model.input_shape
     assert in_shape is not None and model.output_shape is not None
     label = f"check_layer({_describe(model.layers[0])})"
+    if sample is None:
+        if _takes_indices(model):
+            raise ValueError(f"{label}: the layer takes integer indices (input_kind "
+                             "'index'): pass sample=lambda rng, shape: rng.integers(0, n, "
+                             "shape)")
+        sample = away_from_zero
     rng = np.random.default_rng(seed)
-    X = _draw(sample, rng, (batch, *in_shape), label)
+    X = _draw(sample, rng, (batch, *in_shape), label, _takes_indices(model))
     U = rng.standard_normal((batch, *model.output_shape))
     fd_rows = min(batch, _FD_ROWS)
     checks: dict[str, Callable[[], None]] = {
@@ -188,7 +195,7 @@ def _factory(layer_or_factory: Any) -> Callable[[], Module]:
     if isinstance(layer_or_factory, Module):
         template = layer_or_factory
         try:
-            template.workspace  # noqa: B018 - raises unless the layer is in a model
+            _ = template.workspace  # raises unless the layer is part of a model
         except RuntimeError:
             return lambda: copy.deepcopy(template)
         # Part of a model already: its caches may hold that model's dtype and buffers, so
@@ -229,11 +236,21 @@ def _model(make: Callable[[], Module], input_shape: Any, dtype: Any, seed: int) 
     return Sequential([make()], seed=seed, dtype=dtype, input_shape=input_shape)
 
 
+def _takes_indices(model: Sequential) -> bool:
+    return model.layers[0].input_kind == "index"
+
+
 def _draw(sample: Sample, rng: np.random.Generator, shape: tuple[int, ...],
-          label: str) -> np.ndarray:
-    x = np.asarray(sample(rng, shape), dtype=np.float64)
+          label: str, indices: bool) -> np.ndarray:
+    x = np.asarray(sample(rng, shape))
     if x.shape != shape:
         raise ValueError(f"{label}: sample(rng, {shape}) returned shape {x.shape}")
+    if indices:
+        if x.dtype.kind not in "iu":
+            raise ValueError(f"{label}: the layer takes integer indices, but sample returned "
+                             f"dtype {x.dtype}")
+        return np.ascontiguousarray(x, dtype=np.int64)
+    x = x.astype(np.float64)
     # float32-representable, so float32 and float64 models see the same numbers.
     return np.ascontiguousarray(x.astype(np.float32).astype(np.float64))
 
@@ -249,7 +266,12 @@ class _Run:
                  state: dict[str, Any]) -> None:
         model.rng.bit_generator.state = state
         self.out = model.forward(X, training=True)
-        self.dx = model.backward(U)
+        self.dx: np.ndarray | None = None
+        if _takes_indices(model):  # integer input: no input gradient
+            model.layers[0].backward(np.ascontiguousarray(U, dtype=model.dtype),
+                                     need_input_grad=False)
+        else:
+            self.dx = model.backward(U)
         self.grads = {p.name: p.grad.copy() for p in model.parameters()}
         model.rng.bit_generator.state = state
         self.inference = model.forward(X, training=False)
@@ -257,7 +279,8 @@ class _Run:
     def arrays(self) -> Iterator[tuple[str, np.ndarray]]:
         yield "training output", self.out
         yield "inference output", self.inference
-        yield "input gradient", self.dx
+        if self.dx is not None:
+            yield "input gradient", self.dx
         for name, grad in self.grads.items():
             yield f"gradient of {name}", grad
 
@@ -292,6 +315,11 @@ def _check_shapes(label: str, model: Sequential, X: np.ndarray) -> None:
                                  "(the layer below may still need it)")
     layer.forward(x, True)
     dy = np.ones((x.shape[0], *out_shape), dtype=model.dtype)
+    if _takes_indices(model):
+        layer.backward(dy, need_input_grad=False)
+        if not (dy == 1).all():
+            raise AssertionError(f"{label}: backward modified its incoming gradient in place")
+        return
     dx = layer.backward(dy, need_input_grad=True)
     if not isinstance(dx, np.ndarray) or dx.shape != x.shape:
         got = dx.shape if isinstance(dx, np.ndarray) else repr(dx)
@@ -392,7 +420,8 @@ def _check_gradients(label: str, model: Sequential, X: np.ndarray, U: np.ndarray
             "generator the model hands to set_rng")
     model.flat_gradients[...] = 0  # an accumulating backward is caught below, not here
     run = _Run(model, X, U, state)
-    _finite_differences(label, "input gradient", loss, X, run.dx, rng, rtol, atol)
+    if run.dx is not None:
+        _finite_differences(label, "input gradient", loss, X, run.dx, rng, rtol, atol)
     for p in model.parameters():
         _finite_differences(label, f"gradient of parameter {p.name!r}", loss, p.value,
                             run.grads[p.name], rng, rtol, atol)
@@ -460,7 +489,7 @@ def _check_buffers(label: str, model: Sequential, X: np.ndarray, U: np.ndarray) 
     dy = np.ascontiguousarray(U, dtype=model.dtype)
     layer.forward(x, True)
     before = {name: b.copy() for name, b in buffers.items()}
-    layer.backward(dy, need_input_grad=True)
+    layer.backward(dy, need_input_grad=not _takes_indices(model))
     for name, b in buffers.items():
         if not np.array_equal(b, before[name]):
             raise AssertionError(f"{label}: backward changed buffer {name!r} (buffers are "
@@ -625,15 +654,17 @@ def _check_allocations(label: str, make: Callable[[], Module], in_shape: tuple[i
     x = model.validate_input(X)
     dy = np.ascontiguousarray(U, dtype=model.dtype)
 
+    need_dx = not _takes_indices(model)
+
     def step() -> tuple[Any, Any]:
-        return layer.forward(x, True), layer.backward(dy, need_input_grad=True)
+        return layer.forward(x, True), layer.backward(dy, need_input_grad=need_dx)
 
     for _ in range(3):  # warm-up: compile, create workspaces
         step()
     y1, dx1 = step()
     y2, dx2 = step()
     for what, a, b in (("forward's output", y1, y2), ("backward's input gradient", dx1, dx2)):
-        if _address(a) != _address(b):
+        if a is not None and _address(a) != _address(b):
             raise AssertionError(
                 f"{label}: allocation: {what} is a new array every step; take it from "
                 "self.workspace.get(name, shape) so a training step allocates nothing")

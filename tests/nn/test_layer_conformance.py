@@ -39,7 +39,23 @@ BUILTIN_CASES: dict[str, list[Case]] = {
         ("rate-0.3", lambda: Dropout(0.3), (64,), {"batch": 1024}),
         ("rate-0-on-3d-samples", lambda: Dropout(0.0), (2, 3, 4), {"batch": 8}),
     ],
+    # Image layers (NHWC samples), built through the registry by name.
+    "Conv2D": [
+        ("tanh-padded", lambda: _layer("Conv2D", 3, 4, 3, padding=1, activation="tanh"),
+         (6, 6, 3), {"batch": 8}),
+        ("relu-strided", lambda: _layer("Conv2D", 3, 8, 3, stride=2, activation="relu"),
+         (7, 7, 3), {"batch": 8}),
+    ],
+    "MaxPool2D": [("2x2", lambda: _layer("MaxPool2D", 2), (6, 6, 3), {"batch": 8})],
+    "AvgPool2D": [("2x2-padded", lambda: _layer("AvgPool2D", 2, padding=1), (6, 6, 3),
+                   {"batch": 8})],
+    "GlobalAvgPool2D": [("4x4", lambda: _layer("GlobalAvgPool2D"), (4, 4, 3), {"batch": 8})],
+    "Flatten": [("3d", lambda: _layer("Flatten"), (2, 3, 4), {"batch": 8})],
 }
+
+def _layer(name: str, *args: Any, **kwargs: Any) -> Module:
+    return nbp.get_layer_class(f"{nbp.BUILTIN_DISTRIBUTION}:{name}")(*args, **kwargs)
+
 
 # Plugin layers whose own package runs check_layer in its tests.
 COVERED_BY_PLUGIN_TESTS = {
@@ -304,3 +320,51 @@ def test_check_layer_catches_a_thread_dependent_layer(test_layers):
 
 def test_skip_leaves_out_a_check(test_layers):
     check_layer(ScaleNewOutput(2.0), (8,), batch=16, skip=("allocations",))
+
+
+class Lookup(Module):
+    """A minimal index layer (an embedding table): ``y[b, i] = table[x[b, i]]``."""
+
+    input_kind = "index"
+
+    def __init__(self, num: int, dim: int) -> None:
+        super().__init__()
+        self.num, self.dim = num, dim
+        self._x: np.ndarray | None = None
+
+    def parameter_shapes(self) -> list[tuple[str, tuple[int, ...]]]:
+        return [("table", (self.num, self.dim))]
+
+    def initialize(self, rng: np.random.Generator) -> None:
+        self.parameter("table").value[...] = rng.standard_normal((self.num, self.dim))
+
+    def output_shape(self, in_shape: tuple[int, ...]) -> tuple[int, ...]:
+        return (*in_shape, self.dim)
+
+    def get_config(self) -> dict[str, Any]:
+        return {"type": self.layer_type, "num": self.num, "dim": self.dim}
+
+    def forward(self, x: np.ndarray, training: bool) -> np.ndarray:
+        y = self.workspace.get("y", (*x.shape, self.dim))
+        np.take(self.parameter("table").value, x, axis=0, out=y)
+        self._x = x
+        return y
+
+    def backward(self, dy: np.ndarray, need_input_grad: bool = True) -> np.ndarray | None:
+        grad = self.parameter("table").grad
+        grad[...] = 0
+        np.add.at(grad, self._x.reshape(-1), dy.reshape(-1, self.dim))
+        return None
+
+
+def test_check_layer_takes_an_index_layer_with_an_integer_sample():
+    nbp.register_plugin(type("LookupPlugin", (), {
+        "numbanet_register_layers": hookimpl(lambda self: [Lookup])})(), "lookup-tests")
+    try:
+        # np.add.at's index machinery allocates; a real embedding layer would use a kernel.
+        check_layer(lambda: Lookup(10, 4), (3,), batch=32, skip=("allocations",),
+                    sample=lambda rng, shape: rng.integers(0, 10, shape))
+        with pytest.raises(ValueError, match="takes integer indices .* pass sample="):
+            check_layer(lambda: Lookup(10, 4), (3,))
+    finally:
+        nbp.unregister_plugin("lookup-tests")
