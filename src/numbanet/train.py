@@ -390,6 +390,7 @@ def _gradient_pipeline(
         given = [name for name, value in (
             ("clip_norm", clip_norm), ("clip_value", clip_value),
             ("weight_decay", weight_decay), ("gradient_transforms", transforms),
+            ("decay_biases", True if decay_biases else None),
         ) if value is not None]
         if given:
             raise ValueError(

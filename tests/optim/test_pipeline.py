@@ -319,6 +319,8 @@ def test_fit_refuses_a_pipeline_together_with_pipeline_keywords():
     model = dense_model()
     with pytest.raises(ValueError, match="clip_norm"):
         model.fit(X, y, verbose=0, clip_norm=1.0, gradient_pipeline=make_pipeline())
+    with pytest.raises(ValueError, match="decay_biases"):
+        model.fit(X, y, verbose=0, decay_biases=True, gradient_pipeline=make_pipeline())
     with pytest.raises(TypeError, match="GradientPipeline"):
         model.fit(X, y, verbose=0, gradient_pipeline=[ClipByValue(1.0)])
     with pytest.raises(TypeError, match="gradient_transforms"):
