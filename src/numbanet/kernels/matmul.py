@@ -48,9 +48,10 @@ feed only padding results, which are discarded). Results agree with numpy to
 rounding; the summation order differs (FMA, blocked), as between BLAS libraries.
 
 Development note: the cached kernels of this module embed code from
-:mod:`numbanet.kernels._simd` and :mod:`numbanet.kernels.activations`, and Numba's disk
-cache only watches this file (numba issue #1833). After editing those modules, delete
-``src/numbanet/kernels/__pycache__/matmul.*.nb*`` (or touch this file).
+:mod:`numbanet.kernels._simd` and :mod:`numbanet.kernels.activations`, while Numba's own
+disk cache watches only this file (numba issue #1833); :mod:`numbanet._kernel_cache`
+stamps each cached kernel with a hash of the modules it imports, so editing those
+modules recompiles these kernels by itself.
 """
 
 from __future__ import annotations
