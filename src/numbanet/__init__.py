@@ -23,7 +23,19 @@ from numbanet.callbacks import (
 )
 from numbanet.hookspecs import hookimpl
 from numbanet.io import load, save
-from numbanet.nn import Activation, Dense, Dropout, Module, Parameter, Sequential
+from numbanet.nn import (
+    Activation,
+    AvgPool2D,
+    Conv2D,
+    Dense,
+    Dropout,
+    Flatten,
+    GlobalAvgPool2D,
+    MaxPool2D,
+    Module,
+    Parameter,
+    Sequential,
+)
 from numbanet.plugins import (
     PluginWarning,
     get_loss,
@@ -49,8 +61,13 @@ __all__ = [
     "ReduceLROnPlateau",
     "TerminateOnNaN",
     "Activation",
+    "AvgPool2D",
+    "Conv2D",
     "Dense",
     "Dropout",
+    "Flatten",
+    "GlobalAvgPool2D",
+    "MaxPool2D",
     "LossSpec",
     "Module",
     "OptimizerSpec",
