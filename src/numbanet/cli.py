@@ -6,6 +6,7 @@ Subcommands live in their own modules and are imported only when run, so
 * ``train``, ``evaluate``, ``predict``: :mod:`numbanet._train_cli`
 * ``plugins``: :mod:`numbanet._plugins_cli`
 * ``bench``: :mod:`numbanet._bench_cli`
+* ``export``: :mod:`numbanet._export_cli`
 * ``info``: below
 """
 
@@ -24,6 +25,7 @@ _SUBCOMMANDS = {
     "predict": ("numbanet._train_cli", "predict with a saved model"),
     "plugins": ("numbanet._plugins_cli", "list installed plugins and what they provide"),
     "bench": ("numbanet._bench_cli", "time a training step against PyTorch and NumPy"),
+    "export": ("numbanet._export_cli", "write a saved model as ONNX (needs numbanet[onnx])"),
     "info": ("numbanet.cli", "versions, threading layer, threads and CPU"),
 }
 
