@@ -45,13 +45,32 @@ from numbanet.plugins import (
     list_losses,
     list_optimizers,
 )
+from numbanet.optim import (
+    AllReduce,
+    ClipByGlobalNorm,
+    ClipByValue,
+    DecoupledWeightDecay,
+    GradientPipeline,
+    GradientTransform,
+    ScaleGradients,
+)
+from numbanet.sampling import BatchSampler
 from numbanet.specs import LossSpec, OptimizerSpec
 from numbanet.threads import get_num_threads, set_num_threads, threading_layer
-from numbanet.train import History
+from numbanet.train import History, StopReason
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "AllReduce",
+    "BatchSampler",
+    "ClipByGlobalNorm",
+    "ClipByValue",
+    "DecoupledWeightDecay",
+    "GradientPipeline",
+    "GradientTransform",
+    "ScaleGradients",
+    "StopReason",
     "CSVLogger",
     "Callback",
     "EarlyStopping",

@@ -416,3 +416,17 @@ def test_softmax_output_with_cross_entropy_warns_once_naming_the_fix(last):
         warnings.simplefilter("error")
         Sequential([Dense(5, 4), Dense(4, 3, activation="sigmoid")], seed=0).compile(
             "cross_entropy", "sgd")
+
+
+@pytest.mark.parametrize("name", ["fit", "evaluate"])
+def test_model_methods_show_the_real_arguments_of_the_training_loop(name):
+    """help(model.fit) lists fit's real keywords (not **kwargs), and they stay in step
+    with numbanet.train's."""
+    import inspect
+
+    from numbanet import train
+
+    method = list(inspect.signature(getattr(Sequential, name)).parameters.values())[1:]
+    function = list(inspect.signature(getattr(train, name)).parameters.values())[1:]
+    assert [(p.name, p.kind, p.default) for p in method] == \
+        [(p.name, p.kind, p.default) for p in function]

@@ -338,9 +338,6 @@ class Sequential:
         first.check_input(converted, name)
         return converted
 
-    # Kept for code written against the first release.
-    _check_input = validate_input
-
     # -- computation -----------------------------------------------------------------
     def _forward(self, X: np.ndarray, training: bool) -> np.ndarray:
         out = X
@@ -486,8 +483,6 @@ class Sequential:
                 f"call model.compile(loss=..., optimizer=...) before {what}"
             )
 
-    _require_compiled = require_compiled
-
     def train_step(self, X: Any, y: Any) -> float:
         """One step of training on a batch: forward, loss, backward, optimizer update.
 
@@ -540,27 +535,54 @@ class Sequential:
             update(self.flat_parameters, self.flat_gradients, grad_scale)
         return float(loss_value)
 
-    def _train_step(self, X: np.ndarray, targets: np.ndarray,
-                    before_update: Callable[[], float] | None = None) -> float:
-        # Kept for code written against the first release.
-        return self.train_batch(X, targets,
-                                None if before_update is None else lambda _: before_update())
+    def fit(
+        self,
+        X: Any,
+        y: Any,
+        *,
+        epochs: int = 1,
+        batch_size: int = 32,
+        validation_split: float = 0.0,
+        validation_data: tuple[Any, Any] | None = None,
+        shuffle: bool = True,
+        seed: int | None = None,
+        callbacks: Sequence[Any] | None = None,
+        verbose: int = 1,
+        clip_norm: float | None = None,
+        clip_value: float | None = None,
+        weight_decay: float | None = None,
+        decay_biases: bool = False,
+        gradient_transforms: Sequence[Any] | None = None,
+        gradient_pipeline: Any = None,
+        on_nan: str = "stop",
+    ) -> Any:
+        """Train on ``(X, y)`` for ``epochs`` passes over the data.
 
-    def fit(self, X: Any, y: Any, **kwargs: Any) -> Any:
-        """Train on ``(X, y)``; see :func:`numbanet.train.fit` for the arguments.
+        The arguments are those of :func:`numbanet.train.fit`, whose docstring describes
+        each (``help(numbanet.train.fit)``): batching, validation, reproducibility
+        (``seed``), callbacks, the gradient pipeline (``clip_norm``, ``clip_value``,
+        ``weight_decay``, ``gradient_transforms``, ``gradient_pipeline``) and what a NaN
+        loss does (``on_nan``).
 
         Returns:
             a :class:`numbanet.train.History` of per-epoch losses and metrics.
         """
         from numbanet.train import fit
 
-        return fit(self, X, y, **kwargs)
+        return fit(self, X, y, epochs=epochs, batch_size=batch_size,
+                   validation_split=validation_split, validation_data=validation_data,
+                   shuffle=shuffle, seed=seed, callbacks=callbacks, verbose=verbose,
+                   clip_norm=clip_norm, clip_value=clip_value, weight_decay=weight_decay,
+                   decay_biases=decay_biases, gradient_transforms=gradient_transforms,
+                   gradient_pipeline=gradient_pipeline, on_nan=on_nan)
 
-    def evaluate(self, X: Any, y: Any, **kwargs: Any) -> dict[str, float]:
-        """Loss and metrics on ``(X, y)``; see :func:`numbanet.train.evaluate`."""
+    def evaluate(self, X: Any, y: Any, *, batch_size: int = 1024,
+                 verbose: int = 0) -> dict[str, float]:
+        """Loss and metrics on ``(X, y)`` in inference mode; see
+        :func:`numbanet.train.evaluate`."""
         from numbanet.train import evaluate
 
-        return evaluate(self, X, y, **kwargs)
+        return evaluate(self, X, y, batch_size=batch_size, verbose=verbose)
 
     def predict_proba(self, X: Any, batch_size: int = 1024) -> np.ndarray:
         """Class probabilities: the loss's output activation applied to :meth:`predict`."""
