@@ -22,7 +22,7 @@ _counter = itertools.count()
 KERNEL_MODULE = '''
 import numpy as np
 from numbanet import hookspecs
-from numbanet._jit import kernel
+from numbanet.jit import kernel
 from numbanet.specs import LossSpec, OptimizerSpec
 
 hookimpl = hookspecs.hookimpl

@@ -41,3 +41,4 @@ def test_a_closed_pipe_ends_train_quietly_like_a_unix_tool():
     code = proc.wait(timeout=300)
     assert "Broken pipe" not in stderr and "Traceback" not in stderr, stderr
     assert code in (0, -signal.SIGPIPE), (code, stderr)
+

@@ -11,7 +11,7 @@ Example:
 
 from __future__ import annotations
 
-from numbanet import datasets, kernels, metrics, plugins, schedules, testing
+from numbanet import datasets, jit, kernels, metrics, plugins, schedules, testing
 from numbanet.callbacks import (
     Callback,
     CSVLogger,
@@ -100,6 +100,7 @@ __all__ = [
     "get_layer_class",
     "get_optimizer",
     "hookimpl",
+    "jit",
     "kernels",
     "list_layers",
     "list_losses",

@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 
 from numbanet import hookspecs
-from numbanet._jit import kernel
+from numbanet.jit import kernel
 from numbanet.specs import LossSpec
 
 __version__ = "0.1.0"

@@ -20,7 +20,7 @@ Example:
 from __future__ import annotations
 
 from numbanet import hookspecs
-from numbanet._jit import kernel
+from numbanet.jit import kernel
 from numbanet.specs import OptimizerSpec
 
 __version__ = "0.1.0"

@@ -30,7 +30,7 @@ import numba
 import numpy as np
 
 from numbanet import Module, hookimpl
-from numbanet._jit import kernel, parallel_kernel
+from numbanet.jit import kernel, parallel_kernel
 from numbanet.kernels.reductions import ROW_CHUNK, column_sum_into
 
 __all__ = ["PARALLEL_MIN", "RMSNorm", "numbanet_register_layers", "rms_norm_backward",
