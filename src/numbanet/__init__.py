@@ -11,6 +11,8 @@ Example:
 
 from __future__ import annotations
 
+from typing import Any
+
 from numbanet import datasets, jit, kernels, metrics, plugins, schedules, testing
 from numbanet.callbacks import (
     Callback,
@@ -56,6 +58,7 @@ from numbanet.optim import (
 )
 from numbanet.sampling import BatchSampler
 from numbanet.specs import LossSpec, OptimizerSpec
+from numbanet.tensorboard import TensorBoard
 from numbanet.threads import get_num_threads, set_num_threads, threading_layer
 from numbanet.train import History, StopReason
 
@@ -78,6 +81,7 @@ __all__ = [
     "LearningRateScheduler",
     "ModelCheckpoint",
     "ReduceLROnPlateau",
+    "TensorBoard",
     "TerminateOnNaN",
     "Activation",
     "AvgPool2D",
@@ -114,3 +118,14 @@ __all__ = [
     "testing",
     "threading_layer",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # numbanet.sklearn and numbanet.onnx import scikit-learn / onnx, optional extras:
+    # they load on first use, never with numbanet itself (and stay out of __all__, so
+    # `from numbanet import *` does not load them either).
+    if name in ("sklearn", "onnx"):
+        import importlib
+
+        return importlib.import_module(f"numbanet.{name}")
+    raise AttributeError(f"module 'numbanet' has no attribute {name!r}")
