@@ -11,7 +11,8 @@ key                       content
                           and optimizer qualified ids and hyperparameters, the
                           optimizer's step count, metric names, epochs completed, the
                           state of the model's random generator, the parameter and slot
-                          names with their shapes, user ``metadata``
+                          names with their shapes, the layers' qualified registry
+                          ids (``layer_ids``: ``"numbanet:Dense"``), user ``metadata``
 ``param/<name>``          each parameter, e.g. ``param/0.weight`` ``(64, 128)``
 ``buffer/<name>``         each non-trainable layer buffer (``buffer/1.running_mean``)
 ``slot/<slot>/<name>``    each optimizer state slot per parameter (``slot/exp_avg/0.bias``)
@@ -112,6 +113,7 @@ def save(model: Any, path: str | os.PathLike[str], *, metadata: dict[str, Any] |
         OSError: the directory does not exist or is not writable.
     """
     from numbanet.kernels.checks import all_finite
+    from numbanet.plugins import layer_qualified_id
 
     path = _check_path(path)
     if not allow_nonfinite and not all_finite(model.flat_parameters):
@@ -132,6 +134,7 @@ def save(model: Any, path: str | os.PathLike[str], *, metadata: dict[str, Any] |
         "config": model.get_config(),
         "parameters": [[name, list(shape)] for name, _, _, shape in layout],
         "buffers": [[name, list(shape)] for name, _, _, shape in buffer_layout],
+        "layer_ids": [layer_qualified_id(type(layer)) for layer in model.layers],
         "epochs_completed": int(getattr(model, "epochs_completed", 0)),
         "rng": _jsonable(model.rng.bit_generator.state),
         "loss": None,
@@ -399,8 +402,13 @@ def _build_model(path: str, meta: dict[str, Any]) -> Any:
     from numbanet.nn.registry import layer_from_config
 
     config = meta["config"]
+    ids = meta.get("layer_ids") or [None] * len(config["layers"])
+    if len(ids) != len(config["layers"]) or not all(i is None or isinstance(i, str)
+                                                    for i in ids):
+        raise _not_a_model(path, "malformed metadata: 'layer_ids' does not match the layers")
     try:
-        layers = [layer_from_config(c) for c in config["layers"]]
+        layers = [layer_from_config(c, qid) for c, qid in zip(config["layers"], ids,
+                                                             strict=True)]
     except (ValueError, TypeError) as exc:
         raise _tagged(_not_a_model(path, f"bad architecture: {exc}")) from None
     for key, shapes_of in (("parameters", "parameter_shapes"), ("buffers", "buffer_shapes")):

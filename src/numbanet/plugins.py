@@ -50,6 +50,7 @@ __all__ = [
     "get_optimizer",
     "get_layer_class",
     "get_plugin_manager",
+    "layer_qualified_id",
     "list_layers",
     "list_losses",
     "list_optimizers",
@@ -477,6 +478,16 @@ def resolve_layer(name: str) -> tuple[str, type[Module]]:
     (``"numbanet:Dense"``, ``"numbanet-rmsnorm:RMSNorm"``)."""
     item = _get().resolve("layers", name)
     return item.qualified_id, item.spec
+
+
+def layer_qualified_id(cls: type) -> str | None:
+    """The qualified id (``"numbanet:Dense"``) under which ``cls`` is registered, or
+    ``None`` for a layer class no plugin registers. Model files store it, so a plugin's
+    layer that shares a built-in's name loads as that plugin's layer again."""
+    for qid, item in _get().items["layers"].items():
+        if item.spec is cls:
+            return qid
+    return None
 
 
 def get_layer_class(name: str) -> type[Module]:

@@ -204,7 +204,8 @@ def test_plugin_layer_type_missing_at_load_is_a_clear_error(tmp_path, test_layer
     path = tmp_path / "m.npz"
     model.save(path)
     nbp.unregister_plugin("model-core-test")
-    with pytest.raises(ValueError, match=r"unknown layer 'Scale'.*install it"):
+    with pytest.raises(ValueError, match=r"unknown layer 'model-core-test:Scale'.*"
+                                         r"plugin 'model-core-test' provides 'Scale', install it"):
         nbn.load(path)
 
 
@@ -430,3 +431,32 @@ def test_model_methods_show_the_real_arguments_of_the_training_loop(name):
     function = list(inspect.signature(getattr(train, name)).parameters.values())[1:]
     assert [(p.name, p.kind, p.default) for p in method] == \
         [(p.name, p.kind, p.default) for p in function]
+
+
+def test_a_plugin_layer_sharing_a_builtin_name_loads_as_itself(tmp_path):
+    """Model files store qualified layer ids: a plugin's 'Dense' is not the built-in."""
+
+    class OtherDense(Scale):
+        layer_type = "Dense"
+
+        def get_config(self):
+            return {"type": self.layer_type, "features": self.features}
+
+    class Shadow:
+        @staticmethod
+        @nbn.hookimpl
+        def numbanet_register_layers():
+            return [OtherDense]
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", nbp.PluginWarning)
+        nbp.register_plugin(Shadow, "shadow-dense")
+        try:
+            model = Sequential([OtherDense(3), Dense(3, 2)], input_shape=(3,), seed=0)
+            model.save(tmp_path / "m.npz")
+            loaded = nbn.load(tmp_path / "m.npz")
+            assert type(loaded.layers[0]) is OtherDense and type(loaded.layers[1]) is Dense
+        finally:
+            nbp.unregister_plugin("shadow-dense")
+    with pytest.raises(ValueError, match=r"plugin 'shadow-dense' provides 'Dense', install it"):
+        nbn.load(tmp_path / "m.npz")

@@ -34,6 +34,17 @@ Optional protocol members the model uses without knowing the layer's class:
 Parameters are reached by local name with :meth:`Module.parameter` and buffers with
 :meth:`Module.buffer`; both are views into the model's flat buffers, handed over by
 :meth:`Module.attach`.
+
+Rules every layer keeps (``numbanet.testing.check_layer`` checks them):
+
+* ``forward`` returns a C-contiguous array of the model's dtype shaped
+  ``(batch, *output_shape(in_shape))``; ``backward`` returns one shaped like the input.
+* Never write into ``x`` or ``dy``: they belong to the layer below or above.
+* ``backward`` overwrites the gradients; it never adds to them.
+* Buffers change only in a training ``forward`` (running statistics), never in
+  ``backward`` or an inference pass.
+* A steady-state step allocates nothing: buffers come from :attr:`Module.workspace`.
+* Results are bit-identical for any thread count (fixed-order reductions).
 """
 
 from __future__ import annotations
@@ -66,17 +77,21 @@ class Workspace:
         self._by_rows: dict[int, dict[str, np.ndarray]] = {}
         self._scratch: np.ndarray | None = None
 
-    def get(self, name: str, *shape: int | Sequence[int], dtype: Any = None) -> np.ndarray:
+    def get(self, name: str, *shape: int | Sequence[int], dtype: Any = None,
+            rows: int | None = None) -> np.ndarray:
         """The buffer called ``name`` with ``shape`` (batch first); contents are left from
         its last use.
 
         ``get("z", rows, width)`` and ``get("z", (rows, h, w, c))`` both work. ``dtype``
         defaults to the model's (integer buffers such as pooling's argmax pass their own).
+        ``rows`` names the batch size the buffer belongs to when its first axis is not
+        the batch (per-chunk partial sums), so it lives and dies with that batch size.
         """
         # Called several times per layer and step: no normalisation beyond unpacking.
         dims = (tuple(shape[0]) if len(shape) == 1 and isinstance(shape[0], (tuple, list))
                 else shape)
-        rows = dims[0]
+        if rows is None:
+            rows = dims[0]
         buffers = self._by_rows.pop(rows, None)
         if buffers is None:
             if len(self._by_rows) >= _MAX_CACHED_BATCH_SIZES:

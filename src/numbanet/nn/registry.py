@@ -14,8 +14,14 @@ from numbanet.nn.module import Module
 __all__ = ["layer_from_config"]
 
 
-def layer_from_config(config: dict[str, Any]) -> Module:
+def layer_from_config(config: dict[str, Any], qualified_id: str | None = None) -> Module:
     """Rebuild a layer from :meth:`Module.get_config` output.
+
+    Args:
+        config: the layer's config; its ``"type"`` is looked up in the registry.
+        qualified_id: the registry's qualified id (``"numbanet-rmsnorm:RMSNorm"``), which
+            model files store beside the config; when given it picks the class, so a
+            plugin layer sharing a built-in's name is not mistaken for the built-in.
 
     Raises:
         ValueError: not a layer config, an unknown ``"type"`` (the message lists the
@@ -28,9 +34,14 @@ def layer_from_config(config: dict[str, Any]) -> Module:
         raise ValueError(f"layer config must be a dict with a 'type' key, got {config!r:.200}")
     kind = config["type"]
     try:
-        _, cls = resolve_layer(kind)
+        _, cls = resolve_layer(qualified_id or kind)
     except ValueError as exc:
-        raise ValueError(f"{exc}; if a plugin provides {kind!r}, install it") from None
+        provider = (f"the plugin {qualified_id.split(':', 1)[0]!r}" if qualified_id
+                    else "a plugin")
+        raise ValueError(f"{exc}; if {provider} provides {kind!r}, install it") from None
+    if cls.layer_type != kind:
+        raise ValueError(f"layer type {kind!r} does not match the registered id "
+                         f"{qualified_id!r}, a {cls.layer_type}")
     kwargs = {k: v for k, v in config.items() if k != "type"}
     try:
         return cls(**kwargs)

@@ -367,19 +367,20 @@ class Sequential:
             self._last_rows = X.shape[0]
             return self._forward(X, training).copy()
 
-    def backward(self, d_out: Any) -> np.ndarray:
+    def backward(self, d_out: Any) -> np.ndarray | None:
         """Backpropagate ``d_out`` = d(loss)/d(outputs) of the last :meth:`forward`.
 
-        Fills every ``Parameter.grad`` (overwriting) and returns d(loss)/d(X), a new array.
+        Fills every ``Parameter.grad`` (overwriting) and returns d(loss)/d(X), a new array
+        (``None`` when the input is integer indices, which have no gradient).
         """
         rows = getattr(self, "_last_rows", None)
         if rows is None:
             raise RuntimeError("backward called before forward")
         d_out = self._check_gradient(d_out, rows)
+        takes_indices = self.layers[0].input_kind == "index"
         with self._lock:
-            dx = self._backward(d_out, need_input_grad=True)
-            assert dx is not None
-            return dx.copy()
+            dx = self._backward(d_out, need_input_grad=not takes_indices)
+            return None if dx is None else dx.copy()
 
     def _check_gradient(self, d_out: Any, rows: int) -> np.ndarray:
         d_out = np.asarray(d_out)
