@@ -62,6 +62,39 @@ def test_every_layer_and_activation_matches_predict(activation, dtype):
         assert_matches(run_ort(proto, X), model.predict(X), dtype)
 
 
+IMAGE_MODELS = {
+    "conv_pool_flatten": ((9, 8, 3), lambda: [
+        nbn.Conv2D(3, 8, 3, padding="same", activation="relu"), nbn.MaxPool2D(2),
+        nbn.Conv2D(8, 6, (3, 2), stride=(2, 1), padding=(1, 0), dilation=(1, 2),
+                   activation="elu"),
+        nbn.AvgPool2D(2, stride=1, padding=1), nbn.Flatten(), nbn.Dense(54, 5)]),
+    "grouped_global_pool": ((7, 7, 4), lambda: [
+        nbn.Conv2D(4, 8, 3, groups=4, padding=1, bias=False), nbn.Activation("selu"),
+        nbn.Conv2D(8, 6, 1, groups=2), nbn.MaxPool2D(3, stride=2, padding=1),
+        nbn.GlobalAvgPool2D(), nbn.Dense(6, 2)]),
+    "strided_valid": ((10, 6, 2), lambda: [
+        nbn.Conv2D(2, 5, (2, 3), stride=2, padding="valid", activation="tanh"),
+        nbn.AvgPool2D((2, 1)), nbn.Flatten(), nbn.Dense(20, 3, activation="softmax")]),
+}
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("name", sorted(IMAGE_MODELS))
+def test_image_layers_match_predict(name, dtype):
+    """Conv2D (stride, padding, dilation, groups, no bias), the three poolings and
+    Flatten; float64 graphs go through the im2col decomposition."""
+    shape, layers = IMAGE_MODELS[name]
+    model = nbn.Sequential(layers(), seed=0, dtype=dtype, input_shape=shape)
+    proto = nbn_onnx.to_onnx(model)
+    onnx.checker.check_model(proto, full_check=True)
+    ops = {node.op_type for node in proto.graph.node}
+    assert ("Conv" in ops) == (dtype == "float32")
+    rng = np.random.default_rng(2)
+    for batch in (1, 37):
+        X = rng.normal(size=(batch, *shape)).astype(dtype)
+        assert_matches(run_ort(proto, X), model.predict(X), dtype)
+
+
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize(("loss", "outputs"), [("cross_entropy", 4),
                                                ("binary_cross_entropy", 1),

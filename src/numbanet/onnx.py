@@ -19,18 +19,27 @@ passes ``onnx.checker.check_model(..., full_check=True)``.
 
 **What exports.** Every built-in layer: :class:`~numbanet.Dense` (a ``Gemm`` and its
 activation), :class:`~numbanet.Activation`, :class:`~numbanet.Dropout` (an ``Identity``:
-inference does not drop), and every activation of
-``numbanet.kernels.activations.ACTIVATIONS``. ``probabilities=True`` appends the compiled
-loss's output activation (``softmax`` for cross-entropy, ``sigmoid`` for binary
-cross-entropy), so the graph outputs what ``model.predict_proba`` returns.
+inference does not drop), :class:`~numbanet.Flatten`, :class:`~numbanet.Conv2D` (any
+stride, padding, dilation and groups, with its fused activation),
+:class:`~numbanet.MaxPool2D`, :class:`~numbanet.AvgPool2D` and
+:class:`~numbanet.GlobalAvgPool2D`, and every activation of
+``numbanet.kernels.activations.ACTIVATIONS``. numbanet's images are channels-last
+``(N, H, W, C)`` and so are the graph's tensors between layers: convolution and pooling
+nodes sit between two ``Transpose`` nodes (ONNX Runtime's optimizer removes the pairs
+that cancel). ``probabilities=True`` appends the compiled loss's output activation
+(``softmax`` for cross-entropy, ``sigmoid`` for binary cross-entropy), so the graph
+outputs what ``model.predict_proba`` returns.
 
 **float64 models.** ONNX Runtime's CPU provider has no double kernels for some operators
-(``Erf``, ``Gelu``, ``Elu``, ``Selu``, ``LeakyRelu``, ``Softplus``, ``Conv``,
-``AveragePool``, ... see :data:`NO_DOUBLE_KERNEL`). For float64 models the exporter writes
-``elu``, ``selu``, ``leaky_relu`` and ``softplus`` with elementary operators that have
-double kernels; ``gelu`` needs ``Erf``, so a float64 model using it is refused with an
-error saying so (export a float32 copy, or run float64 in numbanet). Any mapping that
-adds one of those operators to a float64 graph is refused the same way, naming the layer.
+(``Conv``, ``AveragePool``, ``Erf``, ``Gelu``, ``Elu``, ``Selu``, ``LeakyRelu``,
+``Softplus``, ... see :data:`NO_DOUBLE_KERNEL`). For float64 models the exporter writes
+those layers with elementary operators that have double kernels: ``Conv2D`` as im2col
+(one ``Gather`` of precomputed pixel indices) and a ``MatMul``, ``AvgPool2D`` as the
+``ReduceMean`` of the gathered windows, and ``elu``, ``selu``, ``leaky_relu`` and
+``softplus`` from ``Exp``, ``Log``, ``Where``... ``gelu`` needs ``Erf``, so a float64
+model using it is refused with an error saying so (export a float32 copy, or run float64
+in numbanet). Any mapping that adds one of those operators to a float64 graph is refused
+the same way, naming the layer.
 
 **How a layer maps to ONNX (for layer authors).** The exporter looks, for each layer, in
 this order:
@@ -93,8 +102,8 @@ MIN_OPSET = 13
 #: Operators ONNX Runtime's CPU provider runs in float32 but not in float64 (checked
 #: against onnxruntime 1.32): a float64 graph must not contain them.
 NO_DOUBLE_KERNEL = frozenset({
-    "AveragePool", "Conv", "ConvTranspose", "Elu", "Erf", "Gelu", "HardSigmoid",
-    "LeakyRelu", "Mish", "Selu", "Softplus", "ThresholdedRelu",
+    "AveragePool", "Conv", "ConvTranspose", "Elu", "Erf", "Gelu", "GlobalAveragePool",
+    "HardSigmoid", "LeakyRelu", "Mish", "Selu", "Softplus", "ThresholdedRelu",
 })
 
 _EXTRA = 'pip install "numbanet[onnx]"'
@@ -224,6 +233,30 @@ class OnnxBuilder:
                                   f"ONNX mapping yet (add it to numbanet.onnx._ACTIVATIONS)")
         return emit(self, x, float(param))
 
+    def shape(self, dims: Sequence[int]) -> str:
+        """An ``int64`` shape tensor for ``Reshape`` (``0`` copies the input's dim,
+        ``-1`` infers one)."""
+        return self.initializer(np.asarray(dims, dtype=np.int64), "shape")
+
+    def reshape(self, x: str, dims: Sequence[int]) -> str:
+        """``Reshape(x, dims)``; ``dims`` as for :meth:`shape`."""
+        return self.node("Reshape", [x, self.shape(dims)])
+
+    def reduce_mean(self, x: str, axes: Sequence[int], keepdims: bool = False) -> str:
+        """``ReduceMean`` over ``axes`` (an attribute before opset 18, an input since)."""
+        if self.opset >= 18:
+            axes_name = self.initializer(np.asarray(axes, dtype=np.int64), "axes")
+            return self.node("ReduceMean", [x, axes_name], keepdims=int(keepdims))
+        return self.node("ReduceMean", [x], axes=list(axes), keepdims=int(keepdims))
+
+    def to_channels_first(self, x: str) -> str:
+        """``(N, H, W, C)`` (numbanet's images) -> ``(N, C, H, W)`` (ONNX's Conv, pools)."""
+        return self.node("Transpose", [x], hint="nchw", perm=[0, 3, 1, 2])
+
+    def to_channels_last(self, x: str) -> str:
+        """``(N, C, H, W)`` -> ``(N, H, W, C)``."""
+        return self.node("Transpose", [x], hint="nhwc", perm=[0, 2, 3, 1])
+
     def _layer_text(self) -> str:
         if self.layer is None:
             return "the model"
@@ -332,13 +365,130 @@ def _dropout(b: OnnxBuilder, layer: Any, x: str) -> str:
     return b.node("Identity", [x])
 
 
+def _flatten(b: OnnxBuilder, layer: Any, x: str) -> str:
+    # C order over (height, width, channels), as numbanet's Flatten.
+    return b.node("Flatten", [x], axis=1)
+
+
+def _conv_pads(layer: Any) -> tuple[int, int, int, int]:
+    """Conv2D's (top, bottom, left, right) zero padding, from its public arguments."""
+    if layer.padding == "valid":
+        return (0, 0, 0, 0)
+    if layer.padding == "same":
+        th = layer.dilation[0] * (layer.kernel_size[0] - 1)
+        tw = layer.dilation[1] * (layer.kernel_size[1] - 1)
+        return (th // 2, th - th // 2, tw // 2, tw - tw // 2)
+    ph, pw = layer.padding
+    return (ph, ph, pw, pw)
+
+
+def _windows(b: OnnxBuilder, x: str, window: tuple[int, int], stride: tuple[int, int],
+             dilation: tuple[int, int], pads: tuple[int, int, int, int]) -> str:
+    """im2col with elementary operators (every one has float64 kernels): the zero-padded
+    ``(N, H, W, C)`` input's windows as ``(N, OH * OW * KH * KW, C)``, window by window,
+    taps in (row, column) order, by one ``Gather`` of precomputed pixel indices."""
+    h, w, c = b.in_shape
+    pt, pb, pl, pr = pads
+    if any(pads):
+        x = b.node("Pad", [x, b.initializer(np.array([0, pt, pl, 0, 0, pb, pr, 0], np.int64),
+                                            "pads")])
+    hp, wp = h + pt + pb, w + pl + pr
+    oh, ow = b.out_shape[0], b.out_shape[1]
+    rows = (np.arange(oh)[:, None, None, None] * stride[0]
+            + np.arange(window[0])[None, None, :, None] * dilation[0])
+    cols = (np.arange(ow)[None, :, None, None] * stride[1]
+            + np.arange(window[1])[None, None, None, :] * dilation[1])
+    index = (rows * wp + cols).reshape(-1).astype(np.int64)
+    pixels = b.reshape(x, [0, hp * wp, c])
+    return b.node("Gather", [pixels, b.initializer(index, "window_index")], axis=1)
+
+
+def _conv2d(b: OnnxBuilder, layer: Any, x: str) -> str:
+    weight = layer.parameter("weight").value  # (KH, KW, C / groups, CO)
+    kh, kw, cg, co = weight.shape
+    groups = layer.groups
+    pads = _conv_pads(layer)
+    bias = layer.parameter("bias").value if layer.bias_enabled else None
+    oh, ow, _ = b.out_shape
+    if b.dtype != np.float64:
+        inputs = [b.to_channels_first(x),
+                  b.initializer(np.ascontiguousarray(weight.transpose(3, 2, 0, 1)), "weight")]
+        if bias is not None:
+            inputs.append(b.initializer(bias, "bias"))
+        z = b.node("Conv", inputs, kernel_shape=[kh, kw], strides=list(layer.stride),
+                   dilations=list(layer.dilation), group=groups,
+                   pads=[pads[0], pads[2], pads[1], pads[3]])
+        z = b.to_channels_last(z)
+    else:
+        # ONNX Runtime has no float64 Conv: im2col by Gather, then one (grouped) MatMul.
+        cols = _windows(b, x, (kh, kw), layer.stride, layer.dilation, pads)
+        if groups == 1:
+            flat = b.reshape(cols, [-1, kh * kw * cg])  # (N*OH*OW, KH*KW*C)
+            z = b.node("MatMul", [flat, b.initializer(weight.reshape(kh * kw * cg, co),
+                                                      "weight")])
+        else:
+            cog = co // groups
+            split = b.reshape(cols, [-1, kh * kw, groups, cg])  # (M, KH*KW, G, Cg)
+            per_group = b.reshape(b.node("Transpose", [split], perm=[2, 0, 1, 3]),
+                                  [groups, -1, kh * kw * cg])  # (G, M, KH*KW*Cg)
+            w = weight.reshape(kh * kw * cg, groups, cog).transpose(1, 0, 2)
+            z = b.node("MatMul", [per_group, b.initializer(np.ascontiguousarray(w),
+                                                           "weight")])  # (G, M, COg)
+            z = b.reshape(b.node("Transpose", [z], perm=[1, 0, 2]), [-1, co])
+        if bias is not None:
+            z = b.node("Add", [z, b.initializer(bias, "bias")])
+        z = b.reshape(z, [-1, oh, ow, co])
+    return z if layer.activation == "identity" else b.activation(layer.activation, z)
+
+
+def _pool_attributes(layer: Any) -> dict[str, Any]:
+    ph, pw = layer.padding
+    return {"kernel_shape": list(layer.kernel_size), "strides": list(layer.stride),
+            "pads": [ph, pw, ph, pw]}
+
+
+def _max_pool2d(b: OnnxBuilder, layer: Any, x: str) -> str:
+    # ONNX pads max pooling with -inf (padding never wins), as numbanet does.
+    y = b.node("MaxPool", [b.to_channels_first(x)], **_pool_attributes(layer))
+    return b.to_channels_last(y)
+
+
+def _avg_pool2d(b: OnnxBuilder, layer: Any, x: str) -> str:
+    if b.dtype != np.float64:
+        y = b.node("AveragePool", [b.to_channels_first(x)], count_include_pad=1,
+                   **_pool_attributes(layer))
+        return b.to_channels_last(y)
+    # No float64 AveragePool in ONNX Runtime: the mean of each zero-padded window.
+    ph, pw = layer.padding
+    kh, kw = layer.kernel_size
+    oh, ow, c = b.out_shape
+    cols = _windows(b, x, layer.kernel_size, layer.stride, (1, 1), (ph, ph, pw, pw))
+    windows = b.reshape(cols, [0, oh * ow, kh * kw, c])
+    return b.reshape(b.reduce_mean(windows, [2]), [0, oh, ow, c])
+
+
+def _global_avg_pool2d(b: OnnxBuilder, layer: Any, x: str) -> str:
+    return b.reduce_mean(x, [1, 2])
+
+
 LayerExporter = Callable[[OnnxBuilder, Any, str], str]
 
 
 def _builtin_exporters() -> dict[type, LayerExporter]:
-    from numbanet.nn import Activation, Dense, Dropout
+    from numbanet.nn import (
+        Activation,
+        AvgPool2D,
+        Conv2D,
+        Dense,
+        Dropout,
+        Flatten,
+        GlobalAvgPool2D,
+        MaxPool2D,
+    )
 
-    return {Dense: _dense, Activation: _activation, Dropout: _dropout}
+    return {Dense: _dense, Activation: _activation, Dropout: _dropout, Flatten: _flatten,
+            Conv2D: _conv2d, MaxPool2D: _max_pool2d, AvgPool2D: _avg_pool2d,
+            GlobalAvgPool2D: _global_avg_pool2d}
 
 
 #: ``{layer class: fn(builder, layer, input_name) -> output_name}``: the built-in
