@@ -65,8 +65,8 @@ the name of its output tensor ``(batch, *out_shape)``. A complete plugin mapping
 :meth:`OnnxBuilder.activation` writes any numbanet activation (what Dense uses for its
 fused one), and :meth:`OnnxBuilder.constant` a scalar in the model's dtype.
 
-Needs ``onnx``: ``pip install "numbanet[onnx]"`` (ONNX Runtime, to run the file, is
-``pip install onnxruntime``).
+Needs ``onnx``: ``pip install "numbanet[onnx]"`` (which also brings ONNX Runtime, to run
+the files; exporting needs only ``onnx``).
 """
 
 from __future__ import annotations
