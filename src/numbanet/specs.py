@@ -39,6 +39,7 @@ Example (a complete plugin optimizer)::
 from __future__ import annotations
 
 import math
+import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -54,6 +55,7 @@ __all__ = [
     "OptimizerSpec",
     "PluginError",
     "flatten_hyperparams",
+    "numba_root_cause",
     "validate_hyperparams",
 ]
 
@@ -362,6 +364,45 @@ def validate_hyperparams(
 
 def _as_float(where: str, key: str, value: Any) -> float:
     return check_arg(key, value, _HYPERPARAM_NUMBER, where=where)  # type: ignore[no-any-return]
+
+
+_NUMBA_NOISE = ("Failed in ", "During:", "File ", "<source ")
+
+
+def numba_root_cause(exc: BaseException, kernel: object) -> str:
+    """The line of a Numba typing error a plugin author needs, and where it points.
+
+    Numba reports a plugin kernel that does not type-check as "Failed in nopython mode
+    pipeline (step: nopython frontend)" and puts the real error (``NameError: name 'x'
+    is not defined``, ``tuple index out of range``, an operator that has no
+    implementation for the types) further down, between ``During:`` lines. This returns
+    that error and the first source location outside numbanet's generated drivers (or
+    the kernel's own ``file:line`` when Numba names none), e.g.
+    ``NameError: name 'lr' is not defined (in the kernel my_update, plug.py:12)``.
+    """
+    lines = [line.strip() for line in str(exc).splitlines()]
+    cause = next((line for line in lines
+                  if line and not line.startswith(_NUMBA_NOISE) and not line.startswith("^")),
+                 None)
+    if cause is None:
+        cause = next((line for line in lines if line), type(exc).__name__)
+    elif cause.endswith("found for signature:"):
+        # "No implementation of function mul found for signature:" / ">>> mul(float64, ...)"
+        signature = next((line for line in lines if line.startswith(">>>")), None)
+        if signature:
+            cause = f"{cause} {signature[3:].strip()}"
+    where = None
+    for line in lines:
+        match = re.match(r'File "(.+)", line (\d+)', line)
+        if match and not os.path.basename(match.group(1)).startswith("_numbanet_"):
+            where = f"{os.path.basename(match.group(1))}:{match.group(2)}"
+            break
+    func = getattr(kernel, "py_func", kernel)
+    code = getattr(func, "__code__", None)
+    name = getattr(func, "__name__", "?")
+    if where is None and code is not None:
+        where = f"{os.path.basename(code.co_filename)}:{code.co_firstlineno}"
+    return f"{cause} (in the kernel {name}, {where})" if where else f"{cause} (in {name})"
 
 
 def flatten_hyperparams(values: Mapping[str, HyperparamValue]) -> tuple[float, ...]:

@@ -114,6 +114,29 @@ def numbanet_register_optimizers():
     _still_working()
 
 
+def test_kernel_compile_error_shows_the_root_cause_and_counts_the_scalars(fake_plugin):
+    """Issue 16, item 18: the NameError Numba buries under "Failed in nopython mode
+    pipeline" is the message, with the kernel's name; no prepare means 0 scalars."""
+    fake_plugin("typo-plugin", '''
+@kernel
+def undefined_name_kernel(i, p, g, gs, slots, hp, sc):
+    p[i] -= hp[0] * g[i] * learning_rate
+
+
+@hookimpl
+def numbanet_register_optimizers():
+    return [OptimizerSpec("nametypo", undefined_name_kernel, {"lr": 0.1})]
+''')
+    opt = nbn.get_optimizer("nametypo")
+    with pytest.raises(TypeError) as info:
+        opt.step(np.zeros(8), np.ones(8))
+    message = str(info.value)
+    assert "NameError: name 'learning_rate' is not defined" in message
+    assert "in the kernel undefined_name_kernel" in message
+    assert "0 per-step scalars" in message and "1 hyperparameter value in hp" in message
+    assert "Failed in nopython mode pipeline" not in message
+
+
 RUNTIME_FAULTS = {
     "kernel-raises": '''
 @kernel

@@ -20,7 +20,13 @@ from numbanet._validation import (
 )
 from numbanet.kernels.losses import LossDriver, count_equal, labels_in_range, loss_driver
 from numbanet.kernels.reductions import fixed_order_sum
-from numbanet.specs import LossSpec, PluginError, flatten_hyperparams, validate_hyperparams
+from numbanet.specs import (
+    LossSpec,
+    PluginError,
+    flatten_hyperparams,
+    numba_root_cause,
+    validate_hyperparams,
+)
 
 __all__ = ["Loss"]
 
@@ -271,7 +277,7 @@ class Loss:
             raise TypeError(
                 f"loss {self.qualified_id!r}: its kernel does not compile for "
                 f"{outputs.dtype} outputs and {kind} targets; fix the plugin's kernel. "
-                f"Numba said: {str(exc).strip().splitlines()[0]}"
+                f"Numba said: {numba_root_cause(exc, self.spec.kernel)}"
             ) from exc
         except Exception as exc:
             raise PluginError(

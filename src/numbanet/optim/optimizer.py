@@ -22,6 +22,7 @@ from numbanet.specs import (
     OptimizerSpec,
     PluginError,
     flatten_hyperparams,
+    numba_root_cause,
     validate_hyperparams,
 )
 
@@ -162,11 +163,16 @@ class Optimizer:
         except NumbaError as exc:
             # Only a plugin kernel that does not type-check gets here: the arguments were
             # validated above. Name the culprit instead of showing Numba internals first.
+            # ``hp`` and ``sc`` hold at least one entry (Numba types an empty tuple
+            # apart): count what the spec declares, not the padding.
+            n_hp = len(self._hp_tuple) if self._hp else 0
+            n_sc = 0 if self.spec.prepare is None else len(sc)
             raise TypeError(
                 f"optimizer {self.qualified_id!r}: its kernel does not compile for "
-                f"{params.dtype} parameters with {len(hp)} hyperparameters and {len(sc)} "
-                f"per-step scalars; fix the plugin's kernel. Numba said: "
-                f"{str(exc).strip().splitlines()[0]}"
+                f"{params.dtype} parameters, {_count(n_hp, 'hyperparameter value')} in hp "
+                f"and {_count(n_sc, 'per-step scalar')} in sc; fix the plugin's kernel. "
+                f"Numba said: "
+                f"{numba_root_cause(exc, self.spec.kernel)}"
             ) from exc
         except Exception as exc:
             raise PluginError(
@@ -311,3 +317,7 @@ class Optimizer:
     def __repr__(self) -> str:
         hp = ", ".join(f"{k}={v!r}" for k, v in self._hp.items())
         return f"Optimizer({self.qualified_id!r}, {hp})"
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
