@@ -1,0 +1,652 @@
+"""Batch and layer normalisation: fused passes, statistics in fixed-order float64 sums.
+
+Both normalise a 2-D C-contiguous ``x`` of shape ``(rows, C)`` (the layers reshape
+``(N, F)`` and ``(N, H, W, C)`` inputs to this without copying) to
+``xhat = (x - mean) * invstd`` with ``invstd = 1 / sqrt(var + eps)`` (the biased
+variance), and output ``y = xhat * weight + bias``.
+
+* **Batch norm** takes ``mean`` and ``var`` per column, over all rows (training), or
+  from the running statistics (inference). Backward, with ``a = weight * invstd``::
+
+      dbias   = sum_r dy                dweight = invstd * sum_r dy * (x - mean)
+      dx      = a * dy - a * invstd**2 * (x - mean) * sum_r dy * (x - mean) / rows
+                       - a * sum_r dy / rows              (training: batch statistics)
+      dx      = a * dy                                     (inference statistics)
+
+  so ``dx = a * dy + b * (x - mean) + c`` with three coefficients per column.
+* **Layer norm** takes ``mean`` and ``var`` per row, over its ``C`` columns. Backward,
+  with ``g = dy * weight`` and ``r = invstd`` of the row::
+
+      dx = r * g - r * sum(g) / C - (x - mean) * r**3 * sum(g * (x - mean)) / C
+
+  and ``dweight``, ``dbias`` are column sums over the rows of ``dy * xhat`` and ``dy``.
+
+Passes over memory, counted in arrays of ``x``'s size:
+
+===============================  =============================================
+batch norm forward, training     read x (sums) + read x, write y: 2 reads, 1 write
+batch norm forward, inference    read x, write y
+batch norm backward              read x, dy (sums) + read x, dy, write dx
+layer norm forward               read x, write y (the row is re-read from L1)
+layer norm backward              read x, dy, write dx (likewise)
+===============================  =============================================
+
+Determinism: every sum runs in float64 (float32 data too) over fixed chunks of rows,
+:func:`chunk_rows` rows each, chosen from the array's shape alone. Chunk ``c`` writes only
+``partials[c]``; the partials are then added per column in chunk order. Elementwise
+passes write disjoint rows. So results depend on the data and the shape, never on the
+thread count, and the serial twins (below :data:`PARALLEL_MIN` elements) walk the same
+chunks in the same order. Batch statistics subtract the first row before squaring
+(shifted sums): ``var = E[(x - k)^2] - E[x - k]^2`` loses no precision to a large mean.
+
+Elementwise work stays in the data's dtype (coefficients are computed per column in
+float64 and rounded once); only the accumulators are float64.
+
+Unchecked entries (the layers in :mod:`numbanet.nn.norm` validate shapes once):
+:func:`batch_norm_forward`, :func:`batch_norm_backward`, :func:`layer_norm_forward`,
+:func:`layer_norm_backward`. Wrong shapes or dtypes are undefined behaviour.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numba
+import numpy as np
+
+from numbanet._jit import kernel, parallel_kernel
+
+__all__ = [
+    "CHUNK_ELEMENTS",
+    "COL_BLOCK",
+    "MIN_CHUNK_ROWS",
+    "PARALLEL_MIN",
+    "batch_norm_backward",
+    "batch_norm_forward",
+    "chunk_rows",
+    "layer_norm_backward",
+    "layer_norm_forward",
+    "norm_partials",
+    "norm_partials_shape",
+]
+
+#: Target elements per row chunk of a reduction (rows per chunk = this // C, at least
+#: :data:`MIN_CHUNK_ROWS`): large enough that combining the partials (``2 * C`` float64
+#: per chunk) stays a small fraction of the work, small enough to split over threads.
+CHUNK_ELEMENTS = 32768
+#: Fewest rows per chunk, so wide rows (C beyond CHUNK_ELEMENTS / 16) still keep the
+#: partials at most 1/8 of the data's size.
+MIN_CHUNK_ROWS = 16
+#: Columns per task in batch norm's column sums. Scheduling only: each column's sum runs
+#: over the same rows in the same order whatever the block.
+COL_BLOCK = 256
+#: Below this many elements the serial twins run (a parallel launch costs microseconds,
+#: milliseconds when the cores are busy).
+PARALLEL_MIN = 1 << 16
+
+
+# Writeable stand-ins for absent outputs (no input gradient, no affine parameters): one
+# compiled specialization serves every flag combination, and a read-only input is never
+# passed where the kernel's typing sees a store.
+_STAND_INS = {np.dtype(t): (np.empty(0, dtype=t), np.empty((0, 0), dtype=t))
+              for t in (np.float32, np.float64)}
+
+
+def chunk_rows(rows: int, cols: int) -> int:
+    """Rows per reduction chunk for a ``(rows, cols)`` array; a function of the shape only."""
+    return max(1, min(rows, max(MIN_CHUNK_ROWS, CHUNK_ELEMENTS // max(cols, 1))))
+
+
+def norm_partials_shape(rows: int, cols: int) -> tuple[int, int, int]:
+    """Shape of the float64 ``partials`` workspace for a ``(rows, cols)`` input:
+    ``(ceil(rows / chunk_rows(rows, cols)), 2, cols)``."""
+    return (max(1, -(-rows // chunk_rows(rows, cols))), 2, cols)
+
+
+def norm_partials(rows: int, cols: int) -> np.ndarray:
+    """An uninitialised float64 ``partials`` workspace for a ``(rows, cols)`` input."""
+    return np.empty(norm_partials_shape(rows, cols), dtype=np.float64)
+
+
+# ---------------------------------------------------------------------------------------
+# Shared pieces
+# ---------------------------------------------------------------------------------------
+
+
+@kernel
+def _sum_chunks(partials, nchunks, clo, chi, t0, t1):
+    """``t0 = sum_c partials[c, 0, clo:chi]``, ``t1`` likewise from row 1; chunks in order."""
+    w = chi - clo
+    p0 = partials[0, 0, clo:chi]
+    p1 = partials[0, 1, clo:chi]
+    for j in range(w):
+        t0[j] = p0[j]
+        t1[j] = p1[j]
+    for c in range(1, nchunks):
+        p0 = partials[c, 0, clo:chi]
+        p1 = partials[c, 1, clo:chi]
+        for j in range(w):
+            t0[j] += p0[j]
+            t1[j] += p1[j]
+
+
+@kernel
+def _scale_shift_rows(x, lo, hi, m, s, b, y):
+    """``y[r] = (x[r] - m) * s + b`` for rows ``lo:hi``; ``m, s, b`` per column."""
+    for r in range(lo, hi):
+        xr = x[r]
+        yr = y[r]
+        for j in range(xr.shape[0]):
+            yr[j] = (xr[j] - m[j]) * s[j] + b[j]
+
+
+# ---------------------------------------------------------------------------------------
+# Batch norm
+# ---------------------------------------------------------------------------------------
+
+
+@kernel
+def _bn_x_sums(x, lo, hi, clo, chi, k, s0, s1):
+    """``s0 = sum (x - k)``, ``s1 = sum (x - k)**2`` over rows ``lo:hi``, columns
+    ``clo:chi`` (``k`` float64, per column), in float64, rows added in order."""
+    w = chi - clo
+    for j in range(w):
+        s0[j] = 0.0
+        s1[j] = 0.0
+    for r in range(lo, hi):
+        row = x[r, clo:chi]
+        # From zero over views: the j loops vectorize.
+        for j in range(w):
+            d = np.float64(row[j]) - k[j]
+            s0[j] += d
+            s1[j] += d * d
+
+
+@kernel
+def _bn_dy_sums(x, dy, lo, hi, clo, chi, m, s0, s1):
+    """``s0 = sum dy``, ``s1 = sum dy * (x - m)`` over rows ``lo:hi`` of columns
+    ``clo:chi`` (``m`` in the data's dtype), float64 accumulators."""
+    w = chi - clo
+    for j in range(w):
+        s0[j] = 0.0
+        s1[j] = 0.0
+    for r in range(lo, hi):
+        xr = x[r, clo:chi]
+        dr = dy[r, clo:chi]
+        for j in range(w):
+            g = dr[j]
+            s0[j] += np.float64(g)
+            s1[j] += np.float64(g * (xr[j] - m[j]))
+
+
+@kernel
+def _bn_train_coefs(stats, clo, chi, n, eps, momentum, weight, bias, affine,
+                    run_mean, run_var, coef):
+    """Per column of ``clo:chi``: batch mean and invstd from the shifted sums, running
+    statistics updated (``momentum``, unbiased variance), forward coefficients.
+
+    ``stats`` rows in: 0 the shift ``k``, 2 and 3 the two sums; out: 0 the mean, 1 invstd.
+    ``coef`` rows out: 0 the mean, 1 ``weight * invstd``, 2 ``bias`` (data dtype).
+    """
+    zero = coef.dtype.type(0)
+    unbias = n / (n - 1.0)
+    keep = 1.0 - momentum
+    for j in range(clo, chi):
+        d = stats[2, j] / n
+        var = stats[3, j] / n - d * d
+        if var < 0.0:
+            var = 0.0
+        mean = stats[0, j] + d
+        inv = 1.0 / math.sqrt(var + eps)
+        stats[0, j] = mean
+        stats[1, j] = inv
+        # PyTorch's update: momentum * batch + (1 - momentum) * running.
+        run_mean[j] = momentum * mean + keep * np.float64(run_mean[j])
+        run_var[j] = momentum * (var * unbias) + keep * np.float64(run_var[j])
+        coef[0, j] = mean
+        if affine:
+            coef[1, j] = np.float64(weight[j]) * inv
+            coef[2, j] = bias[j]
+        else:
+            coef[1, j] = inv
+            coef[2, j] = zero
+
+
+@kernel
+def _bn_eval_coefs(eps, weight, bias, affine, run_mean, run_var, stats, coef):
+    """Forward coefficients from the running statistics (rows as in :func:`_bn_train_coefs`)."""
+    zero = coef.dtype.type(0)
+    for j in range(coef.shape[1]):
+        mean = np.float64(run_mean[j])
+        inv = 1.0 / math.sqrt(np.float64(run_var[j]) + eps)
+        stats[0, j] = mean
+        stats[1, j] = inv
+        coef[0, j] = mean
+        if affine:
+            coef[1, j] = np.float64(weight[j]) * inv
+            coef[2, j] = bias[j]
+        else:
+            coef[1, j] = inv
+            coef[2, j] = zero
+
+
+@kernel
+def _bn_backward_coefs(stats, clo, chi, n, weight, affine, batch_stats, sums, dweight,
+                       dbias, coef):
+    """Per column: parameter gradients and the ``dx = a*dy + b*(x - m) + c`` coefficients
+    (``coef`` rows 1, 2, 3). ``sums``: whether ``stats`` rows 2, 3 hold ``sum dy`` and
+    ``sum dy * (x - m)`` (else only ``a`` is needed: inference statistics, no affine)."""
+    zero = coef.dtype.type(0)
+    for j in range(clo, chi):
+        inv = stats[1, j]
+        g = np.float64(weight[j]) if affine else 1.0
+        a = g * inv
+        coef[1, j] = a
+        coef[2, j] = zero
+        coef[3, j] = zero
+        if sums:
+            sdy = stats[2, j]
+            sdyx = stats[3, j]
+            if affine:
+                dweight[j] = sdyx * inv
+                dbias[j] = sdy
+            if batch_stats:
+                coef[2, j] = -a * inv * inv * sdyx / n
+                coef[3, j] = -a * sdy / n
+
+
+@kernel
+def _bn_dx_rows(x, dy, lo, hi, m, a, b, c, dx):
+    """``dx[r] = a * dy[r] + b * (x[r] - m) + c`` for rows ``lo:hi``."""
+    for r in range(lo, hi):
+        xr = x[r]
+        dr = dy[r]
+        out = dx[r]
+        for j in range(xr.shape[0]):
+            out[j] = a[j] * dr[j] + b[j] * (xr[j] - m[j]) + c[j]
+
+
+@parallel_kernel
+def _bn_forward_parallel(x, training, eps, momentum, weight, bias, affine, run_mean,
+                         run_var, stats, coef, partials, chunk, y):
+    """Batch norm forward; three ``prange`` loops, each race-free:
+
+    1. (training) over (row chunk, column block) tasks: task ``(c, b)`` writes only
+       ``partials[c, :, block b]``;
+    2. (training) over column blocks: block ``b`` adds its columns' partials in chunk
+       order and writes only its columns of ``stats``, ``coef`` and the running buffers;
+    3. over row chunks: chunk ``c`` writes only its rows of ``y``.
+    """
+    n, cols = x.shape
+    nchunks = (n + chunk - 1) // chunk
+    nblocks = (cols + COL_BLOCK - 1) // COL_BLOCK
+    if training:
+        k = stats[0]
+        x0 = x[0]
+        for j in range(cols):
+            k[j] = np.float64(x0[j])
+        for t in numba.prange(nchunks * nblocks):
+            c = t // nblocks
+            b = t - c * nblocks
+            lo = c * chunk
+            hi = min(lo + chunk, n)
+            clo = b * COL_BLOCK
+            chi = min(clo + COL_BLOCK, cols)
+            _bn_x_sums(x, lo, hi, clo, chi, k[clo:chi], partials[c, 0, clo:chi],
+                       partials[c, 1, clo:chi])
+        for b in numba.prange(nblocks):
+            clo = b * COL_BLOCK
+            chi = min(clo + COL_BLOCK, cols)
+            _sum_chunks(partials, nchunks, clo, chi, stats[2, clo:chi], stats[3, clo:chi])
+            _bn_train_coefs(stats, clo, chi, np.float64(n), eps, momentum, weight, bias,
+                            affine, run_mean, run_var, coef)
+    else:
+        _bn_eval_coefs(eps, weight, bias, affine, run_mean, run_var, stats, coef)
+    for c in numba.prange(nchunks):
+        lo = c * chunk
+        _scale_shift_rows(x, lo, min(lo + chunk, n), coef[0], coef[1], coef[2], y)
+
+
+@kernel
+def _bn_forward_serial(x, training, eps, momentum, weight, bias, affine, run_mean,
+                       run_var, stats, coef, partials, chunk, y):
+    """Serial twin of :func:`_bn_forward_parallel` (same chunks, same result bit for bit)."""
+    n, cols = x.shape
+    nchunks = (n + chunk - 1) // chunk
+    nblocks = (cols + COL_BLOCK - 1) // COL_BLOCK
+    if training:
+        k = stats[0]
+        x0 = x[0]
+        for j in range(cols):
+            k[j] = np.float64(x0[j])
+        for t in range(nchunks * nblocks):
+            c = t // nblocks
+            b = t - c * nblocks
+            lo = c * chunk
+            hi = min(lo + chunk, n)
+            clo = b * COL_BLOCK
+            chi = min(clo + COL_BLOCK, cols)
+            _bn_x_sums(x, lo, hi, clo, chi, k[clo:chi], partials[c, 0, clo:chi],
+                       partials[c, 1, clo:chi])
+        for b in range(nblocks):
+            clo = b * COL_BLOCK
+            chi = min(clo + COL_BLOCK, cols)
+            _sum_chunks(partials, nchunks, clo, chi, stats[2, clo:chi], stats[3, clo:chi])
+            _bn_train_coefs(stats, clo, chi, np.float64(n), eps, momentum, weight, bias,
+                            affine, run_mean, run_var, coef)
+    else:
+        _bn_eval_coefs(eps, weight, bias, affine, run_mean, run_var, stats, coef)
+    for c in range(nchunks):
+        lo = c * chunk
+        _scale_shift_rows(x, lo, min(lo + chunk, n), coef[0], coef[1], coef[2], y)
+
+
+@parallel_kernel
+def _bn_backward_parallel(x, dy, weight, affine, batch_stats, need_dx, stats, coef,
+                          partials, chunk, dweight, dbias, dx):
+    """Batch norm backward; ``prange`` loops as in :func:`_bn_forward_parallel`: column
+    sums of ``dy`` and ``dy * (x - mean)`` per (chunk, block) task, per-column
+    coefficients per block, then ``dx`` per row chunk."""
+    n, cols = x.shape
+    nchunks = (n + chunk - 1) // chunk
+    nblocks = (cols + COL_BLOCK - 1) // COL_BLOCK
+    sums = affine or batch_stats
+    if sums:
+        for t in numba.prange(nchunks * nblocks):
+            c = t // nblocks
+            b = t - c * nblocks
+            lo = c * chunk
+            hi = min(lo + chunk, n)
+            clo = b * COL_BLOCK
+            chi = min(clo + COL_BLOCK, cols)
+            _bn_dy_sums(x, dy, lo, hi, clo, chi, coef[0, clo:chi], partials[c, 0, clo:chi],
+                        partials[c, 1, clo:chi])
+    for b in numba.prange(nblocks):
+        clo = b * COL_BLOCK
+        chi = min(clo + COL_BLOCK, cols)
+        if sums:
+            _sum_chunks(partials, nchunks, clo, chi, stats[2, clo:chi], stats[3, clo:chi])
+        _bn_backward_coefs(stats, clo, chi, np.float64(n), weight, affine, batch_stats,
+                           sums, dweight, dbias, coef)
+    if need_dx:
+        for c in numba.prange(nchunks):
+            lo = c * chunk
+            _bn_dx_rows(x, dy, lo, min(lo + chunk, n), coef[0], coef[1], coef[2], coef[3],
+                        dx)
+
+
+@kernel
+def _bn_backward_serial(x, dy, weight, affine, batch_stats, need_dx, stats, coef,
+                        partials, chunk, dweight, dbias, dx):
+    """Serial twin of :func:`_bn_backward_parallel`."""
+    n, cols = x.shape
+    nchunks = (n + chunk - 1) // chunk
+    nblocks = (cols + COL_BLOCK - 1) // COL_BLOCK
+    sums = affine or batch_stats
+    if sums:
+        for t in range(nchunks * nblocks):
+            c = t // nblocks
+            b = t - c * nblocks
+            lo = c * chunk
+            hi = min(lo + chunk, n)
+            clo = b * COL_BLOCK
+            chi = min(clo + COL_BLOCK, cols)
+            _bn_dy_sums(x, dy, lo, hi, clo, chi, coef[0, clo:chi], partials[c, 0, clo:chi],
+                        partials[c, 1, clo:chi])
+    for b in range(nblocks):
+        clo = b * COL_BLOCK
+        chi = min(clo + COL_BLOCK, cols)
+        if sums:
+            _sum_chunks(partials, nchunks, clo, chi, stats[2, clo:chi], stats[3, clo:chi])
+        _bn_backward_coefs(stats, clo, chi, np.float64(n), weight, affine, batch_stats,
+                           sums, dweight, dbias, coef)
+    if need_dx:
+        for c in range(nchunks):
+            lo = c * chunk
+            _bn_dx_rows(x, dy, lo, min(lo + chunk, n), coef[0], coef[1], coef[2], coef[3],
+                        dx)
+
+
+def batch_norm_forward(x: np.ndarray, training: bool, eps: float, momentum: float,
+                       weight: np.ndarray | None, bias: np.ndarray | None,
+                       running_mean: np.ndarray, running_var: np.ndarray,
+                       stats: np.ndarray, coef: np.ndarray, partials: np.ndarray,
+                       y: np.ndarray) -> None:
+    """Batch norm over the rows of ``x`` (one feature per column); unchecked.
+
+    Args:
+        x: ``(rows, C)`` C-contiguous float32/float64; ``rows >= 2`` when ``training``.
+        training: normalise with the batch statistics and update the running ones
+            (``running = momentum * batch + (1 - momentum) * running``, the variance
+            unbiased, as PyTorch); else normalise with the running statistics.
+        eps, momentum: as in :class:`numbanet.BatchNorm`.
+        weight, bias: ``(C,)`` in ``x``'s dtype, or both ``None`` (no affine).
+        running_mean, running_var: ``(C,)`` in ``x``'s dtype; updated in training only.
+        stats: ``(4, C)`` float64 workspace; afterwards row 0 holds the mean and row 1
+            ``invstd`` used, which :func:`batch_norm_backward` reads.
+        coef: ``(4, C)`` in ``x``'s dtype; afterwards row 0 holds the mean (rounded to the
+            dtype), which :func:`batch_norm_backward` reads.
+        partials: from ``norm_partials(rows, C)``; overwritten.
+        y: ``(rows, C)`` like ``x``; receives the output.
+
+    Parallel at :data:`PARALLEL_MIN` elements and above; the result is the same bit for
+    bit on either path and for any thread count.
+    """
+    affine = weight is not None
+    one = _STAND_INS[x.dtype][0]
+    run = _bn_forward_parallel if x.size >= PARALLEL_MIN else _bn_forward_serial
+    run(x, training, eps, momentum, one if weight is None else weight,
+        one if bias is None else bias, affine, running_mean, running_var, stats, coef,
+        partials, chunk_rows(x.shape[0], x.shape[1]), y)
+
+
+def batch_norm_backward(x: np.ndarray, dy: np.ndarray, weight: np.ndarray | None,
+                        batch_stats: bool, stats: np.ndarray, coef: np.ndarray,
+                        partials: np.ndarray, dweight: np.ndarray | None,
+                        dbias: np.ndarray | None, dx: np.ndarray | None) -> None:
+    """Gradients of :func:`batch_norm_forward`; unchecked.
+
+    Args:
+        x: the forward's input; ``stats``, ``coef``: as the forward left them (rows 0-1
+            of ``stats`` and row 0 of ``coef`` are read, the rest is overwritten).
+        dy: ``(rows, C)``, d(loss)/dy.
+        weight: ``(C,)``, or ``None`` (no affine; then ``dweight``, ``dbias`` are ``None``).
+        batch_stats: the forward used batch statistics (training), so the gradient
+            flows through the mean and variance too.
+        partials: from ``norm_partials(rows, C)``; overwritten.
+        dweight, dbias: ``(C,)``; receive the parameter gradients (overwritten).
+        dx: ``(rows, C)`` receives d(loss)/dx, or ``None`` to skip it.
+    """
+    affine = weight is not None
+    one, two = _STAND_INS[x.dtype]
+    run = _bn_backward_parallel if x.size >= PARALLEL_MIN else _bn_backward_serial
+    run(x, dy, one if weight is None else weight, affine, batch_stats, dx is not None,
+        stats, coef, partials, chunk_rows(x.shape[0], x.shape[1]),
+        one if dweight is None else dweight, one if dbias is None else dbias,
+        two if dx is None else dx)
+
+
+# ---------------------------------------------------------------------------------------
+# Layer norm
+# ---------------------------------------------------------------------------------------
+
+
+@kernel
+def _ln_forward_row(xr, eps, weight, bias, affine, yr):
+    """Normalise one row into ``yr``; returns ``(mean, invstd)`` in float64.
+
+    Two passes for the statistics (sum, then squares about the mean) in float64: the
+    row is in L1/L2 after the first, so the second costs no memory traffic.
+    """
+    n = xr.shape[0]
+    s = 0.0
+    for j in range(n):
+        s += np.float64(xr[j])
+    mean = s / n
+    q = 0.0
+    for j in range(n):
+        d = np.float64(xr[j]) - mean
+        q += d * d
+    inv = 1.0 / math.sqrt(q / n + eps)
+    m = xr.dtype.type(mean)
+    r = xr.dtype.type(inv)
+    if affine:
+        for j in range(n):
+            yr[j] = (xr[j] - m) * r * weight[j] + bias[j]
+    else:
+        for j in range(n):
+            yr[j] = (xr[j] - m) * r
+    return mean, inv
+
+
+@kernel
+def _ln_forward_rows(x, lo, hi, eps, weight, bias, affine, y, mean, rstd):
+    for r in range(lo, hi):
+        m, s = _ln_forward_row(x[r], eps, weight, bias, affine, y[r])
+        mean[r] = m
+        rstd[r] = s
+
+
+@parallel_kernel
+def _ln_forward_parallel(x, eps, weight, bias, affine, y, mean, rstd, chunk):
+    """``prange`` over row chunks; chunk ``c`` writes only its rows of ``y``, ``mean``
+    and ``rstd`` (every row is reduced on its own)."""
+    n = x.shape[0]
+    for c in numba.prange((n + chunk - 1) // chunk):
+        lo = c * chunk
+        _ln_forward_rows(x, lo, min(lo + chunk, n), eps, weight, bias, affine, y, mean, rstd)
+
+
+@kernel
+def _ln_forward_serial(x, eps, weight, bias, affine, y, mean, rstd, chunk):
+    _ln_forward_rows(x, 0, x.shape[0], eps, weight, bias, affine, y, mean, rstd)
+
+
+@kernel
+def _ln_backward_rows(x, dy, lo, hi, weight, affine, mean, rstd, need_dx, dx, pw, pb):
+    """Rows ``lo:hi``: ``dx`` per row, and (affine) this chunk's float64 partial column
+    sums ``pw = sum dy * xhat``, ``pb = sum dy`` (rows added in order)."""
+    cols = x.shape[1]
+    if affine:
+        for j in range(cols):
+            pw[j] = 0.0
+            pb[j] = 0.0
+    for r in range(lo, hi):
+        xr = x[r]
+        dr = dy[r]
+        m = xr.dtype.type(mean[r])
+        rs = rstd[r]
+        rd = xr.dtype.type(rs)
+        s1 = 0.0
+        s2 = 0.0
+        if affine:
+            for j in range(cols):
+                d = xr[j] - m
+                g = dr[j] * weight[j]
+                s1 += np.float64(g)
+                s2 += np.float64(g * d)
+                pw[j] += np.float64(dr[j] * (d * rd))
+                pb[j] += np.float64(dr[j])
+        else:
+            for j in range(cols):
+                g = dr[j]
+                s1 += np.float64(g)
+                s2 += np.float64(g * (xr[j] - m))
+        if need_dx:
+            # dx = r*g - r*s1/C - (x - m) * r**3 * s2/C, coefficients in float64.
+            b = xr.dtype.type(-rs * rs * rs * s2 / cols)
+            c = xr.dtype.type(-rs * s1 / cols)
+            out = dx[r]
+            if affine:
+                for j in range(cols):
+                    out[j] = rd * (dr[j] * weight[j]) + b * (xr[j] - m) + c
+            else:
+                for j in range(cols):
+                    out[j] = rd * dr[j] + b * (xr[j] - m) + c
+
+
+@kernel
+def _ln_param_grads(partials, nchunks, clo, chi, totals, dweight, dbias):
+    _sum_chunks(partials, nchunks, clo, chi, totals[0, clo:chi], totals[1, clo:chi])
+    for j in range(clo, chi):
+        dweight[j] = totals[0, j]
+        dbias[j] = totals[1, j]
+
+
+@parallel_kernel
+def _ln_backward_parallel(x, dy, weight, affine, mean, rstd, need_dx, dx, partials,
+                          totals, chunk, dweight, dbias):
+    """``prange`` over row chunks (chunk ``c`` writes its rows of ``dx`` and
+    ``partials[c]`` only), then over column blocks (block ``b`` adds its columns'
+    partials in chunk order into ``dweight``, ``dbias``)."""
+    n, cols = x.shape
+    nchunks = (n + chunk - 1) // chunk
+    for c in numba.prange(nchunks):
+        lo = c * chunk
+        _ln_backward_rows(x, dy, lo, min(lo + chunk, n), weight, affine, mean, rstd,
+                          need_dx, dx, partials[c, 0], partials[c, 1])
+    if affine:
+        nblocks = (cols + COL_BLOCK - 1) // COL_BLOCK
+        for b in numba.prange(nblocks):
+            clo = b * COL_BLOCK
+            _ln_param_grads(partials, nchunks, clo, min(clo + COL_BLOCK, cols), totals,
+                            dweight, dbias)
+
+
+@kernel
+def _ln_backward_serial(x, dy, weight, affine, mean, rstd, need_dx, dx, partials,
+                        totals, chunk, dweight, dbias):
+    """Serial twin of :func:`_ln_backward_parallel` (same chunks, same result)."""
+    n, cols = x.shape
+    nchunks = (n + chunk - 1) // chunk
+    for c in range(nchunks):
+        lo = c * chunk
+        _ln_backward_rows(x, dy, lo, min(lo + chunk, n), weight, affine, mean, rstd,
+                          need_dx, dx, partials[c, 0], partials[c, 1])
+    if affine:
+        _ln_param_grads(partials, nchunks, 0, cols, totals, dweight, dbias)
+
+
+def layer_norm_forward(x: np.ndarray, eps: float, weight: np.ndarray | None,
+                       bias: np.ndarray | None, y: np.ndarray, mean: np.ndarray,
+                       rstd: np.ndarray) -> None:
+    """Layer norm of each row of ``x``; unchecked.
+
+    Args:
+        x: ``(rows, C)`` C-contiguous float32/float64.
+        eps: added to the variance.
+        weight, bias: ``(C,)`` in ``x``'s dtype, or both ``None``.
+        y: ``(rows, C)`` like ``x``; receives the output.
+        mean, rstd: ``(rows,)`` float64; receive each row's mean and ``invstd``, which
+            :func:`layer_norm_backward` reads.
+
+    Rows are independent: the same result on the parallel (at :data:`PARALLEL_MIN`
+    elements and above) and serial paths, for any thread count.
+    """
+    affine = weight is not None
+    one = _STAND_INS[x.dtype][0]
+    run = _ln_forward_parallel if x.size >= PARALLEL_MIN else _ln_forward_serial
+    run(x, eps, one if weight is None else weight, one if bias is None else bias, affine,
+        y, mean, rstd, chunk_rows(x.shape[0], x.shape[1]))
+
+
+def layer_norm_backward(x: np.ndarray, dy: np.ndarray, weight: np.ndarray | None,
+                        mean: np.ndarray, rstd: np.ndarray, partials: np.ndarray,
+                        totals: np.ndarray, dweight: np.ndarray | None,
+                        dbias: np.ndarray | None, dx: np.ndarray | None) -> None:
+    """Gradients of :func:`layer_norm_forward`; unchecked.
+
+    Args:
+        x, weight, mean, rstd: as given to and left by the forward.
+        dy: ``(rows, C)``, d(loss)/dy.
+        partials: from ``norm_partials(rows, C)``; totals: ``(2, C)`` float64; both
+            overwritten (used only with a weight).
+        dweight, dbias: ``(C,)``; receive the parameter gradients, or ``None`` (no affine).
+        dx: ``(rows, C)`` receives d(loss)/dx, or ``None`` to skip it.
+    """
+    affine = weight is not None
+    one, two = _STAND_INS[x.dtype]
+    run = _ln_backward_parallel if x.size >= PARALLEL_MIN else _ln_backward_serial
+    run(x, dy, one if weight is None else weight, affine, mean, rstd, dx is not None,
+        two if dx is None else dx, partials, totals, chunk_rows(x.shape[0], x.shape[1]),
+        one if dweight is None else dweight, one if dbias is None else dbias)
