@@ -1,0 +1,291 @@
+"""BatchNorm and LayerNorm: normalisation over the batch or over the last axis."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from numbanet._validation import Boolean, Integer, Real, check_arg
+from numbanet.kernels.norm import (
+    batch_norm_backward,
+    batch_norm_forward,
+    layer_norm_backward,
+    layer_norm_forward,
+    norm_partials_shape,
+)
+from numbanet.nn.module import Module, Shape
+
+__all__ = ["BatchNorm", "LayerNorm"]
+
+_FEATURES = Integer(min=1)
+_EPS = Real(min=0)
+_MOMENTUM = Real(min=0, max=1)
+_FLAG = Boolean()
+
+
+def _partials(layer: Module, batch: int, rows: int, cols: int) -> np.ndarray:
+    """The float64 partial sums of the reduction kernels for a batch of ``batch`` samples
+    (``rows`` rows of ``cols``): per row chunk, so kept under the batch size."""
+    return layer.workspace.get("partials", norm_partials_shape(rows, cols),
+                               dtype=np.float64, rows=batch)
+
+
+def _last_axis_error(layer: Module, features: int, in_shape: Shape) -> ValueError | None:
+    in_shape = tuple(in_shape)
+    if len(in_shape) >= 1 and in_shape[-1] == features:
+        return None
+    fix = ("; images are channels-last: (height, width, channels)"
+           if len(in_shape) == 3 and in_shape[0] == features else "")
+    return ValueError(f"{layer!r} normalises a last axis of {features} features but receives "
+                      f"samples of shape {in_shape}{fix}")
+
+
+class BatchNorm(Module):
+    """Batch normalisation over every axis but the last (Ioffe and Szegedy, 2015).
+
+    Each feature of the last axis is normalised with its mean and variance over all other
+    axes, so one layer serves ``(N, F)`` (``torch.nn.BatchNorm1d``) and channels-last
+    images ``(N, H, W, C)`` (``torch.nn.BatchNorm2d``)::
+
+        y = (x - mean) / sqrt(var + eps) * weight + bias
+
+    PyTorch's semantics: in training the batch's mean and biased variance normalise,
+    and the running statistics move towards the batch's
+    (``running = (1 - momentum) * running + momentum * batch``, with the *unbiased*
+    variance); with ``training=False`` the running statistics normalise. Only training
+    forward passes change the running statistics.
+
+    Args:
+        num_features: size ``C`` of the last axis.
+        eps: added to the variance.
+        momentum: weight of the batch in the running statistics, in ``[0, 1]``
+            (PyTorch's cumulative average, ``momentum=None``, is not offered).
+        affine: learn ``weight`` (gamma, ones at first) and ``bias`` (beta, zeros), both
+            of role ``"norm"`` (no weight decay by default).
+
+    Buffers ``running_mean`` (zeros at first) and ``running_var`` (ones) are saved and
+    loaded with the model and restored on resume, never trained.
+
+    Training needs more than one value per feature (a batch of one ``(1, F)`` row raises
+    ``ValueError``, as PyTorch does).
+
+    Data-parallel training: each process normalises with the statistics of its own
+    shard of the batch and updates its own running statistics (PyTorch's ``BatchNorm``
+    without ``SyncBatchNorm``); the gradient all-reduce keeps the parameters equal, but
+    the running buffers drift apart unless they are averaged or broadcast. Whether
+    numbanet synchronises batch statistics across processes is left to the issue that
+    adds distributed training.
+
+    Kernels (:mod:`numbanet.kernels.norm`): the forward reads ``x`` twice (fixed-order
+    float64 column sums, then the normalisation) and writes ``y`` once; the backward
+    reads ``x`` and ``dy`` twice and writes ``dx`` once. Results are bit-identical for
+    any thread count.
+    """
+
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1,
+                 affine: bool = True) -> None:
+        super().__init__()
+        where = "BatchNorm"
+        self.num_features = check_arg("num_features", num_features, _FEATURES, where=where)
+        self.eps = check_arg("eps", eps, _EPS, where=where)
+        self.momentum = check_arg("momentum", momentum, _MOMENTUM, where=where)
+        self.affine = check_arg("affine", affine, _FLAG, where=where)
+        self._x: np.ndarray | None = None
+        self._batch_stats = False
+        self._stats: np.ndarray | None = None
+        self._coef: np.ndarray | None = None
+
+    def parameter_shapes(self) -> list[tuple[str, Shape]]:
+        c = self.num_features
+        return [("weight", (c,)), ("bias", (c,))] if self.affine else []
+
+    def parameter_roles(self) -> dict[str, str]:
+        return {"weight": "norm", "bias": "norm"} if self.affine else {}
+
+    def buffer_shapes(self) -> list[tuple[str, Shape]]:
+        c = self.num_features
+        return [("running_mean", (c,)), ("running_var", (c,))]
+
+    def attach(self, params: Any, dtype: np.dtype, buffers: Any = None) -> None:
+        super().attach(params, dtype, buffers)
+        # Per-feature statistics and coefficients: float64 (mean, invstd, two sums) and
+        # the model's dtype (mean, three elementwise coefficients).
+        self._stats = np.zeros((4, self.num_features), dtype=np.float64)
+        self._coef = np.zeros((4, self.num_features), dtype=dtype)
+        self._x = None
+
+    def initialize(self, rng: np.random.Generator) -> None:
+        if self.affine:
+            self._params["weight"].value[...] = 1
+            self._params["bias"].value[...] = 0
+        self.buffer("running_mean")[...] = 0
+        self.buffer("running_var")[...] = 1
+
+    def output_shape(self, in_shape: Shape) -> Shape:
+        error = _last_axis_error(self, self.num_features, in_shape)
+        if error is not None:
+            raise error
+        return tuple(in_shape)
+
+    def get_config(self) -> dict[str, Any]:
+        return {"type": self.layer_type, "num_features": self.num_features, "eps": self.eps,
+                "momentum": self.momentum, "affine": self.affine}
+
+    def forward(self, x: np.ndarray, training: bool) -> np.ndarray:
+        c = self.num_features
+        if x.ndim < 2 or x.shape[-1] != c:
+            raise ValueError(f"{self!r} expects (batch, ..., {c}) inputs, got shape {x.shape}")
+        rows = x.size // c
+        if training and rows < 2:
+            raise ValueError(
+                f"{self!r}: expected more than 1 value per feature in training, got input "
+                f"of shape {x.shape}; train with batches of at least 2 samples (drop a last "
+                f"batch of 1), or call forward with training=False")
+        assert self._stats is not None and self._coef is not None
+        y = self.workspace.get("y", x.shape)
+        x2 = x.reshape(rows, c)
+        weight = self._params["weight"].value if self.affine else None
+        bias = self._params["bias"].value if self.affine else None
+        batch_norm_forward(x2, training, self.eps, self.momentum, weight, bias,
+                           self._buffers["running_mean"], self._buffers["running_var"],
+                           self._stats, self._coef, _partials(self, x.shape[0], rows, c),
+                           y.reshape(rows, c))
+        self._x, self._batch_stats = x2, training
+        return y
+
+    def backward(self, dy: np.ndarray, need_input_grad: bool = True) -> np.ndarray | None:
+        x2 = self._x
+        if x2 is None:
+            raise RuntimeError("BatchNorm.backward called before forward")
+        assert self._stats is not None and self._coef is not None
+        rows, c = x2.shape
+        dx = self.workspace.get("dx", dy.shape) if need_input_grad else None
+        if self.affine:
+            weight = self._params["weight"]
+            bias = self._params["bias"]
+            w, dw, db = weight.value, weight.grad, bias.grad
+        else:
+            w = dw = db = None
+        batch_norm_backward(x2, dy.reshape(rows, c), w, self._batch_stats, self._stats,
+                            self._coef, _partials(self, dy.shape[0], rows, c), dw, db,
+                            None if dx is None else dx.reshape(rows, c))
+        return dx
+
+    def __repr__(self) -> str:
+        extra = "" if self.eps == 1e-5 else f", eps={self.eps!r}"
+        extra += "" if self.momentum == 0.1 else f", momentum={self.momentum!r}"
+        extra += "" if self.affine else ", affine=False"
+        return f"BatchNorm({self.num_features}{extra})"
+
+
+class LayerNorm(Module):
+    """Layer normalisation over the last axis (Ba, Kiros and Hinton, 2016).
+
+    Each sample's last axis (``normalized_shape`` values) is normalised with its own mean
+    and biased variance, as ``torch.nn.LayerNorm(normalized_shape)``::
+
+        y = (x - mean) / sqrt(var + eps) * weight + bias
+
+    Training and inference compute the same thing; there is no running state.
+
+    Args:
+        normalized_shape: size of the last axis, an int (PyTorch also takes a tuple of
+            trailing axes; a one-element tuple is accepted here, longer ones are not).
+        eps: added to the variance.
+        elementwise_affine: learn ``weight`` (ones at first) and ``bias`` (zeros), both
+            of role ``"norm"`` (no weight decay by default).
+
+    Kernels (:mod:`numbanet.kernels.norm`): one read of ``x`` and one write of ``y``
+    forward (each row's statistics are taken while it sits in L1), one read of ``x`` and
+    ``dy`` and one write of ``dx`` backward, with the parameter gradients summed in fixed
+    row chunks (bit-identical for any thread count).
+    """
+
+    def __init__(self, normalized_shape: int, eps: float = 1e-5,
+                 elementwise_affine: bool = True) -> None:
+        super().__init__()
+        where = "LayerNorm"
+        if isinstance(normalized_shape, (tuple, list)):
+            if len(normalized_shape) != 1:
+                raise ValueError(
+                    f"{where}: normalized_shape must be an int (the size of the last axis), "
+                    f"got {normalized_shape!r}; this layer normalises over the last axis "
+                    "only: reshape so that the normalised values form the last axis")
+            normalized_shape = normalized_shape[0]
+        self.normalized_shape = check_arg("normalized_shape", normalized_shape, _FEATURES,
+                                          where=where)
+        self.eps = check_arg("eps", eps, _EPS, where=where)
+        self.elementwise_affine = check_arg("elementwise_affine", elementwise_affine, _FLAG,
+                                            where=where)
+        self._x: np.ndarray | None = None
+        self._mean: np.ndarray | None = None
+        self._rstd: np.ndarray | None = None
+        self._totals: np.ndarray | None = None
+
+    def parameter_shapes(self) -> list[tuple[str, Shape]]:
+        n = self.normalized_shape
+        return [("weight", (n,)), ("bias", (n,))] if self.elementwise_affine else []
+
+    def parameter_roles(self) -> dict[str, str]:
+        return {"weight": "norm", "bias": "norm"} if self.elementwise_affine else {}
+
+    def attach(self, params: Any, dtype: np.dtype, buffers: Any = None) -> None:
+        super().attach(params, dtype, buffers)
+        self._totals = np.zeros((2, self.normalized_shape), dtype=np.float64)
+        self._x = None
+
+    def initialize(self, rng: np.random.Generator) -> None:
+        if self.elementwise_affine:
+            self._params["weight"].value[...] = 1
+            self._params["bias"].value[...] = 0
+
+    def output_shape(self, in_shape: Shape) -> Shape:
+        error = _last_axis_error(self, self.normalized_shape, in_shape)
+        if error is not None:
+            raise error
+        return tuple(in_shape)
+
+    def get_config(self) -> dict[str, Any]:
+        return {"type": self.layer_type, "normalized_shape": self.normalized_shape,
+                "eps": self.eps, "elementwise_affine": self.elementwise_affine}
+
+    def forward(self, x: np.ndarray, training: bool) -> np.ndarray:
+        n = self.normalized_shape
+        if x.ndim < 2 or x.shape[-1] != n:
+            raise ValueError(f"{self!r} expects (batch, ..., {n}) inputs, got shape {x.shape}")
+        rows = x.size // n
+        y = self.workspace.get("y", x.shape)
+        # Per-row statistics, shaped like the input without its last axis (batch first,
+        # so the workspace keys them by batch size like every other buffer).
+        mean = self.workspace.get("mean", x.shape[:-1], dtype=np.float64)
+        rstd = self.workspace.get("rstd", x.shape[:-1], dtype=np.float64)
+        affine = self.elementwise_affine
+        x2 = x.reshape(rows, n)
+        layer_norm_forward(x2, self.eps, self._params["weight"].value if affine else None,
+                           self._params["bias"].value if affine else None,
+                           y.reshape(rows, n), mean.reshape(rows), rstd.reshape(rows))
+        self._x, self._mean, self._rstd = x2, mean.reshape(rows), rstd.reshape(rows)
+        return y
+
+    def backward(self, dy: np.ndarray, need_input_grad: bool = True) -> np.ndarray | None:
+        x2 = self._x
+        if x2 is None or self._mean is None or self._rstd is None:
+            raise RuntimeError("LayerNorm.backward called before forward")
+        assert self._totals is not None
+        rows, n = x2.shape
+        dx = self.workspace.get("dx", dy.shape) if need_input_grad else None
+        if self.elementwise_affine:
+            weight = self._params["weight"]
+            w, dw, db = weight.value, weight.grad, self._params["bias"].grad
+        else:
+            w = dw = db = None
+        layer_norm_backward(x2, dy.reshape(rows, n), w, self._mean, self._rstd,
+                            _partials(self, dy.shape[0], rows, n), self._totals, dw, db,
+                            None if dx is None else dx.reshape(rows, n))
+        return dx
+
+    def __repr__(self) -> str:
+        extra = "" if self.eps == 1e-5 else f", eps={self.eps!r}"
+        extra += "" if self.elementwise_affine else ", elementwise_affine=False"
+        return f"LayerNorm({self.normalized_shape}{extra})"
