@@ -1,0 +1,178 @@
+"""Residual: ``y = x + f(x)``, where ``f`` is a short stack of layers."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from numbanet.nn.module import Module, Shape, check_roles
+from numbanet.nn.parameter import Parameter
+from numbanet.nn.sequential import _offers_fusion
+
+__all__ = ["Residual", "backward_chain", "fusion_partners"]
+
+
+# The two functions below are Sequential's backward logic written for any list of layers
+# (Sequential.__init__ builds the same pairs and Sequential._backward runs the same loop);
+# they belong in nn/module.py, shared by both.
+
+
+def fusion_partners(layers: Sequence[Module]) -> list[Module | None]:
+    """For each layer, the layer below it when the two fuse an activation derivative into
+    the upper layer's input-gradient GEMM (see :meth:`Module.fused_derivative`), else
+    ``None``. The first layer has no partner."""
+    return [below if layer.accepts_fused_derivative and _offers_fusion(below) else None
+            for below, layer in zip([None, *layers[:-1]], layers, strict=True)]
+
+
+def backward_chain(layers: Sequence[Module], partners: Sequence[Module | None],
+                   grad: np.ndarray, need_input_grad: bool) -> np.ndarray | None:
+    """Backpropagate ``grad`` (d(loss)/d(output of the last layer)) through ``layers``,
+    last to first, with the derivative fusion ``partners`` allows; returns d(loss)/d(input
+    of the first layer), or ``None`` when ``need_input_grad`` is false."""
+    out: np.ndarray | None = grad
+    grad_is_dz = False  # out already went through the layer's activation derivative
+    for i in range(len(layers) - 1, -1, -1):
+        below = partners[i]
+        offer = below.fused_derivative() if below is not None else None
+        out = layers[i].backward_fused(out, grad_is_dz, need_input_grad or i > 0, offer)
+        grad_is_dz = offer is not None
+    return out
+
+
+def _split(items: dict[str, Any], index: int) -> dict[str, Any]:
+    prefix = f"{index}."
+    return {name[len(prefix):]: v for name, v in items.items() if name.startswith(prefix)}
+
+
+class Residual(Module):
+    """A residual block: ``y = x + f(x)``, ``f`` applying ``layers`` in order (He et al.,
+    2016).
+
+    Args:
+        layers: the layers of ``f`` (layer objects, or their ``get_config()`` dicts, which
+            are rebuilt through the layer registry, as :func:`numbanet.load` does). Their
+            output must have the shape of their input, so the sum is defined.
+
+    Inside a model the inner parameters are named ``"<i>.<j>.<name>"`` (layer ``j`` of
+    the block at position ``i``: ``"3.0.weight"``), and so are their buffers; the block's
+    :meth:`parameter_shapes` returns ``"<j>.<name>"``. Inner layers fuse activation
+    derivatives with each other exactly as in a :class:`~numbanet.nn.Sequential` (Dense
+    with ReLU under Dense); the block's first inner layer has no partner, because its
+    input also feeds the skip connection.
+
+    The usual post-activation block of a ResNet is ``Residual([conv, BatchNorm, ReLU,
+    conv, BatchNorm])`` followed by ``Activation("relu")``.
+
+    Example:
+        >>> import numbanet as nbn
+        >>> block = nbn.Residual([nbn.Dense(16, 16, activation="relu"), nbn.Dense(16, 16)])
+        >>> model = nbn.Sequential([nbn.Dense(8, 16), block, nbn.Dense(16, 2)], seed=0)
+        >>> [p.name for p in model.parameters()][2:4]
+        ['1.0.weight', '1.0.bias']
+    """
+
+    def __init__(self, layers: Sequence[Module | dict[str, Any]]) -> None:
+        super().__init__()
+        from numbanet.nn.registry import layer_from_config
+
+        if isinstance(layers, (Module, dict, str)) or not isinstance(layers, Sequence):
+            raise TypeError("Residual: layers must be a list of layers, e.g. "
+                            f"[Dense(64, 64, activation='relu'), Dense(64, 64)], got "
+                            f"{type(layers).__name__}")
+        built: list[Module] = []
+        for j, layer in enumerate(layers):
+            if isinstance(layer, dict):
+                layer = layer_from_config(layer)
+            if not isinstance(layer, Module):
+                raise TypeError(f"Residual: layers[{j}] must be a numbanet layer (or its "
+                                f"config dict), got {type(layer).__name__}")
+            if layer.input_kind != "real":
+                raise ValueError(f"Residual: layers[{j}] ({layer!r}) takes integer indices; "
+                                 "a residual block adds its input to its output, so its "
+                                 "layers must take real numbers")
+            built.append(layer)
+        if not built:
+            raise ValueError("Residual: layers must not be empty (y = x + f(x) needs at "
+                             "least one layer in f)")
+        if len({id(layer) for layer in built}) != len(built):
+            raise ValueError("Residual: the same layer object appears twice in layers")
+        self.layers: list[Module] = built
+        self._partners = fusion_partners(built)
+
+    # -- structure -----------------------------------------------------------------
+    @property
+    def input_shape(self) -> Shape | None:  # type: ignore[override]
+        return self.layers[0].input_shape
+
+    def parameter_shapes(self) -> list[tuple[str, Shape]]:
+        return [(f"{j}.{name}", shape) for j, layer in enumerate(self.layers)
+                for name, shape in layer.parameter_shapes()]
+
+    def parameter_roles(self) -> dict[str, str]:
+        return {f"{j}.{name}": role for j, layer in enumerate(self.layers)
+                for name, role in check_roles(layer).items()}
+
+    def buffer_shapes(self) -> list[tuple[str, Shape]]:
+        return [(f"{j}.{name}", shape) for j, layer in enumerate(self.layers)
+                for name, shape in layer.buffer_shapes()]
+
+    def attach(self, params: dict[str, Parameter], dtype: np.dtype,
+               buffers: dict[str, np.ndarray] | None = None) -> None:
+        super().attach(params, dtype, buffers)
+        for j, layer in enumerate(self.layers):
+            layer.attach(_split(params, j), dtype, _split(dict(buffers or {}), j))
+
+    def initialize(self, rng: np.random.Generator) -> None:
+        for layer in self.layers:
+            layer.initialize(rng)
+
+    def set_rng(self, rng: np.random.Generator) -> None:
+        for layer in self.layers:
+            layer.set_rng(rng)
+
+    def output_shape(self, in_shape: Shape) -> Shape:
+        in_shape = tuple(in_shape)
+        shape = in_shape
+        for j, layer in enumerate(self.layers):
+            try:
+                shape = tuple(layer.output_shape(shape))
+            except ValueError as exc:
+                raise ValueError(f"Residual layers[{j}] ({layer!r}): {exc}") from None
+        if shape != in_shape:
+            raise ValueError(
+                f"{self!r} adds its input of shape {in_shape} to the output of its layers, "
+                f"which have shape {shape}; make the layers map {in_shape} back to "
+                f"{in_shape} (the last one should produce {in_shape[-1]} features), or "
+                "put the shape-changing layer outside the block")
+        return in_shape
+
+    def get_config(self) -> dict[str, Any]:
+        return {"type": self.layer_type, "layers": [layer.get_config() for layer in self.layers]}
+
+    # -- computation ---------------------------------------------------------------
+    def forward(self, x: np.ndarray, training: bool) -> np.ndarray:
+        h = x
+        for layer in self.layers:
+            h = layer.forward(h, training)
+        if h.shape != x.shape:
+            raise ValueError(f"{self!r}: its layers turned input of shape {x.shape} into "
+                             f"{h.shape}; a residual block needs the same shape")
+        y = self.workspace.get("y", x.shape)
+        np.add(x, h, out=y)
+        return y
+
+    def backward(self, dy: np.ndarray, need_input_grad: bool = True) -> np.ndarray | None:
+        # Through f (inner fusion as in Sequential), then the skip connection adds dy.
+        df = backward_chain(self.layers, self._partners, dy, need_input_grad)
+        if not need_input_grad:
+            return None
+        assert df is not None
+        dx = self.workspace.get("dx", dy.shape)
+        np.add(dy, df, out=dx)
+        return dx
+
+    def __repr__(self) -> str:
+        return f"Residual([{', '.join(repr(layer) for layer in self.layers)}])"
