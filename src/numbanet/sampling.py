@@ -15,7 +15,14 @@ Two small objects split the work:
 A sampler describes a batch as a *range of positions* in the epoch's order
 (:meth:`BatchSampler.positions`); everything else follows from it. A subclass that
 returns a sub-range of each global batch splits every batch between processes without
-touching the loader or the fit loop: this is the seam a data-parallel (MPI) sampler uses.
+touching the loader or the fit loop: this is the seam a data-parallel (MPI) sampler uses
+(:class:`ShardedBatchSampler`, and :class:`LocalShardSampler` when each process holds
+its own rows).
+
+Data that does not fit in memory: :class:`LazyRows` wraps an array that stays on disk
+(a read-only ``numpy.memmap``) and converts and checks only the rows a batch needs;
+:class:`LazyBatchLoader` serves batches from it. :class:`StreamLoader` serves batches
+from an iterable of ``(X_batch, y_batch)`` pairs.
 
 Example:
     >>> import numpy as np
@@ -31,9 +38,20 @@ from __future__ import annotations
 
 import numpy as np
 
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
 from numbanet._validation import check_positive_int
 
-__all__ = ["BatchLoader", "BatchSampler"]
+__all__ = [
+    "BatchLoader",
+    "BatchSampler",
+    "LazyBatchLoader",
+    "LazyRows",
+    "LocalShardSampler",
+    "ShardedBatchSampler",
+    "StreamLoader",
+]
 
 
 class BatchSampler:
@@ -104,6 +122,207 @@ class BatchSampler:
                 f"shuffle={self.shuffle})")
 
 
+class ShardedBatchSampler(BatchSampler):
+    """One process's slice of every global batch, for data-parallel training.
+
+    Every process holds the same ``n`` samples and draws the same order (from generators
+    in the same state); step ``k``'s global batch, :meth:`global_positions`, is cut into
+    ``size`` contiguous slices whose lengths differ by at most one, and slice ``rank`` is
+    this process's (empty when the batch has fewer rows than processes).
+
+    Args:
+        n: number of samples (the same on every process).
+        batch_size: the **global** batch: samples per step over all processes.
+        rank: this process's index, ``0 <= rank < size``.
+        size: the number of processes.
+        shuffle: as for :class:`BatchSampler`.
+
+    Example:
+        >>> s = ShardedBatchSampler(10, batch_size=4, rank=1, size=2, shuffle=False)
+        >>> [s.positions(k) for k in range(len(s))]
+        [(2, 4), (6, 8), (9, 10)]
+    """
+
+    def __init__(self, n: int, batch_size: int, *, rank: int, size: int,
+                 shuffle: bool = True) -> None:
+        super().__init__(n, batch_size, shuffle=shuffle)
+        self.size = check_positive_int("size", size)
+        if isinstance(rank, bool) or not isinstance(rank, (int, np.integer)) or not (
+                0 <= rank < self.size):
+            raise ValueError(f"ShardedBatchSampler: rank must be an int in [0, {self.size}), "
+                             f"got {rank!r}")
+        self.rank = int(rank)
+
+    def positions(self, step: int) -> tuple[int, int]:
+        start, stop = self.global_positions(step)
+        length = stop - start
+        return (start + length * self.rank // self.size,
+                start + length * (self.rank + 1) // self.size)
+
+
+class LocalShardSampler(BatchSampler):
+    """A process's own rows when each process holds different ones (``fit(shard="local")``).
+
+    Step ``k`` reads positions ``[k * batch_size, (k + 1) * batch_size)`` of this process's
+    order, clipped to its ``n`` rows; the epoch lasts ``steps`` steps (the longest
+    process's), so a process whose rows run out first returns empty ranges.
+
+    Args:
+        n: this process's number of samples.
+        batch_size: this process's rows per step.
+        steps: steps per epoch, at least ``ceil(n / batch_size)``.
+        shuffle: as for :class:`BatchSampler`.
+    """
+
+    def __init__(self, n: int, batch_size: int, steps: int, *, shuffle: bool = True) -> None:
+        super().__init__(n, batch_size, shuffle=shuffle)
+        steps = check_positive_int("steps", steps)
+        if steps < self.steps:
+            raise ValueError(f"LocalShardSampler: steps={steps} cannot cover {n} samples in "
+                             f"batches of {batch_size}")
+        self.steps = steps
+
+    def positions(self, step: int) -> tuple[int, int]:
+        start, stop = self.global_positions(step)
+        return min(start, self.n), min(stop, self.n)
+
+
+class LazyRows:
+    """Samples that stay where they are (a read-only ``numpy.memmap``) until a batch
+    needs them: only that batch's rows are read, converted to ``dtype`` and checked, so
+    the whole array is never copied into memory.
+
+    Args:
+        source: the samples ``(n, ...)`` in any real dtype, e.g.
+            ``np.load(path, mmap_mode="r")``.
+        dtype: the dtype batches are converted to (the model's).
+        check: ``check(batch, name)`` validates a converted batch (``model.validate_input``)
+            and raises ``TypeError``/``ValueError`` naming ``name``.
+        name: the argument's name in errors (``"X"``).
+        offset: the index of ``source[0]`` in the array the user passed (slices keep
+            naming rows as the user counts them).
+
+    A batch that fails ``check`` is searched row by row, and the error names the first
+    bad row as ``X[row]``. The arrays :meth:`take` returns are buffers reused for the next
+    batch with as many rows.
+    """
+
+    def __init__(self, source: np.ndarray, dtype: Any, check: Callable[[np.ndarray, str], Any],
+                 name: str = "X", offset: int = 0) -> None:
+        self.source, self.dtype, self.check = source, np.dtype(dtype), check
+        self.name, self.offset = name, int(offset)
+        self.shape: tuple[int, ...] = tuple(source.shape)
+        self.ndim = len(self.shape)
+        self._raw: dict[int, np.ndarray] = {}
+        self._converted: dict[int, np.ndarray] = {}
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, key: slice) -> LazyRows:
+        """A contiguous range of rows, still on disk."""
+        if not isinstance(key, slice) or key.step not in (None, 1):
+            raise TypeError("LazyRows: only contiguous slices such as rows[a:b]")
+        start, stop, _ = key.indices(self.shape[0])
+        stop = max(start, stop)
+        return LazyRows(self.source[start:stop], self.dtype, self.check, self.name,
+                        self.offset + start)
+
+    def _buffer(self, cache: dict[int, np.ndarray], rows: int, dtype: Any) -> np.ndarray:
+        buf = cache.get(rows)
+        if buf is None or buf.dtype != dtype:
+            if len(cache) >= 8:
+                cache.clear()
+            buf = cache[rows] = np.empty((rows, *self.shape[1:]), dtype=dtype)
+        return buf
+
+    def take(self, index: slice | np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """Rows ``index`` (a slice, or positions in this view), converted and checked;
+        written into ``out`` when given, else into a buffer kept here."""
+        if isinstance(index, slice):
+            raw = self.source[index]
+        else:
+            rows = index.shape[0]
+            if out is not None and self.source.dtype == out.dtype:
+                raw = out
+            else:
+                raw = self._buffer(self._raw, rows, self.source.dtype)
+            # The indices are positions in range; mode="clip" avoids np.take's temporary.
+            np.take(self.source, index, axis=0, out=raw, mode="clip")
+        if out is None:
+            out = self._buffer(self._converted, raw.shape[0], self.dtype)
+        if raw is not out:
+            with np.errstate(over="ignore", invalid="ignore"):
+                np.copyto(out, raw, casting="unsafe")
+        if out.shape[0]:
+            self._check(out, raw, index)
+        return out
+
+    def _check(self, batch: np.ndarray, raw: np.ndarray, index: slice | np.ndarray) -> None:
+        try:
+            self.check(batch, self.name)
+        except (TypeError, ValueError):
+            # Find the row to name: check the rows as they are on disk, one at a time
+            # (so a float64 value too large for float32 is named as such).
+            contiguous = isinstance(index, slice)
+            first = (index.start or 0) if contiguous else 0
+            for j in range(raw.shape[0]):
+                row = self.offset + (first + j if contiguous else int(index[j]))
+                self.check(np.ascontiguousarray(raw[j:j + 1]), f"{self.name}[{row}]")
+            raise
+
+    def __repr__(self) -> str:
+        return f"LazyRows(shape={self.shape}, {self.source.dtype} -> {self.dtype})"
+
+
+class StreamLoader:
+    """Batches from an iterable of ``(X_batch, y_batch)`` pairs, one pass per epoch.
+
+    Args:
+        batches: the pairs. A list, or any object whose ``iter()`` starts over, serves
+            every epoch; an iterator (a generator) serves one epoch only.
+        prepare: ``prepare(X_batch, y_batch, step) -> (X, targets)`` checks and converts
+            one batch (its errors name the step).
+
+    Attributes:
+        steps: ``len(batches)`` when the iterable has a length, else ``None``.
+    """
+
+    weights = None
+
+    def __init__(self, batches: Iterable[Any],
+                 prepare: Callable[[Any, Any, int], tuple[np.ndarray, Any]]) -> None:
+        self.batches, self.prepare = batches, prepare
+        try:
+            self.steps: int | None = len(batches)  # type: ignore[arg-type]
+        except TypeError:
+            self.steps = None
+        self._epochs = 0
+        self._iterator: Iterator[Any] = iter(())
+
+    def new_epoch(self, rng: np.random.Generator) -> None:
+        """Start a pass over the batches (the generator is not used: the stream decides
+        the order)."""
+        iterator = iter(self.batches)
+        if iterator is self.batches and self._epochs:
+            raise ValueError(
+                f"the training batches are an iterator (a generator?), which can be read "
+                f"once, and this is epoch {self._epochs + 1} of this fit call: pass epochs=1 "
+                f"and call fit once per pass, or pass an object whose iter() starts over "
+                f"(a list, or a class with an __iter__ method)")
+        self._iterator = iterator
+        self._epochs += 1
+
+    def __iter__(self) -> Iterator[tuple[np.ndarray, Any]]:
+        for step, item in enumerate(self._iterator):
+            try:
+                xb, yb = item
+            except (TypeError, ValueError):
+                raise TypeError(f"batch {step} of the training stream must be a pair "
+                                f"(X_batch, y_batch), got {type(item).__name__}") from None
+            yield self.prepare(xb, yb, step)
+
+
 class BatchLoader:
     """Serves ``(X_batch, targets_batch)`` for each step of a :class:`BatchSampler`.
 
@@ -134,6 +353,16 @@ class BatchLoader:
     def __len__(self) -> int:
         return self.sampler.steps
 
+    @property
+    def steps(self) -> int:
+        """Steps per epoch (the sampler's)."""
+        return self.sampler.steps
+
+    def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """``get(step)`` for every step of the epoch, in order."""
+        for step in range(self.sampler.steps):
+            yield self.get(step)
+
     def new_epoch(self, rng: np.random.Generator) -> None:
         """Start an epoch: the sampler draws its order."""
         self.sampler.new_epoch(rng)
@@ -150,5 +379,24 @@ class BatchLoader:
         # mode="clip" skips the temporary copy np.take makes for mode="raise" when `out`
         # is given; the indices are a permutation, so they are always in range.
         np.take(self.X, idx, axis=0, out=xb, mode="clip")
+        np.take(self.targets, idx, axis=0, out=tb, mode="clip")
+        return xb, tb
+
+
+class LazyBatchLoader(BatchLoader):
+    """A :class:`BatchLoader` over :class:`LazyRows`: each batch is read from disk,
+    converted and checked on its own (``fit`` on a ``numpy.memmap``)."""
+
+    X: LazyRows
+
+    def get(self, step: int) -> tuple[np.ndarray, np.ndarray]:
+        idx = self.sampler.indices(step)
+        if isinstance(idx, slice):
+            return self.X.take(idx), self.targets[idx]
+        rows = idx.shape[0]
+        if rows == 0:
+            return self.X.take(slice(0, 0)), self.targets[:0]
+        xb, tb = self._buffers[rows]
+        self.X.take(idx, out=xb)
         np.take(self.targets, idx, axis=0, out=tb, mode="clip")
         return xb, tb

@@ -15,24 +15,35 @@ import, before any kernel runs:
   :func:`threading_layer_is_threadsafe` says ``False``: run one model at a time.
 
 :func:`threading_layer` reports the layer actually in use.
+
+Thread count: kernels use every thread of Numba's pool unless told otherwise. Three
+things tell otherwise, strongest first: :func:`set_num_threads`; the environment variable
+``NUMBANET_NUM_THREADS`` (read when numbanet is imported, for the importing thread); and,
+in a distributed run, :func:`numbanet.distributed.init`, which gives each process its
+share of the cores (:func:`use_process_share`: cores / processes on the machine), so that
+``mpiexec -n 4`` on 8 cores runs 4 x 2 threads instead of 4 x 8 fighting over 8 cores.
 """
 
 from __future__ import annotations
 
 import operator
 import os
+import warnings
 
 import numba
 from numba.core import config as _numba_config
 
 __all__ = [
+    "NUM_THREADS_ENV",
     "THREADSAFE_LAYERS",
     "get_num_threads",
     "max_threads",
+    "process_share",
     "set_num_threads",
     "threading_layer",
     "threading_layer_choice",
     "threading_layer_is_threadsafe",
+    "use_process_share",
 ]
 
 #: Numba threading layers that accept parallel launches from several threads at once.
@@ -139,8 +150,67 @@ def set_num_threads(n: int) -> None:
             f"set_num_threads: n must be between 1 and {limit} (NUMBA_NUM_THREADS), got {n}"
         )
     numba.set_num_threads(n)
+    global _chosen_by
+    _chosen_by = "set_num_threads"
 
 
 def get_num_threads() -> int:
     """The number of threads parallel kernels launched from the calling thread use."""
     return int(numba.get_num_threads())
+
+
+#: Environment variable: the number of threads of every numbanet process (each MPI rank
+#: too), as if :func:`set_num_threads` were called when numbanet is imported.
+NUM_THREADS_ENV = "NUMBANET_NUM_THREADS"
+
+# What fixed the thread count: None (nothing: the default), "set_num_threads" or the
+# environment variable. use_process_share leaves a user's choice alone.
+_chosen_by: str | None = None
+
+
+def process_share(processes: int) -> int:
+    """Threads for one of ``processes`` processes sharing this machine: the cores this
+    process may run on (its CPU affinity) divided evenly, at least 1 and at most
+    :func:`max_threads`.
+
+    Example:
+        >>> from numbanet.threads import max_threads, process_share
+        >>> process_share(1) == min(max_threads(), process_share(1))
+        True
+    """
+    processes = max(1, int(processes))
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(max_threads(), cores // processes))
+
+
+def use_process_share(processes: int) -> int:
+    """Use :func:`process_share` threads unless :func:`set_num_threads` or
+    ``NUMBANET_NUM_THREADS`` already chose; return the thread count now in use.
+
+    :func:`numbanet.distributed.init` calls this with the number of ranks on this machine.
+    """
+    if _chosen_by is None:
+        numba.set_num_threads(process_share(processes))
+    return get_num_threads()
+
+
+def _threads_from_environment() -> None:
+    value = os.environ.get(NUM_THREADS_ENV, "").strip()
+    if not value:
+        return
+    try:
+        set_num_threads(int(value))
+    except ValueError as exc:
+        # A bad value must not make `import numbanet` fail: say so and keep the default.
+        reason = str(exc) if value.lstrip("+-").isdigit() else "not an integer"
+        warnings.warn(f"{NUM_THREADS_ENV}={value!r} ignored: {reason}", RuntimeWarning,
+                      stacklevel=2)
+        return
+    global _chosen_by
+    _chosen_by = NUM_THREADS_ENV
+
+
+_threads_from_environment()
