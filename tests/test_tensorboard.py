@@ -169,3 +169,16 @@ def test_without_tensorboard_training_start_names_the_extra(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout
     assert 'pip install "numbanet[tensorboard]"' in out
+
+
+def test_numbanet_train_tensorboard_flag(tmp_path, capsys):
+    from numbanet.cli import main
+
+    logs = tmp_path / "runs"
+    assert main(["train", "--dataset", "blobs", "--epochs", "2", "--hidden", "8", "--quiet",
+                 "--tensorboard", str(logs)]) == 0
+    train, _ = read(logs / "train")
+    validation, _ = read(logs / "validation")
+    assert [s for s, _ in train["epoch_loss"]] == [0, 1]
+    assert {"epoch_accuracy", "epoch_learning_rate"} <= set(train)
+    assert "epoch_loss" in validation

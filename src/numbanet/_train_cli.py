@@ -136,6 +136,9 @@ def _train_parser() -> argparse.ArgumentParser:
     out.add_argument("--save", metavar="PATH", help="write the trained model (.npz)")
     out.add_argument("--plot", metavar="PNG",
                      help="write loss/accuracy curves (needs matplotlib)")
+    out.add_argument("--tensorboard", metavar="DIR",
+                     help="write TensorBoard logs (loss, accuracy, learning rate per epoch) "
+                          "to DIR (needs numbanet[tensorboard])")
     out.add_argument("--quiet", action="store_true", help="print only the final result")
     return parser
 
@@ -250,6 +253,21 @@ def _check_plotting(path: str | None) -> None:
                         "pip install matplotlib (or drop --plot)") from None
 
 
+def _tensorboard_callbacks(log_dir: str | None) -> list[Any]:
+    """``[TensorBoard(log_dir)]`` for ``--tensorboard``, checked before training."""
+    if log_dir is None:
+        return []
+    try:
+        import tensorboard  # noqa: F401
+    except ImportError:
+        raise _CliError('--tensorboard needs the tensorboard package, which is not '
+                        'installed: pip install "numbanet[tensorboard]" (or drop '
+                        '--tensorboard)') from None
+    from numbanet.tensorboard import TensorBoard
+
+    return [TensorBoard(log_dir)]
+
+
 def _plot(history: Any, path: str) -> None:
     import matplotlib
 
@@ -306,6 +324,7 @@ def _set_threads(threads: int | None) -> None:
 def _train(argv: Sequence[str]) -> int:
     args = _train_parser().parse_args(argv)
     _check_plotting(args.plot)
+    callbacks = _tensorboard_callbacks(args.tensorboard)
     if args.save:
         _check_writable(args.save, "--save")
     _set_threads(args.threads)
@@ -353,7 +372,8 @@ def _train(argv: Sequence[str]) -> int:
         history = fit(model, X_train, y_train, epochs=args.epochs,
                       batch_size=args.batch_size, validation_split=args.validation_split,
                       verbose=verbose, clip_norm=args.clip_norm,
-                      weight_decay=args.weight_decay, on_nan=args.on_nan)
+                      weight_decay=args.weight_decay, on_nan=args.on_nan,
+                      callbacks=callbacks)
     seconds = time.perf_counter() - started
     nan_stop = getattr(history.stop_reason, "kind", None) in ("nan_loss", "terminate_on_nan")
     if nan_stop:
