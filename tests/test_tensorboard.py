@@ -182,3 +182,14 @@ def test_numbanet_train_tensorboard_flag(tmp_path, capsys):
     assert [s for s, _ in train["epoch_loss"]] == [0, 1]
     assert {"epoch_accuracy", "epoch_learning_rate"} <= set(train)
     assert "epoch_loss" in validation
+
+
+def test_rank_comes_from_numbanet_distributed_once_initialised(monkeypatch):
+    import numbanet.distributed as dist
+
+    monkeypatch.setattr(dist, "initialized", lambda: True)
+    monkeypatch.setattr(dist, "rank", lambda: 3)
+    assert not nbn.TensorBoard("unused").writes
+    monkeypatch.setattr(dist, "initialized", lambda: False)
+    monkeypatch.delenv("OMPI_COMM_WORLD_RANK", raising=False)
+    assert nbn.TensorBoard("unused").writes  # MPI never initialised: a single process

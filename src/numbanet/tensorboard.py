@@ -44,10 +44,11 @@ def _tensorboard() -> tuple[Any, Any, Any]:
 
 def _process_rank() -> int:
     """This process's rank in a distributed run (0 when there is none)."""
-    distributed = sys.modules.get("numbanet.distributed")  # only when the run uses it
-    rank = getattr(distributed, "rank", None)
-    if callable(rank):
-        return int(rank())
+    # numbanet.distributed when the run initialised it (never initialising MPI here),
+    # else the launcher's variables.
+    distributed = sys.modules.get("numbanet.distributed")
+    if distributed is not None and distributed.initialized():
+        return int(distributed.rank())
     for name in _RANK_VARIABLES:
         value = os.environ.get(name)
         if value is not None and value.strip().isdigit():
@@ -86,8 +87,9 @@ class TensorBoard(Callback):
         flush_secs: how often the writer flushes pending events (it also flushes at the
             end of every epoch and of training).
         rank: this process's rank in a distributed run; only rank 0 writes. ``None``
-            detects it (``numbanet.distributed`` when a run uses it, else the MPI
-            launcher's environment variables; 0 in a single process).
+            detects it: :func:`numbanet.distributed.rank` once
+            :func:`numbanet.distributed.init` ran, else the MPI launcher's environment
+            variables (Open MPI, MPICH, PMIx, MVAPICH); 0 in a single process.
 
     Example:
         >>> import numbanet as nbn
