@@ -95,6 +95,51 @@ def test_image_layers_match_predict(name, dtype):
         assert_matches(run_ort(proto, X), model.predict(X), dtype)
 
 
+NORM_MODELS = {
+    "norms_and_residual": ((6,), None, lambda: [
+        nbn.Dense(6, 8), nbn.BatchNorm(8), nbn.LayerNorm(8),
+        nbn.Residual([nbn.Dense(8, 8, activation="relu"), nbn.BatchNorm(8, affine=False),
+                      nbn.Dropout(0.2), nbn.Dense(8, 8)]),
+        nbn.LayerNorm(8, elementwise_affine=False), nbn.Dense(8, 3)]),
+    "embedding": ((3,), 20, lambda: [
+        nbn.Embedding(20, 5, padding_idx=0), nbn.LayerNorm(5), nbn.Flatten(),
+        nbn.Dense(15, 2)]),
+    "resnet_block": ((6, 6, 2), None, lambda: [
+        nbn.Conv2D(2, 4, 3, padding=1), nbn.BatchNorm(4), nbn.Activation("relu"),
+        nbn.Residual([nbn.Conv2D(4, 4, 3, padding=1, activation="relu"), nbn.BatchNorm(4),
+                      nbn.Residual([nbn.Conv2D(4, 4, 1), nbn.BatchNorm(4)])]),
+        nbn.GlobalAvgPool2D(), nbn.Dense(4, 2)]),
+}
+
+
+@pytest.mark.parametrize("opset", [nbn_onnx.MIN_OPSET, nbn_onnx.DEFAULT_OPSET])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("name", sorted(NORM_MODELS))
+def test_norm_embedding_and_residual_layers_match_predict(name, dtype, opset):
+    """BatchNorm (running statistics moved by training first), LayerNorm (the ONNX op
+    from opset 17, its formula before), Embedding on int64 indices, nested Residual."""
+    shape, vocabulary, layers = NORM_MODELS[name]
+    model = nbn.Sequential(layers(), seed=0, dtype=dtype, input_shape=shape)
+    model.compile("mse", nbn.get_optimizer("sgd", lr=0.01))
+    rng = np.random.default_rng(3)
+
+    def inputs(n):
+        if vocabulary:
+            return rng.integers(0, vocabulary, size=(n, *shape))
+        return (rng.normal(size=(n, *shape)) * 2 + 1).astype(dtype)
+
+    X_fit = inputs(64)
+    model.fit(X_fit, rng.normal(size=(64, model.out_features)), epochs=2, batch_size=16,
+              verbose=0)
+    proto = nbn_onnx.to_onnx(model, opset=opset)
+    onnx.checker.check_model(proto, full_check=True)
+    elem = proto.graph.input[0].type.tensor_type.elem_type
+    assert (elem == onnx.TensorProto.INT64) == (vocabulary is not None)
+    for batch in (1, 37):
+        X = inputs(batch)
+        assert_matches(run_ort(proto, X), model.predict(X), dtype)
+
+
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize(("loss", "outputs"), [("cross_entropy", 4),
                                                ("binary_cross_entropy", 1),

@@ -21,8 +21,12 @@ passes ``onnx.checker.check_model(..., full_check=True)``.
 activation), :class:`~numbanet.Activation`, :class:`~numbanet.Dropout` (an ``Identity``:
 inference does not drop), :class:`~numbanet.Flatten`, :class:`~numbanet.Conv2D` (any
 stride, padding, dilation and groups, with its fused activation),
-:class:`~numbanet.MaxPool2D`, :class:`~numbanet.AvgPool2D` and
-:class:`~numbanet.GlobalAvgPool2D`, and every activation of
+:class:`~numbanet.MaxPool2D`, :class:`~numbanet.AvgPool2D`,
+:class:`~numbanet.GlobalAvgPool2D`, :class:`~numbanet.BatchNorm` (its running
+statistics, folded into one scale and shift per feature), :class:`~numbanet.LayerNorm`
+(``LayerNormalization`` from opset 17, its formula before), :class:`~numbanet.Embedding`
+(a ``Gather`` on the graph's ``int64`` input) and :class:`~numbanet.Residual` (its inner
+layers, nested blocks included, and an ``Add``), and every activation of
 ``numbanet.kernels.activations.ACTIVATIONS``. numbanet's images are channels-last
 ``(N, H, W, C)`` and so are the graph's tensors between layers: convolution and pooling
 nodes sit between two ``Transpose`` nodes (ONNX Runtime's optimizer removes the pairs
@@ -63,7 +67,8 @@ the name of its output tensor ``(batch, *out_shape)``. A complete plugin mapping
             return builder.node("Mul", [x, gamma])
 
 :meth:`OnnxBuilder.activation` writes any numbanet activation (what Dense uses for its
-fused one), and :meth:`OnnxBuilder.constant` a scalar in the model's dtype.
+fused one), :meth:`OnnxBuilder.constant` a scalar in the model's dtype, and
+:meth:`OnnxBuilder.sublayer` exports a layer nested in a block (what Residual uses).
 
 Needs ``onnx``: ``pip install "numbanet[onnx]"`` (which also brings ONNX Runtime, to run
 the files; exporting needs only ``onnx``).
@@ -257,10 +262,44 @@ class OnnxBuilder:
         """``(N, C, H, W)`` -> ``(N, H, W, C)``."""
         return self.node("Transpose", [x], hint="nhwc", perm=[0, 2, 3, 1])
 
+    def sublayer(self, layer: Any, x: str, index: int | str) -> str:
+        """Export ``layer``, nested in the layer being exported (a block's inner layer),
+        on input ``x`` of shape :attr:`in_shape`; afterwards :attr:`in_shape` is the inner
+        layer's output shape, so calling it layer after layer chains them. Returns the
+        inner layer's output name.
+
+        Args:
+            layer: the inner layer (found as any layer is: its ``onnx_export`` method,
+                then :data:`LAYER_EXPORTERS`).
+            x: its input tensor's name.
+            index: its position in the block, for names and messages.
+        """
+        saved = (self.layer, self.prefix, self.in_shape, self.out_shape)
+        in_shape = self.in_shape
+        out_shape = tuple(layer.output_shape(in_shape))
+        try:
+            y = self._export(layer, x, f"{self.prefix}.{index}", in_shape, out_shape)
+        finally:
+            self.layer, self.prefix, _, self.out_shape = saved
+        self.in_shape = out_shape
+        return y
+
+    def _export(self, layer: Any, x: str, prefix: str, in_shape: tuple[int, ...],
+                out_shape: tuple[int, ...]) -> str:
+        self.layer, self.prefix = layer, prefix
+        self.in_shape, self.out_shape = tuple(in_shape), tuple(out_shape)
+        where = prefix.split(".", 1)[1] if "." in prefix else prefix
+        y = _exporter_for(layer, where)(self, x)
+        if not isinstance(y, str):
+            raise OnnxExportError(f"the ONNX mapping of layer {where} ({layer!r}) returned "
+                                  f"{type(y).__name__}; it must return its output's name")
+        return y
+
     def _layer_text(self) -> str:
         if self.layer is None:
             return "the model"
-        return f"layer {self.prefix.split('.')[-1]} ({self.layer!r})"
+        where = self.prefix.split(".", 1)[1] if "." in self.prefix else self.prefix
+        return f"layer {where} ({self.layer!r})"
 
 
 # ------------------------------------------------------------------------ activations
@@ -471,6 +510,54 @@ def _global_avg_pool2d(b: OnnxBuilder, layer: Any, x: str) -> str:
     return b.reduce_mean(x, [1, 2])
 
 
+def _batch_norm(b: OnnxBuilder, layer: Any, x: str) -> str:
+    # Inference: the running statistics, folded into one scale per feature (computed in
+    # float64): y = (x - mean) * (weight / sqrt(var + eps)) + bias, over the last axis.
+    mean = layer.buffer("running_mean").astype(np.float64)
+    scale = 1.0 / np.sqrt(layer.buffer("running_var").astype(np.float64) + layer.eps)
+    if layer.affine:
+        scale = scale * layer.parameter("weight").value
+    y = b.node("Mul", [b.node("Sub", [x, b.initializer(mean, "running_mean")]),
+                       b.initializer(scale, "scale")])
+    if layer.affine:
+        y = b.node("Add", [y, b.initializer(layer.parameter("bias").value, "bias")])
+    return y
+
+
+def _layer_norm(b: OnnxBuilder, layer: Any, x: str) -> str:
+    n = layer.normalized_shape
+    affine = layer.elementwise_affine
+    weight = layer.parameter("weight").value if affine else np.ones(n)
+    if b.opset >= 17:
+        inputs = [x, b.initializer(weight, "weight")]
+        if affine:
+            inputs.append(b.initializer(layer.parameter("bias").value, "bias"))
+        return b.node("LayerNormalization", inputs, axis=-1, epsilon=layer.eps)
+    # Before opset 17: the same formula (population variance over the last axis).
+    centered = b.node("Sub", [x, b.reduce_mean(x, [-1], keepdims=True)])
+    var = b.reduce_mean(b.node("Mul", [centered, centered]), [-1], keepdims=True)
+    std = b.node("Sqrt", [b.node("Add", [var, b.constant(layer.eps)])])
+    y = b.node("Div", [centered, std])
+    if affine:
+        y = b.node("Add", [b.node("Mul", [y, b.initializer(weight, "weight")]),
+                           b.initializer(layer.parameter("bias").value, "bias")])
+    return y
+
+
+def _embedding(b: OnnxBuilder, layer: Any, x: str) -> str:
+    # The graph's int64 indices pick rows of the table (out-of-range indices are an
+    # error in ONNX Runtime, as numbanet's check_input refuses them).
+    return b.node("Gather", [b.initializer(layer.parameter("weight").value, "weight"), x],
+                  axis=0)
+
+
+def _residual(b: OnnxBuilder, layer: Any, x: str) -> str:
+    h = x
+    for j, inner in enumerate(layer.layers):
+        h = b.sublayer(inner, h, j)
+    return b.node("Add", [x, h], hint="residual")
+
+
 LayerExporter = Callable[[OnnxBuilder, Any, str], str]
 
 
@@ -478,17 +565,22 @@ def _builtin_exporters() -> dict[type, LayerExporter]:
     from numbanet.nn import (
         Activation,
         AvgPool2D,
+        BatchNorm,
         Conv2D,
         Dense,
         Dropout,
+        Embedding,
         Flatten,
         GlobalAvgPool2D,
+        LayerNorm,
         MaxPool2D,
+        Residual,
     )
 
     return {Dense: _dense, Activation: _activation, Dropout: _dropout, Flatten: _flatten,
             Conv2D: _conv2d, MaxPool2D: _max_pool2d, AvgPool2D: _avg_pool2d,
-            GlobalAvgPool2D: _global_avg_pool2d}
+            GlobalAvgPool2D: _global_avg_pool2d, BatchNorm: _batch_norm,
+            LayerNorm: _layer_norm, Embedding: _embedding, Residual: _residual}
 
 
 #: ``{layer class: fn(builder, layer, input_name) -> output_name}``: the built-in
@@ -515,7 +607,7 @@ def register_exporter(layer_class: type, exporter: LayerExporter) -> None:
     LAYER_EXPORTERS[layer_class] = exporter
 
 
-def _exporter_for(layer: Any, index: int) -> Callable[[OnnxBuilder, str], str]:
+def _exporter_for(layer: Any, index: int | str) -> Callable[[OnnxBuilder, str], str]:
     method = getattr(layer, "onnx_export", None)
     if callable(method):
         return method
@@ -600,13 +692,7 @@ def to_onnx(model: Any, opset: int | None = None, probabilities: bool = False) -
     for layer in model.layers:
         shapes.append(tuple(layer.output_shape(shapes[-1])))
     for index, layer in enumerate(model.layers):
-        builder.layer, builder.prefix = layer, f"layers.{index}"
-        builder.in_shape, builder.out_shape = shapes[index], shapes[index + 1]
-        y = _exporter_for(layer, index)(builder, x)
-        if not isinstance(y, str):
-            raise OnnxExportError(f"the ONNX mapping of layer {index} ({layer!r}) returned "
-                                  f"{type(y).__name__}; it must return its output's name")
-        x = y
+        x = builder._export(layer, x, f"layers.{index}", shapes[index], shapes[index + 1])
     builder.layer, builder.prefix = None, "head"
     if probabilities:
         x = builder.activation(_output_activation(model), x)
