@@ -41,10 +41,12 @@ __all__ = [
     "labels_in_range",
     "kl_div_row",
     "count_equal",
+    "label_weight_sum",
     "loss_driver",
     "mae_row",
     "mse_row",
     "nll_row",
+    "scale_rows",
     "smooth_l1_row",
 ]
 
@@ -148,6 +150,35 @@ def labels_in_range(labels, n_classes):
         if labels[i] < 0 or labels[i] >= n_classes:
             outside = True
     return not outside
+
+
+@_serial_jit
+def label_weight_sum(labels, aux, w, ignore, use_aux):
+    """The divisor of a sample-weighted mean over labelled rows (serial, float64).
+
+    ``Σ_i w[i] · aux[labels[i]]`` with ``use_aux`` (class weights, PyTorch's weighted
+    mean), else ``Σ_i w[i]``; rows labelled ``ignore`` are left out.
+    """
+    s = 0.0
+    for i in range(labels.shape[0]):
+        y = labels[i]
+        if y != ignore:
+            s += w[i] * aux[y] if use_aux else w[i]
+    return s
+
+
+@_serial_jit
+def scale_rows(w, grad, rowloss):
+    """Row ``r`` of ``grad`` and ``rowloss[r]`` times the sample weight ``w[r]`` (serial).
+
+    ``w`` is float64 ``(n,)``; ``grad`` ``(n, k)`` float32/float64; ``rowloss`` float64.
+    """
+    for r in range(grad.shape[0]):
+        wr = w[r]
+        rowloss[r] *= wr
+        gr = grad[r]
+        for j in range(gr.shape[0]):
+            gr[j] = gr[j] * wr
 
 
 # --------------------------------------------------------------------------------------

@@ -4,6 +4,6 @@ Get one with :func:`numbanet.get_loss`; the built-in row kernels live in
 :mod:`numbanet.kernels.losses` and their specs in :mod:`numbanet._builtin.losses`.
 """
 
-from numbanet.losses.loss import Loss
+from numbanet.losses.loss import Loss, WeightedTargets
 
-__all__ = ["Loss"]
+__all__ = ["Loss", "WeightedTargets"]

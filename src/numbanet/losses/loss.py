@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import threading
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from numba.core.errors import NumbaError
@@ -18,7 +18,14 @@ from numbanet._validation import (
     resolve_dtype,
     validate_args,
 )
-from numbanet.kernels.losses import LossDriver, count_equal, labels_in_range, loss_driver
+from numbanet.kernels.losses import (
+    LossDriver,
+    count_equal,
+    label_weight_sum,
+    labels_in_range,
+    loss_driver,
+    scale_rows,
+)
 from numbanet.kernels.reductions import fixed_order_sum
 from numbanet.specs import (
     LossSpec,
@@ -28,7 +35,43 @@ from numbanet.specs import (
     validate_hyperparams,
 )
 
-__all__ = ["Loss"]
+__all__ = ["Loss", "WeightedTargets", "check_sample_weight"]
+
+
+class WeightedTargets(NamedTuple):
+    """Prepared targets with one weight per row: what the fit loop hands the loss host
+    for a batch when ``fit`` was given ``sample_weight`` or ``class_weight``.
+
+    Attributes:
+        targets: what :meth:`Loss.prepare_targets` returned, for the batch's rows.
+        weight: float64 ``(n,)`` non-negative weights of those rows.
+    """
+
+    targets: np.ndarray
+    weight: np.ndarray
+
+
+def check_sample_weight(weight: Any, n: int, name: str = "sample_weight") -> np.ndarray:
+    """``weight`` as a C-contiguous float64 ``(n,)`` array of finite, non-negative values.
+
+    Raises:
+        TypeError: not numeric.
+        ValueError: wrong shape, NaN/infinity or negative values.
+    """
+    arr = np.asarray(weight)
+    if arr.dtype.kind not in "biuf":
+        raise TypeError(f"{name} must hold numbers, got dtype {arr.dtype}")
+    if arr.ndim == 2 and arr.shape[1] == 1:
+        arr = arr.reshape(-1)
+    if arr.shape != (n,):
+        raise ValueError(f"{name} must have shape ({n},), one weight per sample, got "
+                         f"{arr.shape}")
+    out = np.ascontiguousarray(arr, dtype=np.float64)
+    if not np.isfinite(out).all():
+        raise ValueError(f"{name} contains NaN or infinity")
+    if (out < 0).any():
+        raise ValueError(f"{name} must be >= 0, got {out.min():g}")
+    return out
 
 
 class Loss:
@@ -44,12 +87,22 @@ class Loss:
     outputs per row, the sum over that row); :meth:`forward_backward` then returns the
     sum and the gradient of the sum.
 
+    Sample weights (``sample_weight=`` of :meth:`forward` and :meth:`forward_backward`,
+    or :class:`WeightedTargets` in the fit loop) multiply each row's loss ``l_i``; the
+    mean is then PyTorch's weighted mean, ``Σ w_i l_i / Σ w_i`` (times the outputs per
+    row for element-wise losses such as ``mse``, and with class weights ``c`` the
+    divisor ``Σ w_i c[y_i]``, exactly what ``F.cross_entropy(weight=c)`` divides by), so
+    equal weights give the unweighted mean. A batch whose weights sum to zero has loss
+    0 and gradient 0 (it teaches nothing). ``"sum"`` gives ``Σ w_i l_i`` and ``"none"``
+    the weighted rows ``w_i l_i``.
+
     Attributes:
         spec: the :class:`~numbanet.LossSpec`.
         qualified_id: ``"distribution:name"``.
         reduction: ``"mean"``, ``"sum"``, ``"none"`` or a spec-specific one.
         weight: per-class weights (float64) or ``None``.
         output_activation: ``"softmax"``, ``"sigmoid"`` or ``None``.
+        accepts_sample_weight: ``True``: the fit loop may pass :class:`WeightedTargets`.
 
     Example:
         >>> import numpy as np, numbanet as nbn
@@ -59,6 +112,8 @@ class Loss:
         >>> grad = np.empty_like(out); loss.forward_backward(out, t, grad), grad
         (2.5, array([[1., 2.]]))
     """
+
+    accepts_sample_weight = True
 
     @validate_args({"spec": InstanceOf(LossSpec)})
     def __init__(
@@ -248,18 +303,42 @@ class Loss:
             return float(np.sum(aux[targets]))
         return float(n - n_ignored)
 
-    def _run(self, outputs: np.ndarray, targets: Any, grad: np.ndarray) -> tuple[float, int]:
+    def _weighted_divisor(self, k: int, targets: np.ndarray, aux: np.ndarray, kind: str,
+                          weight: np.ndarray) -> float:
+        """:meth:`_divisor` with sample weights: ``Σ w_i`` (times ``k`` over elements,
+        ``Σ w_i c[y_i]`` over class weights), ignored labels left out."""
+        if self.reduction in ("sum", "none"):
+            return 1.0
+        over = self.spec.extra_reductions.get(self.reduction, self.spec.mean_over)
+        if kind == "labels":
+            ignore = -1 if self.ignore_label is None else self.ignore_label
+            use_aux = over == "weights" and self.weight is not None
+            total = label_weight_sum(targets, aux, weight, ignore, use_aux)
+        else:
+            total = fixed_order_sum(weight, False)
+        return float(total * k if over == "elements" else total)
+
+    def _run(self, outputs: np.ndarray, targets: Any, grad: np.ndarray,
+             weight: np.ndarray | None = None) -> tuple[float, int]:
         targets, aux, kind = self._setup(outputs, targets)
-        return self._compute(outputs, targets, aux, kind, grad)
+        if weight is not None:
+            weight = check_sample_weight(weight, outputs.shape[0])
+        return self._compute(outputs, targets, aux, kind, grad, weight)
 
     def _compute(
         self, outputs: np.ndarray, targets: np.ndarray, aux: np.ndarray, kind: str,
-        grad: np.ndarray,
+        grad: np.ndarray, weight: np.ndarray | None = None,
     ) -> tuple[float, int]:
         """Run the kernel on checked arguments; return (reduced value, rows)."""
         n, k = outputs.shape
-        divisor = self._divisor(n, k, targets, aux, kind)
-        gs = 1.0 / divisor if divisor != 0.0 else math.inf
+        if weight is None:
+            divisor = self._divisor(n, k, targets, aux, kind)
+            gs = 1.0 / divisor if divisor != 0.0 else math.inf
+        else:
+            divisor = self._weighted_divisor(k, targets, aux, kind, weight)
+            # Zero total weight: every row is scaled by 0 below, so the loss and the
+            # gradient are 0 (gs = inf would turn them into 0 * inf = NaN).
+            gs = 1.0 / divisor if divisor != 0.0 else 0.0
         if self._rowloss.shape[0] != n:
             # One buffer per batch size: fit alternates full and last batches.
             rowloss = self._rowloss_by_rows.get(n)
@@ -283,25 +362,33 @@ class Loss:
             raise PluginError(
                 f"loss {self.qualified_id!r}: its kernel raised {type(exc).__name__}: {exc}"
             ) from exc
+        if weight is not None:
+            scale_rows(weight, grad, self._rowloss)
+            if not divisor:
+                return 0.0, n
         # A fixed-order sum: thread-count independent (and cheaper than np.sum here).
         return fixed_order_sum(self._rowloss, False) / divisor if divisor else math.nan, n
 
-    def forward_backward(self, outputs: np.ndarray, targets: Any, grad: np.ndarray) -> float:
+    def forward_backward(self, outputs: np.ndarray, targets: Any, grad: np.ndarray,
+                         sample_weight: Any = None) -> float:
         """Loss value and its gradient in one fused pass.
 
         Args:
             outputs: ``(n, k)`` float32/float64 network outputs.
             targets: what :meth:`prepare_targets` returned (raw targets are prepared here,
-                at the cost of a conversion per call).
+                at the cost of a conversion per call), or :class:`WeightedTargets`.
             grad: preallocated array like ``outputs``; receives d(loss)/d(outputs).
+            sample_weight: optional ``(n,)`` non-negative weight per row (see the class
+                docstring for the weighted reductions).
 
         Returns:
             The reduced loss (the sum for ``reduction="none"``).
         """
         check_float_array("outputs", outputs, ndim=2)
         check_float_array("grad", grad, dtype=outputs.dtype, shape=outputs.shape, writeable=True)
+        targets, sample_weight = _unpack(targets, sample_weight)
         with self._lock:
-            value, _ = self._run(outputs, targets, grad)
+            value, _ = self._run(outputs, targets, grad, sample_weight)
         return value
 
     def forward_backward_unchecked(
@@ -313,14 +400,23 @@ class Loss:
         buffers the caller validated (the model's own): nothing is checked again, which
         saves about half the cost of the call on small batches.
         """
+        weight = None
+        if type(targets) is WeightedTargets:  # the fit loop's sample-weighted batches
+            targets, weight = targets
         kind = "labels" if targets.ndim == 1 else "dense"
         with self._lock:
-            value, _ = self._compute(outputs, targets, self._aux_for(outputs.shape[1]), kind, grad)
+            value, _ = self._compute(outputs, targets, self._aux_for(outputs.shape[1]), kind,
+                                     grad, weight)
         return value
 
-    def forward(self, outputs: np.ndarray, targets: Any) -> float | np.ndarray:
-        """The loss value (per row, float64 ``(n,)``, for ``reduction="none"``)."""
+    def forward(self, outputs: np.ndarray, targets: Any,
+                sample_weight: Any = None) -> float | np.ndarray:
+        """The loss value (per row, float64 ``(n,)``, for ``reduction="none"``).
+
+        ``targets`` and ``sample_weight`` as for :meth:`forward_backward`.
+        """
         check_float_array("outputs", outputs, ndim=2)
+        targets, sample_weight = _unpack(targets, sample_weight)
         with self._lock:
             if (
                 self._scratch is None
@@ -328,7 +424,7 @@ class Loss:
                 or self._scratch.dtype != outputs.dtype
             ):
                 self._scratch = np.empty_like(outputs)
-            value, _ = self._run(outputs, targets, self._scratch)
+            value, _ = self._run(outputs, targets, self._scratch, sample_weight)
             if self.reduction == "none":
                 return self._rowloss.copy()
             return value
@@ -339,6 +435,15 @@ class Loss:
         hp = ", ".join(f"{k}={v!r}" for k, v in self._hp.items())
         sep = ", " if hp else ""
         return f"Loss({self.qualified_id!r}, reduction={self.reduction!r}{sep}{hp})"
+
+
+def _unpack(targets: Any, sample_weight: Any) -> tuple[Any, Any]:
+    if isinstance(targets, WeightedTargets):
+        if sample_weight is not None:
+            raise ValueError("pass the weights either in WeightedTargets or as "
+                             "sample_weight, not both")
+        return targets.targets, targets.weight
+    return targets, sample_weight
 
 
 def _prepare_labels(
