@@ -328,3 +328,14 @@ def test_without_onnx_the_error_names_the_extra():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout
     assert 'pip install "numbanet[onnx]"' in out
+
+
+def test_every_built_in_layer_has_a_mapping():
+    """A layer registered by numbanet itself without an ONNX mapping fails here (add it
+    to numbanet.onnx.LAYER_EXPORTERS, with a case in the tests above)."""
+    built_in = [name.split(":", 1)[1] for name in nbn.list_layers(qualified=True)
+                if name.startswith("numbanet:")]
+    missing = [name for name in built_in
+               if nbn.get_layer_class(name) not in nbn_onnx.LAYER_EXPORTERS
+               and not callable(getattr(nbn.get_layer_class(name), "onnx_export", None))]
+    assert built_in and not missing
