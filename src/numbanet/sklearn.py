@@ -785,7 +785,7 @@ class NumbanetClassifier(ClassifierMixin, _NumbanetEstimator):
                     f"sample_weight), but the data contains only one class: {present[0]!r}")
         k = self.classes_.shape[0]
         self.out_activation_ = "logistic" if multilabel or k == 2 else "softmax"
-        dtype = resolve_model_dtype(self.dtype)
+        dtype = _model_dtype(self.dtype)
         if multilabel:
             return np.ascontiguousarray(y, dtype=dtype), k
         codes = np.searchsorted(self.classes_, y)
@@ -944,7 +944,7 @@ class NumbanetRegressor(RegressorMixin, _NumbanetEstimator):
         if not first and k != self.n_outputs_:
             raise ValueError(f"{type(self).__name__}: y has {k} outputs but the model was "
                              f"fitted with {self.n_outputs_}")
-        targets = np.ascontiguousarray(y.reshape(-1, k), dtype=resolve_model_dtype(self.dtype))
+        targets = np.ascontiguousarray(y.reshape(-1, k), dtype=_model_dtype(self.dtype))
         return targets, k
 
     def _loss_name(self, params: dict[str, Any]) -> str:
@@ -967,7 +967,7 @@ class NumbanetRegressor(RegressorMixin, _NumbanetEstimator):
         return tags
 
 
-def resolve_model_dtype(dtype: Any) -> np.dtype:
+def _model_dtype(dtype: Any) -> np.dtype:
     """The model dtype a ``dtype`` parameter stands for."""
     return check_arg("dtype", dtype, FloatDtype())
 
