@@ -18,6 +18,12 @@ training by setting ``self.model.stop_training = True`` and optionally
 of kind ``"callback"``); fit finishes the current step and epoch bookkeeping first and
 puts the reason in ``History.stop_reason``.
 
+Distributed training (``fit(distributed=True)``): every rank runs every callback with the
+same logs (they are reduced over the ranks), so decisions such as early stopping agree;
+``params["rank"]`` is this process's rank, and the built-in callbacks that write files
+or print (:class:`ModelCheckpoint`, :class:`CSVLogger`, the ``verbose`` messages) do so
+on rank 0 only.
+
 The per-batch hooks are only called when some callback overrides them, so callbacks that
 work per epoch add nothing to the cost of a step.
 
@@ -70,7 +76,8 @@ class Callback:
     Attributes:
         model: the model being trained (set by fit before ``on_train_begin``).
         params: the run's parameters (``epochs``, ``batch_size``, ``steps``, ``samples``,
-            ``metrics``, ``initial_epoch``, ``greater_is_better``).
+            ``metrics``, ``initial_epoch``, ``greater_is_better``, and ``rank`` and
+            ``world_size`` of a distributed run: 0 and 1 otherwise).
     """
 
     model: Any = None
@@ -154,6 +161,12 @@ class CallbackList:
 
     def on_train_batch_end(self, step: int, logs: dict[str, Any]) -> None:
         self._call("on_train_batch_end", step, logs)
+
+
+def _on_rank0(cb: Any) -> bool:
+    """Whether ``cb`` may write files and print: rank 0 of a distributed fit, or any
+    process outside one."""
+    return (getattr(cb, "params", None) or {}).get("rank", 0) == 0
 
 
 def _overrides(cb: Any, hook: str) -> bool:
@@ -309,7 +322,8 @@ class ModelCheckpoint(Callback):
 
     A checkpoint is never written from weights holding NaN or infinity or when the
     monitored value is NaN: the epoch is skipped with a warning and the last good file
-    stays as it was.
+    stays as it was. In a distributed fit only rank 0 writes (every rank holds the same
+    weights); load the file on every rank to resume, with any number of ranks.
     """
 
     def __init__(self, filepath: str | os.PathLike[str], monitor: str = "val_loss",
@@ -329,6 +343,8 @@ class ModelCheckpoint(Callback):
         from numbanet.io import save
         from numbanet.kernels.checks import all_finite
 
+        if not _on_rank0(self):
+            return
         logs = dict(logs or {})
         if self.save_best_only:
             value = logs.get(self._monitor.monitor)
@@ -402,7 +418,7 @@ class LearningRateScheduler(Callback):
     def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         if self.per == "epoch":
             lr = self._set(epoch)
-            if self.verbose:
+            if self.verbose and _on_rank0(self):
                 print(f"epoch {epoch + 1}: learning rate {lr:.6g}", flush=True)
 
     def _on_step(self, step: int, logs: dict[str, Any] | None = None) -> None:
@@ -464,7 +480,7 @@ class ReduceLROnPlateau(Callback):
             new_lr = max(opt.lr * self.factor, self.min_lr)
             if new_lr < opt.lr:
                 opt.lr = new_lr
-                if self.verbose:
+                if self.verbose and _on_rank0(self):
                     print(f"epoch {epoch + 1}: ReduceLROnPlateau lowered the learning rate "
                           f"to {new_lr:.6g}", flush=True)
             self.cooldown_left = self.cooldown
@@ -480,7 +496,8 @@ class CSVLogger(Callback):
         append: add to an existing file instead of overwriting it (the header is written
             only when the file is new or empty).
 
-    Each row is flushed when written, so the file is readable while training runs.
+    Each row is flushed when written, so the file is readable while training runs. In a
+    distributed fit only rank 0 writes.
     """
 
     def __init__(self, filename: str | os.PathLike[str], separator: str = ",",
@@ -497,6 +514,8 @@ class CSVLogger(Callback):
 
     def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
         self._keys = [*self.params.get("metrics", []), "lr"]
+        if not _on_rank0(self):
+            return
         new = not (self.append and os.path.exists(self.filename)
                    and os.path.getsize(self.filename) > 0)
         self._file = open(self.filename, "a" if self.append else "w",  # noqa: SIM115
@@ -544,7 +563,8 @@ class TerminateOnNaN(Callback):
                 f"TerminateOnNaN: loss is {loss} at epoch {self._epoch + 1}, step {step + 1}",
                 "terminate_on_nan", epoch=self._epoch, step=step,
             )
-            print(f"numbanet: {self.model.stop_reason}; training stopped", flush=True)
+            if _on_rank0(self):
+                print(f"numbanet: {self.model.stop_reason}; training stopped", flush=True)
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         if self.model.stop_training:
@@ -556,5 +576,7 @@ class TerminateOnNaN(Callback):
                     f"TerminateOnNaN: {key} is {value} at epoch {epoch + 1}",
                     "terminate_on_nan", epoch=epoch,
                 )
-                print(f"numbanet: {self.model.stop_reason}; training stopped", flush=True)
+                if _on_rank0(self):
+                    print(f"numbanet: {self.model.stop_reason}; training stopped",
+                          flush=True)
                 return

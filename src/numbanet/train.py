@@ -32,6 +32,17 @@ lists. One call of :func:`fit` runs these parts, each a named piece below:
 
 Why training stopped early is a :class:`StopReason` in ``History.stop_reason``.
 
+Data that does not fit in memory: a ``numpy.memmap`` ``X`` stays on disk and each batch
+is converted and checked on its own (:class:`~numbanet.sampling.LazyRows`); ``fit(batches)``
+with ``y=None`` trains on an iterable of ``(X_batch, y_batch)`` pairs
+(:class:`~numbanet.sampling.StreamLoader`).
+
+Data parallelism (``distributed=True``, :mod:`numbanet.distributed`) plugs in at four
+places and nowhere else: the batch sampler (each rank's slice of each global batch), the
+:class:`~numbanet.optim.AllReduce` slot of the gradient pipeline, the step's loss (reduced
+over the ranks, so the NaN policy and the logs agree everywhere) and the end-of-epoch
+outputs (gathered, so metrics are one process's). Only rank 0 prints.
+
 Determinism: everything random comes from ``model.rng``, and the kernels reduce in a
 fixed order, so a seeded model gives bit-identical weights run to run and for any thread
 count; training 10 epochs equals training 5, ``save``, ``load`` and 5 more.
@@ -59,7 +70,7 @@ from numbanet._validation import (
     validate_args,
 )
 from numbanet.optim.pipeline import GradientPipeline, PipelineTarget, make_pipeline
-from numbanet.sampling import BatchLoader, BatchSampler
+from numbanet.sampling import BatchLoader, BatchSampler, LazyBatchLoader, LazyRows, StreamLoader
 
 __all__ = ["History", "StopReason", "TrainableModel", "evaluate", "fit", "predict_proba"]
 
@@ -287,6 +298,8 @@ FIT_CONSTRAINTS = {
     "weight_decay": Optional(Real(min=0)),
     "decay_biases": Boolean(),
     "on_nan": OneOf(*_ON_NAN),
+    "distributed": Boolean(),
+    "shard": OneOf("global", "local"),
 }
 
 
@@ -300,7 +313,7 @@ def _prepare(model: TrainableModel, X: Any, y: Any, x_name: str,
         raise TypeError(f"{x_name} must be an array of samples, got None")
     if y is None:
         raise TypeError(f"{y_name} must be labels or targets, got None")
-    X = model.validate_input(X, name=x_name)
+    X = _rows(model, X, x_name)
     y_len = _length(y, y_name)
     if y_len != X.shape[0]:
         raise ValueError(f"{x_name} has {X.shape[0]} samples but {y_name} has {y_len}")
@@ -326,6 +339,23 @@ def _length(y: Any, name: str) -> int:
         raise TypeError(
             f"{name} must be an array of labels or targets, got {type(y).__name__}"
         ) from None
+
+
+def _rows(model: TrainableModel, X: Any, name: str) -> np.ndarray | LazyRows:
+    """``X`` checked and converted once; a ``numpy.memmap`` (``np.load(...,
+    mmap_mode="r")``) stays on disk instead, as :class:`~numbanet.sampling.LazyRows`: its
+    shape is checked here, and each batch is converted and checked when it is read (an
+    error names the row)."""
+    if isinstance(X, np.memmap) and X.ndim >= 2 and X.shape[0] > 0:
+        first = model.validate_input(np.asarray(X[:1]), name=name)  # shape, dtype kind
+        return LazyRows(X, first.dtype, model.validate_input, name)
+    return model.validate_input(X, name=name)
+
+
+def _is_stream(X: Any, y: Any) -> bool:
+    """``fit(batches)``: ``y`` is None and ``X`` an iterable of ``(X_batch, y_batch)``."""
+    return (y is None and X is not None and not isinstance(X, (np.ndarray, str, bytes))
+            and hasattr(X, "__iter__") and not hasattr(X, "__array__"))
 
 
 def _split_validation(
@@ -430,7 +460,8 @@ class _NanPolicy:
         """Called with a non-finite step loss: raise, or the reason to stop, or ``None``."""
         if self.on_nan == "continue":
             return None
-        message = (f"loss is {loss} at epoch {epoch + 1}, step {step + 1} of {steps} "
+        of_steps = "" if steps is None else f" of {steps}"  # a stream's length is unknown
+        message = (f"loss is {loss} at epoch {epoch + 1}, step {step + 1}{of_steps} "
                    f"(optimizer step {optimizer_step})")
         if self.on_nan == "raise":
             raise FloatingPointError(
@@ -439,8 +470,13 @@ class _NanPolicy:
             )
         return StopReason(f"{message}; training stopped", "nan_loss", epoch=epoch, step=step)
 
+    #: Say nothing (the ranks other than 0 of a distributed fit).
+    quiet = False
+
     def report(self, reason: StopReason, progress: _Progress) -> None:
         """Tell the user: a line when ``verbose``, else a ``RuntimeWarning``."""
+        if self.quiet:
+            return
         if progress.verbose:
             progress.message(f"numbanet: {reason}; {self.ADVICE}")
         else:
@@ -554,6 +590,9 @@ class _EpochSteps(NamedTuple):
 class _FitLoop:
     """The epoch loop of one :func:`fit` call, over parts built beforehand."""
 
+    #: The data-parallel plumbing (:class:`numbanet.distributed.DataParallel`) or None.
+    dist: Any = None
+
     def __init__(self, model: TrainableModel, data: _Data, loader: BatchLoader,
                  pipeline: GradientPipeline, callbacks: Any, progress: _Progress,
                  nan_policy: _NanPolicy, history: History) -> None:
@@ -565,6 +604,18 @@ class _FitLoop:
 
     def run(self, first_epoch: int, epochs: int) -> None:
         """Train ``epochs`` epochs; leave why it stopped early in the history."""
+        if self.dist is None:
+            return self._run(first_epoch, epochs)
+        try:
+            self._run(first_epoch, epochs)
+        except FloatingPointError:
+            raise  # on_nan="raise" sees the global loss: every rank raises at this step
+        except Exception as exc:
+            # Only this rank may have failed, and the others would wait for it in a
+            # collective forever: end them all, with this error shown.
+            self.dist.fail(exc)
+
+    def _run(self, first_epoch: int, epochs: int) -> None:
         model, callbacks = self.model, self.callbacks
         last = None
         callbacks.on_train_begin({})
@@ -605,20 +656,23 @@ class _FitLoop:
         """The steps of one epoch: batch, callbacks, train, NaN check, progress."""
         model, loader, callbacks, progress = self.model, self.loader, self.callbacks, self.progress
         pipeline, per_batch = self.pipeline, callbacks.per_batch
-        steps = len(loader)
+        dist = self.dist
+        steps = loader.steps
         loader.new_epoch(model.rng)
         started = time.perf_counter()
         total = 0.0
         seen = 0
         nan_stop = None
         lr_used = float(model.optimizer.lr)
-        for step in range(steps):
-            xb, tb = loader.get(step)
+        for step, (xb, tb) in enumerate(loader):
             rows = xb.shape[0]
             if per_batch:
                 callbacks.on_train_batch_begin(step, {"size": rows})
                 lr_used = float(model.optimizer.lr)
-            loss_value = model.train_batch(xb, tb, pipeline)
+            if dist is None:
+                loss_value = model.train_batch(xb, tb, pipeline)
+            else:  # the global batch's loss and rows, the same on every rank
+                loss_value, rows = dist.train_batch(model, step, xb, tb, pipeline)
             total += loss_value * rows
             seen += rows
             if not math.isfinite(loss_value):
@@ -626,10 +680,15 @@ class _FitLoop:
                                                  model.optimizer.step_count)
             if per_batch:
                 callbacks.on_train_batch_end(step, {"loss": loss_value, "size": rows})
+                if dist is not None:  # a callback that stops one rank stops all
+                    model.stop_training = dist.any(model.stop_training)
             if progress.bar is not None:
                 progress.step(loss_value, seen / max(time.perf_counter() - started, 1e-9))
             if nan_stop is not None or model.stop_training:
                 break
+        if not seen:
+            raise ValueError(f"the training batches of epoch {epoch + 1} held no samples "
+                             f"(an empty or exhausted iterable?)")
         seconds = time.perf_counter() - started
         return _EpochSteps(total / seen, seen, lr_used, seconds, nan_stop)
 
@@ -637,11 +696,26 @@ class _FitLoop:
         """End-of-epoch evaluation: training metrics and validation loss and metrics."""
         model, data = self.model, self.data
         logs: dict[str, float] = {}
-        if model.metrics:
-            logs.update(_metric_values(model, data.X, data.targets, prefix=""))
+        if self.dist is not None:
+            self.dist.end_epoch(model)
+        if model.metrics and not isinstance(data.X, StreamLoader):
+            outputs, targets, _ = self.outputs(data.X, data.targets, None)
+            logs.update(_metric_values(model, data.X, targets, prefix="", outputs=outputs))
         if data.X_val is not None and data.t_val is not None:
-            logs.update(_evaluate_prepared(model, data.X_val, data.t_val, prefix="val_"))
+            outputs, targets, _ = self.outputs(data.X_val, data.t_val, None)
+            logs.update(_evaluate_prepared(model, data.X_val, targets, prefix="val_",
+                                           outputs=outputs))
         return logs
+
+    def outputs(self, X: Any, targets: Any, weight: Any) -> tuple[np.ndarray, Any, Any]:
+        """Inference outputs of every row of ``X`` with its targets and weights (in a
+        distributed fit each rank computes a share and all receive every row)."""
+        def predict(rows: Any) -> np.ndarray:
+            return _predict_rows(self.model, rows)
+
+        if self.dist is None:
+            return predict(X), targets, weight
+        return self.dist.outputs(X, targets, weight, predict)
 
     def stop_on_nan(self, epoch: int, logs: dict[str, float], reason: StopReason) -> None:
         """End training after a NaN loss (``on_nan="stop"``)."""
@@ -679,12 +753,21 @@ def fit(
     gradient_transforms: Sequence[Any] | None = None,
     gradient_pipeline: GradientPipeline | None = None,
     on_nan: str = "stop",
+    distributed: bool = False,
+    shard: str = "global",
 ) -> History:
     """Train ``model`` on ``(X, y)`` for ``epochs`` passes over the data.
 
     Args:
         model: a compiled :class:`~numbanet.Sequential` (or any :class:`TrainableModel`).
         X: inputs ``(n, *input_shape)``; any real dtype (converted once to the model's).
+            A ``numpy.memmap`` (``np.load(path, mmap_mode="r")``) is never copied whole:
+            each batch is read, converted and checked on its own, and an error names the
+            row (``X[1234] contains NaN or infinity``). With ``y=None``, ``X`` is an
+            iterable of ``(X_batch, y_batch)`` pairs, one pass per epoch (a generator
+            serves one epoch; a list or any object whose ``iter()`` starts over serves
+            many); ``batch_size`` and ``shuffle`` then do not apply, and training
+            metrics are not logged (the stream cannot be read again at the epoch's end).
         y: targets in the form the loss expects: integer labels ``(n,)`` in
             ``0..out_features-1`` for cross-entropy, float targets
             ``(n, out_features)`` for regression losses, ...
@@ -723,6 +806,16 @@ def fit(
             else a ``RuntimeWarning``; also in ``History.stop_reason``, whose ``kind`` is
             ``"nan_loss"``), ``"raise"`` raises ``FloatingPointError``, ``"continue"``
             keeps training.
+        distributed: data-parallel training over MPI (:mod:`numbanet.distributed`;
+            ``pip install "numbanet[mpi]"``, start with ``mpiexec -n N``). ``batch_size``
+            is then the *global* batch: each rank trains on its slice of every batch,
+            one all-reduce per step sums the gradients, and every rank ends with the
+            same weights, those of one process's ``fit`` up to rounding. Loss, metrics
+            and validation are reduced over the ranks; only rank 0 prints (callbacks
+            that write files write on rank 0 only).
+        shard: with ``distributed``, ``"global"`` (every rank passes the same ``X, y``)
+            or ``"local"`` (each rank passes its own rows; see
+            :mod:`numbanet.distributed`).
 
     Returns:
         a :class:`History`.
@@ -740,45 +833,131 @@ def fit(
     model.require_compiled("fit")
     pipeline = _gradient_pipeline(gradient_pipeline, gradient_transforms, clip_norm,
                                   clip_value, weight_decay, decay_biases)
+    dist = _data_parallel(distributed, shard)
+    if dist is not None:
+        pipeline = dist.pipeline(pipeline)
     if seed is not None:
         # Reset the state of the existing generator rather than replacing it: Dropout
         # layers hold a reference to this very object.
         model.rng.bit_generator.state = np.random.default_rng(seed).bit_generator.state
 
-    data = _prepare_data(model, X, y, validation_data, validation_split)
-    n = data.X.shape[0]
-    batch_size = min(batch_size, n)
-    loader = BatchLoader(data.X, data.targets, BatchSampler(n, batch_size, shuffle=shuffle))
+    prepare = _prepare_stream if _is_stream(X, y) else _prepare_data
+    args = (model, X, y, validation_data, validation_split)
+    data = prepare(*args) if dist is None else dist.agree(prepare, *args)
+    loader, n, batch_size = _loader(model, data, batch_size, shuffle, dist)
     pipeline.setup(model)
 
     metric_names = [m.name for m in model.metrics]
-    keys = ["loss", *metric_names]
+    keys = ["loss", *(metric_names if n is not None else [])]  # a stream: no train metrics
     if data.X_val is not None:
         keys += ["val_loss", *(f"val_{name}" for name in metric_names)]
     history = History()
     first_epoch = int(model.epochs_completed)
     history.params = {
-        "epochs": epochs, "batch_size": batch_size, "steps": len(loader), "samples": n,
+        "epochs": epochs, "batch_size": batch_size, "steps": loader.steps, "samples": n,
+        "rank": 0 if dist is None else dist.rank, "world_size": 1 if dist is None else dist.size,
         "metrics": keys, "initial_epoch": first_epoch,
         "greater_is_better": {m.name: m.greater_is_better for m in model.metrics},
     }
     cbs = CallbackList(callbacks, model=model, params=history.params)
     model.stop_training = False
     model.stop_reason = None
-    progress = _Progress(int(verbose), first_epoch + epochs, len(loader))
+    main = dist is None or dist.is_main  # only rank 0 prints
+    progress = _Progress(int(verbose) if main else 0, first_epoch + epochs, loader.steps or 0)
     loop = _FitLoop(model, data, loader, pipeline, cbs, progress, _NanPolicy(on_nan), history)
+    loop.dist = dist
+    loop.nan_policy.quiet = not main
     loop.run(first_epoch, epochs)
     model.stop_training = False
     return history
 
 
+def _data_parallel(distributed: bool, shard: str) -> Any:
+    """The :class:`numbanet.distributed.DataParallel` of a distributed fit, else None."""
+    if not distributed:
+        if shard != "global":
+            raise ValueError(f"shard={shard!r} needs distributed=True")
+        return None
+    from numbanet.distributed import DataParallel  # imports mpi4py, or names the extra
+
+    return DataParallel(shard)
+
+
+def _prepare_stream(model: TrainableModel, X: Any, y: Any, validation_data: Any,
+                    validation_split: float, sample_weight: Any = None,
+                    class_weight: Any = None) -> _Data:
+    """``fit(batches)``: the stream of training batches, and the validation arrays."""
+    if sample_weight is not None or class_weight is not None:
+        raise TypeError("sample_weight and class_weight need X and y arrays; a stream of "
+                        "batches cannot carry them")
+    if validation_split:
+        raise ValueError("validation_split needs X and y arrays: with a stream of batches "
+                         "pass validation_data=(X_val, y_val)")
+    X_val = t_val = None
+    if validation_data is not None:
+        if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
+            raise TypeError("validation_data must be a tuple (X_val, y_val)")
+        X_val, t_val = _prepare(model, validation_data[0], validation_data[1],
+                                "validation_data[0]", "validation_data[1]")
+
+    def prepare(xb: Any, yb: Any, step: int) -> tuple[np.ndarray, np.ndarray]:
+        # np.asarray: a memmap batch is converted now (it is one batch).
+        return _prepare(model, np.asarray(xb), yb, f"X batch {step}", f"y batch {step}")
+
+    return _Data(StreamLoader(X, prepare), None, X_val, t_val)  # type: ignore[arg-type]
+
+
+def _loader(model: TrainableModel, data: _Data, batch_size: int, shuffle: bool,
+            dist: Any) -> tuple[Any, int | None, int | None]:
+    """The batch loader of a fit call, the training samples (over every rank; ``None``
+    for a stream) and the batch size in force (``None`` for a stream)."""
+    if isinstance(data.X, StreamLoader):
+        if dist is None:
+            return data.X, None, None
+        dist.synchronize(model)
+        return dist.stream(model, data.X), None, None
+    if dist is None:
+        n = data.X.shape[0]
+        batch_size = min(batch_size, n)
+        sampler = BatchSampler(n, batch_size, shuffle=shuffle)
+    else:
+        dist.synchronize(model)
+        sampler = dist.sampler(model, data.X, data.targets, batch_size, shuffle)
+        n = dist.samples
+        batch_size = min(batch_size, n)
+    cls = LazyBatchLoader if isinstance(data.X, LazyRows) else BatchLoader
+    weights = getattr(data, "weights", None)
+    if weights is None:
+        return cls(data.X, data.targets, sampler), n, batch_size
+    return cls(data.X, data.targets, sampler, weights=weights), n, batch_size
+
+
 # ------------------------------------------------------------------------- evaluation
+
+
+def _predict_rows(model: TrainableModel, X: Any, batch_size: int = 1024) -> np.ndarray:
+    """Inference outputs of checked rows: an array, or :class:`~numbanet.sampling.LazyRows`
+    read and converted ``batch_size`` rows at a time."""
+    if not isinstance(X, LazyRows):
+        return model.predict_validated(X, batch_size)
+    n = X.shape[0]
+    if n == 0:
+        return model.predict_validated(X.take(slice(0, 0)), batch_size)
+    out: np.ndarray | None = None
+    for start in range(0, n, batch_size):
+        stop = min(start + batch_size, n)
+        part = model.predict_validated(X.take(slice(start, stop)), batch_size)
+        if out is None:
+            out = np.empty((n, *part.shape[1:]), dtype=part.dtype)
+        out[start:stop] = part
+    assert out is not None
+    return out
 
 
 def _metric_values(model: TrainableModel, X: np.ndarray, targets: np.ndarray, prefix: str,
                    outputs: np.ndarray | None = None) -> dict[str, float]:
     if outputs is None:
-        outputs = model.predict_validated(X)
+        outputs = _predict_rows(model, X)
     return {f"{prefix}{m.name}": float(m(outputs, targets)) for m in model.metrics}
 
 
@@ -790,8 +969,10 @@ def _loss_value(model: TrainableModel, outputs: np.ndarray, targets: np.ndarray)
 
 
 def _evaluate_prepared(model: TrainableModel, X: np.ndarray, targets: np.ndarray, prefix: str = "",
-                       batch_size: int = 1024) -> dict[str, float]:
-    outputs = model.predict_validated(X, batch_size)
+                       batch_size: int = 1024,
+                       outputs: np.ndarray | None = None) -> dict[str, float]:
+    if outputs is None:
+        outputs = _predict_rows(model, X, batch_size)
     logs = {f"{prefix}loss": _loss_value(model, outputs, targets)}
     logs.update(_metric_values(model, X, targets, prefix, outputs))
     return logs

@@ -556,6 +556,8 @@ class Sequential:
         gradient_transforms: Sequence[Any] | None = None,
         gradient_pipeline: Any = None,
         on_nan: str = "stop",
+        distributed: bool = False,
+        shard: str = "global",
     ) -> Any:
         """Train on ``(X, y)`` for ``epochs`` passes over the data.
 
@@ -563,7 +565,9 @@ class Sequential:
         each (``help(numbanet.train.fit)``): batching, validation, reproducibility
         (``seed``), callbacks, the gradient pipeline (``clip_norm``, ``clip_value``,
         ``weight_decay``, ``gradient_transforms``, ``gradient_pipeline``) and what a NaN
-        loss does (``on_nan``).
+        loss does (``on_nan``); data-parallel training over MPI (``distributed``,
+        ``shard``, :mod:`numbanet.distributed`); ``X`` may be a ``numpy.memmap`` or, with
+        ``y=None``, an iterable of ``(X_batch, y_batch)`` pairs.
 
         Returns:
             a :class:`numbanet.train.History` of per-epoch losses and metrics.
@@ -575,7 +579,8 @@ class Sequential:
                    shuffle=shuffle, seed=seed, callbacks=callbacks, verbose=verbose,
                    clip_norm=clip_norm, clip_value=clip_value, weight_decay=weight_decay,
                    decay_biases=decay_biases, gradient_transforms=gradient_transforms,
-                   gradient_pipeline=gradient_pipeline, on_nan=on_nan)
+                   gradient_pipeline=gradient_pipeline, on_nan=on_nan,
+                   distributed=distributed, shard=shard)
 
     def evaluate(self, X: Any, y: Any, *, batch_size: int = 1024,
                  verbose: int = 0) -> dict[str, float]:
