@@ -129,7 +129,12 @@ def _train_parser() -> argparse.ArgumentParser:
     model.add_argument("--seed", type=_nonnegative_int, default=0,
                        help="seeds weights, shuffling, dropout and the split (default 0)")
     model.add_argument("--threads", type=_positive_int, default=None,
-                       help="number of threads (default: all cores)")
+                       help="number of threads (default: all cores; under mpiexec each "
+                            "rank's share of them)")
+    model.add_argument("--distributed", action="store_true",
+                       help="data-parallel training over MPI, --batch-size being the global "
+                            "batch (implied when mpiexec or srun started more than one "
+                            "process; needs pip install \"numbanet[mpi]\")")
     model.add_argument("--on-nan", choices=("stop", "continue"), default="stop",
                        help="what a NaN loss does (default stop)")
     out = parser.add_argument_group("output")
@@ -321,6 +326,20 @@ def _set_threads(threads: int | None) -> None:
     set_num_threads(threads)
 
 
+def _distributed(requested: bool) -> Any:
+    """:mod:`numbanet.distributed`, initialised, when training runs on several MPI ranks
+    (``--distributed``, or a launcher that started more than one process), else None."""
+    from numbanet import distributed
+
+    if not requested and distributed.launcher_size() <= 1:
+        return None
+    try:
+        distributed.init()
+    except ImportError as exc:
+        raise _CliError(str(exc)) from None
+    return distributed
+
+
 def _train(argv: Sequence[str]) -> int:
     args = _train_parser().parse_args(argv)
     _check_plotting(args.plot)
@@ -331,6 +350,9 @@ def _train(argv: Sequence[str]) -> int:
     from numbanet.nn import Dense, Dropout, Sequential
     from numbanet.plugins import get_loss, get_optimizer
     from numbanet.train import fit
+
+    dist = _distributed(args.distributed)
+    main = dist is None or dist.is_main()  # rank 0 prints, evaluates and writes files
 
     spec = _data_spec(args, None, args.seed)
     X_train, y_train = _split(spec, "train")
@@ -359,7 +381,7 @@ def _train(argv: Sequence[str]) -> int:
     metrics = ["accuracy"] if loss.output_activation else []
     model.compile(loss=loss, optimizer=optimizer, metrics=metrics)
 
-    verbose = 0 if args.quiet else 1
+    verbose = 0 if args.quiet or not main else 1
     sizes = "-".join(str(s) for s in [X_train.shape[1], *args.hidden, n_out])
     if verbose:
         print(f"numbanet train: {spec['dataset']} ({len(X_train)} train / {len(X_test)} test "
@@ -373,9 +395,12 @@ def _train(argv: Sequence[str]) -> int:
                       batch_size=args.batch_size, validation_split=args.validation_split,
                       verbose=verbose, clip_norm=args.clip_norm,
                       weight_decay=args.weight_decay, on_nan=args.on_nan,
+                      distributed=dist is not None,
                       callbacks=callbacks)
     seconds = time.perf_counter() - started
     nan_stop = getattr(history.stop_reason, "kind", None) in ("nan_loss", "terminate_on_nan")
+    if not main:  # every rank holds the same model; rank 0 reports and saves it
+        return 1 if nan_stop else 0
     if nan_stop:
         print(f"numbanet train: error: {history.stop_reason}", file=sys.stderr)
     else:
