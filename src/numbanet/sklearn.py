@@ -559,7 +559,6 @@ class _NumbanetEstimator(BaseEstimator):
                 save(model, path, allow_nonfinite=True)
                 with open(path, "rb") as fh:
                     state["_model_npz"] = fh.read()
-        state.pop("_random_state", None)
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
