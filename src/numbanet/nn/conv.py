@@ -11,11 +11,22 @@ from numbanet._validation import Boolean, Integer, check_arg
 from numbanet.kernels.activations import RELU, get_activation
 from numbanet.kernels.conv import (
     ConvGeometry,
+    c1_applies,
+    c1_lanes,
+    c1_offsets,
+    c1_padded_height,
+    c1_padded_width,
+    c1_workspace,
     col2im_into,
+    conv2d_c1_backward_weight_into,
+    conv2d_c1_forward_into,
     conv2d_grouped_backward_input_into,
     conv2d_grouped_backward_weight_into,
     conv2d_grouped_forward_into,
+    gemm_prefers_transpose,
     im2col_into,
+    transpose_small,
+    untranspose_into,
 )
 from numbanet.kernels.matmul import GemmPlan, gemm_into, gemm_plan
 from numbanet.kernels.reductions import column_sum_into, column_sum_partials
@@ -23,6 +34,7 @@ from numbanet.nn.dense import activation_name
 from numbanet.nn.init import init_weight
 from numbanet.nn.module import FusedDerivative, Module, Shape
 from numbanet.nn.parameter import Parameter
+from numbanet.threads import max_threads
 
 __all__ = ["Conv2D", "image_shape_error", "pair"]
 
@@ -79,6 +91,11 @@ class _Plan(NamedTuple):
     rows: int          # M = N * OH * OW
     depth: int         # K = KH * KW * C // groups
     direct: bool       # 1x1, stride 1, no padding: the image is the im2col matrix
+    transposed: bool   # im2col writes (K, M): one input channel (see kernels.conv.im2col)
+    c1: bool           # one input channel: direct kernels vectorized over pixels
+    offsets: tuple[np.ndarray, np.ndarray] | None  # c1: tap and pixel-chunk offsets
+    fwd_t: bool        # the forward GEMM computes z.T (a narrow output: few channels)
+    dw_t: bool         # the weight-gradient GEMM computes dW.T
     fwd: GemmPlan | None
     dw: GemmPlan | None
     dx: GemmPlan | None
@@ -193,6 +210,9 @@ class Conv2D(Module):
         self._views: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         self._bias_partials: dict[int, np.ndarray] = {}
         self._dw_acc: np.ndarray | None = None
+        self._c1_tiles: np.ndarray | None = None
+        self._btile: np.ndarray | None = None
+        self._dwt: np.ndarray | None = None
         self._x: np.ndarray | None = None
         self._cols: np.ndarray | None = None
         self._z: np.ndarray | None = None
@@ -281,19 +301,45 @@ class Conv2D(Module):
         rows = n * oh * ow
         depth = kh * kw * c // self.groups
         direct = (kh, kw) == (1, 1) and self.stride == (1, 1) and self._pads == (0, 0, 0, 0)
+        c1 = c1_applies(tuple(geo), c, self.groups, self.workspace.dtype)
+        transposed = not direct and not c1 and c == 1
         if self.groups == 1:
             dtype = self.workspace.dtype
-            fwd = gemm_plan(rows, co, depth, dtype)     # z = cols @ W
-            dw = gemm_plan(depth, co, rows, dtype)      # dW = cols.T @ dz
+            fwd_t = gemm_prefers_transpose(rows, co, dtype)
+            dw_t = gemm_prefers_transpose(depth, co, dtype)
+            # z = cols @ W, or z.T = W.T @ cols.T
+            fwd = gemm_plan(co, rows, depth, dtype) if fwd_t else gemm_plan(rows, co, depth, dtype)
+            # dW = cols.T @ dz, or dW.T = dz.T @ cols
+            dw = gemm_plan(co, depth, rows, dtype) if dw_t else gemm_plan(depth, co, rows, dtype)
             dx = gemm_plan(rows, depth, co, dtype)      # dcols = dz @ W.T
             work = self.workspace.scratch(max(fwd.workspace, dw.workspace, dx.workspace))
-            plan = _Plan(geo, tuple(geo), rows, depth, direct, fwd, dw, dx, work)
+            offsets = c1_offsets(tuple(geo), c1_lanes(dtype)) if c1 else None
+            plan = _Plan(geo, tuple(geo), rows, depth, direct, transposed, c1, offsets, fwd_t,
+                         dw_t, fwd, dw, dx, work)
         else:
-            plan = _Plan(geo, tuple(geo), rows, depth, direct, None, None, None, None)
+            plan = _Plan(geo, tuple(geo), rows, depth, direct, False, False, None, False, False,
+                         None, None, None, None)
         if len(self._plans) >= 8:
             self._plans.clear()
         self._plans[shape] = plan
         return plan
+
+    def _tiles(self, p: _Plan) -> np.ndarray:
+        """Per-thread scratch of the single-channel kernels (made once per layer)."""
+        lanes = c1_lanes(self.workspace.dtype)
+        shape, _ = c1_workspace(max_threads(), p.g, self.out_channels, lanes)
+        tiles = self._c1_tiles
+        if tiles is None or tiles.shape != shape or tiles.dtype != self.workspace.dtype:
+            tiles = self._c1_tiles = np.empty(shape, self.workspace.dtype)
+        return tiles
+
+    def _btiles(self, co: int) -> np.ndarray:
+        """Per-thread scratch of :func:`~numbanet.kernels.conv.untranspose_into`."""
+        shape = (max_threads(), c1_lanes(self.workspace.dtype) * co)
+        tiles = self._btile
+        if tiles is None or tiles.shape != shape or tiles.dtype != self.workspace.dtype:
+            tiles = self._btile = np.empty(shape, self.workspace.dtype)
+        return tiles
 
     def _matrix(self, name: str, array: np.ndarray, rows: int, cols: int) -> np.ndarray:
         """``array`` seen as a ``(rows, cols)`` matrix; the view is kept while ``array``
@@ -319,7 +365,15 @@ class Conv2D(Module):
         in_place = act.name == "identity" or act.name in _DERIVATIVE_FROM_OUTPUT
         y = z if in_place else ws.get("y", (n, p.geo.oh, p.geo.ow, co))
         cols = None
-        if self.groups > 1:
+        if p.c1:
+            xp = ws.get("xpad", (n, c1_padded_height(g), c1_padded_width(g)))
+            relu = act.name == "relu"
+            conv2d_c1_forward_into(x, xp, weight, bias, z, relu, g, p.offsets, self._tiles(p))
+            if act.name not in ("relu", "identity"):
+                act.forward_unchecked(self._matrix("z", z, p.rows, co),
+                                      self._matrix("y", y, p.rows, co))
+            cols = xp
+        elif self.groups > 1:
             conv2d_grouped_forward_into(x, weight, bias, z, g, self.groups)
             if act.name != "identity":
                 act.forward_unchecked(self._matrix("z", z, p.rows, co),
@@ -327,20 +381,35 @@ class Conv2D(Module):
         else:
             if p.direct:
                 cols = self._matrix("x", x, p.rows, p.depth)
+            elif p.transposed:
+                # (K, M): a batch-first buffer of the same size, seen as that matrix.
+                cols = self._matrix("cols_t", ws.get("cols_t", (n, p.geo.oh * p.geo.ow * p.depth)),
+                                    p.depth, p.rows)
+                im2col_into(x, cols, g, True)
             else:
                 cols = self._matrix("cols", ws.get("cols", (n, p.geo.oh * p.geo.ow, p.depth)),
                                     p.rows, p.depth)
                 im2col_into(x, cols, g)
             w2 = self._matrix("w", weight, p.depth, co)
             z2 = self._matrix("z", z, p.rows, co)
-            if act.name == "identity":
-                gemm_into(cols, w2, z2, False, False, p.work, p.fwd, bias=bias)
+            t = p.transposed
+            if p.fwd_t:
+                # z.T = W.T @ cols.T, then z = act(z.T.T + b) in one pass.
+                zt = self._matrix("zt", ws.get("zt", (n, co * p.geo.oh * p.geo.ow)), co,
+                                  p.rows)
+                gemm_into(w2, cols, zt, True, not t, p.work, p.fwd)
+                relu = act.name == "relu"
+                untranspose_into(zt, bias, relu, z2, self._btiles(co))
+                if act.name not in ("relu", "identity"):
+                    act.forward_unchecked(z2, self._matrix("y", y, p.rows, co))
+            elif act.name == "identity":
+                gemm_into(cols, w2, z2, t, False, p.work, p.fwd, bias=bias)
             elif act.elementwise:
-                gemm_into(cols, w2, z2, False, False, p.work, p.fwd, bias=bias,
+                gemm_into(cols, w2, z2, t, False, p.work, p.fwd, bias=bias,
                           y=self._matrix("y", y, p.rows, co), act_id=act.id,
                           param=act.default_param)
             else:  # softmax / log_softmax over the channels of each pixel
-                gemm_into(cols, w2, z2, False, False, p.work, p.fwd, bias=bias)
+                gemm_into(cols, w2, z2, t, False, p.work, p.fwd, bias=bias)
                 act.forward_unchecked(z2, self._matrix("y", y, p.rows, co))
         self._x, self._cols, self._z, self._y, self._plan = x, cols, z, y, p
         return y
@@ -389,15 +458,29 @@ class Conv2D(Module):
                                          self._matrix("grad", grad, p.rows, co),
                                          self._matrix("dz", dz, p.rows, co))
         dz2 = self._matrix("dz2", dz, p.rows, co)
-        if self.groups > 1:
+        if p.c1:
+            taps = p.geo.kh * p.geo.kw
+            partials = ws.get("c1_partials", (n, (taps + 1) * co), dtype=np.float64)
+            conv2d_c1_backward_weight_into(
+                self._cols, dz, weight.grad,
+                self._params["bias"].grad if self.bias_enabled else None, p.g, p.offsets,
+                self._tiles(p), partials)
+        elif self.groups > 1:
             if self._dw_acc is None:
                 self._dw_acc = np.empty(self._weight_shape(), np.float64)
             conv2d_grouped_backward_weight_into(x, dz, self._dw_acc, weight.grad, g,
                                                 self.groups)
         else:
-            gemm_into(self._cols, dz2, self._matrix("dw", weight.grad, p.depth, co), True,
-                      False, p.work, p.dw)  # dW = cols.T @ dz
-        if self.bias_enabled:
+            dw2 = self._matrix("dw", weight.grad, p.depth, co)
+            if p.dw_t:  # dW.T = dz.T @ cols
+                dwt = self._dwt
+                if dwt is None or dwt.shape != (co, p.depth) or dwt.dtype != dw2.dtype:
+                    dwt = self._dwt = np.empty((co, p.depth), dw2.dtype)
+                gemm_into(dz2, self._cols, dwt, True, p.transposed, p.work, p.dw)
+                transpose_small(dwt, dw2)
+            else:  # dW = cols.T @ dz
+                gemm_into(self._cols, dz2, dw2, not p.transposed, False, p.work, p.dw)
+        if self.bias_enabled and not p.c1:
             partials = self._bias_partials.get(p.rows)
             if partials is None:
                 partials = self._bias_partials[p.rows] = column_sum_partials(p.rows, co)
