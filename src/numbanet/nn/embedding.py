@@ -7,7 +7,12 @@ from typing import Any
 import numpy as np
 
 from numbanet._validation import Integer, Optional, check_arg
-from numbanet.kernels.embedding import ROW_CHUNK, embedding_backward, embedding_forward
+from numbanet.kernels.embedding import (
+    ROW_CHUNK,
+    embedding_backward,
+    embedding_forward,
+    scatter_workspace,
+)
 from numbanet.nn.module import Module, Shape
 
 __all__ = ["Embedding"]
@@ -34,10 +39,11 @@ class Embedding(Module):
     index outside ``[0, num_embeddings)`` before any kernel runs. Its input gradient is
     ``None`` (indices have none).
 
-    Backward sums the rows of ``dy`` of repeated indices in index order, in parallel over
-    column strips of the table, so the gradient is bit-identical for any thread count
-    (:mod:`numbanet.kernels.embedding`). It writes the whole ``(num_embeddings, dim)``
-    gradient (a dense gradient, like PyTorch's default ``sparse=False``).
+    Backward groups the indices by row (a stable counting sort) and sums each row's
+    ``dy`` rows in index order, in parallel over blocks of table rows, so the gradient is
+    bit-identical for any thread count (:mod:`numbanet.kernels.embedding`). It writes
+    the whole ``(num_embeddings, dim)`` gradient (a dense gradient, like PyTorch's
+    default ``sparse=False``).
     """
 
     input_kind = "index"
@@ -53,6 +59,8 @@ class Embedding(Module):
                                 Optional(Integer(min=-n, max=n - 1)), where=where)
         self.padding_idx = None if padding_idx is None else padding_idx % n
         self._idx: np.ndarray | None = None
+        # The scatter's row grouping (counting sort) per table row; see kernels.embedding.
+        self._starts, self._cursor, _ = scatter_workspace(self.num_embeddings, 0)
 
     def parameter_shapes(self) -> list[tuple[str, Shape]]:
         return [("weight", (self.num_embeddings, self.embedding_dim))]
@@ -129,8 +137,9 @@ class Embedding(Module):
         if idx is None:
             raise RuntimeError("Embedding.backward called before forward")
         pad = -1 if self.padding_idx is None else self.padding_idx
+        order = self.workspace.get("order", idx.shape[0], dtype=np.int64, rows=dy.shape[0])
         embedding_backward(idx, dy.reshape(idx.shape[0], self.embedding_dim), pad,
-                           self._params["weight"].grad)
+                           self._params["weight"].grad, self._starts, self._cursor, order)
         return None
 
     def __repr__(self) -> str:
