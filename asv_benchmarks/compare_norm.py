@@ -1,0 +1,225 @@
+"""Side by side: numbanet's BatchNorm and LayerNorm against PyTorch, forward + backward.
+
+Run: ``python asv_benchmarks/compare_norm.py [--threads 1 2] [--rounds 5] [--cores 0,1]
+[--dtype float32]`` (needs torch).
+
+Cases (float32 by default), one training step of the layer alone: forward in training
+mode, then backward with the input gradient and both parameter gradients:
+
+* BatchNorm on ``(256, 1024)`` (``torch.nn.BatchNorm1d``) and on channels-last images
+  ``(64, 16, 16, 64)`` (``torch.nn.BatchNorm2d`` on a ``channels_last`` tensor, the
+  same memory layout);
+* LayerNorm over the last axis of the same two shapes.
+
+numbanet is timed through the layer's own ``forward``/``backward`` (what a model calls;
+the model's input check and output copy are left out), PyTorch through the module call
+and ``y.backward(dy)`` (its autograd overhead included: that is what its users pay).
+
+Method: each framework runs in its own process, pinned (``os.sched_setaffinity``) to the
+same cores and limited to the same number of threads. Rounds alternate which framework
+goes first, so load from other processes hits both alike. A process warms up (compiles,
+or loads numbanet's kernels from the disk cache), then times single calls for about a
+second per case and reports the median; the table shows the median over rounds of those
+medians, and the ratio PyTorch time / numbanet time (above 1: numbanet is faster). On a
+machine shared with other jobs, also compare the "best" columns (each framework's
+fastest round).
+
+Memory traffic: the table's GB/s counts the passes the kernels make over arrays of the
+input's size (:mod:`numbanet.kernels.norm`): BatchNorm 8 (forward reads x twice and
+writes y; backward reads x and dy twice and writes dx), LayerNorm 5 (forward reads x and
+writes y; backward reads x and dy and writes dx). The last lines give, for comparison,
+numpy's copy bandwidth (read + write) on one core for a 256 MiB array (DRAM) and an array
+of the cases' size (the caches: both shapes are 1 MiB and 4 MiB of float32).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+CASES = [
+    ("BatchNorm", (256, 1024)),
+    ("BatchNorm", (64, 16, 16, 64)),
+    ("LayerNorm", (256, 1024)),
+    ("LayerNorm", (64, 16, 16, 64)),
+]
+# Arrays of the input's size each forward + backward reads or writes (see the docstring).
+PASSES = {"BatchNorm": 8, "LayerNorm": 5}
+
+
+def _time_calls(fn, seconds: float = 1.0, warmup: float = 0.2) -> tuple[float, float]:
+    """(median, min) seconds per call of ``fn`` over about ``seconds`` of single calls."""
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < warmup:
+        fn()
+    samples = []
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < seconds or len(samples) < 20:
+        s = time.perf_counter()
+        fn()
+        samples.append(time.perf_counter() - s)
+    return statistics.median(samples), min(samples)
+
+
+def _numbanet_cases(dtype: str, threads: int) -> dict:
+    import numpy as np
+
+    import numbanet as nbn
+
+    nbn.set_num_threads(threads)
+    rng = np.random.default_rng(0)
+    results = {}
+    for kind, shape in CASES:
+        layer = getattr(nbn, kind)(shape[-1])
+        model = nbn.Sequential([layer], seed=0, dtype=dtype, input_shape=shape[1:])
+        layer = model.layers[0]
+        x = rng.standard_normal(shape).astype(dtype)
+        dy = rng.standard_normal(shape).astype(dtype)
+
+        def step(layer=layer, x=x, dy=dy):
+            layer.forward(x, True)
+            layer.backward(dy, need_input_grad=True)
+
+        results[f"{kind} {shape}"] = _time_calls(step)
+    return results
+
+
+def _torch_cases(dtype: str, threads: int) -> dict:
+    import torch
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    tdtype = getattr(torch, dtype)
+    results = {}
+    for kind, shape in CASES:
+        c = shape[-1]
+        if kind == "BatchNorm" and len(shape) == 4:
+            n, h, w, _ = shape
+            module = torch.nn.BatchNorm2d(c).to(tdtype)
+            x = torch.randn(n, c, h, w, dtype=tdtype).to(memory_format=torch.channels_last)
+        elif kind == "BatchNorm":
+            module = torch.nn.BatchNorm1d(c).to(tdtype)
+            x = torch.randn(*shape, dtype=tdtype)
+        else:
+            module = torch.nn.LayerNorm(c).to(tdtype)
+            x = torch.randn(*shape, dtype=tdtype)
+        x.requires_grad_(True)
+        dy = torch.randn_like(x)
+
+        def step(module=module, x=x, dy=dy):
+            module(x).backward(dy)
+            x.grad = None
+
+        results[f"{kind} {shape}"] = _time_calls(step)
+    return results
+
+
+def _bandwidth() -> dict:
+    import numpy as np
+
+    out = {}
+    for label, nbytes in (("DRAM 256 MiB", 256 << 20), ("cache 1 MiB", 1 << 20),
+                          ("cache 4 MiB", 4 << 20)):
+        a = np.ones(nbytes // 4, dtype=np.float32)
+        b = np.empty_like(a)
+        median, best = _time_calls(lambda a=a, b=b: np.copyto(b, a), seconds=0.5)
+        out[label] = (2 * nbytes / median / 1e9, 2 * nbytes / best / 1e9)
+    return out
+
+
+def _worker(args: argparse.Namespace) -> None:
+    os.sched_setaffinity(0, args.cores)
+    if args.worker == "numbanet":
+        results = _numbanet_cases(args.dtype, args.threads)
+    elif args.worker == "torch":
+        results = _torch_cases(args.dtype, args.threads)
+    else:
+        results = _bandwidth()
+    print(json.dumps(results))
+
+
+def _run_worker(name: str, threads: int, cores: list[int], dtype: str) -> dict:
+    env = dict(os.environ, NUMBA_NUM_THREADS=str(max(threads, 1)),
+               OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads),
+               OPENBLAS_NUM_THREADS="1")
+    cmd = [sys.executable, __file__, "--worker", name, "--threads", str(threads),
+           "--cores", ",".join(map(str, cores)), "--dtype", dtype]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise SystemExit(f"{name} worker failed:\n{done.stderr}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--cores", default=None,
+                        help="comma-separated cores to pin to (default: the first "
+                             "max(threads) cores this process may use)")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    parser.add_argument("--worker", choices=["numbanet", "torch", "bandwidth"],
+                        help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.cores is not None:
+        args.cores = [int(c) for c in args.cores.split(",")]
+    if args.worker:
+        args.threads = args.threads[0]
+        _worker(args)
+        return
+
+    available = sorted(os.sched_getaffinity(0))
+    cores_all = args.cores or available
+    if max(args.threads) > len(cores_all):
+        raise SystemExit(f"--threads {max(args.threads)} needs as many cores; have "
+                         f"{cores_all}")
+    try:
+        load = os.getloadavg()
+        load_text = f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}"
+    except OSError:
+        load_text = "load average unknown"
+    print(f"compare_norm: {args.dtype}, {args.rounds} rounds, {os.cpu_count()} CPUs, "
+          f"{load_text} at start")
+    for threads in args.threads:
+        cores = cores_all[:threads]
+        runs: dict[str, list[dict]] = {"numbanet": [], "torch": []}
+        for r in range(args.rounds):
+            order = ["numbanet", "torch"] if r % 2 == 0 else ["torch", "numbanet"]
+            for name in order:
+                runs[name].append(_run_worker(name, threads, cores, args.dtype))
+        print(f"\nthreads={threads}, cores {cores}; microseconds per forward + backward "
+              f"(median over rounds of per-round medians; best = fastest round's median)")
+        header = (f"{'case':<32}{'numbanet':>10}{'torch':>10}{'ratio':>7}"
+                  f"{'best nb':>10}{'best pt':>10}{'ratio':>7}{'nb GB/s':>9}")
+        print(header)
+        print("-" * len(header))
+        for kind, shape in CASES:
+            key = f"{kind} {shape}"
+            nb = [run[key][0] for run in runs["numbanet"]]
+            pt = [run[key][0] for run in runs["torch"]]
+            nb_med, pt_med = statistics.median(nb), statistics.median(pt)
+            nb_best, pt_best = min(nb), min(pt)
+            nbytes = 4 if args.dtype == "float32" else 8
+            for d in shape:
+                nbytes *= d
+            gbs = PASSES[kind] * nbytes / nb_med / 1e9
+            print(f"{key:<32}{nb_med * 1e6:>10.1f}{pt_med * 1e6:>10.1f}"
+                  f"{pt_med / nb_med:>7.2f}{nb_best * 1e6:>10.1f}{pt_best * 1e6:>10.1f}"
+                  f"{pt_best / nb_best:>7.2f}{gbs:>9.1f}")
+    band = _run_worker("bandwidth", 1, cores_all[:1], args.dtype)
+    print("\nnumpy copy on one core, read + write GB/s (median, best): "
+          + "; ".join(f"{k} {v[0]:.1f}, {v[1]:.1f}" for k, v in band.items()))
+    try:
+        load = os.getloadavg()
+        print(f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} at the end")
+    except OSError:
+        pass
+
+
+if __name__ == "__main__":
+    main()
