@@ -353,7 +353,8 @@ def _bn_forward_parallel(x, training, eps, momentum, weight, bias, affine, run_m
     1. (training) over (row chunk, column block) tasks: task ``(c, b)`` writes only
        ``partials[c, :, block b]``;
     2. (training) over column blocks: block ``b`` adds its columns' partials in chunk
-       order and writes only its columns of ``stats``, ``coef`` and the running buffers;
+       order and writes only its columns of ``stats``, ``coef`` and the running buffers
+       (on the calling thread when there is one block, rows up to COL_BLOCK wide);
     3. over row chunks: chunk ``c`` writes only its rows of ``y``.
     """
     n, cols = x.shape
@@ -373,12 +374,20 @@ def _bn_forward_parallel(x, training, eps, momentum, weight, bias, affine, run_m
             chi = min(clo + COL_BLOCK, cols)
             _bn_x_sums(x, lo, hi, clo, chi, k[clo:chi], partials[c, 0, clo:chi],
                        partials[c, 1, clo:chi])
-        for b in numba.prange(nblocks):
-            clo = b * COL_BLOCK
-            chi = min(clo + COL_BLOCK, cols)
-            _sum_chunks(partials, nchunks, clo, chi, stats[2, clo:chi], stats[3, clo:chi])
-            _bn_train_coefs(stats, clo, chi, np.float64(n), eps, momentum, weight, bias,
+        if nblocks == 1:
+            # One block: combine on this thread. A parallel region is a barrier, and on
+            # a busy machine a barrier waits for a descheduled worker (milliseconds).
+            _sum_chunks(partials, nchunks, 0, cols, stats[2], stats[3])
+            _bn_train_coefs(stats, 0, cols, np.float64(n), eps, momentum, weight, bias,
                             affine, run_mean, run_var, coef)
+        else:
+            for b in numba.prange(nblocks):
+                clo = b * COL_BLOCK
+                chi = min(clo + COL_BLOCK, cols)
+                _sum_chunks(partials, nchunks, clo, chi, stats[2, clo:chi],
+                            stats[3, clo:chi])
+                _bn_train_coefs(stats, clo, chi, np.float64(n), eps, momentum, weight,
+                                bias, affine, run_mean, run_var, coef)
     else:
         _bn_eval_coefs(eps, weight, bias, affine, run_mean, run_var, stats, coef)
     for c in numba.prange(nchunks):
@@ -440,13 +449,20 @@ def _bn_backward_parallel(x, dy, weight, affine, batch_stats, need_dx, stats, co
             chi = min(clo + COL_BLOCK, cols)
             _bn_dy_sums(x, dy, lo, hi, clo, chi, coef[0, clo:chi], partials[c, 0, clo:chi],
                         partials[c, 1, clo:chi])
-    for b in numba.prange(nblocks):
-        clo = b * COL_BLOCK
-        chi = min(clo + COL_BLOCK, cols)
+    if nblocks == 1:  # on this thread: one barrier fewer (see _bn_forward_parallel)
         if sums:
-            _sum_chunks(partials, nchunks, clo, chi, stats[2, clo:chi], stats[3, clo:chi])
-        _bn_backward_coefs(stats, clo, chi, np.float64(n), weight, affine, batch_stats,
+            _sum_chunks(partials, nchunks, 0, cols, stats[2], stats[3])
+        _bn_backward_coefs(stats, 0, cols, np.float64(n), weight, affine, batch_stats,
                            sums, dweight, dbias, coef)
+    else:
+        for b in numba.prange(nblocks):
+            clo = b * COL_BLOCK
+            chi = min(clo + COL_BLOCK, cols)
+            if sums:
+                _sum_chunks(partials, nchunks, clo, chi, stats[2, clo:chi],
+                            stats[3, clo:chi])
+            _bn_backward_coefs(stats, clo, chi, np.float64(n), weight, affine,
+                               batch_stats, sums, dweight, dbias, coef)
     if need_dx:
         for c in numba.prange(nchunks):
             lo = c * chunk
@@ -666,10 +682,13 @@ def _ln_backward_parallel(x, dy, weight, affine, mean, rstd, need_dx, dx, partia
                           need_dx, dx, partials[c, 0], partials[c, 1])
     if affine:
         nblocks = (cols + COL_BLOCK - 1) // COL_BLOCK
-        for b in numba.prange(nblocks):
-            clo = b * COL_BLOCK
-            _ln_param_grads(partials, nchunks, clo, min(clo + COL_BLOCK, cols), totals,
-                            dweight, dbias)
+        if nblocks == 1:  # on this thread: one barrier fewer (see _bn_forward_parallel)
+            _ln_param_grads(partials, nchunks, 0, cols, totals, dweight, dbias)
+        else:
+            for b in numba.prange(nblocks):
+                clo = b * COL_BLOCK
+                _ln_param_grads(partials, nchunks, clo, min(clo + COL_BLOCK, cols), totals,
+                                dweight, dbias)
 
 
 @kernel
