@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 
-from numbanet.bench import compare
+from numbanet.bench import available_frameworks, compare
 
 from .common import COMPARE_MIN_TIME, COMPARE_REPEATS, MODELS, THREADS
 
@@ -32,8 +32,13 @@ class CompareSuite:
         results = {}
         for model in MODELS:
             for threads in THREADS:
+                # The frameworks these ratios track (the compiling peers have their own
+                # processes and pins in `numbanet bench`); without torch its ratio is NaN.
+                frameworks = [f for f in ("numbanet", "torch", "numpy")
+                              if f in available_frameworks()]
                 r = compare(
-                    model, threads=threads, repeats=COMPARE_REPEATS, min_time=COMPARE_MIN_TIME
+                    model, threads=threads, repeats=COMPARE_REPEATS, min_time=COMPARE_MIN_TIME,
+                    frameworks=frameworks,
                 )
                 results[(model, threads)] = {
                     "step_seconds": r.step_seconds,

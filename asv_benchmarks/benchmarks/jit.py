@@ -1,9 +1,16 @@
 """Cold start: what a new process pays before its first training step.
 
 ``timeraw_`` benchmarks run their statement in a fresh interpreter, once per sample.
-``cache="cold"`` points ``NUMBA_CACHE_DIR`` at an empty directory, so every kernel the
-step needs is compiled from scratch (a first run after ``pip install``); ``"warm"`` uses
-the disk cache that earlier runs filled (every later run).
+``cache="cold"`` points ``NUMBA_CACHE_DIR`` and ``NUMBANET_CACHE_DIR`` at empty
+directories, so every kernel the step needs is compiled from scratch (a first run after
+``pip install``: with ``NUMBA_CACHE_DIR`` set, Numba's user-provided cache locator comes
+first, so the kernel caches in numbanet's ``__pycache__`` directories are not read
+either); ``"warm"`` uses the disk caches that earlier runs filled (every later run).
+
+The training step is :func:`numbanet.bench.make_step`'s, the one ``numbanet bench
+--cold-start`` times from interpreter launch (that command also times JAX, PyTorch,
+torch.compile and Keras the same way). asv_benchmarks/cold_start_profile.py breaks the
+cold figure down per compiled function and compiler stage.
 """
 
 from __future__ import annotations
@@ -15,23 +22,18 @@ import atexit, os, shutil, tempfile
 if {cold}:
     # Must precede the first numba import: numba reads it once. Removed at exit, after
     # the timing.
-    os.environ["NUMBA_CACHE_DIR"] = tempfile.mkdtemp(prefix="numbanet-asv-jit-")
-    atexit.register(shutil.rmtree, os.environ["NUMBA_CACHE_DIR"], True)
+    for _var in ("NUMBA_CACHE_DIR", "NUMBANET_CACHE_DIR"):
+        os.environ[_var] = tempfile.mkdtemp(prefix="numbanet-asv-jit-")
+        atexit.register(shutil.rmtree, os.environ[_var], True)
 import numpy as np
 import numbanet
-from numbanet.bench import STANDARD_MODELS, make_batch
-from numbanet.nn import Dense, Sequential
+from numbanet.bench import make_step
 """
 
+# Builds the model (weights copied in, compiled with Adam and cross-entropy) and runs
+# one public train_step: everything a first step compiles.
 _FIRST_STEP = """
-spec = STANDARD_MODELS["{model}"]
-sizes = spec.sizes
-layers = [Dense(i, o, activation="relu" if k < len(sizes) - 2 else None)
-          for k, (i, o) in enumerate(zip(sizes[:-1], sizes[1:]))]
-net = Sequential(layers, seed=0, dtype="float32")
-net.compile(loss="cross_entropy", optimizer="adam")
-x, y = make_batch(spec)
-net.train_step(x, y)
+make_step("numbanet", "{model}")()
 """
 
 _FIRST_MATMUL = """

@@ -1,8 +1,13 @@
-"""Side-by-side speed comparison: the same training step in numbanet, PyTorch and NumPy.
+"""Side-by-side speed comparison: the same training step in numbanet and its peers.
 
 Used by ``numbanet bench`` (:mod:`numbanet._bench_cli`) and by the asv ``track_``
 benchmarks in ``asv_benchmarks/benchmarks/compare.py``, so the numbers in the command's
 table and in the asv history come from one piece of code.
+
+The frameworks (:data:`FRAMEWORKS`): numbanet; JAX (``jax.jit`` of the whole step);
+PyTorch with ``torch.compile``; PyTorch eager; Keras 3 on its JAX backend; and a plain
+NumPy reference. All but numbanet and NumPy are optional: one that is not installed
+(or fails to build its step) is skipped with a note saying why.
 
 What is compared, per standard MLP (:data:`STANDARD_MODELS`):
 
@@ -10,45 +15,81 @@ What is compared, per standard MLP (:data:`STANDARD_MODELS`):
 * the same float32 initial weights (drawn here with NumPy and copied into every framework),
   the same batch (random inputs, random integer labels), softmax cross-entropy averaged
   over the batch, and one Adam step (``lr=1e-3``, PyTorch defaults otherwise);
-* the same thread count: ``numbanet.set_num_threads(n)``, ``torch.set_num_threads(n)`` and,
-  when ``threadpoolctl`` is installed, NumPy's BLAS limited to ``n`` threads.
+* the same threads: each framework is given ``threads`` threads
+  (``numbanet.set_num_threads``, ``torch.set_num_threads``, ``PJRT_NPROC`` for XLA, set
+  before JAX is imported, and NumPy's BLAS through ``threadpoolctl`` when installed) and,
+  in a process of its own (the default of ``numbanet bench``), every thread of that
+  process is pinned to the same ``threads`` cores with ``os.sched_setaffinity`` (JAX's
+  dispatch thread and Keras's callback thread run beside the pool).
 
-The frameworks are timed interleaved in one process: every repeat times one sample of
-each framework in a rotating order, so a burst of load from another process hits them
-all alike, and the report uses the median over repeats. A sample runs the step a fixed
-number of times, chosen once per framework so that a sample lasts at least ``min_time``
-seconds. With more than one thread, each sample starts after a short pause (``settle``)
-so the previous framework's spinning thread pool has gone to sleep.
+The frameworks are timed interleaved: every repeat times one sample of each framework in
+a rotating order, so a burst of load from another process hits them all alike, and the
+report uses the median over repeats. A sample runs the step a fixed number of times,
+chosen once per framework so that a sample lasts at least ``min_time`` seconds. With more
+than one thread, each sample starts after a short pause (``settle``) so the previous
+framework's spinning thread pool has gone to sleep.
 
-Every framework's first step returns its loss; they agree to float32 rounding, which is
-how the tests check that the three steps compute the same thing.
+Every framework's first step returns its loss; same weights and batch give the same loss
+to float32 rounding, and :attr:`Comparison.losses_agree` checks it (``numbanet bench``
+exits 1 when they disagree: the frameworks would not be computing the same step).
+
+:func:`cold_start` measures the other side of speed: the seconds from launching a fresh
+interpreter to the end of the first training step, with every compile cache empty.
 
 Example:
     >>> from numbanet.bench import compare
-    >>> result = compare("64-32-10@32", threads=1, repeats=3, min_time=0.01)
+    >>> result = compare("64-32-10@32", threads=1, repeats=3, min_time=0.01,
+    ...                  frameworks=["numbanet", "numpy"])
     >>> sorted(result.samples_per_s)
-    ['numbanet', 'numpy', 'torch']
+    ['numbanet', 'numpy']
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
+import os
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-import numpy as np
-
+from numbanet._bench_steps import (
+    FRAMEWORKS,
+    LEARNING_RATE,
+    REPORT_MARK,
+    STANDARD_MODELS,
+    ModelSpec,
+    bench_cores,
+    build_step,
+    cold_command,
+    cold_environment,
+    initial_weights,
+    limit_threads,
+    make_batch,
+    missing,
+    parse_model,
+    pin_process,
+    prepare_process,
+    remove_tree,
+)
 from numbanet._validation import Integer, OneOf, Optional, Real, check_arg, validate_args
 
 __all__ = [
+    "COLD_START_MODEL",
     "FRAMEWORKS",
+    "LEARNING_RATE",
+    "LOSS_RTOL",
     "STANDARD_MODELS",
+    "ColdStart",
     "Comparison",
     "ModelSpec",
     "available_frameworks",
+    "cold_start",
     "compare",
     "initial_weights",
     "make_batch",
@@ -56,267 +97,43 @@ __all__ = [
     "parse_model",
 ]
 
-#: The frameworks :func:`compare` knows, in report order.
-FRAMEWORKS = ("numbanet", "torch", "numpy")
+#: Relative difference between two frameworks' first losses above which they are taken
+#: to compute different steps (float32 rounding gives about 1e-7).
+LOSS_RTOL = 1e-4
 
-LEARNING_RATE = 1e-3
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """An MLP and the batch size it is trained at.
-
-    Attributes:
-        sizes: layer widths, input first: ``(784, 256, 128, 10)`` is two ReLU hidden
-            layers of 256 and 128 units and 10 output logits.
-        batch: samples per training step.
-    """
-
-    sizes: tuple[int, ...]
-    batch: int
-
-    @property
-    def name(self) -> str:
-        """``"784-256-128-10@64"``: the form :func:`parse_model` reads."""
-        return "-".join(map(str, self.sizes)) + f"@{self.batch}"
-
-    @property
-    def num_parameters(self) -> int:
-        """Weights and biases of all layers."""
-        return sum(i * o + o for i, o in zip(self.sizes[:-1], self.sizes[1:], strict=True))
-
-    @property
-    def flops_per_step(self) -> int:
-        """Multiply-adds times two of the three GEMMs per layer (forward, dW, dX).
-
-        The first layer's input gradient is not needed, so it is not counted.
-        """
-        total = 0
-        for index, (i, o) in enumerate(zip(self.sizes[:-1], self.sizes[1:], strict=True)):
-            gemms = 2 if index == 0 else 3
-            total += gemms * 2 * self.batch * i * o
-        return total
-
-
-#: The MLPs of the benchmark issue, by name.
-STANDARD_MODELS: dict[str, ModelSpec] = {
-    spec.name: spec
-    for spec in (
-        ModelSpec((64, 32, 10), 32),
-        ModelSpec((784, 256, 128, 10), 64),
-        ModelSpec((784, 256, 128, 10), 256),
-        ModelSpec((784, 1024, 1024, 10), 512),
-    )
-}
-
-
-def parse_model(model: str | ModelSpec) -> ModelSpec:
-    """Read ``"784-256-128-10@64"`` (widths, input first, ``@`` batch size).
-
-    Raises:
-        TypeError: ``model`` is neither a string nor a :class:`ModelSpec`.
-        ValueError: the string is malformed (the message shows the expected form).
-    """
-    if isinstance(model, ModelSpec):
-        return model
-    if not isinstance(model, str):
-        raise TypeError(
-            f"model must be a string like '784-256-128-10@64', got {type(model).__name__}"
-        )
-    text = model.strip()
-    try:
-        widths, batch = text.split("@")
-        sizes = tuple(int(w) for w in widths.split("-"))
-        spec = ModelSpec(sizes, int(batch))
-    except ValueError:
-        raise ValueError(
-            f"model must look like '784-256-128-10@64' (widths, input first, then @batch), "
-            f"got {model!r}"
-        ) from None
-    if len(spec.sizes) < 2 or min(spec.sizes) < 1 or spec.batch < 1:
-        raise ValueError(f"model {model!r} needs at least two positive widths and a positive batch")
-    return spec
-
-
-def initial_weights(spec: ModelSpec, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
-    """He-uniform float32 weights ``(in, out)`` and small biases ``(out,)`` per layer.
-
-    Non-zero biases make a wrong bias gradient show up in the loss after one step.
-    """
-    rng = np.random.default_rng(seed)
-    layers = []
-    for i, o in zip(spec.sizes[:-1], spec.sizes[1:], strict=True):
-        bound = np.sqrt(6.0 / i)
-        w = rng.uniform(-bound, bound, size=(i, o)).astype(np.float32)
-        b = rng.uniform(-0.1, 0.1, size=o).astype(np.float32)
-        layers.append((w, b))
-    return layers
-
-
-def make_batch(spec: ModelSpec, seed: int = 1) -> tuple[np.ndarray, np.ndarray]:
-    """A random batch: inputs ``(batch, sizes[0])`` float32 and int64 labels ``(batch,)``."""
-    rng = np.random.default_rng(seed)
-    x = rng.standard_normal((spec.batch, spec.sizes[0])).astype(np.float32)
-    y = rng.integers(0, spec.sizes[-1], size=spec.batch, dtype=np.int64)
-    return x, y
-
-
-# ---------------------------------------------------------------------------------------
-# One training step per framework. Each builder returns ``step() -> float`` (the loss of
-# the batch before the update) after copying the same initial weights in.
-# ---------------------------------------------------------------------------------------
-
-
-def _numbanet_step(spec: ModelSpec, weights, x, y) -> Callable[[], float]:
-    from numbanet.nn import Dense, Sequential
-    from numbanet.plugins import get_optimizer
-
-    last = len(weights) - 1
-    model = Sequential(
-        [
-            Dense(w.shape[0], w.shape[1], activation=None if i == last else "relu")
-            for i, (w, _) in enumerate(weights)
-        ],
-        seed=0,
-        dtype="float32",
-    )
-    dense = [layer for layer in model.layers if isinstance(layer, Dense)]
-    for layer, (w, b) in zip(dense, weights, strict=True):
-        layer.weight.value[...] = w
-        layer.bias.value[...] = b
-    model.compile(loss="cross_entropy", optimizer=get_optimizer("adam", lr=LEARNING_RATE))
-
-    # The public train_step: it validates X and y each call, as a user's loop would.
-    def step() -> float:
-        return float(model.train_step(x, y))
-
-    return step
-
-
-def _torch_step(spec: ModelSpec, weights, x, y) -> Callable[[], float]:
-    import torch
-
-    layers: list[Any] = []
-    last = len(weights) - 1
-    for i, (w, b) in enumerate(weights):
-        linear = torch.nn.Linear(w.shape[0], w.shape[1])
-        with torch.no_grad():
-            # torch keeps the weight as (out, in).
-            linear.weight.copy_(torch.from_numpy(np.ascontiguousarray(w.T)))
-            linear.bias.copy_(torch.from_numpy(b))
-        layers.append(linear)
-        if i != last:
-            layers.append(torch.nn.ReLU())
-    net = torch.nn.Sequential(*layers)
-    loss_fn = torch.nn.CrossEntropyLoss()
-    opt = torch.optim.Adam(net.parameters(), lr=LEARNING_RATE)
-    xt = torch.from_numpy(x)
-    yt = torch.from_numpy(y)
-
-    def step() -> float:
-        opt.zero_grad(set_to_none=True)
-        loss = loss_fn(net(xt), yt)
-        loss.backward()
-        opt.step()
-        return float(loss.detach())
-
-    return step
-
-
-class _NumpyMLP:
-    """The reference: a float32 MLP with softmax cross-entropy and Adam in plain NumPy.
-
-    Written as a careful user would: buffers allocated once, ``out=`` everywhere on the
-    hot path, BLAS through ``np.matmul``. Adam follows PyTorch's formulation
-    (``p -= lr / bc1 * m / (sqrt(v) / sqrt(bc2) + eps)``).
-    """
-
-    def __init__(self, weights, x: np.ndarray, y: np.ndarray) -> None:
-        self.params = [a.copy() for w, b in weights for a in (w, b)]
-        self.grads = [np.zeros_like(p) for p in self.params]
-        self.m = [np.zeros_like(p) for p in self.params]
-        self.v = [np.zeros_like(p) for p in self.params]
-        self.tmp = [np.zeros_like(p) for p in self.params]
-        self.x, self.y = x, y
-        rows = x.shape[0]
-        widths = [w.shape[1] for w, _ in weights]
-        self.z = [np.empty((rows, n), np.float32) for n in widths]
-        self.h = [np.empty((rows, n), np.float32) for n in widths[:-1]]
-        self.dz = [np.empty((rows, n), np.float32) for n in widths]
-        self.onehot = np.zeros((rows, widths[-1]), np.float32)
-        self.onehot[np.arange(rows), y] = 1.0
-        self.t = 0
-        self.b1, self.b2, self.eps = 0.9, 0.999, 1e-8
-
-    def step(self) -> float:
-        n_layers = len(self.z)
-        rows = self.x.shape[0]
-        inp = self.x
-        for i in range(n_layers):
-            w, b = self.params[2 * i], self.params[2 * i + 1]
-            np.matmul(inp, w, out=self.z[i])
-            self.z[i] += b
-            if i < n_layers - 1:
-                np.maximum(self.z[i], 0.0, out=self.h[i])
-                inp = self.h[i]
-        logits = self.z[-1]
-        # Stable softmax cross-entropy; dz[-1] holds the probabilities, then the gradient.
-        p = self.dz[-1]
-        np.subtract(logits, logits.max(axis=1, keepdims=True), out=p)
-        np.exp(p, out=p)
-        p /= p.sum(axis=1, keepdims=True)
-        loss = float(-np.log(p[np.arange(rows), self.y]).mean())
-        p -= self.onehot
-        p *= np.float32(1.0 / rows)
-        for i in range(n_layers - 1, -1, -1):
-            inp = self.x if i == 0 else self.h[i - 1]
-            np.matmul(inp.T, self.dz[i], out=self.grads[2 * i])
-            np.sum(self.dz[i], axis=0, out=self.grads[2 * i + 1])
-            if i > 0:
-                dh = self.dz[i - 1]
-                np.matmul(self.dz[i], self.params[2 * i].T, out=dh)
-                dh *= self.z[i - 1] > 0
-        self.t += 1
-        bc1 = 1.0 - self.b1**self.t
-        bc2 = 1.0 - self.b2**self.t
-        step_size = np.float32(LEARNING_RATE / bc1)
-        inv_sqrt_bc2 = np.float32(1.0 / np.sqrt(bc2))
-        for p_, g, m, v, tmp in zip(
-            self.params, self.grads, self.m, self.v, self.tmp, strict=True
-        ):
-            m *= np.float32(self.b1)
-            m += np.float32(1.0 - self.b1) * g
-            v *= np.float32(self.b2)
-            np.multiply(g, g, out=tmp)
-            tmp *= np.float32(1.0 - self.b2)
-            v += tmp
-            np.sqrt(v, out=tmp)
-            tmp *= inv_sqrt_bc2
-            tmp += np.float32(self.eps)
-            np.divide(m, tmp, out=tmp)
-            tmp *= step_size
-            p_ -= tmp
-        return loss
-
-
-def _numpy_step(spec: ModelSpec, weights, x, y) -> Callable[[], float]:
-    return _NumpyMLP(weights, x, y).step
-
-
-_BUILDERS = {"numbanet": _numbanet_step, "torch": _torch_step, "numpy": _numpy_step}
+#: The model of the cold-start figures in the benchmark issue.
+COLD_START_MODEL = "784-256-128-10@64"
 
 
 def available_frameworks() -> list[str]:
-    """The frameworks of :data:`FRAMEWORKS` importable here (PyTorch is optional)."""
-    found = ["numbanet"]
-    try:
-        import torch  # noqa: F401
-    except ImportError:
-        pass
+    """The frameworks of :data:`FRAMEWORKS` installed here, in report order.
+
+    Found without importing them (see :func:`numbanet._bench_steps.missing`); one that is
+    installed may still fail to build its step (``torch.compile`` without a C++
+    compiler), and is then skipped with a note by :func:`compare` and :func:`cold_start`.
+    """
+    return [name for name in FRAMEWORKS if missing(name) is None]
+
+
+def _choose(frameworks: Sequence[str] | str | None) -> tuple[list[str], dict[str, str]]:
+    """``(frameworks to run, {skipped framework: why})``; numbanet always runs."""
+    if frameworks is None:
+        wanted = list(FRAMEWORKS)
     else:
-        found.append("torch")
-    found.append("numpy")
-    return found
+        if isinstance(frameworks, str):
+            frameworks = [frameworks]
+        unknown = [f for f in frameworks if f not in FRAMEWORKS]
+        if unknown:
+            raise ValueError(f"frameworks: unknown {unknown}; choose from {list(FRAMEWORKS)}")
+        wanted = [f for f in FRAMEWORKS if f in frameworks or f == "numbanet"]
+    chosen, skipped = [], {}
+    for name in wanted:
+        reason = missing(name)
+        if reason is None:
+            chosen.append(name)
+        else:
+            skipped[name] = reason
+    return chosen, skipped
 
 
 @validate_args({"framework": OneOf(*FRAMEWORKS)})
@@ -333,10 +150,11 @@ def make_step(
     Returns:
         ``step() -> float``: one forward, loss, backward and Adam update; returns the
         loss before the update.
+
+    Raises:
+        ImportError: the framework is not installed.
     """
-    spec = parse_model(model)
-    x, y = make_batch(spec, seed + 1)
-    return _BUILDERS[framework](spec, initial_weights(spec, seed), x, y)
+    return build_step(framework, parse_model(model), seed)
 
 
 # ---------------------------------------------------------------------------------------
@@ -348,30 +166,40 @@ def make_step(
 def _thread_limits(
     threads: int, frameworks: Sequence[str] = FRAMEWORKS
 ) -> Iterator[dict[str, Any]]:
-    """Give each of ``frameworks`` ``threads`` threads; restore the previous settings after.
+    """Give each of ``frameworks`` ``threads`` threads in this process; restore after.
 
     Only the frameworks named are touched: setting numbanet's thread count starts Numba's
     OpenMP pool, and once that pool has started PyTorch's OpenMP parallel regions in the
     same process run several times slower (measured here: a 2-thread 784-256-128-10@64
-    step 5.8x slower), so an isolated PyTorch process must never start it.
+    step 5.8x slower), so an isolated PyTorch process must never start it. XLA reads
+    ``PJRT_NPROC`` once, when JAX is first imported: if JAX is imported already, its pool
+    keeps the size it has (recorded in the notes).
     """
-    import numbanet
-
     info: dict[str, Any] = {}
     previous = None
     if "numbanet" in frameworks:
+        import numbanet
+
         previous = numbanet.get_num_threads()
         numbanet.set_num_threads(threads)
-    torch_previous = None
     torch = None
-    if "torch" in frameworks:
-        try:
-            import torch
-        except ImportError:
-            torch = None  # type: ignore[assignment]
-    if torch is not None:
+    torch_previous = None
+    if "torch" in frameworks or "torch.compile" in frameworks:
+        import torch
+
         torch_previous = torch.get_num_threads()
         torch.set_num_threads(threads)
+    if "jax" in frameworks or "keras" in frameworks:
+        if "jax" in sys.modules:
+            info["xla_threads"] = (
+                f"not limited: jax was imported before, with PJRT_NPROC="
+                f"{os.environ.get('PJRT_NPROC', 'unset')}"
+            )
+        else:
+            prepare_process("jax", threads)
+            info["xla_threads"] = f"PJRT_NPROC={threads}"
+    if "keras" in frameworks and "keras" not in sys.modules:
+        os.environ.setdefault("KERAS_BACKEND", "jax")
     with contextlib.ExitStack() as stack:
         try:
             from threadpoolctl import threadpool_limits
@@ -384,6 +212,8 @@ def _thread_limits(
             yield info
         finally:
             if previous is not None:
+                import numbanet
+
                 numbanet.set_num_threads(previous)
             if torch is not None and torch_previous is not None:
                 torch.set_num_threads(torch_previous)
@@ -404,10 +234,19 @@ def _calibrate(step: Callable[[], float], min_time: float) -> int:
 
 
 class _LocalRunner:
-    """Runs one framework's step in this process."""
+    """Runs one framework's step in this process.
 
-    def __init__(self, framework: str, spec: ModelSpec, seed: int) -> None:
+    With ``threads``, also limits the framework's threads for good (an isolated worker
+    runs nothing else); :meth:`info` returns the notes of that.
+    """
+
+    def __init__(self, framework: str, spec: ModelSpec, seed: int,
+                 threads: int | None = None) -> None:
         self.step = make_step(framework, spec, seed)
+        self._info = {} if threads is None else limit_threads(framework, threads)
+
+    def info(self) -> dict[str, Any]:
+        return self._info
 
     def first(self) -> float:
         return float(self.step())
@@ -426,16 +265,31 @@ class _LocalRunner:
         pass
 
 
-def _worker(conn: Any, framework: str, spec: ModelSpec, seed: int, threads: int) -> None:
-    """Body of an isolated framework process: serve first/calibrate/run requests."""
-    with _thread_limits(threads, [framework]):
-        runner = _LocalRunner(framework, spec, seed)
-        while True:
-            request, argument = conn.recv()
-            if request == "close":
-                break
-            conn.send(getattr(runner, request)(*argument))
+def _worker(conn: Any, framework: str, spec: ModelSpec, seed: int, threads: int,
+            cores: list[int]) -> None:
+    """Body of an isolated framework process: serve first/calibrate/run requests.
+
+    Pins the process to ``cores`` and sets XLA's pool size before the framework is
+    imported; a failure to build or run the step is sent back as ``("error", text)``.
+    """
+    pin_process(cores)
+    prepare_process(framework, threads)
+    runner = None
+    while True:
+        request, argument = conn.recv()
+        if request == "close":
+            break
+        try:
+            if runner is None:
+                runner = _LocalRunner(framework, spec, seed, threads)
+            conn.send(("ok", getattr(runner, request)(*argument)))
+        except Exception as exc:  # reported to the parent, which skips the framework
+            conn.send(("error", f"{type(exc).__name__}: {exc}"))
     conn.close()
+
+
+class _FrameworkFailed(Exception):
+    """A framework's step could not be built or run (the message says why)."""
 
 
 class _IsolatedRunner:
@@ -447,21 +301,32 @@ class _IsolatedRunner:
     slower), which would flatter numbanet.
     """
 
-    def __init__(self, framework: str, spec: ModelSpec, seed: int, threads: int) -> None:
+    def __init__(self, framework: str, spec: ModelSpec, seed: int, threads: int,
+                 cores: list[int]) -> None:
         import multiprocessing
 
         # spawn, not fork: forking after an OpenMP pool started can hang the child.
         context = multiprocessing.get_context("spawn")
         self._conn, child = context.Pipe()
         self._process = context.Process(
-            target=_worker, args=(child, framework, spec, seed, threads), daemon=True
+            target=_worker, args=(child, framework, spec, seed, threads, cores), daemon=True
         )
         self._process.start()
         child.close()
 
     def _ask(self, request: str, *argument: Any) -> Any:
         self._conn.send((request, argument))
-        return self._conn.recv()
+        try:
+            status, value = self._conn.recv()
+        except EOFError:
+            raise _FrameworkFailed(
+                f"its process exited (code {self._process.exitcode})") from None
+        if status == "error":
+            raise _FrameworkFailed(value)
+        return value
+
+    def info(self) -> dict[str, Any]:
+        return dict(self._ask("info"))
 
     def first(self) -> float:
         return float(self._ask("first"))
@@ -473,8 +338,23 @@ class _IsolatedRunner:
         return float(self._ask("run", number))
 
     def close(self) -> None:
-        self._conn.send(("close", ()))
+        with contextlib.suppress(OSError, BrokenPipeError):
+            self._conn.send(("close", ()))
         self._process.join(timeout=30)
+        if self._process.is_alive():
+            self._process.kill()
+
+
+def _losses_disagree(first_loss: dict[str, float]) -> dict[str, float]:
+    """``{framework: first loss}`` of the frameworks whose first loss differs from
+    numbanet's by more than :data:`LOSS_RTOL` (relative)."""
+    reference = first_loss.get("numbanet")
+    if reference is None:
+        return {}
+    return {
+        name: loss for name, loss in first_loss.items()
+        if name != "numbanet" and not math.isclose(loss, reference, rel_tol=LOSS_RTOL)
+    }
 
 
 @dataclass
@@ -494,7 +374,9 @@ class Comparison:
         ratios: ``samples_per_s["numbanet"] / samples_per_s[other]`` for each other
             framework; above 1 means numbanet is faster.
         gflops: numbanet's GEMM work per second (:attr:`ModelSpec.flops_per_step`).
-        notes: how threads were limited, versions.
+        skipped: ``{framework: why}`` for the frameworks asked for (or, by default,
+            known) that did not run: not installed, or their step failed to build.
+        notes: how threads were limited, the cores, versions.
     """
 
     model: str
@@ -507,11 +389,17 @@ class Comparison:
     first_loss: dict[str, float] = field(default_factory=dict)
     ratios: dict[str, float] = field(default_factory=dict)
     gflops: dict[str, float] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)
     notes: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def losses_agree(self) -> bool:
+        """Whether every framework's first loss matches numbanet's (:data:`LOSS_RTOL`)."""
+        return not _losses_disagree(self.first_loss)
+
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready data."""
-        return asdict(self)
+        """JSON-ready data (``losses_agree`` included)."""
+        return {**asdict(self), "losses_agree": self.losses_agree}
 
 
 @validate_args({
@@ -536,24 +424,26 @@ def compare(
         threads: threads for every framework (1 to ``numbanet.threads.max_threads()``).
         repeats: samples per framework; the report uses their median. At least 1.
         min_time: minimum seconds per sample (steps are repeated to reach it). Positive.
-        frameworks: which of :data:`FRAMEWORKS` to time; default: all that are installed.
-            ``"numbanet"`` is always included, since ratios are relative to it.
+        frameworks: which of :data:`FRAMEWORKS` to time; default: all of them.
+            ``"numbanet"`` is always included, since ratios are relative to it. One that
+            is not installed or fails to build is skipped (see :attr:`Comparison.skipped`).
         seed: seeds the shared weights and batch.
         settle: seconds to sleep before each sample; default 0.2 with more than one
             thread, else 0. Thread pools busy-wait for a while after their last task
             (OpenBLAS by default ~2**28 cycles, about 0.1 s; OpenMP runtimes less), so
             without a pause the previous framework's idle workers would compete for the
             cores with the next framework's.
-        isolate: run each framework in a process of its own (still interleaved sample
-            by sample), so their threading runtimes cannot interfere; recommended with
-            more than one thread.
+        isolate: run each framework in a process of its own pinned to the same
+            ``threads`` cores (still interleaved sample by sample), so their threading
+            runtimes cannot interfere; recommended, and what ``numbanet bench`` does.
+            In this process nothing is pinned, and XLA's pool can be sized only if JAX
+            is not imported yet.
 
     Returns:
         a :class:`Comparison`.
 
     Raises:
         TypeError, ValueError: bad arguments (named in the message).
-        ImportError: ``"torch"`` asked for explicitly but not installed.
     """
     from numbanet.threads import max_threads
 
@@ -561,40 +451,52 @@ def compare(
     threads = check_arg("threads", threads, Integer(min=1, max=max_threads()))
     if settle is None:
         settle = 0.2 if threads > 1 else 0.0
-    if frameworks is None:
-        chosen = available_frameworks()
-    else:
-        if isinstance(frameworks, str):
-            frameworks = [frameworks]
-        unknown = [f for f in frameworks if f not in FRAMEWORKS]
-        if unknown:
-            raise ValueError(f"frameworks: unknown {unknown}; choose from {list(FRAMEWORKS)}")
-        chosen = [f for f in FRAMEWORKS if f in frameworks or f == "numbanet"]
+    chosen, skipped = _choose(frameworks)
+    cores = bench_cores(threads) if isolate else []
 
     result = Comparison(model=spec.name, batch=spec.batch, threads=threads, repeats=repeats)
+    result.skipped.update(skipped)
     # In isolated mode this process only coordinates: it must not start any thread pool.
     limited = () if isolate else chosen
     with _thread_limits(threads, limited) as info, contextlib.ExitStack() as cleanup:
         result.notes.update(info)
         result.notes["settle_seconds"] = settle
         result.notes["isolated_processes"] = bool(isolate)
+        result.notes["pinned_cores"] = cores if cores else "not pinned"
         runners: dict[str, Any] = {}
         for name in chosen:
-            runner = (_IsolatedRunner(name, spec, seed, threads) if isolate
-                      else _LocalRunner(name, spec, seed))
+            try:
+                runner = (_IsolatedRunner(name, spec, seed, threads, cores) if isolate
+                          else _LocalRunner(name, spec, seed))
+            except Exception as exc:
+                if name == "numbanet":
+                    raise
+                result.skipped[name] = f"failed to build: {type(exc).__name__}: {exc}"
+                continue
             cleanup.callback(runner.close)
             runners[name] = runner
         # The first call compiles / warms caches; its loss is the cross-check.
-        for name, runner in runners.items():
-            result.first_loss[name] = runner.first()
+        for name, runner in list(runners.items()):
+            try:
+                result.first_loss[name] = runner.first()
+                for key, value in runner.info().items():
+                    result.notes.setdefault(key, value)
+            except Exception as exc:
+                if name == "numbanet":
+                    raise
+                message = str(exc) if isinstance(exc, _FrameworkFailed) else \
+                    f"{type(exc).__name__}: {exc}"
+                result.skipped[name] = f"failed: {message}"
+                del runners[name]
+        ran = list(runners)
         numbers = {}
         for name, runner in runners.items():
             time.sleep(settle)
             numbers[name] = runner.calibrate(min_time)
-        samples: dict[str, list[float]] = {name: [] for name in chosen}
+        samples: dict[str, list[float]] = {name: [] for name in ran}
         for r in range(repeats):
             # Rotate the order so no framework always runs right after another one.
-            order = chosen[r % len(chosen):] + chosen[: r % len(chosen)]
+            order = ran[r % len(ran):] + ran[: r % len(ran)]
             for name in order:
                 time.sleep(settle)
                 samples[name].append(runners[name].run(numbers[name]))
@@ -605,22 +507,212 @@ def compare(
         result.samples_per_s[name] = spec.batch / median
         result.spread[name] = (max(times) - min(times)) / median
         result.gflops[name] = spec.flops_per_step / median / 1e9
-    for name in chosen:
+    for name in ran:
         if name != "numbanet":
             result.ratios[name] = result.samples_per_s["numbanet"] / result.samples_per_s[name]
-    result.notes["versions"] = _versions(chosen)
+    disagree = _losses_disagree(result.first_loss)
+    if disagree:
+        result.notes["first_loss_mismatch"] = disagree
+    result.notes["versions"] = _versions(ran)
+    return result
+
+
+# ---------------------------------------------------------------------------------------
+# Cold start
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class ColdStart:
+    """The result of :func:`cold_start` for one model and thread count.
+
+    Attributes:
+        model: the model name.
+        threads: threads (and pinned cores) each framework's process was given.
+        cache: ``"cold"`` (every compile cache empty) or ``"warm"`` (the default caches,
+            filled by one untimed run first).
+        repeats: fresh processes per framework; the report uses their median.
+        seconds: median seconds from launching the interpreter to the end of the first
+            training step, per framework.
+        samples: every run's seconds, per framework.
+        phases: medians of ``startup`` (launch to the first statement of the child
+            script plus loading NumPy and the step builders), ``import_and_build``
+            (importing the framework, building and compiling the model) and
+            ``first_step`` (the first call of the step, where JIT compilers compile).
+        cpu_seconds: median CPU time (user + system, all threads) of the process.
+        first_loss: the loss of each framework's first step (they should agree).
+        ratios: ``seconds[other] / seconds["numbanet"]``: above 1 means numbanet starts
+            faster.
+        skipped: ``{framework: why}`` for frameworks that did not run.
+        notes: cores, versions, the cache state.
+    """
+
+    model: str
+    threads: int
+    cache: str
+    repeats: int
+    seconds: dict[str, float] = field(default_factory=dict)
+    samples: dict[str, list[float]] = field(default_factory=dict)
+    phases: dict[str, dict[str, float]] = field(default_factory=dict)
+    cpu_seconds: dict[str, float] = field(default_factory=dict)
+    first_loss: dict[str, float] = field(default_factory=dict)
+    ratios: dict[str, float] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)
+    notes: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def losses_agree(self) -> bool:
+        """Whether every framework's first loss matches numbanet's (:data:`LOSS_RTOL`)."""
+        return not _losses_disagree(self.first_loss)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready data (``losses_agree`` included)."""
+        return {**asdict(self), "losses_agree": self.losses_agree}
+
+
+def _cold_run(framework: str, spec: ModelSpec, seed: int, threads: int, cores: list[int],
+              cache: str, timeout: float) -> dict[str, Any]:
+    """One fresh process: launch, build, first step. Returns its report plus ``launched``.
+
+    Raises:
+        _FrameworkFailed: the child failed or timed out (the message has its stderr tail).
+    """
+    scratch = tempfile.mkdtemp(prefix="numbanet-cold-start-")
+    try:
+        env = cold_environment(os.environ, scratch) if cache == "cold" else dict(os.environ)
+        launched = time.time()
+        try:
+            proc = subprocess.run(
+                cold_command(framework, spec.name, seed, threads, cores), env=env,
+                timeout=timeout, capture_output=True, text=True,
+            )
+        except subprocess.TimeoutExpired:
+            raise _FrameworkFailed(f"no first step within {timeout:g} s") from None
+    finally:
+        remove_tree(scratch)
+    for line in reversed(proc.stdout.splitlines()):
+        if line.startswith(REPORT_MARK):
+            import json
+
+            report = json.loads(line[len(REPORT_MARK):])
+            report["launched"] = launched
+            return report
+    tail = " | ".join(proc.stderr.strip().splitlines()[-3:])
+    raise _FrameworkFailed(f"exit code {proc.returncode}: {tail}")
+
+
+@validate_args({
+    "repeats": Integer(min=1),
+    "cache": OneOf("cold", "warm"),
+    "timeout": Real(min=0, closed="neither", what="a number of seconds"),
+})
+def cold_start(
+    model: str | ModelSpec = COLD_START_MODEL,
+    threads: int = 1,
+    frameworks: Sequence[str] | None = None,
+    repeats: int = 3,
+    cache: str = "cold",
+    seed: int = 0,
+    timeout: float = 900.0,
+) -> ColdStart:
+    """Seconds from a fresh interpreter to the end of the first training step.
+
+    Each run is a new ``python`` process pinned to the same ``threads`` cores, which
+    imports the framework, builds the model of :func:`make_step` and runs one step.
+    Frameworks are interleaved run by run (rotating order), medians reported.
+
+    With ``cache="cold"`` every compile cache is empty (see
+    :func:`numbanet._bench_steps.cold_environment`): Numba's (``NUMBA_CACHE_DIR``, which
+    also bypasses numbanet's kernel cache in its ``__pycache__`` directories), numbanet's
+    generated driver modules, PyTorch Inductor's; JAX keeps none by default. This is a
+    first run after ``pip install``. With ``"warm"``, the default caches after one untimed
+    run: every later run (JAX and Keras compile again each time unless a JAX compilation
+    cache is configured).
+
+    Args:
+        model: a :class:`ModelSpec` or its name; default the issue's 784-256-128-10@64.
+        threads: threads and cores per framework (1 to ``max_threads()``).
+        frameworks: which of :data:`FRAMEWORKS`; default all (numbanet always runs).
+        repeats: fresh processes per framework. At least 1.
+        cache: ``"cold"`` or ``"warm"``.
+        seed: seeds the shared weights and batch.
+        timeout: seconds a run may take before the framework is skipped.
+
+    Returns:
+        a :class:`ColdStart`.
+
+    Raises:
+        TypeError, ValueError: bad arguments.
+        RuntimeError: numbanet's own run failed.
+    """
+    from numbanet.threads import max_threads
+
+    spec = parse_model(model)
+    threads = check_arg("threads", threads, Integer(min=1, max=max_threads()))
+    chosen, skipped = _choose(frameworks)
+    cores = bench_cores(threads)
+    result = ColdStart(model=spec.name, threads=threads, cache=cache, repeats=repeats)
+    result.skipped.update(skipped)
+    result.notes["pinned_cores"] = cores if cores else "not pinned"
+    result.notes["cache"] = cache
+
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in chosen}
+
+    def run(name: str) -> dict[str, Any] | None:
+        try:
+            return _cold_run(name, spec, seed, threads, cores, cache, timeout)
+        except _FrameworkFailed as exc:
+            if name == "numbanet":
+                raise RuntimeError(f"numbanet's cold-start run failed: {exc}") from None
+            result.skipped[name] = f"failed: {exc}"
+            runs.pop(name, None)
+            return None
+
+    if cache == "warm":
+        for name in list(runs):
+            run(name)  # fills the caches; not timed
+    for r in range(repeats):
+        names = list(runs)
+        for name in names[r % len(names):] + names[: r % len(names)]:
+            if name in runs:
+                report = run(name)
+                if report is not None:
+                    runs[name].append(report)
+
+    for name, reports in runs.items():
+        result.samples[name] = [rep["end"] - rep["launched"] for rep in reports]
+        result.seconds[name] = statistics.median(result.samples[name])
+        result.phases[name] = {
+            "startup": statistics.median(rep["build"] - rep["launched"] for rep in reports),
+            "import_and_build": statistics.median(rep["step"] - rep["build"] for rep in reports),
+            "first_step": statistics.median(rep["end"] - rep["step"] for rep in reports),
+        }
+        result.cpu_seconds[name] = statistics.median(rep["cpu_seconds"] for rep in reports)
+        result.first_loss[name] = reports[0]["loss"]
+        for key, value in reports[0].get("notes", {}).items():
+            result.notes.setdefault(key, value)
+    for name in runs:
+        if name != "numbanet":
+            result.ratios[name] = result.seconds[name] / result.seconds["numbanet"]
+    disagree = _losses_disagree(result.first_loss)
+    if disagree:
+        result.notes["first_loss_mismatch"] = disagree
+    result.notes["versions"] = _versions(list(runs))
     return result
 
 
 def _versions(frameworks: Sequence[str]) -> dict[str, str]:
-    import numba
+    """Versions of the packages behind ``frameworks`` (read from their metadata, so
+    nothing is imported)."""
+    from importlib.metadata import PackageNotFoundError, version
 
-    import numbanet
-
-    versions = {"numbanet": numbanet.__version__, "numba": numba.__version__,
-                "numpy": np.__version__}
-    if "torch" in frameworks:
-        import torch
-
-        versions["torch"] = torch.__version__
+    packages = ["numbanet", "numba", "numpy"]
+    for name, extra in (("jax", ["jax", "jaxlib"]), ("keras", ["keras", "jax"]),
+                        ("torch", ["torch"]), ("torch.compile", ["torch"])):
+        if name in frameworks:
+            packages += [p for p in extra if p not in packages]
+    versions = {}
+    for package in packages:
+        with contextlib.suppress(PackageNotFoundError):
+            versions[package] = version(package)
     return versions

@@ -24,7 +24,7 @@ _SUBCOMMANDS = {
     "evaluate": ("numbanet._train_cli", "evaluate a saved model on a dataset"),
     "predict": ("numbanet._train_cli", "predict with a saved model"),
     "plugins": ("numbanet._plugins_cli", "list installed plugins and what they provide"),
-    "bench": ("numbanet._bench_cli", "time a training step against PyTorch and NumPy"),
+    "bench": ("numbanet._bench_cli", "time a training step against JAX, PyTorch, Keras and NumPy"),
     "export": ("numbanet._export_cli", "write a saved model as ONNX (needs numbanet[onnx])"),
     "info": ("numbanet.cli", "versions, threading layer, threads and CPU"),
 }
