@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import math
-import sys
+import time
 import tracemalloc
-import types
 
 import numpy as np
 import pytest
@@ -118,6 +117,123 @@ def test_full_batch_sgd_epoch_matches_numpy_gradient_step():
     g = np_grads(model, X, y)
     model.fit(X, y, epochs=1, batch_size=100, shuffle=False, verbose=0)
     np.testing.assert_allclose(model.flat_parameters, w0 - 0.1 * g, rtol=1e-10, atol=1e-13)
+
+
+# ------------------------------------------------------------ sample and class weights
+
+
+def test_full_batch_sgd_with_sample_weights_matches_a_weighted_numpy_step():
+    """One full-batch step follows the gradient of Σ w_i l_i / Σ w_i (PyTorch's mean)."""
+    X, y = small_data(24)
+    w = np.random.default_rng(1).uniform(0.0, 3.0, 24)
+    model = small_model()
+    w0 = model.flat_parameters.copy()
+    out = model.forward(X)
+    p = np.exp(np_log_softmax(out))
+    p[np.arange(24), y] -= 1.0
+    model.backward(p * (w / w.sum())[:, None])
+    g = model.flat_gradients.copy()
+    model.fit(X, y, sample_weight=w, epochs=1, batch_size=100, shuffle=False, verbose=0)
+    np.testing.assert_allclose(model.flat_parameters, w0 - 0.1 * g, rtol=1e-10, atol=1e-13)
+
+
+def test_equal_sample_weights_train_exactly_as_none():
+    X, y = small_data(40)
+    plain, weighted = small_model(), small_model()
+    plain.fit(X, y, epochs=2, batch_size=8, verbose=0)
+    weighted.fit(X, y, sample_weight=np.full(40, 3.0), epochs=2, batch_size=8, verbose=0)
+    np.testing.assert_allclose(weighted.flat_parameters, plain.flat_parameters, rtol=1e-12)
+
+
+def test_class_weight_equals_the_matching_sample_weights_and_torch_weighted_ce():
+    X, y = small_data(40)
+    class_weight = {0: 0.5, 2: 4.0}  # class 1 unlisted: weight 1
+    per_class = np.array([0.5, 1.0, 4.0])
+    a, b = small_model(), small_model()
+    a.fit(X, y, class_weight=class_weight, epochs=2, batch_size=8, verbose=0)
+    b.fit(X, y, sample_weight=per_class[y], epochs=2, batch_size=8, verbose=0)
+    np.testing.assert_array_equal(a.flat_parameters, b.flat_parameters)
+    # ...and the full-batch loss it minimises is F.cross_entropy(weight=per_class)
+    torch = pytest.importorskip("torch")
+    c = small_model()
+    history = c.fit(X, y, class_weight=class_weight, epochs=1, batch_size=100, verbose=0)
+    ref = torch.nn.functional.cross_entropy(
+        torch.tensor(small_model().predict(X)), torch.tensor(y), weight=torch.tensor(per_class))
+    assert history["loss"][0] == pytest.approx(ref.item(), rel=1e-10)
+
+
+def test_balanced_class_weight_is_scikit_learns_formula():
+    from numbanet.train import _class_weights
+
+    y = np.array([0, 0, 0, 0, 1, 1, 2, 0])
+    weights = _class_weights("balanced", y, 4)  # class 3 absent
+    per_class = {0: 8 / (3 * 5), 1: 8 / (3 * 2), 2: 8 / (3 * 1)}
+    np.testing.assert_allclose(weights, [per_class[v] for v in y])
+
+
+def test_evaluate_and_val_loss_weigh_the_loss_only():
+    X, y = small_data(40)
+    w = np.random.default_rng(2).uniform(0.1, 2.0, 40)
+    model = small_model()
+    result = model.evaluate(X, y, sample_weight=w)
+    rows = -np_log_softmax(model.predict(X))[np.arange(40), y]
+    assert result["loss"] == pytest.approx(np.sum(w * rows) / np.sum(w), rel=1e-12)
+    assert result["accuracy"] == model.evaluate(X, y)["accuracy"]
+    history = small_model().fit(X, y, sample_weight=w, validation_split=0.25, epochs=1,
+                                verbose=0, shuffle=False, batch_size=100)
+    with_data = small_model().fit(X[:30], y[:30], sample_weight=w[:30], epochs=1, verbose=0,
+                                  validation_data=(X[30:], y[30:], w[30:]), shuffle=False,
+                                  batch_size=100)
+    assert history["val_loss"] == with_data["val_loss"]
+    unweighted_val = small_model().fit(X[:30], y[:30], sample_weight=w[:30], epochs=1,
+                                       verbose=0, validation_data=(X[30:], y[30:]),
+                                       shuffle=False, batch_size=100)
+    assert history["val_loss"] != unweighted_val["val_loss"]
+
+
+@pytest.mark.parametrize("kwargs, error, match", [
+    ({"sample_weight": np.ones(39)}, ValueError, r"sample_weight must have shape \(40,\)"),
+    ({"sample_weight": -np.ones(40)}, ValueError, ">= 0"),
+    ({"sample_weight": np.zeros(40)}, ValueError, "zero for every sample"),
+    ({"class_weight": {5: 1.0}}, ValueError, r"label 5, outside \[0, 3\)"),
+    ({"class_weight": {"a": 1.0}}, TypeError, "integer class labels"),
+    ({"class_weight": {0: -1.0}}, ValueError, "class_weight"),
+    ({"class_weight": "even"}, ValueError, "'balanced'"),
+    ({"class_weight": [1.0, 2.0]}, TypeError, "dict"),
+])
+def test_bad_weights_are_refused_before_training(kwargs, error, match):
+    X, y = small_data(40)
+    model = small_model()
+    before = model.flat_parameters.copy()
+    with pytest.raises(error, match=match):
+        model.fit(X, y, epochs=1, verbose=0, **kwargs)
+    np.testing.assert_array_equal(model.flat_parameters, before)
+
+
+def test_class_weight_needs_labels_and_weights_need_a_weighing_loss():
+    X, _ = small_data(40)
+    model = small_model(loss="mse", metrics=())
+    with pytest.raises(ValueError, match="class_weight needs integer class labels"):
+        model.fit(X, np.zeros((40, 3)), class_weight="balanced", verbose=0)
+
+    class PlainLoss:
+        def __init__(self):
+            self.inner = plugins.get_loss("cross_entropy")
+
+        def prepare_targets(self, y, k, dtype):
+            return self.inner.prepare_targets(y, k, dtype)
+
+        def forward_backward(self, out, t, grad):
+            return self.inner.forward_backward(out, t, grad)
+
+        def forward(self, out, t):
+            return self.inner.forward(out, t)
+
+    model = small_model()
+    model.compile(loss=PlainLoss(), optimizer=model.optimizer)
+    X, y = small_data(40)
+    with pytest.raises(TypeError, match="sample_weight needs a loss that applies sample"):
+        model.fit(X, y, sample_weight=np.ones(40), verbose=0)
 
 
 # ------------------------------------------------------------- clipping / weight decay
@@ -344,55 +460,181 @@ def test_verbose_levels(capsys):
     assert "val_accuracy" in lines[0] and "samples/s" in lines[0]
 
 
-def test_progress_uses_tqdm_only_on_a_terminal(monkeypatch):
-    made = []
+def test_history_and_log_line_say_how_each_figure_was_measured(capsys):
+    """Issue 16, item 13: the loss is a running mean over the steps, the rest is measured
+    at the end of the epoch; both the line and History say so."""
+    from numbanet.train import END_OF_EPOCH, RUNNING_MEAN
 
-    class FakeBar:
-        def __init__(self, **kwargs):
-            made.append(kwargs)
-            self.updates = 0
+    X, y = small_data(40)
+    history = small_model().fit(X, y, epochs=1, verbose=2, validation_split=0.25)
+    assert history.measured == {"loss": RUNNING_MEAN, "accuracy": END_OF_EPOCH,
+                                "val_loss": END_OF_EPOCH, "val_accuracy": END_OF_EPOCH}
+    line = capsys.readouterr().out
+    assert " - loss " in line and "(running mean) - accuracy " in line
 
-        def update(self, n):
-            self.updates += n
 
-        def set_postfix_str(self, text, refresh=True):
-            self.text = text
+class FakeTerminal:
+    """A stream that says it is a terminal; ``screen()`` replays carriage returns the way
+    a terminal does, so the test sees what stays on screen."""
 
-        def close(self):
-            pass
+    def __init__(self, tty=True):
+        self.tty, self.text = tty, ""
 
-    fake = types.ModuleType("tqdm.auto")
-    fake.tqdm = FakeBar
-    monkeypatch.setitem(sys.modules, "tqdm", types.ModuleType("tqdm"))
-    monkeypatch.setitem(sys.modules, "tqdm.auto", fake)
+    def isatty(self):
+        return self.tty
 
-    class Tty:
-        def __init__(self, tty):
-            self.tty, self.text = tty, ""
+    def write(self, s):
+        self.text += s
 
-        def isatty(self):
-            return self.tty
+    def flush(self):
+        pass
 
-        def write(self, s):
-            self.text += s
+    def screen(self):
+        lines = []
+        for raw in self.text.split("\n"):
+            shown = ""
+            for part in raw.split("\r"):
+                shown = part + shown[len(part):]
+            lines.append(shown.rstrip())
+        return lines
 
-        def flush(self):
-            pass
 
-    tty = Tty(True)
-    progress = _Progress(1, epochs=2, steps=3, stream=tty)
-    progress.epoch_begin(1)
-    bar = progress.bar
-    for _ in range(3):
-        progress.step(0.5, 1000.0)
-    progress.epoch_end(1, {"loss": 0.5}, 0.1, 96)
-    assert made and made[0]["total"] == 3 and bar.updates == 3 and "loss 0.5000" in bar.text
-    pipe = Tty(False)
-    progress = _Progress(1, epochs=2, steps=3, stream=pipe)
+def run_progress(stream, columns, epochs=2, steps=30):
+    progress = _Progress(1, epochs=epochs, steps=steps, stream=stream, columns=columns)
+    progress.REDRAW_SECONDS = 0.0  # draw every step
+    logs = {"loss": 1.4263, "accuracy": 0.8786, "val_loss": 0.5859, "val_accuracy": 0.8681,
+            "lr": 0.002}
+    for epoch in range(1, epochs + 1):
+        progress.epoch_begin(epoch)
+        for step in range(1, steps + 1):
+            if progress.bar is not None:
+                progress.step(step, 0.5)
+        progress.epoch_end(epoch, logs, 0.1, 1293, warmup=2.5 if epoch == 1 else 0.0)
+    progress.close()
+    return progress
+
+
+def test_progress_bar_then_a_full_summary_line_per_epoch_at_80_columns():
+    """Issue 16, item 2: the summary line is never cut to the terminal's width."""
+    tty = FakeTerminal()
+    run_progress(tty, columns=80)
+    drawn = [part for part in tty.text.replace("\n", "\r").split("\r") if "[" in part]
+    assert drawn and all(len(part) < 80 for part in drawn)  # the bar fits the terminal
+    assert "30/30" in drawn[-1] and "=" in drawn[-1]
+    screen = [line for line in tty.screen() if line]
+    assert len(screen) == 2  # the bars are gone, one summary line per epoch stays
+    assert screen[0].startswith("epoch 1/2 - loss 1.4263 (running mean) - accuracy 0.8786")
+    assert "val_loss 0.5859 - val_accuracy 0.8681 - lr 0.002" in screen[0]
+    assert len(screen[0]) > 80 and screen[0].endswith("s (+2.5s compiling or loading kernels)")
+    assert "compiling" not in screen[1] and "12,930 samples/s" in screen[1]
+
+
+@pytest.mark.parametrize("columns", [0, 20])
+def test_progress_in_a_terminal_without_room_prints_summary_lines_only(columns):
+    """A 0x0 terminal (or a tiny one): no bar, no blank lines, full summaries."""
+    tty = FakeTerminal()
+    run_progress(tty, columns=columns)
+    lines = tty.text.splitlines()
+    assert "\r" not in tty.text and len(lines) == 2 and all(lines)
+    assert "val_accuracy 0.8681" in lines[0] and "val_accuracy 0.8681" in lines[1]
+
+
+def test_progress_draws_no_bar_into_a_pipe_or_at_verbose_2():
+    pipe = FakeTerminal(tty=False)
+    run_progress(pipe, columns=80)
+    assert "\r" not in pipe.text and pipe.text.startswith("epoch 1/2 - loss 1.4263")
+    tty = FakeTerminal()
+    progress = _Progress(2, epochs=1, steps=3, stream=tty, columns=80)
     progress.epoch_begin(1)
     assert progress.bar is None
-    progress.epoch_end(1, {"loss": 0.5}, 0.1, 96)
-    assert pipe.text.startswith("epoch 1/2 - loss 0.5000")
+
+
+def test_fit_on_a_terminal_shows_the_bar_and_every_summary(monkeypatch):
+    import numbanet.train as train_module
+
+    tty = FakeTerminal()
+    monkeypatch.setattr(train_module.sys, "stdout", tty)
+    monkeypatch.setattr(_Progress, "REDRAW_SECONDS", 0.0)
+    monkeypatch.setattr(_Progress, "_width", lambda self: 80)
+    X, y = small_data(40)
+    small_model().fit(X, y, epochs=2, batch_size=8, validation_split=0.25, verbose=1)
+    assert "[" in tty.text and "4/4" in tty.text  # 30 training samples, batches of 8
+    # (a cold kernel cache adds the "compiling kernels" line before the first epoch)
+    screen = [line for line in tty.screen() if line and not line.startswith("compiling")]
+    assert [line[:10] for line in screen] == ["epoch 1/2 ", "epoch 2/2 "]
+    assert all("val_accuracy" in line and "samples/s" in line for line in screen)
+
+
+def test_compile_watch_sees_compiling_and_not_a_warm_call():
+    import numba
+
+    from numbanet._compilation import CompileWatch
+
+    @numba.njit(cache=False)
+    def fresh(a):
+        return a * 2.0 + 1.0
+
+    calls = []
+    with CompileWatch(on_compile=lambda: calls.append(1)) as watch:
+        fresh(1.0)
+        fresh(2.0)
+    assert watch.compiled and watch.seconds > 0 and calls == [1]
+    with CompileWatch(on_compile=lambda: calls.append(2)) as warm:
+        fresh(3.0)
+    assert not warm.compiled and warm.seconds == 0.0 and calls == [1]
+
+
+def test_fit_says_once_that_it_compiles_and_keeps_it_out_of_samples_per_s(capsys):
+    """Issue 16, item 12: a compilation during fit prints the message once, and its time
+    is reported apart from the epoch's training time."""
+    import numba
+
+    from numbanet.callbacks import Callback
+
+    class CompileInStepOne(Callback):
+        def on_train_batch_begin(self, step, logs=None):
+            if step == 0 and not hasattr(self, "done"):
+                self.done = True
+                numba.njit(cache=False)(lambda a: a + 1.0)(1.0)  # a real compilation
+
+    X, y = small_data(40)
+    small_model().fit(X, y, epochs=2, batch_size=8, verbose=2, callbacks=[CompileInStepOne()])
+    out = capsys.readouterr().out.splitlines()
+    assert out.count("compiling kernels (first run only, cached afterwards)...") == 1
+    assert out[0].startswith("compiling kernels") and out[1].startswith("epoch 1/2")
+
+
+def test_time_in_the_compiler_is_not_training_time(capsys):
+    from numbanet.train import _Data, _FitLoop, _NanPolicy
+
+    class SlowCompiler:  # a CompileWatch that sees 0.5 s of compiling in step 1
+        seconds = 0.0
+
+    watch = SlowCompiler()
+    model = small_model()
+    X, y = small_data(40)
+    targets = model.loss.prepare_targets(y, 3, model.dtype)
+    loader = BatchLoader(X, targets, BatchSampler(40, 8))
+
+    class Callbacks:
+        per_batch = True
+
+        def on_train_batch_begin(self, step, logs):
+            if step == 0:
+                time.sleep(0.5)
+                watch.seconds += 0.5
+
+        def on_train_batch_end(self, step, logs):
+            pass
+
+    loop = _FitLoop(model, _Data(X, targets, None, None), loader, make_pipeline(),
+                    Callbacks(), _Progress(0, 1, 5), _NanPolicy("stop"), History(), watch)
+    steps = loop.train_epoch(0)
+    assert steps.warmup == 0.5 and 0 < steps.seconds < 0.4
+    progress = _Progress(2, epochs=1, steps=5)
+    progress.epoch_end(1, {"loss": 0.5}, 0.01, 40, warmup=5.0)
+    assert capsys.readouterr().out.rstrip().endswith(
+        "4,000 samples/s - 0.01s (+5.0s compiling or loading kernels)")
 
 
 # ----------------------------------------------------------------------- bad input

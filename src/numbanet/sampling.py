@@ -36,10 +36,10 @@ Example:
 
 from __future__ import annotations
 
-import numpy as np
-
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
+
+import numpy as np
 
 from numbanet._validation import check_positive_int
 
@@ -334,13 +334,21 @@ class BatchLoader:
         X: samples ``(n, ...)``, already validated (C-contiguous, the model's dtype).
         targets: prepared targets ``(n, ...)``.
         sampler: which samples each step uses; ``sampler.n`` must be ``len(X)``.
+        weights: optional float64 ``(n,)`` sample weights, served by :meth:`get_weights`
+            for the same rows as :meth:`get`.
     """
 
-    def __init__(self, X: np.ndarray, targets: np.ndarray, sampler: BatchSampler) -> None:
+    def __init__(self, X: np.ndarray, targets: np.ndarray, sampler: BatchSampler,
+                 weights: np.ndarray | None = None) -> None:
         if sampler.n != X.shape[0] or targets.shape[0] != X.shape[0]:
             raise ValueError(f"BatchLoader: the sampler covers {sampler.n} samples, X has "
                              f"{X.shape[0]} and targets {targets.shape[0]}")
+        if weights is not None and weights.shape != (X.shape[0],):
+            raise ValueError(f"BatchLoader: weights must have shape ({X.shape[0]},), got "
+                             f"{weights.shape}")
         self.X, self.targets, self.sampler = X, targets, sampler
+        self.weights = weights
+        self._weight_buffers: dict[int, np.ndarray] = {}
         self._buffers: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         if sampler.shuffle:
             for rows in sampler.batch_sizes():
@@ -381,6 +389,21 @@ class BatchLoader:
         np.take(self.X, idx, axis=0, out=xb, mode="clip")
         np.take(self.targets, idx, axis=0, out=tb, mode="clip")
         return xb, tb
+
+    def get_weights(self, step: int) -> np.ndarray:
+        """The sample weights of step ``step``'s rows (same rows as :meth:`get`; a view or
+        a buffer reused per batch size). Only for a loader built with ``weights``."""
+        if self.weights is None:
+            raise ValueError("BatchLoader: built without weights")
+        idx = self.sampler.indices(step)
+        if isinstance(idx, slice):
+            return self.weights[idx]
+        rows = idx.shape[0]
+        wb = self._weight_buffers.get(rows)
+        if wb is None:
+            wb = self._weight_buffers[rows] = np.empty(rows, dtype=self.weights.dtype)
+        np.take(self.weights, idx, out=wb, mode="clip")
+        return wb
 
 
 class LazyBatchLoader(BatchLoader):

@@ -27,8 +27,13 @@ lists. One call of :func:`fit` runs these parts, each a named piece below:
    ``val_<metric>``) and, when metrics were compiled, on the training data
    (``<metric>``), so the numbers in :class:`History` describe the weights at the end of
    the epoch rather than a running average over changing weights. The training ``loss``
-   is the sample-weighted mean of the step losses of the epoch.
-7. **Progress** (:class:`_Progress`): a tqdm bar or one line per epoch.
+   is the running mean of the step losses of the epoch (weighted by batch rows), as in
+   Keras: the log line says ``loss ... (running mean)`` and ``History.measured`` records
+   how each key was measured.
+7. **Progress** (:class:`_Progress`): on a terminal a bar for the steps, then one full
+   summary line per epoch (never truncated); elsewhere just the summary lines. Time
+   Numba spends compiling or loading cached kernels (:mod:`numbanet._compilation`) is
+   reported apart and kept out of the samples/s figure.
 
 Why training stopped early is a :class:`StopReason` in ``History.stop_reason``.
 
@@ -51,14 +56,16 @@ count; training 10 epochs equals training 5, ``save``, ``load`` and 5 more.
 from __future__ import annotations
 
 import math
+import os
 import sys
 import time
 import warnings
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 
+from numbanet._compilation import COMPILING_MESSAGE, CompileWatch
 from numbanet._validation import (
     AnyOf,
     Boolean,
@@ -69,6 +76,7 @@ from numbanet._validation import (
     check_arg,
     validate_args,
 )
+from numbanet.losses.loss import WeightedTargets, check_sample_weight
 from numbanet.optim.pipeline import GradientPipeline, PipelineTarget, make_pipeline
 from numbanet.sampling import BatchLoader, BatchSampler, LazyBatchLoader, LazyRows, StreamLoader
 
@@ -141,6 +149,11 @@ def _as_stop_reason(reason: object, epoch: int | None) -> StopReason:
     return StopReason("stopped by a callback", "callback", epoch=epoch)
 
 
+#: ``History.measured`` values: how a logged figure was measured.
+RUNNING_MEAN = "running mean over the epoch's training steps"
+END_OF_EPOCH = "at the end of the epoch, in inference mode"
+
+
 class History:
     """What :func:`fit` returns: per-epoch logs.
 
@@ -154,6 +167,10 @@ class History:
         stop_reason: ``None`` when all epochs ran, else a :class:`StopReason` saying why
             training stopped early (its ``.kind``: ``"nan_loss"``, ``"early_stopping"``,
             ...).
+        measured: how each logged key was measured: ``"loss"`` is the running mean of
+            the epoch's step losses (weights changing, dropout on, as in Keras);
+            every metric and every ``val_`` key is measured at the end of the epoch in
+            inference mode (:data:`RUNNING_MEAN`, :data:`END_OF_EPOCH`).
 
     Example:
         >>> history = model.fit(X, y, epochs=3)            # doctest: +SKIP
@@ -166,6 +183,7 @@ class History:
         self.epoch: list[int] = []
         self.params: dict[str, Any] = {}
         self.stop_reason: StopReason | None = None
+        self.measured: dict[str, str] = {}
 
     def _append(self, epoch: int, logs: dict[str, float]) -> None:
         self.epoch.append(epoch)
@@ -382,20 +400,108 @@ class _Data(NamedTuple):
     targets: np.ndarray
     X_val: np.ndarray | None
     t_val: np.ndarray | None
+    weights: np.ndarray | None = None  # float64 per training sample, or None
+    w_val: np.ndarray | None = None  # per validation sample (weighs val_loss), or None
 
 
 def _prepare_data(model: TrainableModel, X: Any, y: Any,
-                  validation_data: tuple[Any, Any] | None,
-                  validation_split: float) -> _Data:
+                  validation_data: tuple[Any, ...] | None,
+                  validation_split: float, sample_weight: Any = None,
+                  class_weight: Any = None) -> _Data:
     """Training and validation arrays, checked and converted once."""
     X, targets = _prepare(model, X, y, "X", "y")
+    weights = _sample_weights(model, targets, sample_weight, class_weight)
     if validation_data is None:
-        return _Data(*_split_validation(X, targets, validation_split))
-    if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
-        raise TypeError("validation_data must be a tuple (X_val, y_val)")
+        data = _Data(*_split_validation(X, targets, validation_split))
+        if weights is None:
+            return data
+        cut = data.X.shape[0]
+        w_val = weights[cut:] if data.X_val is not None and sample_weight is not None else None
+        return data._replace(weights=weights[:cut], w_val=w_val)
+    if not isinstance(validation_data, (tuple, list)) or len(validation_data) not in (2, 3):
+        raise TypeError("validation_data must be a tuple (X_val, y_val) or "
+                        "(X_val, y_val, sample_weight_val)")
     X_val, t_val = _prepare(model, validation_data[0], validation_data[1],
                             "validation_data[0]", "validation_data[1]")
-    return _Data(X, targets, X_val, t_val)
+    w_val = None
+    if len(validation_data) == 3 and validation_data[2] is not None:
+        _require_weighted_loss(model, "validation_data[2]")
+        w_val = _nonzero(check_sample_weight(validation_data[2], X_val.shape[0],
+                                             "validation_data[2]"), "validation_data[2]")
+    return _Data(X, targets, X_val, t_val, weights, w_val)
+
+
+# ------------------------------------------------------------------- sample weights
+
+
+def _require_weighted_loss(model: TrainableModel, name: str) -> None:
+    if not getattr(model.loss, "accepts_sample_weight", False):
+        raise TypeError(
+            f"{name} needs a loss that applies sample weights (one from "
+            f"numbanet.get_loss); {_loss_name(model.loss)} does not"
+        )
+
+
+def _nonzero(weights: np.ndarray, name: str) -> np.ndarray:
+    if weights.size and not weights.any():
+        raise ValueError(f"{name} is zero for every sample: nothing would count")
+    return weights
+
+
+def _sample_weights(model: TrainableModel, targets: np.ndarray, sample_weight: Any,
+                    class_weight: Any) -> np.ndarray | None:
+    """One float64 weight per sample: ``sample_weight`` times the weight of each sample's
+    class (Keras's and scikit-learn's rule), or ``None`` when neither is given."""
+    if sample_weight is None and class_weight is None:
+        return None
+    n = targets.shape[0]
+    weights = np.ones(n)
+    if sample_weight is not None:
+        _require_weighted_loss(model, "sample_weight")
+        weights = check_sample_weight(sample_weight, n)
+    if class_weight is not None:
+        _require_weighted_loss(model, "class_weight")
+        weights = weights * _class_weights(class_weight, targets, model.out_features)
+    return _nonzero(weights, "sample_weight" if class_weight is None
+                    else "the sample weight (sample_weight times class_weight)")
+
+
+def _class_weights(class_weight: Any, targets: np.ndarray, k: int) -> np.ndarray:
+    """Each sample's class weight: from ``{label: weight}`` (unlisted classes 1) or
+    ``"balanced"``, scikit-learn's ``n_samples / (n_classes * count(label))`` over the
+    classes present; samples whose label is out of range (an ignored label) get 1."""
+    if targets.ndim != 1 or targets.dtype.kind not in "iu":
+        raise ValueError(
+            f"class_weight needs integer class labels as y; the loss's targets have shape "
+            f"{targets.shape} (pass sample_weight instead)"
+        )
+    valid = (targets >= 0) & (targets < k)
+    labels = targets[valid]
+    if isinstance(class_weight, str):
+        if class_weight != "balanced":
+            raise ValueError(f"class_weight must be a dict {{label: weight}} or 'balanced', "
+                             f"got {class_weight!r}")
+        counts = np.bincount(labels, minlength=k).astype(np.float64)
+        present = counts > 0
+        per_class = np.ones(k)
+        per_class[present] = labels.size / (present.sum() * counts[present])
+    elif isinstance(class_weight, Mapping):
+        per_class = np.ones(k)
+        for label, value in class_weight.items():
+            if isinstance(label, (bool, np.bool_)) or not isinstance(label, (int, np.integer)):
+                raise TypeError(f"class_weight keys must be integer class labels, got "
+                                f"{label!r}")
+            if not 0 <= int(label) < k:
+                raise ValueError(f"class_weight has label {label}, outside [0, {k}) for "
+                                 f"{k} outputs")
+            weight = check_arg(f"class_weight[{label}]", value, Real(min=0))
+            per_class[int(label)] = float(weight)
+    else:
+        raise TypeError(f"class_weight must be a dict {{label: weight}} or 'balanced', got "
+                        f"{type(class_weight).__name__}")
+    out = np.ones(targets.shape[0])
+    out[valid] = per_class[labels]
+    return out
 
 
 # ------------------------------------------------------------------ gradient pipeline
@@ -512,59 +618,124 @@ def _format_logs(logs: dict[str, float]) -> str:
 
 
 class _Progress:
-    """Per-epoch output: a tqdm bar on a terminal (``verbose=1``) or one line per epoch.
+    """What fit prints: Keras's and tqdm's habit, a bar for the steps, then one summary
+    line per epoch.
 
-    ``verbose=0`` prints nothing. ``verbose=1`` shows a bar with the running loss and
-    samples/s when stdout is a terminal and tqdm is installed, else prints the epoch line.
-    ``verbose=2`` always prints just the epoch line.
+    ``verbose=0`` prints nothing. ``verbose=1`` on a terminal at least
+    :attr:`MIN_COLUMNS` wide draws a one-line bar for the steps (redrawn in place at
+    most every :attr:`REDRAW_SECONDS`, never wider than the terminal), then replaces it
+    with the epoch's summary line. Elsewhere (a pipe, a file, a notebook, a terminal that
+    reports no size) and with ``verbose=2`` it prints just the summary lines. The summary
+    line is never truncated: a narrow terminal wraps it.
+
+    Args:
+        verbose: 0, 1 or 2.
+        epochs: the last epoch number (for ``epoch 3/30``).
+        steps: steps per epoch.
+        stream: where to write (default ``sys.stdout``).
+        columns: the terminal width to draw the bar for; ``None`` asks the terminal at
+            every epoch (so a resized window is followed).
     """
 
-    def __init__(self, verbose: int, epochs: int, steps: int, stream: Any = None) -> None:
+    MIN_COLUMNS = 40
+    REDRAW_SECONDS = 0.1
+
+    def __init__(self, verbose: int, epochs: int, steps: int, stream: Any = None,
+                 columns: int | None = None) -> None:
         self.verbose, self.epochs, self.steps = verbose, epochs, steps
         self.stream = stream if stream is not None else sys.stdout
-        self.bar: Any = None
-        self.tqdm: Any = None
-        if verbose == 1 and _isatty(self.stream):
-            try:
-                from tqdm.auto import tqdm
-            except ImportError:
-                tqdm = None
-            self.tqdm = tqdm
+        self.columns = columns
+        self.draw_bars = verbose == 1 and _isatty(self.stream)
+        # The bar being drawn: ``(epoch_number, width)`` while an epoch runs on a terminal,
+        # else None (the fit loop calls ``step`` only then).
+        self.bar: tuple[int, int] | None = None
+        self._shown = 0  # characters of the bar on screen
+        self._drawn_at = 0.0
+        self._started = 0.0
+
+    def _width(self) -> int:
+        if self.columns is not None:
+            return self.columns
+        try:
+            return os.get_terminal_size(self.stream.fileno()).columns
+        except (AttributeError, OSError, ValueError):
+            return 0
 
     def epoch_begin(self, epoch_number: int) -> None:
-        if self.tqdm is not None:
-            self.bar = self.tqdm(
-                total=self.steps, desc=f"epoch {epoch_number}/{self.epochs}", unit="step",
-                leave=True, file=self.stream, dynamic_ncols=True,
-            )
+        if not self.draw_bars:
+            return
+        width = self._width()
+        self.bar = (epoch_number, width) if width >= self.MIN_COLUMNS else None
+        self._started = self._drawn_at = time.perf_counter()
 
-    def step(self, loss: float, samples_per_s: float) -> None:
-        if self.bar is not None:
-            self.bar.update(1)
-            self.bar.set_postfix_str(f"loss {loss:.4f}, {samples_per_s:,.0f} samples/s",
-                                     refresh=False)
+    def step(self, done: int, running_loss: float) -> None:
+        """Redraw the bar after ``done`` of the epoch's steps (throttled)."""
+        if self.bar is None:
+            return
+        now = time.perf_counter()
+        if done != self.steps and now - self._drawn_at < self.REDRAW_SECONDS:
+            return
+        self._drawn_at = now
+        epoch_number, width = self.bar
+        head = f"epoch {epoch_number}/{self.epochs} "
+        count = f"{done}/{self.steps}" if self.steps > 0 else f"{done} steps"
+        tail = f" {count} - loss {running_loss:.4f} - {now - self._started:.1f}s"
+        room = width - 1 - len(head) - len(tail) - 2
+        line = head + tail.lstrip()
+        if room >= 10 and self.steps > 0:  # a stream of unknown length gets no bar
+            filled = room * done // max(self.steps, 1)
+            arrow = ">" if filled < room else ""
+            line = f"{head}[{'=' * filled}{arrow}{'.' * (room - filled - len(arrow))}]{tail}"
+        line = line[: width - 1]
+        self.stream.write("\r" + line + " " * max(0, self._shown - len(line)))
+        self.stream.flush()
+        self._shown = len(line)
+
+    def _clear_bar(self) -> None:
+        if self._shown:
+            self.stream.write("\r" + " " * self._shown + "\r")
+            self._shown = 0
 
     def epoch_end(self, epoch_number: int, logs: dict[str, float], seconds: float,
-                  samples: int) -> None:
+                  samples: int, warmup: float = 0.0) -> None:
         if self.verbose == 0:
             return
-        rate = samples / seconds if seconds > 0 else float("inf")
-        line = f"{_format_logs(logs)} - {rate:,.0f} samples/s - {seconds:.2f}s"
-        if self.bar is not None:
-            self.bar.set_postfix_str(line, refresh=True)
-            self.bar.close()
-            self.bar = None
-        else:
-            print(f"epoch {epoch_number}/{self.epochs} - {line}", file=self.stream, flush=True)
+        self._clear_bar()
+        self.bar = None
+        print(f"epoch {epoch_number}/{self.epochs} - "
+              f"{_epoch_summary(logs, seconds, samples, warmup)}",
+              file=self.stream, flush=True)
+
+    def compiling(self) -> None:
+        """Numba started compiling kernels: say so once, the first time."""
+        self.message(COMPILING_MESSAGE)
 
     def message(self, text: str) -> None:
         if self.verbose:
+            self._clear_bar()
             print(text, file=self.stream, flush=True)
 
     def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-            self.bar = None
+        self._clear_bar()
+        self.bar = None
+
+
+def _epoch_summary(logs: dict[str, float], seconds: float, samples: int,
+                   warmup: float) -> str:
+    """``loss 0.31 (running mean) - accuracy 0.93 - ... - 51,234 samples/s - 0.03s``."""
+    parts = []
+    for key, value in logs.items():
+        if key == "lr":
+            parts.append(f"lr {value:.3g}")
+        elif key == "loss":
+            parts.append(f"loss {value:.4f} (running mean)")
+        else:
+            parts.append(f"{key} {value:.4f}")
+    rate = samples / seconds if seconds > 0 else float("inf")
+    line = f"{' - '.join(parts)} - {rate:,.0f} samples/s - {seconds:.2f}s"
+    if warmup >= 0.05:
+        line += f" (+{warmup:.1f}s compiling or loading kernels)"
+    return line
 
 
 def _isatty(stream: Any) -> bool:
@@ -583,8 +754,9 @@ class _EpochSteps(NamedTuple):
     loss: float  # sample-weighted mean of the step losses
     samples: int  # samples trained on
     lr: float  # the learning rate in force (after per-step callbacks)
-    seconds: float
+    seconds: float  # training time, without the time in Numba's compiler
     nan_stop: StopReason | None  # set when on_nan="stop" ended the epoch
+    warmup: float = 0.0  # seconds Numba spent compiling or loading kernels in the steps
 
 
 class _FitLoop:
@@ -595,8 +767,10 @@ class _FitLoop:
 
     def __init__(self, model: TrainableModel, data: _Data, loader: BatchLoader,
                  pipeline: GradientPipeline, callbacks: Any, progress: _Progress,
-                 nan_policy: _NanPolicy, history: History) -> None:
+                 nan_policy: _NanPolicy, history: History,
+                 watch: CompileWatch | None = None) -> None:
         self.model, self.data, self.loader = model, data, loader
+        self.watch = watch
         # An empty pipeline is skipped: train_batch's plain path has no hook call at all.
         self.pipeline: GradientPipeline | None = pipeline if len(pipeline) else None
         self.callbacks, self.progress = callbacks, progress
@@ -646,7 +820,7 @@ class _FitLoop:
         model.epochs_completed = epoch + 1
         callbacks.on_epoch_end(epoch, logs)
         history._append(epoch, logs)
-        self.progress.epoch_end(epoch + 1, logs, steps.seconds, steps.samples)
+        self.progress.epoch_end(epoch + 1, logs, steps.seconds, steps.samples, steps.warmup)
         if model.stop_training:
             history.stop_reason = _as_stop_reason(model.stop_reason, epoch)
             return False
@@ -656,15 +830,19 @@ class _FitLoop:
         """The steps of one epoch: batch, callbacks, train, NaN check, progress."""
         model, loader, callbacks, progress = self.model, self.loader, self.callbacks, self.progress
         pipeline, per_batch = self.pipeline, callbacks.per_batch
+        weighted = loader.weights is not None
         dist = self.dist
         steps = loader.steps
         loader.new_epoch(model.rng)
+        compiling = self.watch.seconds if self.watch is not None else 0.0
         started = time.perf_counter()
         total = 0.0
         seen = 0
         nan_stop = None
         lr_used = float(model.optimizer.lr)
         for step, (xb, tb) in enumerate(loader):
+            if weighted:
+                tb = WeightedTargets(tb, loader.get_weights(step))
             rows = xb.shape[0]
             if per_batch:
                 callbacks.on_train_batch_begin(step, {"size": rows})
@@ -683,14 +861,16 @@ class _FitLoop:
                 if dist is not None:  # a callback that stops one rank stops all
                     model.stop_training = dist.any(model.stop_training)
             if progress.bar is not None:
-                progress.step(loss_value, seen / max(time.perf_counter() - started, 1e-9))
+                progress.step(step + 1, total / seen)
             if nan_stop is not None or model.stop_training:
                 break
         if not seen:
             raise ValueError(f"the training batches of epoch {epoch + 1} held no samples "
                              f"(an empty or exhausted iterable?)")
         seconds = time.perf_counter() - started
-        return _EpochSteps(total / seen, seen, lr_used, seconds, nan_stop)
+        # Compiling (or loading cached) kernels is not training: report it apart.
+        warmup = self.watch.seconds - compiling if self.watch is not None else 0.0
+        return _EpochSteps(total / seen, seen, lr_used, seconds - warmup, nan_stop, warmup)
 
     def epoch_logs(self) -> dict[str, float]:
         """End-of-epoch evaluation: training metrics and validation loss and metrics."""
@@ -702,9 +882,9 @@ class _FitLoop:
             outputs, targets, _ = self.outputs(data.X, data.targets, None)
             logs.update(_metric_values(model, data.X, targets, prefix="", outputs=outputs))
         if data.X_val is not None and data.t_val is not None:
-            outputs, targets, _ = self.outputs(data.X_val, data.t_val, None)
+            outputs, targets, weight = self.outputs(data.X_val, data.t_val, data.w_val)
             logs.update(_evaluate_prepared(model, data.X_val, targets, prefix="val_",
-                                           outputs=outputs))
+                                           weight=weight, outputs=outputs))
         return logs
 
     def outputs(self, X: Any, targets: Any, weight: Any) -> tuple[np.ndarray, Any, Any]:
@@ -741,7 +921,9 @@ def fit(
     epochs: int = 1,
     batch_size: int = 32,
     validation_split: float = 0.0,
-    validation_data: tuple[Any, Any] | None = None,
+    validation_data: tuple[Any, ...] | None = None,
+    sample_weight: Any = None,
+    class_weight: Mapping[int, float] | str | None = None,
     shuffle: bool = True,
     seed: int | None = None,
     callbacks: Sequence[Any] | None = None,
@@ -778,14 +960,31 @@ def fit(
             the *last* ones, before shuffling (like Keras), so shuffle sorted data first
             (:func:`numbanet.datasets.train_test_split` does). Ignored when
             ``validation_data`` is given.
-        validation_data: ``(X_val, y_val)`` evaluated at the end of every epoch.
+        validation_data: ``(X_val, y_val)`` evaluated at the end of every epoch, or
+            ``(X_val, y_val, sample_weight_val)`` to weigh ``val_loss``.
+        sample_weight: ``(n,)`` non-negative weight per sample (Keras's and
+            scikit-learn's argument). Each sample's loss counts ``w_i`` times; the loss
+            host's mean is PyTorch's weighted mean ``Σ w_i l_i / Σ w_i`` per batch (see
+            :class:`numbanet.losses.Loss`), so equal weights train exactly as none. With
+            ``validation_split`` the held-out part of the weights weighs ``val_loss``.
+            Metrics are not weighted.
+        class_weight: ``{label: weight}`` (unlisted classes weigh 1) or ``"balanced"``
+            (scikit-learn's ``n_samples / (n_classes * count(label))``): each sample's
+            weight is its class's, times its ``sample_weight``. Needs integer labels as
+            ``y``. Applies to training only, as in Keras. For cross-entropy it trains
+            like ``F.cross_entropy(weight=...)``.
         shuffle: draw a new order of the training samples every epoch.
         seed: if given, reseed the model's generator (shuffling and dropout) at the start
             of this call, so the call is reproducible whatever ran before. Leave it
             ``None`` to continue the model's stream (what resuming needs).
         callbacks: :class:`numbanet.callbacks.Callback` objects.
-        verbose: 0 quiet; 1 a progress bar per epoch on a terminal with tqdm installed,
-            else one line per epoch; 2 one line per epoch.
+        verbose: 0 quiet; 1 on a terminal a bar for the steps of each epoch, then the
+            epoch's summary line (elsewhere just the summary lines); 2 summary lines
+            only. The summary line shows ``loss ... (running mean)`` (the mean of the
+            epoch's step losses), the other figures measured at the end of the epoch,
+            and samples/s without the time spent compiling kernels (reported apart;
+            the first compilation prints "compiling kernels (first run only, cached
+            afterwards)...").
         clip_norm: scale the gradients so their global L2 norm is at most this
             (PyTorch's ``clip_grad_norm_``), applied after ``clip_value``
             (:class:`~numbanet.optim.ClipByGlobalNorm`).
@@ -842,7 +1041,7 @@ def fit(
         model.rng.bit_generator.state = np.random.default_rng(seed).bit_generator.state
 
     prepare = _prepare_stream if _is_stream(X, y) else _prepare_data
-    args = (model, X, y, validation_data, validation_split)
+    args = (model, X, y, validation_data, validation_split, sample_weight, class_weight)
     data = prepare(*args) if dist is None else dist.agree(prepare, *args)
     loader, n, batch_size = _loader(model, data, batch_size, shuffle, dist)
     pipeline.setup(model)
@@ -852,6 +1051,8 @@ def fit(
     if data.X_val is not None:
         keys += ["val_loss", *(f"val_{name}" for name in metric_names)]
     history = History()
+    history.measured = {key: END_OF_EPOCH for key in keys}
+    history.measured["loss"] = RUNNING_MEAN
     first_epoch = int(model.epochs_completed)
     history.params = {
         "epochs": epochs, "batch_size": batch_size, "steps": loader.steps, "samples": n,
@@ -864,10 +1065,14 @@ def fit(
     model.stop_reason = None
     main = dist is None or dist.is_main  # only rank 0 prints
     progress = _Progress(int(verbose) if main else 0, first_epoch + epochs, loader.steps or 0)
-    loop = _FitLoop(model, data, loader, pipeline, cbs, progress, _NanPolicy(on_nan), history)
-    loop.dist = dist
-    loop.nan_policy.quiet = not main
-    loop.run(first_epoch, epochs)
+    if loader.steps is None:
+        progress.draw_bars = False  # a stream of unknown length: summary lines only
+    with CompileWatch(on_compile=progress.compiling) as watch:
+        loop = _FitLoop(model, data, loader, pipeline, cbs, progress, _NanPolicy(on_nan),
+                        history, watch)
+        loop.dist = dist
+        loop.nan_policy.quiet = not main
+        loop.run(first_epoch, epochs)
     model.stop_training = False
     return history
 
@@ -961,8 +1166,12 @@ def _metric_values(model: TrainableModel, X: np.ndarray, targets: np.ndarray, pr
     return {f"{prefix}{m.name}": float(m(outputs, targets)) for m in model.metrics}
 
 
-def _loss_value(model: TrainableModel, outputs: np.ndarray, targets: np.ndarray) -> float:
-    value = model.loss.forward(outputs, targets)
+def _loss_value(model: TrainableModel, outputs: np.ndarray, targets: np.ndarray,
+                weight: np.ndarray | None = None) -> float:
+    if weight is None:
+        value = model.loss.forward(outputs, targets)
+    else:
+        value = model.loss.forward(outputs, targets, sample_weight=weight)
     if isinstance(value, np.ndarray):  # reduction="none": report the mean
         return float(np.mean(value, dtype=np.float64))
     return float(value)
@@ -970,10 +1179,11 @@ def _loss_value(model: TrainableModel, outputs: np.ndarray, targets: np.ndarray)
 
 def _evaluate_prepared(model: TrainableModel, X: np.ndarray, targets: np.ndarray, prefix: str = "",
                        batch_size: int = 1024,
+                       weight: np.ndarray | None = None,
                        outputs: np.ndarray | None = None) -> dict[str, float]:
     if outputs is None:
         outputs = _predict_rows(model, X, batch_size)
-    logs = {f"{prefix}loss": _loss_value(model, outputs, targets)}
+    logs = {f"{prefix}loss": _loss_value(model, outputs, targets, weight)}
     logs.update(_metric_values(model, X, targets, prefix, outputs))
     return logs
 
@@ -983,7 +1193,7 @@ def _evaluate_prepared(model: TrainableModel, X: np.ndarray, targets: np.ndarray
 
 @validate_args({"batch_size": _BATCH_SIZE, "verbose": _VERBOSE})
 def evaluate(model: TrainableModel, X: Any, y: Any, *, batch_size: int = 1024,
-             verbose: int = 0) -> dict[str, float]:
+             verbose: int = 0, sample_weight: Any = None) -> dict[str, float]:
     """Loss and compiled metrics of ``model`` on ``(X, y)``, in inference mode.
 
     Args:
@@ -992,13 +1202,19 @@ def evaluate(model: TrainableModel, X: Any, y: Any, *, batch_size: int = 1024,
         y: targets as for :func:`fit`.
         batch_size: rows per forward pass (memory only; the result does not depend on it).
         verbose: 1 or 2 prints the result on one line.
+        sample_weight: ``(n,)`` non-negative weights for the loss (PyTorch's weighted
+            mean, as in :func:`fit`); metrics are not weighted.
 
     Returns:
         ``{"loss": ..., "<metric>": ...}`` as Python floats.
     """
     model.require_compiled("evaluate")
     X, targets = _prepare(model, X, y, "X", "y")
-    logs = _evaluate_prepared(model, X, targets, batch_size=batch_size)
+    weight = None
+    if sample_weight is not None:
+        _require_weighted_loss(model, "sample_weight")
+        weight = _nonzero(check_sample_weight(sample_weight, X.shape[0]), "sample_weight")
+    logs = _evaluate_prepared(model, X, targets, batch_size=batch_size, weight=weight)
     if verbose:
         print(_format_logs(logs), flush=True)
     return logs

@@ -544,7 +544,9 @@ class Sequential:
         epochs: int = 1,
         batch_size: int = 32,
         validation_split: float = 0.0,
-        validation_data: tuple[Any, Any] | None = None,
+        validation_data: tuple[Any, ...] | None = None,
+        sample_weight: Any = None,
+        class_weight: Any = None,
         shuffle: bool = True,
         seed: int | None = None,
         callbacks: Sequence[Any] | None = None,
@@ -562,7 +564,8 @@ class Sequential:
         """Train on ``(X, y)`` for ``epochs`` passes over the data.
 
         The arguments are those of :func:`numbanet.train.fit`, whose docstring describes
-        each (``help(numbanet.train.fit)``): batching, validation, reproducibility
+        each (``help(numbanet.train.fit)``): batching, validation, sample and class
+        weights (``sample_weight``, ``class_weight``), reproducibility
         (``seed``), callbacks, the gradient pipeline (``clip_norm``, ``clip_value``,
         ``weight_decay``, ``gradient_transforms``, ``gradient_pipeline``) and what a NaN
         loss does (``on_nan``); data-parallel training over MPI (``distributed``,
@@ -576,19 +579,21 @@ class Sequential:
 
         return fit(self, X, y, epochs=epochs, batch_size=batch_size,
                    validation_split=validation_split, validation_data=validation_data,
-                   shuffle=shuffle, seed=seed, callbacks=callbacks, verbose=verbose,
+                   sample_weight=sample_weight, class_weight=class_weight, shuffle=shuffle,
+                   seed=seed, callbacks=callbacks, verbose=verbose,
                    clip_norm=clip_norm, clip_value=clip_value, weight_decay=weight_decay,
                    decay_biases=decay_biases, gradient_transforms=gradient_transforms,
                    gradient_pipeline=gradient_pipeline, on_nan=on_nan,
                    distributed=distributed, shard=shard)
 
     def evaluate(self, X: Any, y: Any, *, batch_size: int = 1024,
-                 verbose: int = 0) -> dict[str, float]:
-        """Loss and metrics on ``(X, y)`` in inference mode; see
-        :func:`numbanet.train.evaluate`."""
+                 verbose: int = 0, sample_weight: Any = None) -> dict[str, float]:
+        """Loss and metrics on ``(X, y)`` in inference mode, the loss weighted by
+        ``sample_weight`` if given; see :func:`numbanet.train.evaluate`."""
         from numbanet.train import evaluate
 
-        return evaluate(self, X, y, batch_size=batch_size, verbose=verbose)
+        return evaluate(self, X, y, batch_size=batch_size, verbose=verbose,
+                        sample_weight=sample_weight)
 
     def predict_proba(self, X: Any, batch_size: int = 1024) -> np.ndarray:
         """Class probabilities: the loss's output activation applied to :meth:`predict`."""
