@@ -382,5 +382,18 @@ def validation_count(n_train: int, validation_split: float) -> int:
 
 def read_inputs(path: str) -> np.ndarray:
     """``numbanet predict``'s INPUT: a .npy or a CSV of samples (header row skipped)."""
-    X = _read_array(path, "INPUT")
+    if not os.path.exists(path):
+        raise CliError(f"no input file at {path!r}", code=1)
+    try:
+        if path.endswith(".npy"):
+            X = np.load(path, allow_pickle=False)
+            if X.dtype.kind not in "biuf":
+                raise ValueError(f"it holds {X.dtype} values, not numbers")
+        else:
+            header, columns = _read_csv(path)
+            X = _numeric(columns, path, header)
+    except (OSError, ValueError, CliError) as exc:
+        raise CliError(f"cannot read inputs from {path!r} (.npy, or a CSV of numbers with "
+                       f"one sample per row): {exc}", code=1) from None
+    X = X.astype(np.float64, copy=False)
     return X.reshape(1, -1) if X.ndim == 1 else X

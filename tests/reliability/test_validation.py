@@ -445,15 +445,17 @@ CLI_CASES = [
     ("train --weight-decay nan", 2, "--weight-decay"),
     ("train --clip-norm 0", 2, "--clip-norm"),
     ("train --on-nan ignore", 2, "--on-nan"),
-    ("train --activation nope --epochs 0", 1, "nope"),
-    ("train --optimizer nope --epochs 0", 1, "nope"),
-    ("train --loss nope --epochs 0", 1, "nope"),
-    ("train --threads 999 --epochs 0", 1, "--threads"),
-    ("train --dataset idx", 1, "--idx-images"),
+    # A bad option value is exit 2 like argparse's own errors (issue 16, item 3); a file
+    # that cannot be read or written is exit 1.
+    ("train --activation nope --epochs 0", 2, "nope"),
+    ("train --optimizer nope --epochs 0", 2, "nope"),
+    ("train --loss nope --epochs 0", 2, "nope"),
+    ("train --threads 999 --epochs 0", 2, "--threads"),
+    ("train --dataset idx", 2, "--idx-images"),
     ("train --dataset idx --idx-images /nonexistent/a --idx-labels /nonexistent/b", 1,
      "/nonexistent"),
-    ("train --save /nonexistent/dir/m.npz --epochs 0", 1, "/nonexistent/dir"),
-    ("train --save / --epochs 0", 1, "directory"),
+    ("train --save /nonexistent/dir/m.npz --epochs 0", 2, "/nonexistent/dir"),
+    ("train --save / --epochs 0", 2, "directory"),
     ("evaluate /nonexistent/m.npz", 1, "/nonexistent/m.npz"),
     ("evaluate {garbage}", 1, "not a readable numbanet model"),
     ("predict {garbage}", 1, "not a readable numbanet model"),
@@ -493,12 +495,12 @@ def test_save_into_a_missing_directory_names_the_directory_not_a_temp_file(tiny_
         tiny_model.save(tmp_path)
 
 
-PREDICT_INPUT_CASES = [
-    ("pickled-npy", "cannot read inputs"),
-    ("wrong-features", "X has 5 features"),
-    ("text-csv", "cannot read inputs"),
-    ("missing-input", "no input file"),
-    ("unwritable-output", "No such file or directory"),
+PREDICT_INPUT_CASES = [  # (case, message, exit code: 1 unreadable file, 2 bad input)
+    ("pickled-npy", "cannot read inputs", 1),
+    ("wrong-features", "takes 64 features per sample", 2),
+    ("text-csv", "cannot read inputs", 1),
+    ("missing-input", "no input file", 1),
+    ("unwritable-output", "No such file or directory", 1),
 ]
 
 
@@ -512,10 +514,10 @@ def saved_cli_model(tmp_path_factory):
     return path
 
 
-@pytest.mark.parametrize(("case", "pattern"), PREDICT_INPUT_CASES,
-                         ids=[c for c, _ in PREDICT_INPUT_CASES])
-def test_cli_predict_bad_inputs_exit_1_with_one_error_line(saved_cli_model, tmp_path, capsys,
-                                                          case, pattern):
+@pytest.mark.parametrize(("case", "pattern", "code"), PREDICT_INPUT_CASES,
+                         ids=[c for c, _, _ in PREDICT_INPUT_CASES])
+def test_cli_predict_bad_inputs_exit_nonzero_with_one_error_line(saved_cli_model, tmp_path,
+                                                                 capsys, case, pattern, code):
     from numbanet.cli import main
 
     inputs = tmp_path / "in.npy"
@@ -528,12 +530,12 @@ def test_cli_predict_bad_inputs_exit_1_with_one_error_line(saved_cli_model, tmp_
         np.save(inputs, np.ones((3, 5)))
     elif case == "text-csv":
         inputs = tmp_path / "in.csv"
-        inputs.write_text("a,b,c\n1,2,3\n")
+        inputs.write_text("1,2,3\na,b,c\n")  # a header row would be fine; text below it is not
     elif case == "missing-input":
         inputs = tmp_path / "absent.npy"
     else:
         np.save(inputs, np.ones((3, 64)))
         extra = ["--output", str(tmp_path / "missing" / "out.csv")]
-    assert main(["predict", str(saved_cli_model), str(inputs), *extra]) == 1
+    assert main(["predict", str(saved_cli_model), str(inputs), *extra]) == code
     err = capsys.readouterr().err
     assert "Traceback" not in err and pattern in err.strip().splitlines()[-1]
