@@ -29,11 +29,13 @@ batch norm forward, training     read x (sums) + read x, write y: 2 reads, 1 wri
 batch norm forward, inference    read x, write y
 batch norm backward              read x, dy (sums) + read x, dy, write dx
 layer norm forward               read x, write y (the row is re-read from L1)
-layer norm backward              read x, dy, write dx (likewise)
+layer norm backward              read x, dy, write dx (likewise; the parameter sums
+                                 re-read the chunk from L2)
 ===============================  =============================================
 
-Determinism: every sum runs in float64 (float32 data too) over fixed chunks of rows,
-:func:`chunk_rows` rows each, chosen from the array's shape alone. Chunk ``c`` writes only
+Determinism: every statistic (mean, variance) and every parameter-gradient sum runs in
+float64 (float32 data too) over fixed chunks of rows, :func:`chunk_rows` rows each,
+chosen from the array's shape alone. Chunk ``c`` writes only
 ``partials[c]``; the partials are then added per column in chunk order. Elementwise
 passes write disjoint rows. So results depend on the data and the shape, never on the
 thread count, and the serial twins (below :data:`PARALLEL_MIN` elements) walk the same
@@ -45,8 +47,10 @@ Per-row loops index 2-D arrays directly (``x[r, j]``, ``j`` from zero, so they s
 vectorize) instead of taking a view per row: a view costs NRT reference counting worth
 about a hundred elements of work, which made narrow rows (C = 64) 3x slower.
 
-Elementwise work stays in the data's dtype (coefficients are computed per column in
-float64 and rounded once); only the accumulators are float64.
+Elementwise work stays in the data's dtype (coefficients are computed per column or row
+in float64 and rounded once). Layer norm backward's two per-row dot products, which feed
+only that row's ``dx``, also run in the data's dtype, as in PyTorch: in float64 they
+made the loop compute-bound (the conversions), 25% slower on 256 x 1024.
 
 Unchecked entries (the layers in :mod:`numbanet.nn.norm` validate shapes once):
 :func:`batch_norm_forward`, :func:`batch_norm_backward`, :func:`layer_norm_forward`,
@@ -621,43 +625,70 @@ def _ln_forward_serial(x, eps, weight, bias, affine, y, mean, rstd, chunk):
 @kernel
 def _ln_backward_rows(x, dy, lo, hi, weight, affine, mean, rstd, need_dx, dx, pw, pb):
     """Rows ``lo:hi``: ``dx`` per row, and (affine) this chunk's float64 partial column
-    sums ``pw = sum dy * xhat``, ``pb = sum dy`` (rows added in order). Rows are indexed
-    directly, as in :func:`_ln_forward_rows`. (Taking four rows at a time, as the batch
-    norm sums do, measured no faster here: the per-row reductions dominate.)"""
+    sums ``pw = sum dy * xhat``, ``pb = sum dy``.
+
+    Two loops, each reading the chunk once more (from L2: a chunk is at most
+    CHUNK_ELEMENTS of x and dy): per row, ``s1 = sum g`` and ``s2 = sum g * (x - m)``
+    (``g = dy * weight``) in the data's dtype, as PyTorch does (these feed only that
+    row's ``dx``; float64 conversions would make this loop compute-bound), then ``dx``;
+    then the parameter sums four rows at a time, ``pw += (t0 + t1) + (t2 + t3)`` (the
+    four-row sum in the data's dtype, the running sum in float64), then one at a time.
+    The order depends on ``lo`` and ``hi`` only. Rows are indexed directly, as in
+    :func:`_ln_forward_rows`.
+    """
     cols = x.shape[1]
-    if affine:
-        for j in range(cols):
-            pw[j] = 0.0
-            pb[j] = 0.0
-    for r in range(lo, hi):
-        m = x.dtype.type(mean[r])
-        rs = rstd[r]
-        rd = x.dtype.type(rs)
-        s1 = 0.0
-        s2 = 0.0
-        if affine:
-            for j in range(cols):
-                d = x[r, j] - m
-                g = dy[r, j] * weight[j]
-                s1 += np.float64(g)
-                s2 += np.float64(g * d)
-                pw[j] += np.float64(dy[r, j] * (d * rd))
-                pb[j] += np.float64(dy[r, j])
-        else:
-            for j in range(cols):
-                g = dy[r, j]
-                s1 += np.float64(g)
-                s2 += np.float64(g * (x[r, j] - m))
-        if need_dx:
+    zero = x.dtype.type(0)
+    if need_dx:
+        for r in range(lo, hi):
+            m = x.dtype.type(mean[r])
+            rs = rstd[r]
+            rd = x.dtype.type(rs)
+            s1 = zero
+            s2 = zero
+            if affine:
+                for j in range(cols):
+                    g = dy[r, j] * weight[j]
+                    s1 += g
+                    s2 += g * (x[r, j] - m)
+            else:
+                for j in range(cols):
+                    g = dy[r, j]
+                    s1 += g
+                    s2 += g * (x[r, j] - m)
             # dx = r*g - r*s1/C - (x - m) * r**3 * s2/C, coefficients in float64.
-            b = x.dtype.type(-rs * rs * rs * s2 / cols)
-            c = x.dtype.type(-rs * s1 / cols)
+            b = x.dtype.type(-rs * rs * rs * np.float64(s2) / cols)
+            c = x.dtype.type(-rs * np.float64(s1) / cols)
             if affine:
                 for j in range(cols):
                     dx[r, j] = rd * (dy[r, j] * weight[j]) + b * (x[r, j] - m) + c
             else:
                 for j in range(cols):
                     dx[r, j] = rd * dy[r, j] + b * (x[r, j] - m) + c
+    if not affine:
+        return
+    for j in range(cols):
+        pw[j] = 0.0
+        pb[j] = 0.0
+    r = lo
+    while r + 4 <= hi:
+        m0, m1 = x.dtype.type(mean[r]), x.dtype.type(mean[r + 1])
+        m2, m3 = x.dtype.type(mean[r + 2]), x.dtype.type(mean[r + 3])
+        r0, r1 = x.dtype.type(rstd[r]), x.dtype.type(rstd[r + 1])
+        r2, r3 = x.dtype.type(rstd[r + 2]), x.dtype.type(rstd[r + 3])
+        for j in range(cols):
+            e0, e1, e2, e3 = dy[r, j], dy[r + 1, j], dy[r + 2, j], dy[r + 3, j]
+            pw[j] += np.float64((e0 * ((x[r, j] - m0) * r0) + e1 * ((x[r + 1, j] - m1) * r1))
+                                + (e2 * ((x[r + 2, j] - m2) * r2)
+                                   + e3 * ((x[r + 3, j] - m3) * r3)))
+            pb[j] += np.float64((e0 + e1) + (e2 + e3))
+        r += 4
+    while r < hi:
+        m = x.dtype.type(mean[r])
+        rd = x.dtype.type(rstd[r])
+        for j in range(cols):
+            pw[j] += np.float64(dy[r, j] * ((x[r, j] - m) * rd))
+            pb[j] += np.float64(dy[r, j])
+        r += 1
 
 
 @kernel
