@@ -24,7 +24,7 @@ Data that does not fit in memory: :class:`LazyRows` wraps an array that stays on
 :class:`LazyBatchLoader` serves batches from it. :class:`StreamLoader` serves batches
 from an iterable of ``(X_batch, y_batch)`` pairs.
 
-Example:
+Examples:
     >>> import numpy as np
     >>> from numbanet.sampling import BatchLoader, BatchSampler
     >>> X, y = np.arange(10.0).reshape(5, 2), np.arange(5)
