@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from numbanet.threads import process_share
+
 RTOL = 1e-9  # the bound: float64, 20 Adam steps with clipping and weight decay
 
 
@@ -43,6 +45,8 @@ def test_two_ranks_hold_the_weights_of_one_process(mpirun, script, tmp_path: Pat
                                            err_msg=f"{config} {key}")
             meta = json.loads(str(saved["params_meta"]))
             assert meta["world_size"] == 2
+            # Each rank took its share of the cores (mpiexec binds nothing here).
+            assert int(saved["threads"]) == process_share(2)
             # 20 steps: 4 epochs of 5 global batches (a stream's length is not known).
             assert meta["steps"] == (None if config == "stream" else 5)
     # Only rank 0 printed (one line per epoch per run) and wrote files.
@@ -93,6 +97,17 @@ def test_nan_raise_reaches_every_rank_at_the_same_step(mpirun, tmp_path: Path) -
     lines = sorted(line.split(": ", 1)[1] for line in run.stdout.splitlines()
                    if line.startswith("caught"))
     assert lines[0] == lines[1], run  # the same epoch and step on both ranks
+    assert lines[0].startswith("FloatingPointError: loss is"), run
+
+
+def test_bad_data_found_before_training_raises_on_every_rank(mpirun, tmp_path: Path) -> None:
+    run = mpirun("fault.py", "setup", tmp_path)
+    caught = sorted(line for line in run.stdout.splitlines() if line.startswith("caught"))
+    assert len(caught) == 2, run
+    assert caught[0].startswith("caught on rank 0: RuntimeError: rank 1 of 2 failed: "
+                                "ValueError:"), run
+    assert caught[1].startswith("caught on rank 1: ValueError:"), run
+    assert "labels" in caught[1], run
 
 
 def test_a_killed_run_resumes_from_its_checkpoint_on_another_rank_count(

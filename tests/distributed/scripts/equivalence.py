@@ -112,7 +112,8 @@ def main() -> None:
                                model_seed=0 if rank == 0 else 100 + rank,
                                rng_seed=7 if rank == 0 else 1000 + rank)
         np.savez(out / f"rank{rank}-{config}.npz", params=model.flat_parameters,
-                 history=json.dumps(history.history), params_meta=json.dumps(history.params))
+                 history=json.dumps(history.history), params_meta=json.dumps(history.params),
+                 threads=nbn.get_num_threads())
 
 
 if __name__ == "__main__":

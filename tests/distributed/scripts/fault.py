@@ -9,6 +9,9 @@ Run: mpiexec -n 2 python fault.py MODE OUTDIR, MODE one of:
 * ``nan``: on_nan="raise" with a learning rate that diverges: every rank raises
   FloatingPointError at the same step, so each can catch it (the script does, prints
   "caught" and exits 0).
+* ``setup``: shard="local", rank 1's labels are out of range: found before training,
+  so every rank raises (rank 1 its ValueError, rank 0 a RuntimeError naming rank 1) and
+  each can catch it (the script does, prints "caught" and exits 0).
 """
 
 from __future__ import annotations
@@ -62,15 +65,26 @@ def main() -> None:
         kwargs["shard"] = "local"
     elif mode == "nan":
         kwargs["on_nan"] = "raise"
+    elif mode == "setup":
+        X, y = X[dist.rank()::2], y[dist.rank()::2].copy()
+        if dist.rank() == 1:
+            y[5] = 7
+        kwargs["shard"] = "local"
     try:
         model.fit(X, y, epochs=3, batch_size=16, verbose=0, callbacks=callbacks,
                   distributed=True, **kwargs)
-    except FloatingPointError as exc:
-        if mode != "nan":
+    except (FloatingPointError, ValueError, RuntimeError) as exc:
+        if mode not in ("nan", "setup"):
             raise
-        print(f"caught on rank {dist.rank()}: {exc}", flush=True)
+        _say(f"caught on rank {dist.rank()}: {type(exc).__name__}: {exc}")
         return
-    print(f"rank {dist.rank()} finished", flush=True)
+    _say(f"rank {dist.rank()} finished")
+
+
+def _say(line: str) -> None:
+    # One write per line: the ranks share the launcher's stdout.
+    sys.stdout.write(line.replace("\n", " ") + "\n")
+    sys.stdout.flush()
 
 
 if __name__ == "__main__":
