@@ -14,6 +14,7 @@ Configurations (each 20 Adam steps with clipping and weight decay, float64):
   (fit(batches, None, ...)); training metrics are not logged for streams.
 * ``weighted``: like ``uneven`` with class weights and some ignored labels (-100), so
   each rank's mean divides by its own sum of weights and the ranks' shares are summed.
+* ``sample_weight``: like ``uneven`` with fit(sample_weight=...) and weighted validation.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ CONFIGS = {
     "local": (200, 40, False),
     "stream": (200, 40, False),
     "weighted": (185, 37, True),
+    "sample_weight": (185, 37, True),
 }
 VALIDATION = 30
 
@@ -93,8 +95,13 @@ def train(config: str, distributed: bool, files: Path | None = None, model_seed:
             del kwargs["shard"]
     if distributed:
         kwargs["distributed"] = True
+    validation: tuple = (X_val, y_val)
+    if config == "sample_weight":
+        weights = np.random.default_rng(9).uniform(0.0, 2.0, size=n + VALIDATION)
+        kwargs["sample_weight"] = weights[:n]
+        validation = (X_val, y_val, weights[n:])
     history = model.fit(X, y, epochs=4, batch_size=batch, shuffle=shuffle,
-                        validation_data=(X_val, y_val), clip_norm=0.5, weight_decay=1e-2,
+                        validation_data=validation, clip_norm=0.5, weight_decay=1e-2,
                         verbose=2, callbacks=callbacks, **kwargs)
     return model, history
 
