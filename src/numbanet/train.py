@@ -819,6 +819,8 @@ class _FitLoop:
         logs["lr"] = steps.lr
         model.epochs_completed = epoch + 1
         callbacks.on_epoch_end(epoch, logs)
+        if self.dist is not None:  # a callback that stops one rank stops all
+            model.stop_training = self.dist.any(model.stop_training)
         history._append(epoch, logs)
         self.progress.epoch_end(epoch + 1, logs, steps.seconds, steps.samples, steps.warmup)
         if model.stop_training:
