@@ -234,8 +234,8 @@ def breakdown(threads: int, batch: int, steps: int = 200) -> None:
         return wrapper
 
     for name in ("im2col_into", "gemm_into", "col2im_into", "column_sum_into",
-                 "untranspose_into", "transpose_small", "conv2d_c1_forward_into",
-                 "conv2d_c1_backward_weight_into"):
+                 "untranspose_into", "transpose_small", "direct_forward_into",
+                 "direct_backward_weight_into", "flip_weights"):
         setattr(conv_layer, name, timed(getattr(conv_layer, name), name))
     for i, layer in enumerate(model.layers):
         for method in ("forward", "backward_fused"):

@@ -175,42 +175,66 @@ def test_grouped_forward_runs_as_plain_python():
     close(z_jit, z_py, np.float64)
 
 
+# (h, w, c, co, geometry arguments) for the direct kernels: one and several input
+# channels, rows wider and narrower than a vector, strides along columns, dilation.
+DIRECT = [
+    (20, 20, 1, 6, dict(kh=5, kw=5, pads=(2, 2, 2, 2))),          # LeNet's first layer
+    (14, 14, 6, 16, dict(kh=5, kw=5)),                             # LeNet's second
+    (20, 37, 1, 6, dict(kh=3, kw=2, dh=2, dw=3, pads=(1, 1, 0, 0))),
+    (9, 11, 3, 5, dict(kh=3, kw=3, pads=(1, 1, 1, 1))),            # one partial chunk
+    (8, 21, 2, 16, dict(kh=2, kw=4, pads=(0, 1, 2, 1))),
+]
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("args", [dict(kh=5, kw=5, pads=(2, 2, 2, 2)),
-                                  dict(kh=3, kw=2, sh=2, dh=2, dw=3, pads=(1, 1, 0, 0))])
-def test_single_channel_kernels_match_numpy(args, dtype):
-    h, w = 20, 37
+@pytest.mark.parametrize(("h", "w", "c", "co", "args"), DIRECT)
+def test_direct_kernels_match_numpy(h, w, c, co, args, dtype):
     g = geometry(h, w, **args)
     rng = np.random.default_rng(4)
-    x = rng.standard_normal((3, h, w, 1)).astype(dtype)
-    wt = rng.standard_normal((g.kh, g.kw, 1, 6)).astype(dtype)
-    b = rng.standard_normal(6).astype(dtype)
-    z = np.empty((3, g.oh, g.ow, 6), dtype)
-    kc.conv2d_c1_forward(x, wt, b, z, g, relu=True)
+    x = rng.standard_normal((3, h, w, c)).astype(dtype)
+    wt = rng.standard_normal((g.kh, g.kw, c, co)).astype(dtype)
+    b = rng.standard_normal(co).astype(dtype)
+    z = np.empty((3, g.oh, g.ow, co), dtype)
+    kc.direct_forward(x, wt, b, z, g, relu=True)
     cols = im2col_reference(x, g).astype(float)
-    ref = np.maximum(cols @ wt.reshape(-1, 6).astype(float) + b, 0)
-    close(z.reshape(-1, 6), ref, dtype)
+    ref = np.maximum(cols @ wt.reshape(-1, co).astype(float) + b, 0)
+    close(z.reshape(-1, co), ref, dtype)
 
     t = tuple(g)
-    lanes = kc.c1_lanes(dtype)
-    xp = np.empty((3, kc.c1_padded_height(t), kc.c1_padded_width(t)), dtype)
-    tiles_shape, part_shape = kc.c1_workspace(max_threads(), t, 6, lanes)
+    lanes = kc.direct_lanes(dtype)
+    layout = kc.direct_layout(t, lanes)
+    xp = np.empty((3, c, layout.plane), dtype)
+    tiles_shape, per_block = kc.direct_workspace(max_threads(), layout, c, co, lanes)
     tiles = np.empty(tiles_shape, dtype)
-    offsets = kc.c1_offsets(t, lanes)
-    kc.conv2d_c1_forward_into(x, xp, wt, b, z, False, t, offsets, tiles)
+    kc.direct_forward_into(x, xp, wt, None, z, False, t, layout, tiles)
+    close(z.reshape(-1, co), cols @ wt.reshape(-1, co).astype(float), dtype)
     dz = rng.standard_normal(z.shape).astype(dtype)
     dw, db = np.empty_like(wt), np.empty_like(b)
-    kc.conv2d_c1_backward_weight_into(xp, dz, dw, db, t, offsets, tiles,
-                                      np.empty((3, *part_shape)))
-    close(dw.reshape(-1, 6), cols.T @ dz.reshape(-1, 6).astype(float), dtype)
-    close(db, dz.reshape(-1, 6).astype(float).sum(axis=0), dtype)
+    kc.direct_backward_weight_into(xp, dz, dw, db, t, layout, tiles,
+                                   np.empty(kc.direct_partials_shape(3, layout, per_block)))
+    close(dw.reshape(-1, co), cols.T @ dz.reshape(-1, co).astype(float), dtype)
+    close(db, dz.reshape(-1, co).astype(float).sum(axis=0), dtype)
+
+    gx = kc.transposed_geometry(t, (h, w))
+    if gx is not None:  # stride 1: the input gradient as a direct convolution
+        wf = np.empty((g.kh, g.kw, co, c), dtype)
+        kc.flip_weights(wt, wf)
+        lay = kc.direct_layout(gx, lanes)
+        dx = np.empty_like(x)
+        saved = rng.standard_normal(x.shape).astype(dtype)
+        big = kc.direct_workspace(max_threads(), lay, co, c, lanes)[0]
+        kc.direct_forward_into(dz, np.empty((3, co, lay.plane), dtype), wf, None, dx,
+                               False, gx, lay, np.empty(big, dtype), saved)
+        ref_dx = col2im_reference(dz.reshape(-1, co).astype(float)
+                                  @ wt.reshape(-1, co).astype(float).T, x.shape, g)
+        close(dx, np.where(saved <= 0, 0.0, ref_dx), dtype)
 
 
-def test_single_channel_forward_refuses_what_it_cannot_take():
-    g = geometry(6, 6, 3, 3)
-    with pytest.raises(ValueError, match="one input channel, stride 1 along rows"):
-        kc.conv2d_c1_forward(np.zeros((1, 6, 6, 1)), np.zeros((3, 3, 1, 2)), None,
-                             np.zeros((1, 4, 4, 2)), g)
+def test_direct_forward_refuses_what_it_cannot_take():
+    g = geometry(6, 9, 3, 3, sw=2)
+    with pytest.raises(ValueError, match="needs stride 1"):
+        kc.direct_forward(np.zeros((1, 6, 9, 1)), np.zeros((3, 3, 1, 2)), None,
+                          np.zeros((1, 4, 4, 2)), g)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -220,7 +244,7 @@ def test_untranspose_applies_bias_and_relu(m, co, dtype):
     zt = rng.standard_normal((co, m)).astype(dtype)
     b = rng.standard_normal(co).astype(dtype)
     z = np.empty((m, co), dtype)
-    tiles = np.empty((max_threads(), kc.c1_lanes(dtype) * co), dtype)
+    tiles = np.empty((max_threads(), kc.direct_lanes(dtype) * co), dtype)
     kc.untranspose_into(zt, b, True, z, tiles)
     np.testing.assert_array_equal(z, np.maximum(zt.T + b, 0))
     kc.untranspose_into(zt, None, False, z, tiles)

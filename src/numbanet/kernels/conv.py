@@ -487,7 +487,7 @@ def untranspose_into(zt: np.ndarray, bias: np.ndarray | None, relu: bool, z: np.
         _untranspose_parallel(zt, bias, has_bias, relu, z, btiles)
     else:
         _untranspose_blocks(zt, bias, has_bias, relu, z, btiles[0], 0,
-                            -(-z.shape[0] // c1_lanes(z.dtype)))
+                            -(-z.shape[0] // direct_lanes(z.dtype)))
 
 
 @kernel
@@ -500,135 +500,229 @@ def transpose_small(src, dst):
 
 
 # ---------------------------------------------------------------------------------------
-# One input channel, stride 1 along rows: direct kernels vectorized over output pixels
+# Few channels, stride 1: direct kernels vectorized over output pixels
 # ---------------------------------------------------------------------------------------
 #
-# A first layer on grayscale images (LeNet's 5x5 over 28x28x1) has K = KH*KW taps and few
-# output channels: as a GEMM its tiles are mostly padding and im2col writes 25 values
-# per output pixel. These kernels instead put ``lanes`` neighbouring output pixels of one
-# output row in a vector: for a tap, their inputs are ``lanes`` consecutive values of a
-# (zero-padded) input row, one vector load, and the tap's weight for an output channel is
-# one broadcast. The weight gradient pairs the same input vectors with the output
-# gradient of ``lanes`` pixels, transposed into channel vectors.
+# With few output channels the GEMM's register tile is mostly padding (LeNet's 6 and 16
+# channels fill 6 or 16 of its 32 columns), and im2col and col2im move KH*KW copies of
+# every value through memory. These kernels put ``lanes`` neighbouring output pixels in
+# a vector instead. The input is first copied channels-first and zero-padded, each
+# channel a ``Hp x Wp`` plane with ``Wp = OW + (KW-1)*dw``. Output pixels are numbered
+# over a grid as wide as the plane, ``m = oh * Wp + ow``: then the input of pixel ``m``
+# at tap ``(ki, kj)`` sits at ``m + ki*dh*Wp + kj*dw`` in the plane, an affine function
+# of ``m``, so ``lanes`` consecutive pixels read one vector load per tap and channel,
+# even across output rows. Grid columns ``ow >= OW`` are computed and dropped (LeNet:
+# 28 of 32 columns useful in the first layer, 10 of 14 in the second).
+#
+# A register tile of two pixel chunks by four output channels keeps eight FMA chains in
+# flight (a single chain ran 3x slower: FMA latency, not throughput, bound it): per
+# input channel and tap, two vector loads and four weight broadcasts feed eight FMAs.
+# The weight gradient pairs the same input vectors with the output gradient of
+# ``lanes`` pixels, transposed into channel vectors, in eight accumulators swept over a
+# block of images.
 #
 # Chunks of ``lanes`` pixels start at 0, lanes, 2*lanes, ... and the last one at
-# ``OW - lanes`` (overlapping its neighbour; its overlap is recomputed in the forward
-# pass and masked out of the gradient), so no lane reads past the row: these paths
-# need ``OW >= lanes``.
+# ``M - lanes`` (``M = OH * Wp``), overlapping its neighbour: the overlap is recomputed
+# in the forward pass and masked out of the gradient.
+#
+# The input gradient of a stride-1 convolution is itself such a convolution (of the
+# zero-padded output gradient with the kernel flipped and its channel axes swapped), so
+# the same forward kernel computes it, without col2im.
+
+#: Output channels up to which the direct kernels replace im2col + GEMM (above it the
+#: GEMM's 32-column register tile is full and measured faster).
+DIRECT_MAX_CHANNELS = 16
+# Pixel chunks a weight-gradient task sweeps before reducing its vector accumulators
+# (a reduction costs about as much as 20 FMAs): images are grouped into blocks of at
+# least this many chunks. The grouping depends on the shapes only, never on threads.
+_MIN_CHUNKS_PER_BLOCK = 64
 
 
-def c1_lanes(dtype: object) -> int:
-    """Output pixels per vector in the single-channel kernels (16/8 with AVX-512)."""
+def direct_lanes(dtype: object) -> int:
+    """Output pixels per vector in the direct kernels (16 float32 / 8 float64 values with
+    AVX-512, else 8 / 4)."""
     return (64 if WIDE_VECTORS else 32) // np.dtype(dtype).itemsize
 
 
-def c1_applies(g: tuple[int, ...], channels: int, groups: int, dtype: object) -> bool:
-    """Whether the single-channel kernels take this convolution: one input channel, no
-    groups, stride 1 along rows and at least one vector of output columns."""
-    return channels == 1 and groups == 1 and g[3] == 1 and g[9] >= c1_lanes(dtype)
+def direct_applies(g: tuple[int, ...], out_channels: int, groups: int, dtype: object) -> bool:
+    """Whether the direct kernels compute this convolution: no groups, stride 1, at most
+    :data:`DIRECT_MAX_CHANNELS` output channels and at least one vector of pixels per
+    image."""
+    kh, kw, sh, sw, _, _, _, dw, oh, ow = g
+    return (groups == 1 and (sh, sw) == (1, 1) and out_channels <= DIRECT_MAX_CHANNELS
+            and oh * (ow + (kw - 1) * dw) >= direct_lanes(dtype))
 
 
-def c1_padded_width(g: tuple[int, ...]) -> int:
-    """Columns of the padded input :func:`conv2d_c1_forward` reads: ``OW + (KW-1)*dw``."""
-    return g[9] + (g[1] - 1) * g[7]
+class DirectLayout(NamedTuple):
+    """The padded channels-first input of the direct kernels and offsets into it.
+
+    Attributes:
+        hp, wp: rows and columns of a padded channel plane (``wp`` is also the width of
+            the output grid, ``OW`` of whose columns are real).
+        plane: elements from one channel plane to the next (``hp * wp`` and a zero tail
+            that the last chunk's vectors may read).
+        toff: int64, the offset of each tap ``(ki, kj)`` within a plane.
+        qoff: int64, the first grid pixel of each chunk of an image.
+        block: images per weight-gradient task.
+    """
+
+    hp: int
+    wp: int
+    plane: int
+    toff: np.ndarray
+    qoff: np.ndarray
+    block: int
 
 
-def c1_padded_height(g: tuple[int, ...]) -> int:
-    """Rows of the padded input the single-channel kernels read."""
-    return (g[8] - 1) * g[2] + (g[0] - 1) * g[6] + 1
-
-
-def c1_offsets(g: tuple[int, ...], lanes: int) -> tuple[np.ndarray, np.ndarray]:
-    """``(toff, qoff)``, int64: the padded-image offset of each tap ``(ki, kj)``, and of
-    each pixel chunk ``q = oh * chunks + ch`` of an image (its first pixel, tap 0)."""
-    kh, kw, sh, _, _, _, dh, dw, oh, ow = g
-    wp = c1_padded_width(g)
+def direct_layout(g: tuple[int, ...], lanes: int) -> DirectLayout:
+    """The :class:`DirectLayout` for window ``g`` and vectors of ``lanes`` values."""
+    kh, kw, _, _, _, _, dh, dw, oh, ow = g
+    wp = ow + (kw - 1) * dw
+    hp = oh + (kh - 1) * dh
     toff = np.array([ki * dh * wp + kj * dw for ki in range(kh) for kj in range(kw)],
                     np.int64)
-    chunks = -(-ow // lanes)
-    qoff = np.array([r * sh * wp + min(ch * lanes, ow - lanes)
-                     for r in range(oh) for ch in range(chunks)], np.int64)
-    return toff, qoff
+    grid = oh * wp
+    chunks = -(-grid // lanes)
+    qoff = np.array([min(q * lanes, grid - lanes) for q in range(chunks)], np.int64)
+    block = max(1, -(-_MIN_CHUNKS_PER_BLOCK // chunks))
+    return DirectLayout(hp, wp, hp * wp + (kw - 1) * dw + lanes, toff, qoff, block)
+
+
+def direct_workspace(threads: int, layout: DirectLayout, in_channels: int,
+                     out_channels: int, lanes: int) -> tuple[tuple[int, int], int]:
+    """``(tiles shape, partials per image block)`` of the direct kernels.
+
+    ``tiles`` is per thread: the forward pass's ``2 x CO`` vectors and their transpose,
+    or the weight gradient's transposed output gradient of one block of images and four
+    vectors to reduce. The float64 partials hold a block's weight and bias gradient sums.
+    """
+    chunks = layout.qoff.shape[0]
+    size = max(4 * out_channels * lanes,
+               (out_channels * layout.block * chunks + 4) * lanes)
+    taps = layout.toff.shape[0]
+    return (threads, size), taps * in_channels * out_channels + out_channels
 
 
 @kernel
-def _pad_c1_images(x, xp, pt, pl, n0, n1):
-    """``xp[n] = x[n, :, :, 0]`` shifted by ``(pt, pl)``, zeros around (serial)."""
-    _, h, w, _ = x.shape
-    _, hp, wp = xp.shape
+def _pad_cf_images(x, xp, pt, pl, hp, wp, n0, n1):
+    """``xp[n, c]`` = the ``hp x wp`` plane of ``x[n, :, :, c]`` shifted by ``(pt, pl)``
+    (either may be negative: rows/columns cut off), zeros around and in the tail;
+    images ``n0 .. n1`` (serial)."""
+    _, h, w, c = x.shape
+    plane = xp.shape[2]
     xf = x.reshape(x.size)
     pf = xp.reshape(xp.size)
+    lo = min(max(pl, 0), wp)
+    hi = max(min(pl + w, wp), lo)
     for n in range(n0, n1):
-        for r in range(hp):
-            d = (n * hp + r) * wp
-            ih = r - pt
-            if ih < 0 or ih >= h:
-                _zero(pf, d, wp)
-                continue
-            lo = min(max(pl, 0), wp)
-            hi = min(pl + w, wp)
-            _zero(pf, d, lo)
-            if hi > lo:
-                _copy(xf, (n * h + ih) * w + lo - pl, pf, d + lo, hi - lo)
-            _zero(pf, d + max(hi, lo), wp - max(hi, lo))
+        for ci in range(c):
+            base = (n * c + ci) * plane
+            for r in range(hp):
+                d = base + r * wp
+                ih = r - pt
+                if ih < 0 or ih >= h:
+                    _zero(pf, d, wp)
+                    continue
+                _zero(pf, d, lo)
+                s = ((n * h + ih) * w + lo - pl) * c + ci
+                if c == 1:
+                    _copy(xf, s, pf, d + lo, hi - lo)
+                else:
+                    for q in range(hi - lo):
+                        sstore(pf, d + lo + q, sload(xf, s + q * c))
+                _zero(pf, d + hi, wp - hi)
+            _zero(pf, base + hp * wp, plane - hp * wp)
+
+
+@parallel_kernel
+def _pad_cf_parallel(x, xp, pt, pl, hp, wp):
+    for n in numba.prange(x.shape[0]):
+        _pad_cf_images(x, xp, pt, pl, hp, wp, n, n + 1)
+
+
+@kernel(inline="always")
+def _store_chunk(tile, first, zf, n, m0, out_h, out_w, wp, co, saved, masked):
+    """Write the ``co`` channel vectors at ``tile[first * lanes:]`` (grid pixels
+    ``m0 ..``) into ``z[n]`` (flat ``zf``, pixels of ``co`` channels), dropping grid
+    columns ``>= out_w``; zero where ``saved <= 0`` if ``masked``.
+
+    The vectors are transposed in registers into ``tile`` after them (``lanes`` pixels
+    of ``co`` values), then each run of real pixels within an output row is one copy.
+    """
+    lanes = vlanes(tile)
+    tr = 2 * co * lanes  # the transposed block, after both chunks' vectors
+    for o0 in range(0, co, lanes):
+        cnt = min(lanes, co - o0)
+        transpose_copy(tile, (first + o0) * lanes, lanes, cnt, tile, tr + o0, co, cnt)
+    p = 0
+    while p < lanes:
+        m = m0 + p
+        oh = m // wp
+        ow = m - oh * wp
+        run = min(lanes - p, wp - ow)  # pixels left in this grid row
+        if ow < out_w:
+            real = min(run, out_w - ow)
+            d = ((n * out_h + oh) * out_w + ow) * co
+            _copy(tile, tr + p * co, zf, d, real * co)
+            if masked:
+                zero = zf.dtype.type(0)
+                for j in range(real * co):
+                    if sload(saved, d + j) <= 0:
+                        sstore(zf, d + j, zero)
+        p += run
 
 
 @kernel
-def _c1_chunks(out_w, lanes):
-    """Number of pixel chunks per output row (the last one may overlap)."""
-    return (out_w + lanes - 1) // lanes
+def _direct_forward_tasks(xp, w, bias, has_bias, z, relu, saved, masked, g, wp, toff,
+                          qoff, tile, t0, t1):
+    """Tasks ``t0 .. t1`` (task = image, pair of pixel chunks) of
+    :func:`direct_forward_into` (serial); ``tile`` is this thread's scratch.
 
-
-@kernel
-def _c1_forward_rows(xp, w, bias, has_bias, z, relu, g, toff, tile, r0, r1):
-    """Output rows ``r0 .. r1`` of :func:`conv2d_c1_forward` (serial); ``tile`` is this
-    thread's scratch (``2 * CO * lanes`` elements at least), ``toff`` the taps' offsets
-    in the padded image (:func:`c1_offsets`).
-
-    Register tile: two pixel chunks by four output channels, eight independent FMA
-    chains (one chain ran 3x slower: FMA latency, not throughput, bound it); per tap two
-    vector loads and four broadcasts feed eight FMAs. A block past the last channel
-    repeats the last one (same values, stored twice).
+    A channel block past the last output channel repeats the last one (the same values,
+    stored twice).
     """
     kh, kw, sh, sw, pt, pl, dil_h, dil_w, out_h, out_w = g
-    _, hp, wp = xp.shape
+    _, cin, plane = xp.shape
     co = z.shape[3]
     lanes = vlanes(z)
     taps = kh * kw
     pf = xp.reshape(xp.size)
     wf = w.reshape(w.size)
     zf = z.reshape(z.size)
-    nch = _c1_chunks(out_w, lanes)
-    last = out_w - lanes
-    for r in range(r0, r1):
-        n = r // out_h
-        oh = r - n * out_h
-        row = (n * hp + oh * sh) * wp
-        for cp in range(0, nch, 2):
-            owa = row + min(cp * lanes, last)
-            owb = row + min((cp + 1) * lanes, last)
-            for o in range(0, co, 4):
-                o1 = min(o + 1, co - 1)
-                o2 = min(o + 2, co - 1)
-                o3 = min(o + 3, co - 1)
-                if has_bias:
-                    a0 = vbroadcast(bias, o)
-                    a1 = vbroadcast(bias, o1)
-                    a2 = vbroadcast(bias, o2)
-                    a3 = vbroadcast(bias, o3)
-                else:
-                    a0 = vzero(z)
-                    a1 = vzero(z)
-                    a2 = vzero(z)
-                    a3 = vzero(z)
-                b0 = a0
-                b1 = a1
-                b2 = a2
-                b3 = a3
+    sf = saved.reshape(saved.size)
+    nq = qoff.shape[0]
+    pairs = (nq + 1) // 2
+    for task in range(t0, t1):
+        n = task // pairs
+        q = (task - n * pairs) * 2
+        ma = qoff[q]
+        mb = qoff[min(q + 1, nq - 1)]
+        image = n * cin * plane
+        for o in range(0, co, 4):
+            o1 = min(o + 1, co - 1)
+            o2 = min(o + 2, co - 1)
+            o3 = min(o + 3, co - 1)
+            if has_bias:
+                a0 = vbroadcast(bias, o)
+                a1 = vbroadcast(bias, o1)
+                a2 = vbroadcast(bias, o2)
+                a3 = vbroadcast(bias, o3)
+            else:
+                a0 = vzero(z)
+                a1 = vzero(z)
+                a2 = vzero(z)
+                a3 = vzero(z)
+            b0 = a0
+            b1 = a1
+            b2 = a2
+            b3 = a3
+            for ci in range(cin):
+                base = image + ci * plane
                 for t in range(taps):
-                    xa = vload(pf, owa + toff[t])
-                    xb = vload(pf, owb + toff[t])
-                    tw = t * co
+                    s = base + toff[t]
+                    xa = vload(pf, s + ma)
+                    xb = vload(pf, s + mb)
+                    tw = (t * cin + ci) * co
                     w0 = vbroadcast(wf, tw + o)
                     a0 = vfma(xa, w0, a0)
                     b0 = vfma(xb, w0, b0)
@@ -641,122 +735,100 @@ def _c1_forward_rows(xp, w, bias, has_bias, z, relu, g, toff, tile, r0, r1):
                     w3 = vbroadcast(wf, tw + o3)
                     a3 = vfma(xa, w3, a3)
                     b3 = vfma(xb, w3, b3)
-                if relu:
-                    a0 = vrelu(a0)
-                    a1 = vrelu(a1)
-                    a2 = vrelu(a2)
-                    a3 = vrelu(a3)
-                    b0 = vrelu(b0)
-                    b1 = vrelu(b1)
-                    b2 = vrelu(b2)
-                    b3 = vrelu(b3)
-                vstore(tile, o * lanes, a0)
-                vstore(tile, o1 * lanes, a1)
-                vstore(tile, o2 * lanes, a2)
-                vstore(tile, o3 * lanes, a3)
-                vstore(tile, (co + o) * lanes, b0)
-                vstore(tile, (co + o1) * lanes, b1)
-                vstore(tile, (co + o2) * lanes, b2)
-                vstore(tile, (co + o3) * lanes, b3)
-            # The tile holds channel vectors of lanes pixels; z wants pixels of CO
-            # channels: transpose blocks of up to lanes channels in registers.
-            for half in range(2):
-                if half == 1 and cp + 1 >= nch:
-                    break
-                ow0 = min((cp + half) * lanes, last)
-                d = (r * out_w + ow0) * co
-                for o0 in range(0, co, lanes):
-                    cnt = min(lanes, co - o0)
-                    transpose_copy(tile, (half * co + o0) * lanes, lanes, cnt, zf, d + o0,
-                                   co, cnt)
+            if relu:
+                a0 = vrelu(a0)
+                a1 = vrelu(a1)
+                a2 = vrelu(a2)
+                a3 = vrelu(a3)
+                b0 = vrelu(b0)
+                b1 = vrelu(b1)
+                b2 = vrelu(b2)
+                b3 = vrelu(b3)
+            vstore(tile, o * lanes, a0)
+            vstore(tile, o1 * lanes, a1)
+            vstore(tile, o2 * lanes, a2)
+            vstore(tile, o3 * lanes, a3)
+            vstore(tile, (co + o) * lanes, b0)
+            vstore(tile, (co + o1) * lanes, b1)
+            vstore(tile, (co + o2) * lanes, b2)
+            vstore(tile, (co + o3) * lanes, b3)
+        _store_chunk(tile, 0, zf, n, ma, out_h, out_w, wp, co, sf, masked)
+        if q + 1 < nq:
+            _store_chunk(tile, co, zf, n, mb, out_h, out_w, wp, co, sf, masked)
 
 
 @parallel_kernel
-def _c1_forward_parallel(xp, w, bias, has_bias, z, relu, g, toff, tiles):
-    rows = z.shape[0] * g[8]
-    for r in numba.prange(rows):
+def _direct_forward_parallel(xp, w, bias, has_bias, z, relu, saved, masked, g, wp, toff,
+                             qoff, tiles):
+    tasks = z.shape[0] * ((qoff.shape[0] + 1) // 2)
+    for task in numba.prange(tasks):
         # A thread runs one iteration at a time: its row of tiles is private.
-        _c1_forward_rows(xp, w, bias, has_bias, z, relu, g, toff,
-                         tiles[numba.get_thread_id()], r, r + 1)
+        _direct_forward_tasks(xp, w, bias, has_bias, z, relu, saved, masked, g, wp, toff,
+                              qoff, tiles[numba.get_thread_id()], task, task + 1)
 
 
-def c1_workspace(threads: int, g: tuple[int, ...], out_channels: int,
-                 lanes: int) -> tuple[tuple[int, int], tuple[int]]:
-    """Shapes of the scratch the single-channel kernels need: ``(tiles, partials)``.
+def direct_forward_into(x: np.ndarray, xp: np.ndarray, w: np.ndarray, bias: np.ndarray | None,
+                        z: np.ndarray, relu: bool, g: tuple[int, ...], layout: DirectLayout,
+                        tiles: np.ndarray, saved: np.ndarray | None = None) -> None:
+    """:func:`direct_forward` without checks (the layer's hot path).
 
-    ``tiles`` is per thread: the forward pass's ``2 x CO`` vectors, or the weight
-    gradient's transposed ``dz`` of one image (``CO x OH x chunks`` vectors) and four
-    vectors to reduce. ``partials`` (float64) has this shape per image.
-    """
-    taps = g[0] * g[1]
-    chunks = -(-g[9] // lanes)
-    size = max(2 * out_channels * lanes, (out_channels * g[8] * chunks + 4) * lanes)
-    return (threads, size), (taps * out_channels + out_channels,)
-
-
-def conv2d_c1_forward_into(x: np.ndarray, xp: np.ndarray, w: np.ndarray,
-                           bias: np.ndarray | None, z: np.ndarray, relu: bool,
-                           g: tuple[int, ...], offsets: tuple[np.ndarray, np.ndarray],
-                           tiles: np.ndarray) -> None:
-    """:func:`conv2d_c1_forward` without checks (the layer's hot path).
-
-    Pads ``x`` into ``xp`` (``(N, c1_padded_height(g), c1_padded_width(g))``, kept for
-    the weight gradient), then computes ``z``. ``offsets`` from :func:`c1_offsets`;
-    ``tiles`` from :func:`c1_workspace`.
+    Copies ``x`` into ``xp`` (``(N, C, layout.plane)``, kept for the weight gradient),
+    then computes ``z``; with ``saved`` (shaped like ``z``) ``z`` is zeroed where
+    ``saved <= 0`` (the input-gradient use, with a ReLU below). ``g`` is a plain tuple;
+    ``tiles`` from :func:`direct_workspace`.
     """
     has_bias = bias is not None
     if bias is None:
         bias = z.reshape(-1)[:1]
-    parallel = z.size * g[0] * g[1] >= PARALLEL_MIN and numba.get_num_threads() > 1
-    if parallel:
-        _pad_c1_parallel(x, xp, g[4], g[5])
-        _c1_forward_parallel(xp, w, bias, has_bias, z, relu, g, offsets[0], tiles)
+    masked = saved is not None
+    if saved is None:
+        saved = z
+    lay = layout
+    if z.size * w.shape[2] * g[0] * g[1] >= PARALLEL_MIN and numba.get_num_threads() > 1:
+        _pad_cf_parallel(x, xp, g[4], g[5], lay.hp, lay.wp)
+        _direct_forward_parallel(xp, w, bias, has_bias, z, relu, saved, masked, g, lay.wp,
+                                 lay.toff, lay.qoff, tiles)
     else:
-        _pad_c1_images(x, xp, g[4], g[5], 0, x.shape[0])
-        _c1_forward_rows(xp, w, bias, has_bias, z, relu, g, offsets[0], tiles[0], 0,
-                         z.shape[0] * g[8])
+        _pad_cf_images(x, xp, g[4], g[5], lay.hp, lay.wp, 0, x.shape[0])
+        tasks = z.shape[0] * ((lay.qoff.shape[0] + 1) // 2)
+        _direct_forward_tasks(xp, w, bias, has_bias, z, relu, saved, masked, g, lay.wp,
+                              lay.toff, lay.qoff, tiles[0], 0, tasks)
 
 
-@parallel_kernel
-def _pad_c1_parallel(x, xp, pt, pl):
-    for n in numba.prange(x.shape[0]):
-        _pad_c1_images(x, xp, pt, pl, n, n + 1)
-
-
-def conv2d_c1_forward(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None, z: np.ndarray,
-                      g: ConvGeometry, relu: bool = False) -> None:
-    """Convolution of single-channel images, vectorized over output pixels.
+def direct_forward(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None, z: np.ndarray,
+                   g: ConvGeometry, relu: bool = False) -> None:
+    """Convolution with few output channels, vectorized over output pixels.
 
     Args:
-        x: ``(N, H, W, 1)``.
-        w: ``(KH, KW, 1, CO)``.
+        x: ``(N, H, W, C)``.
+        w: ``(KH, KW, C, CO)``.
         bias: ``(CO,)`` or ``None``.
         z: ``(N, OH, OW, CO)``, writeable; receives the convolution (plus bias, then ReLU
             if ``relu``).
-        g: the window; stride 1 along rows (``sw == 1``) and ``OW >= lanes`` (16 float32
-            / 8 float64 values with AVX-512, else 8 / 4).
+        g: the window; stride 1 (:func:`direct_applies`).
         relu: apply ReLU before storing.
 
-    Each output sums its taps in row-major order with FMAs (bias first). ``prange`` over
-    output rows ``(n, oh)``.
+    Each output adds its terms in the order (bias, input channel, tap) with FMAs.
+    ``prange`` over (image, pair of pixel chunks), each written by one task.
     """
     g = ConvGeometry(*g)
     check_float_array("x", x, ndim=4)
     n, _, _, c = x.shape
     co = w.shape[3]
-    check_float_array("w", w, dtype=x.dtype, shape=(g.kh, g.kw, 1, co))
+    check_float_array("w", w, dtype=x.dtype, shape=(g.kh, g.kw, c, co))
     check_float_array("z", z, dtype=x.dtype, shape=(n, g.oh, g.ow, co), writeable=True)
     if bias is not None:
         check_float_array("bias", bias, dtype=x.dtype, shape=(co,))
-    lanes = c1_lanes(x.dtype)
-    if not c1_applies(tuple(g), c, 1, x.dtype):
-        raise ValueError(f"conv2d_c1_forward needs one input channel, stride 1 along rows and "
-                         f"at least {lanes} output columns; got {c} channels, {g}")
     t = tuple(g)
-    xp = np.empty((n, c1_padded_height(t), c1_padded_width(t)), x.dtype)
-    tiles_shape, _ = c1_workspace(numba.config.NUMBA_NUM_THREADS, t, co, lanes)
-    conv2d_c1_forward_into(x, xp, w, bias, z, relu, t, c1_offsets(t, lanes),
-                           np.empty(tiles_shape, x.dtype))
+    if not direct_applies(t, co, 1, x.dtype):
+        raise ValueError(f"direct_forward needs stride 1, at most {DIRECT_MAX_CHANNELS} "
+                         f"output channels and at least {direct_lanes(x.dtype)} output "
+                         f"pixels per image; got {co} channels, {g}")
+    lanes = direct_lanes(x.dtype)
+    layout = direct_layout(t, lanes)
+    tiles_shape, _ = direct_workspace(numba.config.NUMBA_NUM_THREADS, layout, c, co, lanes)
+    direct_forward_into(x, np.empty((n, c, layout.plane), x.dtype), w, bias, z, relu, t,
+                        layout, np.empty(tiles_shape, x.dtype))
 
 
 @kernel(inline="always")
@@ -771,101 +843,112 @@ def _lane_sum(tile, off, v):
 
 
 @kernel
-def _c1_weight_images(xp, dz, g, toff, qoff, tile, partials, n0, n1):
-    """Per-image weight and bias gradient sums of the single-channel convolution.
+def _direct_weight_blocks(xp, dz, g, wp, toff, qoff, block, tile, partials, b0, b1):
+    """Weight and bias gradient sums of image blocks ``b0 .. b1`` (serial).
 
-    For each image ``n``, ``partials[n, t * CO + o]`` (float64) receives the sum over its
-    pixels of ``xp`` at tap ``t`` times ``dz[..., o]``, and ``partials[n, T * CO + o]`` the
-    sum of ``dz[..., o]``. ``tile`` is this thread's scratch (:func:`c1_workspace`):
-    first the image's ``dz`` as channel vectors of ``lanes`` pixels (pixels a previous
-    chunk covered are zero there), then, per tap and block of four channels, four
-    register accumulators swept over the image.
+    Block ``b`` (images ``b * block ..``) writes ``partials[b, (t * C + c) * CO + o]``
+    (float64): the sum over its pixels of ``xp[n, c]`` at tap ``t`` times ``dz[..., o]``,
+    and ``partials[b, T * C * CO + o]``: the sum of ``dz[..., o]``. ``tile`` is this
+    thread's scratch (:func:`direct_workspace`): first the block's ``dz`` as channel
+    vectors of ``lanes`` grid pixels (zero for grid columns past the image and for the
+    last chunk's overlap, which its neighbour counts), then, per pair of taps, input
+    channel and block of four output channels, eight register accumulators swept over
+    the block.
     """
     kh, kw, sh, sw, pt, pl, dil_h, dil_w, out_h, out_w = g
-    _, hp, wp = xp.shape
-    co = dz.shape[3]
+    nimg, _, _, co = dz.shape
+    _, cin, plane = xp.shape
     lanes = vlanes(dz)
     taps = kh * kw
     pf = xp.reshape(xp.size)
     df = dz.reshape(dz.size)
     zero = dz.dtype.type(0)
-    nch = _c1_chunks(out_w, lanes)
-    nq = out_h * nch  # vectors per channel
-    red = co * nq * lanes  # offset of the reduction scratch
-    for n in range(n0, n1):
-        part = partials[n]
-        for oh in range(out_h):
-            done = 0
-            for ch in range(nch):
-                ow0 = min(ch * lanes, out_w - lanes)
-                d = ((n * out_h + oh) * out_w + ow0) * co
-                q = oh * nch + ch
-                skip = done - ow0 if done > ow0 else 0
-                for o in range(co):
-                    base = (o * nq + q) * lanes
-                    for p in range(skip):
-                        sstore(tile, base + p, zero)
-                    for p in range(skip, lanes):
-                        sstore(tile, base + p, sload(df, d + p * co + o))
-                done = ow0 + lanes
+    nq = qoff.shape[0]
+    for b in range(b0, b1):
+        first = b * block
+        count = min(block, nimg - first)
+        vq = count * nq  # vectors per channel in this block
+        red = co * vq * lanes  # offset of the reduction scratch
+        part = partials[b]
+        for j in range(co * vq * lanes):
+            sstore(tile, j, zero)
+        tail = (nq - 1) * lanes  # grid pixels from here on belong to the last chunk
+        for i in range(count):
+            n = first + i
+            for oh in range(out_h):
+                for ow in range(out_w):
+                    m = oh * wp + ow
+                    if m < tail:
+                        q = m // lanes
+                        p = m - q * lanes
+                    else:
+                        q = nq - 1
+                        p = m - qoff[nq - 1]
+                    d = ((n * out_h + oh) * out_w + ow) * co
+                    for o in range(co):
+                        sstore(tile, (o * vq + i * nq + q) * lanes + p, sload(df, d + o))
         for o in range(co):
             acc = vzero(dz)
-            for q in range(nq):
-                acc = vadd(acc, vload(tile, (o * nq + q) * lanes))
-            part[taps * co + o] = _lane_sum(tile, red, acc)
-        # Two taps by four channels: eight FMA chains over the image's vectors.
-        image = n * hp * wp
+            for v in range(vq):
+                acc = vadd(acc, vload(tile, (o * vq + v) * lanes))
+            part[taps * cin * co + o] = _lane_sum(tile, red, acc)
+        # Two taps by four output channels: eight FMA chains over the block's vectors.
         for t in range(0, taps, 2):
             t1 = min(t + 1, taps - 1)
-            ta = image + toff[t]
-            tb = image + toff[t1]
-            for o in range(0, co, 4):
-                o1 = min(o + 1, co - 1)
-                o2 = min(o + 2, co - 1)
-                o3 = min(o + 3, co - 1)
-                a0 = vzero(dz)
-                a1 = vzero(dz)
-                a2 = vzero(dz)
-                a3 = vzero(dz)
-                b0 = vzero(dz)
-                b1 = vzero(dz)
-                b2 = vzero(dz)
-                b3 = vzero(dz)
-                for q in range(nq):
-                    xa = vload(pf, ta + qoff[q])
-                    xb = vload(pf, tb + qoff[q])
-                    d0 = vload(tile, (o * nq + q) * lanes)
-                    a0 = vfma(xa, d0, a0)
-                    b0 = vfma(xb, d0, b0)
-                    d1 = vload(tile, (o1 * nq + q) * lanes)
-                    a1 = vfma(xa, d1, a1)
-                    b1 = vfma(xb, d1, b1)
-                    d2 = vload(tile, (o2 * nq + q) * lanes)
-                    a2 = vfma(xa, d2, a2)
-                    b2 = vfma(xb, d2, b2)
-                    d3 = vload(tile, (o3 * nq + q) * lanes)
-                    a3 = vfma(xa, d3, a3)
-                    b3 = vfma(xb, d3, b3)
-                part[t * co + o] = _lane_sum(tile, red, a0)
-                part[t * co + o1] = _lane_sum(tile, red, a1)
-                part[t * co + o2] = _lane_sum(tile, red, a2)
-                part[t * co + o3] = _lane_sum(tile, red, a3)
-                part[t1 * co + o] = _lane_sum(tile, red, b0)
-                part[t1 * co + o1] = _lane_sum(tile, red, b1)
-                part[t1 * co + o2] = _lane_sum(tile, red, b2)
-                part[t1 * co + o3] = _lane_sum(tile, red, b3)
+            for ci in range(cin):
+                pa = (t * cin + ci) * co
+                pb = (t1 * cin + ci) * co
+                for o in range(0, co, 4):
+                    o1 = min(o + 1, co - 1)
+                    o2 = min(o + 2, co - 1)
+                    o3 = min(o + 3, co - 1)
+                    a0 = vzero(dz)
+                    a1 = vzero(dz)
+                    a2 = vzero(dz)
+                    a3 = vzero(dz)
+                    b0_ = vzero(dz)
+                    b1_ = vzero(dz)
+                    b2_ = vzero(dz)
+                    b3_ = vzero(dz)
+                    for i in range(count):
+                        ta = ((first + i) * cin + ci) * plane + toff[t]
+                        tb = ((first + i) * cin + ci) * plane + toff[t1]
+                        for q in range(nq):
+                            v = i * nq + q
+                            xa = vload(pf, ta + qoff[q])
+                            xb = vload(pf, tb + qoff[q])
+                            d0 = vload(tile, (o * vq + v) * lanes)
+                            a0 = vfma(xa, d0, a0)
+                            b0_ = vfma(xb, d0, b0_)
+                            d1 = vload(tile, (o1 * vq + v) * lanes)
+                            a1 = vfma(xa, d1, a1)
+                            b1_ = vfma(xb, d1, b1_)
+                            d2 = vload(tile, (o2 * vq + v) * lanes)
+                            a2 = vfma(xa, d2, a2)
+                            b2_ = vfma(xb, d2, b2_)
+                            d3 = vload(tile, (o3 * vq + v) * lanes)
+                            a3 = vfma(xa, d3, a3)
+                            b3_ = vfma(xb, d3, b3_)
+                    part[pa + o] = _lane_sum(tile, red, a0)
+                    part[pa + o1] = _lane_sum(tile, red, a1)
+                    part[pa + o2] = _lane_sum(tile, red, a2)
+                    part[pa + o3] = _lane_sum(tile, red, a3)
+                    part[pb + o] = _lane_sum(tile, red, b0_)
+                    part[pb + o1] = _lane_sum(tile, red, b1_)
+                    part[pb + o2] = _lane_sum(tile, red, b2_)
+                    part[pb + o3] = _lane_sum(tile, red, b3_)
 
 
 @parallel_kernel
-def _c1_weight_parallel(xp, dz, g, toff, qoff, tiles, partials):
-    for n in numba.prange(dz.shape[0]):
-        _c1_weight_images(xp, dz, g, toff, qoff, tiles[numba.get_thread_id()], partials,
-                          n, n + 1)
+def _direct_weight_parallel(xp, dz, g, wp, toff, qoff, block, tiles, partials):
+    for b in numba.prange(partials.shape[0]):
+        _direct_weight_blocks(xp, dz, g, wp, toff, qoff, block, tiles[numba.get_thread_id()],
+                              partials, b, b + 1)
 
 
 @kernel
-def _c1_combine(partials, dw, db, has_bias):
-    """``dw``/``db`` = the per-image partials added in image order."""
+def _combine_partials(partials, dw, db, has_bias):
+    """``dw``/``db`` = the per-block partials added in block order."""
     n = partials.shape[0]
     dwf = dw.reshape(dw.size)
     k = dw.size
@@ -882,24 +965,65 @@ def _c1_combine(partials, dw, db, has_bias):
             db[o] = s
 
 
-def conv2d_c1_backward_weight_into(xp: np.ndarray, dz: np.ndarray, dw: np.ndarray,
-                                   db: np.ndarray | None, g: tuple[int, ...],
-                                   offsets: tuple[np.ndarray, np.ndarray], tiles: np.ndarray,
-                                   partials: np.ndarray) -> None:
-    """Weight (and bias) gradient of :func:`conv2d_c1_forward`, without checks.
+def direct_partials_shape(batch: int, layout: DirectLayout, per_block: int) -> tuple[int, int]:
+    """Shape of the float64 partials of :func:`direct_backward_weight_into`."""
+    return (-(-batch // layout.block), per_block)
+
+
+def direct_backward_weight_into(xp: np.ndarray, dz: np.ndarray, dw: np.ndarray,
+                                db: np.ndarray | None, g: tuple[int, ...],
+                                layout: DirectLayout, tiles: np.ndarray,
+                                partials: np.ndarray) -> None:
+    """Weight (and bias) gradient of :func:`direct_forward`, without checks.
 
     ``xp`` is the padded input the forward pass wrote; ``partials`` is float64
-    ``(N, KH*KW*CO + CO)``. Each image is summed by one task (lanes then taps in a fixed
-    order), and the images are added in order: the result does not depend on the
-    thread count.
+    (:func:`direct_partials_shape`). Each block of images is summed by one task (pixels in
+    a fixed order, then lanes), and the blocks are added in order: the result does not
+    depend on the thread count.
     """
-    if dz.size * g[0] * g[1] >= PARALLEL_MIN and numba.get_num_threads() > 1:
-        _c1_weight_parallel(xp, dz, g, offsets[0], offsets[1], tiles, partials)
+    lay = layout
+    if dz.size * xp.shape[1] * g[0] * g[1] >= PARALLEL_MIN and numba.get_num_threads() > 1:
+        _direct_weight_parallel(xp, dz, g, lay.wp, lay.toff, lay.qoff, lay.block, tiles,
+                                partials)
     else:
-        _c1_weight_images(xp, dz, g, offsets[0], offsets[1], tiles[0], partials, 0,
-                          dz.shape[0])
+        _direct_weight_blocks(xp, dz, g, lay.wp, lay.toff, lay.qoff, lay.block, tiles[0],
+                              partials, 0, partials.shape[0])
     has_bias = db is not None
-    _c1_combine(partials, dw, dw.reshape(-1)[:1] if db is None else db, has_bias)
+    _combine_partials(partials, dw, dw.reshape(-1)[:1] if db is None else db, has_bias)
+
+
+def transposed_geometry(g: tuple[int, ...], in_hw: tuple[int, int]) -> tuple[int, ...] | None:
+    """The window of the convolution that computes a stride-1 convolution's input
+    gradient from its output gradient (kernel flipped, channel axes swapped), or
+    ``None`` for a strided one."""
+    kh, kw, sh, sw, pt, pl, dh, dw, _, _ = g
+    if (sh, sw) != (1, 1):
+        return None
+    return (kh, kw, 1, 1, (kh - 1) * dh - pt, (kw - 1) * dw - pl, dh, dw, in_hw[0], in_hw[1])
+
+
+def direct_input_gradient_applies(g: tuple[int, ...], in_hw: tuple[int, int],
+                                  in_channels: int, dtype: object) -> bool:
+    """Whether the direct kernel computes the input gradient (a stride-1 convolution with
+    few input channels whose padding is about "same": the input gradient's convolution
+    computes every tap at every input pixel, so on a "valid" 5x5 over 14x14 half its
+    work would be on padding, and im2col's GEMM + col2im is faster)."""
+    gx = transposed_geometry(g, in_hw)
+    return (gx is not None and direct_applies(gx, in_channels, 1, dtype)
+            and 4 * in_hw[0] * in_hw[1] <= 5 * g[8] * g[9])
+
+
+@kernel
+def flip_weights(w, wf):
+    """``wf[a, b, o, c] = w[KH-1-a, KW-1-b, c, o]``: the kernel of the input gradient."""
+    kh, kw, c, co = w.shape
+    for a in range(kh):
+        for b in range(kw):
+            src = w[kh - 1 - a, kw - 1 - b]
+            dst = wf[a, b]
+            for o in range(co):
+                for ci in range(c):
+                    dst[o, ci] = src[ci, o]
 
 
 # ---------------------------------------------------------------------------------------

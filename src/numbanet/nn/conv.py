@@ -11,21 +11,24 @@ from numbanet._validation import Boolean, Integer, check_arg
 from numbanet.kernels.activations import RELU, get_activation
 from numbanet.kernels.conv import (
     ConvGeometry,
-    c1_applies,
-    c1_lanes,
-    c1_offsets,
-    c1_padded_height,
-    c1_padded_width,
-    c1_workspace,
+    DirectLayout,
     col2im_into,
-    conv2d_c1_backward_weight_into,
-    conv2d_c1_forward_into,
     conv2d_grouped_backward_input_into,
     conv2d_grouped_backward_weight_into,
     conv2d_grouped_forward_into,
+    direct_applies,
+    direct_backward_weight_into,
+    direct_forward_into,
+    direct_input_gradient_applies,
+    direct_lanes,
+    direct_layout,
+    direct_partials_shape,
+    direct_workspace,
+    flip_weights,
     gemm_prefers_transpose,
     im2col_into,
     transpose_small,
+    transposed_geometry,
     untranspose_into,
 )
 from numbanet.kernels.matmul import GemmPlan, gemm_into, gemm_plan
@@ -84,16 +87,26 @@ def image_shape_error(layer: Module, in_shape: Shape, channels: int | None) -> V
 
 
 class _Plan(NamedTuple):
-    """What a step needs for one input shape, computed once."""
+    """How a step computes for one input shape, decided once.
+
+    Forward and weight gradient (``groups == 1``) take one of four routes: ``pointwise``
+    (1x1, stride 1, no padding: the image is already the im2col matrix), ``direct`` (few
+    output channels: :func:`~numbanet.kernels.conv.direct_forward_into`, no im2col),
+    ``transposed`` (one input channel: im2col writes ``(K, M)``) or plain im2col + GEMM.
+    The input gradient takes the direct kernel when ``gx`` is set (a stride-1
+    convolution with few input channels), else the GEMM and col2im.
+    """
 
     geo: ConvGeometry
     g: tuple[int, ...]  # geo as a plain tuple: Numba leaks memory on NamedTuple arguments
     rows: int          # M = N * OH * OW
     depth: int         # K = KH * KW * C // groups
-    direct: bool       # 1x1, stride 1, no padding: the image is the im2col matrix
-    transposed: bool   # im2col writes (K, M): one input channel (see kernels.conv.im2col)
-    c1: bool           # one input channel: direct kernels vectorized over pixels
-    offsets: tuple[np.ndarray, np.ndarray] | None  # c1: tap and pixel-chunk offsets
+    pointwise: bool
+    direct: bool
+    transposed: bool
+    layout: DirectLayout | None     # direct: the padded input's layout
+    gx: tuple[int, ...] | None      # the input gradient's window, when direct
+    layout_dx: DirectLayout | None
     fwd_t: bool        # the forward GEMM computes z.T (a narrow output: few channels)
     dw_t: bool         # the weight-gradient GEMM computes dW.T
     fwd: GemmPlan | None
@@ -209,10 +222,7 @@ class Conv2D(Module):
         self._plans: dict[tuple[int, ...], _Plan] = {}
         self._views: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         self._bias_partials: dict[int, np.ndarray] = {}
-        self._dw_acc: np.ndarray | None = None
-        self._c1_tiles: np.ndarray | None = None
-        self._btile: np.ndarray | None = None
-        self._dwt: np.ndarray | None = None
+        self._buffers_own: dict[str, np.ndarray] = {}
         self._x: np.ndarray | None = None
         self._cols: np.ndarray | None = None
         self._z: np.ndarray | None = None
@@ -288,7 +298,8 @@ class Conv2D(Module):
 
     # -- plans and views -------------------------------------------------------------------
     def _plan_for(self, shape: tuple[int, ...]) -> _Plan:
-        """GEMM plans, geometry and packing space for an input of ``shape``, made once."""
+        """Route, GEMM plans, geometry and packing space for an input of ``shape``, made
+        once per shape."""
         plan = self._plans.get(shape)
         if plan is not None:
             return plan
@@ -298,13 +309,23 @@ class Conv2D(Module):
         pt, _, pl, _ = self._pads
         geo = ConvGeometry(kh, kw, self.stride[0], self.stride[1], pt, pl,
                            self.dilation[0], self.dilation[1], oh, ow)
+        g = tuple(geo)
         rows = n * oh * ow
         depth = kh * kw * c // self.groups
-        direct = (kh, kw) == (1, 1) and self.stride == (1, 1) and self._pads == (0, 0, 0, 0)
-        c1 = c1_applies(tuple(geo), c, self.groups, self.workspace.dtype)
-        transposed = not direct and not c1 and c == 1
-        if self.groups == 1:
-            dtype = self.workspace.dtype
+        dtype = self.workspace.dtype
+        lanes = direct_lanes(dtype)
+        pointwise = (kh, kw) == (1, 1) and self.stride == (1, 1) and self._pads == (0,) * 4
+        grouped = self.groups > 1
+        direct = not pointwise and direct_applies(g, co, self.groups, dtype)
+        transposed = not grouped and not pointwise and not direct and c == 1
+        gx = None
+        if not grouped and not pointwise and direct_input_gradient_applies(g, (h, w), c,
+                                                                           dtype):
+            gx = transposed_geometry(g, (h, w))
+        fwd_t = dw_t = False
+        fwd = dw = dx = None
+        work = None
+        if not grouped:
             fwd_t = gemm_prefers_transpose(rows, co, dtype)
             dw_t = gemm_prefers_transpose(depth, co, dtype)
             # z = cols @ W, or z.T = W.T @ cols.T
@@ -313,33 +334,38 @@ class Conv2D(Module):
             dw = gemm_plan(co, depth, rows, dtype) if dw_t else gemm_plan(depth, co, rows, dtype)
             dx = gemm_plan(rows, depth, co, dtype)      # dcols = dz @ W.T
             work = self.workspace.scratch(max(fwd.workspace, dw.workspace, dx.workspace))
-            offsets = c1_offsets(tuple(geo), c1_lanes(dtype)) if c1 else None
-            plan = _Plan(geo, tuple(geo), rows, depth, direct, transposed, c1, offsets, fwd_t,
-                         dw_t, fwd, dw, dx, work)
-        else:
-            plan = _Plan(geo, tuple(geo), rows, depth, direct, False, False, None, False, False,
-                         None, None, None, None)
+        plan = _Plan(geo, g, rows, depth, pointwise, direct, transposed,
+                     direct_layout(g, lanes) if direct else None, gx,
+                     None if gx is None else direct_layout(gx, lanes),
+                     fwd_t, dw_t, fwd, dw, dx, work)
         if len(self._plans) >= 8:
             self._plans.clear()
         self._plans[shape] = plan
         return plan
 
+    def _scratch(self, name: str, shape: tuple[int, ...], dtype: Any = None) -> np.ndarray:
+        """A per-layer buffer (not per batch size), made again only when its shape
+        changes: the direct kernels' per-thread tiles, flipped weights, ..."""
+        dtype = self.workspace.dtype if dtype is None else np.dtype(dtype)
+        array = self._buffers_own.get(name)
+        if array is None or array.shape != shape or array.dtype != dtype:
+            array = self._buffers_own[name] = np.empty(shape, dtype)
+        return array
+
     def _tiles(self, p: _Plan) -> np.ndarray:
-        """Per-thread scratch of the single-channel kernels (made once per layer)."""
-        lanes = c1_lanes(self.workspace.dtype)
-        shape, _ = c1_workspace(max_threads(), p.g, self.out_channels, lanes)
-        tiles = self._c1_tiles
-        if tiles is None or tiles.shape != shape or tiles.dtype != self.workspace.dtype:
-            tiles = self._c1_tiles = np.empty(shape, self.workspace.dtype)
-        return tiles
+        """Per-thread scratch of the direct kernels, for every use in this plan."""
+        lanes = direct_lanes(self.workspace.dtype)
+        c, co = self.in_channels, self.out_channels
+        size = 0
+        if p.direct:
+            size = direct_workspace(max_threads(), p.layout, c, co, lanes)[0][1]
+        if p.gx is not None:
+            size = max(size, direct_workspace(max_threads(), p.layout_dx, co, c, lanes)[0][1])
+        return self._scratch("tiles", (max_threads(), size))
 
     def _btiles(self, co: int) -> np.ndarray:
         """Per-thread scratch of :func:`~numbanet.kernels.conv.untranspose_into`."""
-        shape = (max_threads(), c1_lanes(self.workspace.dtype) * co)
-        tiles = self._btile
-        if tiles is None or tiles.shape != shape or tiles.dtype != self.workspace.dtype:
-            tiles = self._btile = np.empty(shape, self.workspace.dtype)
-        return tiles
+        return self._scratch("btiles", (max_threads(), direct_lanes(self.workspace.dtype) * co))
 
     def _matrix(self, name: str, array: np.ndarray, rows: int, cols: int) -> np.ndarray:
         """``array`` seen as a ``(rows, cols)`` matrix; the view is kept while ``array``
@@ -365,10 +391,11 @@ class Conv2D(Module):
         in_place = act.name == "identity" or act.name in _DERIVATIVE_FROM_OUTPUT
         y = z if in_place else ws.get("y", (n, p.geo.oh, p.geo.ow, co))
         cols = None
-        if p.c1:
-            xp = ws.get("xpad", (n, c1_padded_height(g), c1_padded_width(g)))
+        if p.direct:
+            lay = p.layout
+            xp = ws.get("xpad", (n, self.in_channels, lay.plane))
             relu = act.name == "relu"
-            conv2d_c1_forward_into(x, xp, weight, bias, z, relu, g, p.offsets, self._tiles(p))
+            direct_forward_into(x, xp, weight, bias, z, relu, g, lay, self._tiles(p))
             if act.name not in ("relu", "identity"):
                 act.forward_unchecked(self._matrix("z", z, p.rows, co),
                                       self._matrix("y", y, p.rows, co))
@@ -379,7 +406,7 @@ class Conv2D(Module):
                 act.forward_unchecked(self._matrix("z", z, p.rows, co),
                                       self._matrix("y", y, p.rows, co))
         else:
-            if p.direct:
+            if p.pointwise:
                 cols = self._matrix("x", x, p.rows, p.depth)
             elif p.transposed:
                 # (K, M): a batch-first buffer of the same size, seen as that matrix.
@@ -458,33 +485,31 @@ class Conv2D(Module):
                                          self._matrix("grad", grad, p.rows, co),
                                          self._matrix("dz", dz, p.rows, co))
         dz2 = self._matrix("dz2", dz, p.rows, co)
-        if p.c1:
-            taps = p.geo.kh * p.geo.kw
-            partials = ws.get("c1_partials", (n, (taps + 1) * co), dtype=np.float64)
-            conv2d_c1_backward_weight_into(
-                self._cols, dz, weight.grad,
-                self._params["bias"].grad if self.bias_enabled else None, p.g, p.offsets,
-                self._tiles(p), partials)
+        bias_grad = self._params["bias"].grad if self.bias_enabled else None
+        if p.direct:
+            _, per_block = direct_workspace(max_threads(), p.layout, self.in_channels, co,
+                                            direct_lanes(self.workspace.dtype))
+            partials = ws.get("partials", direct_partials_shape(n, p.layout, per_block),
+                              dtype=np.float64)
+            direct_backward_weight_into(self._cols, dz, weight.grad, bias_grad, p.g, p.layout,
+                                        self._tiles(p), partials)
         elif self.groups > 1:
-            if self._dw_acc is None:
-                self._dw_acc = np.empty(self._weight_shape(), np.float64)
-            conv2d_grouped_backward_weight_into(x, dz, self._dw_acc, weight.grad, g,
-                                                self.groups)
+            conv2d_grouped_backward_weight_into(
+                x, dz, self._scratch("dw_acc", self._weight_shape(), np.float64), weight.grad,
+                g, self.groups)
         else:
             dw2 = self._matrix("dw", weight.grad, p.depth, co)
             if p.dw_t:  # dW.T = dz.T @ cols
-                dwt = self._dwt
-                if dwt is None or dwt.shape != (co, p.depth) or dwt.dtype != dw2.dtype:
-                    dwt = self._dwt = np.empty((co, p.depth), dw2.dtype)
+                dwt = self._scratch("dwt", (co, p.depth))
                 gemm_into(dz2, self._cols, dwt, True, p.transposed, p.work, p.dw)
                 transpose_small(dwt, dw2)
             else:  # dW = cols.T @ dz
                 gemm_into(self._cols, dz2, dw2, not p.transposed, False, p.work, p.dw)
-        if self.bias_enabled and not p.c1:
+        if bias_grad is not None and not p.direct:
             partials = self._bias_partials.get(p.rows)
             if partials is None:
                 partials = self._bias_partials[p.rows] = column_sum_partials(p.rows, co)
-            column_sum_into(dz2, self._params["bias"].grad, partials)
+            column_sum_into(dz2, bias_grad, partials)
         if not need_input_grad:
             return None
         dx = ws.get("dx", x.shape)
@@ -492,8 +517,17 @@ class Conv2D(Module):
         if self.groups > 1:
             conv2d_grouped_backward_input_into(dz, weight.value, dx, g, self.groups, saved)
             return dx
+        if p.gx is not None:
+            # dx = the output gradient, padded, convolved with the flipped kernel.
+            lay = p.layout_dx
+            kh, kw, c, _ = weight.value.shape
+            wf = self._scratch("flipped", (kh, kw, co, c))
+            flip_weights(weight.value, wf)
+            dzp = ws.get("dzpad", (n, co, lay.plane))
+            direct_forward_into(dz, dzp, wf, None, dx, False, p.gx, lay, self._tiles(p), saved)
+            return dx
         w2 = self._matrix("w", weight.value, p.depth, co)
-        if p.direct:
+        if p.pointwise:
             dx2 = self._matrix("dx", dx, p.rows, p.depth)
             if saved is None:
                 gemm_into(dz2, w2, dx2, False, True, p.work, p.dx)
