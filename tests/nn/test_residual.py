@@ -7,7 +7,7 @@ import pytest
 
 import numbanet as nbn
 from numbanet.nn import layer_from_config
-from numbanet.nn.residual import fusion_partners
+from numbanet.nn.module import fusion_partners
 from numbanet.testing import check_layer
 
 RTOL = {"float64": 1e-10, "float32": 1e-4}

@@ -205,7 +205,8 @@ class Dense(Module):
         else:
             dz = self.workspace.get("dz", rows, self.out_features)
             self._act.backward_unchecked(self._z, self._y, grad, dz)
-        gemm_into(self._x, dz, self._params["weight"].grad, True, False, work, dw_plan)  # dW = x.T @ dz
+        weight = self._params["weight"]
+        gemm_into(self._x, dz, weight.grad, True, False, work, dw_plan)  # dW = x.T @ dz
         partials = self._bias_partials.get(rows)
         if partials is None:
             partials = self._bias_partials[rows] = column_sum_partials(rows, self.out_features)
@@ -214,10 +215,10 @@ class Dense(Module):
             return None
         dx = self.workspace.get("dx", rows, self.in_features)
         if below is None:
-            gemm_into(dz, self._params["weight"].value, dx, False, True, work, dx_plan)  # dx = dz @ W.T
+            gemm_into(dz, weight.value, dx, False, True, work, dx_plan)  # dx = dz @ W.T
         else:
             # dz_below = (dz @ W.T) * act_below'(z_below), tile by tile in the epilogue.
-            gemm_into(dz, self._params["weight"].value, dx, False, True, work, dx_plan,
+            gemm_into(dz, weight.value, dx, False, True, work, dx_plan,
                       act_id=below.act_id, derivative=True, z_saved=below.saved)
         return dx
 

@@ -324,3 +324,34 @@ def check_roles(layer: Module) -> dict[str, str]:
             raise ValueError(f"{type(layer).__name__}.parameter_roles(): role {role!r} of "
                              f"{name!r} is not one of {ROLES}")
     return {name: roles.get(name, "weight") for name in names}
+
+
+# -- backward through a chain of layers (Sequential and Residual share it) ---------------
+
+
+def offers_fusion(layer: Module | None) -> bool:
+    """Whether ``layer`` overrides :meth:`Module.fused_derivative`."""
+    return layer is not None and type(layer).fused_derivative is not Module.fused_derivative
+
+
+def fusion_partners(layers: Sequence[Module]) -> list[Module | None]:
+    """For each layer, the layer below it when the two fuse an activation derivative into
+    the upper layer's input-gradient GEMM (see :meth:`Module.fused_derivative`), else
+    ``None``. The first layer has no partner."""
+    return [below if layer.accepts_fused_derivative and offers_fusion(below) else None
+            for below, layer in zip([None, *layers[:-1]], layers, strict=True)]
+
+
+def backward_chain(layers: Sequence[Module], partners: Sequence[Module | None],
+                   grad: np.ndarray, need_input_grad: bool) -> np.ndarray | None:
+    """Backpropagate ``grad`` (d(loss)/d(output of the last layer)) through ``layers``,
+    last to first, with the derivative fusion ``partners`` allows; returns d(loss)/d(input
+    of the first layer), or ``None`` when ``need_input_grad`` is false."""
+    out: np.ndarray | None = grad
+    grad_is_dz = False  # out already went through the layer's activation derivative
+    for i in range(len(layers) - 1, -1, -1):
+        below = partners[i]
+        offer = below.fused_derivative() if below is not None else None
+        out = layers[i].backward_fused(out, grad_is_dz, need_input_grad or i > 0, offer)
+        grad_is_dz = offer is not None
+    return out

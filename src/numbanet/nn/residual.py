@@ -7,39 +7,10 @@ from typing import Any
 
 import numpy as np
 
-from numbanet.nn.module import Module, Shape, check_roles
+from numbanet.nn.module import Module, Shape, backward_chain, check_roles, fusion_partners
 from numbanet.nn.parameter import Parameter
-from numbanet.nn.sequential import _offers_fusion
 
-__all__ = ["Residual", "backward_chain", "fusion_partners"]
-
-
-# The two functions below are Sequential's backward logic written for any list of layers
-# (Sequential.__init__ builds the same pairs and Sequential._backward runs the same loop);
-# they belong in nn/module.py, shared by both.
-
-
-def fusion_partners(layers: Sequence[Module]) -> list[Module | None]:
-    """For each layer, the layer below it when the two fuse an activation derivative into
-    the upper layer's input-gradient GEMM (see :meth:`Module.fused_derivative`), else
-    ``None``. The first layer has no partner."""
-    return [below if layer.accepts_fused_derivative and _offers_fusion(below) else None
-            for below, layer in zip([None, *layers[:-1]], layers, strict=True)]
-
-
-def backward_chain(layers: Sequence[Module], partners: Sequence[Module | None],
-                   grad: np.ndarray, need_input_grad: bool) -> np.ndarray | None:
-    """Backpropagate ``grad`` (d(loss)/d(output of the last layer)) through ``layers``,
-    last to first, with the derivative fusion ``partners`` allows; returns d(loss)/d(input
-    of the first layer), or ``None`` when ``need_input_grad`` is false."""
-    out: np.ndarray | None = grad
-    grad_is_dz = False  # out already went through the layer's activation derivative
-    for i in range(len(layers) - 1, -1, -1):
-        below = partners[i]
-        offer = below.fused_derivative() if below is not None else None
-        out = layers[i].backward_fused(out, grad_is_dz, need_input_grad or i > 0, offer)
-        grad_is_dz = offer is not None
-    return out
+__all__ = ["Residual"]
 
 
 def _split(items: dict[str, Any], index: int) -> dict[str, Any]:

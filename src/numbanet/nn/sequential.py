@@ -12,7 +12,14 @@ import numpy as np
 
 from numbanet._validation import Integer, Optional, check_arg, resolve_dtype
 from numbanet.kernels.checks import all_finite
-from numbanet.nn.module import Module, Shape, Workspace, check_roles
+from numbanet.nn.module import (
+    Module,
+    Shape,
+    Workspace,
+    backward_chain,
+    check_roles,
+    fusion_partners,
+)
 from numbanet.nn.parameter import Parameter
 
 # Each parameter starts on a 64-byte boundary of the flat buffer (16 float32 values), so
@@ -101,10 +108,7 @@ class Sequential:
             layer.set_rng(self.rng)
         # Backward pairs each layer with the layer below when the two can fuse an
         # activation derivative into the upper layer's input-gradient GEMM.
-        self._fusion_below: list[Module | None] = [
-            below if layer.accepts_fused_derivative and _offers_fusion(below) else None
-            for below, layer in zip([None, *layers[:-1]], layers, strict=True)
-        ]
+        self._fusion_below: list[Module | None] = fusion_partners(layers)
 
         self.loss: Any = None
         self.optimizer: Any = None
@@ -240,7 +244,8 @@ class Sequential:
         """Copies of every parameter, then every buffer, layer by layer (Keras's order)."""
         weights = []
         for index, layer in enumerate(self.layers):
-            weights += [layer.parameter(local).value.copy() for local, _ in layer.parameter_shapes()]
+            weights += [layer.parameter(local).value.copy()
+                        for local, _ in layer.parameter_shapes()]
             weights += [self._buffers[f"{index}.{local}"].copy()
                         for local, _ in layer.buffer_shapes()]
         return weights
@@ -346,17 +351,7 @@ class Sequential:
         return out
 
     def _backward(self, d_out: np.ndarray, need_input_grad: bool) -> np.ndarray | None:
-        grad: np.ndarray | None = d_out
-        grad_is_dz = False  # grad already went through the layer's activation derivative
-        below_of = self._fusion_below
-        for i in range(len(self.layers) - 1, -1, -1):
-            # The first layer's input gradient is only needed when the caller asks for it.
-            below = below_of[i]
-            offer = below.fused_derivative() if below is not None else None
-            grad = self.layers[i].backward_fused(grad, grad_is_dz, need_input_grad or i > 0,
-                                                 offer)
-            grad_is_dz = offer is not None
-        return grad
+        return backward_chain(self.layers, self._fusion_below, d_out, need_input_grad)
 
     def forward(self, X: Any, training: bool = True) -> np.ndarray:
         """Run the network on ``X`` (``(batch, *input_shape)``) and return a new array of
@@ -669,7 +664,3 @@ class Sequential:
         inner = ", ".join(repr(layer) for layer in self.layers)
         return f"Sequential([{inner}], dtype={self.dtype.name!r})"
 
-
-def _offers_fusion(layer: Module | None) -> bool:
-    """Whether ``layer`` overrides :meth:`Module.fused_derivative`."""
-    return layer is not None and type(layer).fused_derivative is not Module.fused_derivative
