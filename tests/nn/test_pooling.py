@@ -119,11 +119,13 @@ def test_global_avg_pool_matches_torch(shape, batch, dtype):
 def test_max_pool_propagates_nan_like_torch():
     x = np.arange(2 * 4 * 4 * 2, dtype=np.float64).reshape(2, 4, 4, 2)
     x[0, 1, 1, 0] = np.nan
+    x[0, 2, 2, 1] = x[0, 3, 2, 1] = np.nan  # two in one window: the last one wins
     x[1, 2, 3, 1] = -np.inf
-    y, _ = run_unvalidated(MaxPool2D(2), x, np.ones((2, 2, 2, 2)))
-    ty, _ = torch_pool(F.max_pool2d, x, np.ones((2, 2, 2, 2)), kernel_size=2)
+    y, dx = run_unvalidated(MaxPool2D(2), x, np.ones((2, 2, 2, 2)))
+    ty, tdx = torch_pool(F.max_pool2d, x, np.ones((2, 2, 2, 2)), kernel_size=2)
     np.testing.assert_array_equal(y, ty)
-    assert np.isnan(y[0, 0, 0, 0])
+    np.testing.assert_array_equal(dx, tdx)
+    assert np.isnan(y[0, 0, 0, 0]) and dx[0, 3, 2, 1] == 1 and dx[0, 2, 2, 1] == 0
 
 
 def test_max_pool_all_negative_infinity_window_sends_gradient_to_first_position():

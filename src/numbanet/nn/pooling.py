@@ -16,6 +16,7 @@ from numbanet.kernels.pooling import (
     global_avg_pool2d_into,
     max_pool2d_backward_into,
     max_pool2d_into,
+    tap_offsets,
 )
 from numbanet.nn.conv import image_shape_error, pair
 from numbanet.nn.module import FusedDerivative, Module, Shape
@@ -118,13 +119,18 @@ class MaxPool2D(_Pool2D):
     def __init__(self, kernel_size: int | Sequence[int], stride: int | Sequence[int] | None = None,
                  padding: int | Sequence[int] = 0):
         super().__init__(kernel_size, stride, padding)
+        self._tap_offsets: dict[tuple[int, int], np.ndarray] = {}
 
     def forward(self, x: np.ndarray, training: bool) -> np.ndarray:
         g = self._geometry_for(x.shape)
         shape = (x.shape[0], g[6], g[7], x.shape[3])
         y = self.workspace.get("y", shape)
         idx = self.workspace.get("argmax", shape, dtype=np.int64)
-        max_pool2d_into(x, y, idx, g)
+        key = (x.shape[2], x.shape[3])
+        toff = self._tap_offsets.get(key)
+        if toff is None:
+            toff = self._tap_offsets[key] = tap_offsets(g, *key)
+        max_pool2d_into(x, y, idx, g, toff)
         self._x, self._idx = x, idx
         return y
 
