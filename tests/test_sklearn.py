@@ -26,7 +26,6 @@ from numbanet.sklearn import (  # noqa: E402
     L2Penalty,
     NumbanetClassifier,
     NumbanetRegressor,
-    WeightedLoss,
 )
 
 pytestmark = pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
@@ -113,20 +112,24 @@ def test_one_class_is_refused_with_a_message_naming_classes():
 # ---------------------------------------------------------------------- sample weights
 
 
+@pytest.mark.parametrize("alpha", [1e-4, 0.5])
 @pytest.mark.parametrize("make", [
-    lambda: NumbanetClassifier((8,), max_iter=40, random_state=0),
-    lambda: NumbanetRegressor((8,), max_iter=40, random_state=0),
-    lambda: NumbanetRegressor((8,), max_iter=40, random_state=0, loss="huber"),
+    lambda alpha: NumbanetClassifier((8,), alpha=alpha, max_iter=40, random_state=0),
+    lambda alpha: NumbanetRegressor((8,), alpha=alpha, max_iter=40, random_state=0),
+    lambda alpha: NumbanetRegressor((8,), alpha=alpha, max_iter=40, random_state=0,
+                                    loss="huber"),
 ])
-def test_integer_weights_equal_repeated_rows(make):
+def test_integer_weights_equal_repeated_rows(make, alpha):
+    """Full batches: the weighted mean and alpha's divisor (the batch's total weight)
+    both equal those of the repeated rows."""
     rng = np.random.default_rng(1)
     X = rng.normal(size=(30, 4))
     y = (X[:, 0] > 0).astype(int) + (X[:, 1] > 0)
-    if isinstance(make(), NumbanetRegressor):
+    if isinstance(make(alpha), NumbanetRegressor):
         y = np.c_[X[:, 0] - X[:, 2], X[:, 1]]
     sw = rng.integers(0, 4, size=30)
-    weighted = make().fit(X, y, sample_weight=sw)
-    repeated = make().fit(X.repeat(sw, axis=0), y.repeat(sw, axis=0))
+    weighted = make(alpha).fit(X, y, sample_weight=sw)
+    repeated = make(alpha).fit(X.repeat(sw, axis=0), y.repeat(sw, axis=0))
     np.testing.assert_allclose(weighted.predict(X), repeated.predict(X), rtol=1e-9, atol=1e-9)
     np.testing.assert_allclose(weighted.loss_curve_, repeated.loss_curve_, rtol=1e-9)
 
@@ -138,20 +141,24 @@ def test_equal_weights_take_the_unweighted_path():
     np.testing.assert_array_equal(plain.decision_function(X), ones.decision_function(X))
 
 
-def test_weighted_loss_matches_the_mean_for_equal_weights():
-    rng = np.random.default_rng(0)
-    out = rng.normal(size=(7, 3))
-    for name, t in (("cross_entropy", rng.integers(0, 3, 7)), ("mse", rng.normal(size=(7, 3))),
-                    ("binary_cross_entropy", rng.integers(0, 2, (7, 3)).astype(float))):
-        base = nbn.get_loss(name)
-        g0 = np.empty_like(out)
-        v0 = base.forward_backward(out, t, g0)
-        packed = np.c_[t.reshape(7, -1).astype(float), np.full(7, 2.5)]
-        loss = WeightedLoss(name)
-        g1 = np.empty_like(out)
-        v1 = loss.forward_backward(out, loss.prepare_targets(packed, 3, "float64"), g1)
-        assert v1 == pytest.approx(v0, rel=1e-12)
-        np.testing.assert_allclose(g1, g0, rtol=1e-12, atol=1e-15)
+def test_weighted_minibatches_divide_alpha_by_each_batch_weight(monkeypatch):
+    from numbanet import sklearn as nbn_sklearn
+
+    divisors = []
+    update = nbn_sklearn.L2Penalty.update
+
+    def recording(self, grads, params, scale):
+        divisors.append(self.divisor)
+        return update(self, grads, params, scale)
+
+    monkeypatch.setattr(nbn_sklearn.L2Penalty, "update", recording)
+    X, y = make_classification(40, n_features=4, random_state=0)
+    sw = np.arange(40) % 3
+    clf = NumbanetClassifier((4,), batch_size=10, max_iter=2, shuffle=False, random_state=0)
+    clf.fit(X, y, sample_weight=sw)
+    expected = [sw[i:i + 10].sum() for i in range(0, 40, 10)]
+    assert divisors == expected * 2
+    assert clf.model_.loss.name == "binary_cross_entropy"  # the plain loss again after fit
 
 
 def test_l2_penalty_touches_weights_not_biases():

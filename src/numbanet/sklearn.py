@@ -29,10 +29,10 @@ What is computed:
   (numbanet's mean over all outputs of the squared error, i.e. twice ``MLPRegressor``'s
   half squared error for one output).
 * ``sample_weight``: equal weights take the same path as no weights (the weight only
-  scales ``alpha``'s divisor, as in scikit-learn); unequal weights switch to a weighted
-  loss (:class:`WeightedLoss`) for that ``fit`` call: each row's loss gradient is scaled by
-  ``w_i / sum w`` over its batch, so integer weights equal repeated rows whenever the batch
-  holds all rows (``batch_size="auto"`` on fewer than 200 samples).
+  scales ``alpha``'s divisor, as in scikit-learn); unequal weights go to numbanet's
+  ``fit(sample_weight=...)``, whose loss host takes each batch's weighted mean, so integer
+  weights equal repeated rows whenever the batch holds all rows (``batch_size="auto"`` on
+  fewer than 200 samples).
 * ``dtype="float64"`` by default, like scikit-learn's solvers; ``dtype="float32"`` trains
   about twice as fast with results equal up to float32 rounding.
 
@@ -97,6 +97,7 @@ from numbanet._validation import (
 )
 from numbanet.callbacks import Callback
 from numbanet.kernels.activations import ACTIVATIONS
+from numbanet.losses import WeightedTargets
 from numbanet.nn import Dense, Dropout, Module, Sequential
 from numbanet.optim import GradientTransform
 from numbanet.plugins import get_loss, get_optimizer
@@ -108,7 +109,6 @@ __all__ = [
     "L2Penalty",
     "NumbanetClassifier",
     "NumbanetRegressor",
-    "WeightedLoss",
 ]
 
 #: scikit-learn estimator checks (``sklearn.utils.estimator_checks``) these estimators
@@ -251,71 +251,31 @@ class _PenaltyDivisor(Callback):
         self.penalty.divisor = self.weight * (logs or {})["size"]
 
 
-class WeightedLoss:
-    """A numbanet loss with one weight per sample: a batch's loss is
-    ``sum_i w_i l_i / (m * sum_i w_i)`` and its gradient the matching one.
+class _BatchWeight:
+    """The compiled loss, seen through, telling :class:`L2Penalty` each weighted batch's
+    total weight (scikit-learn's penalty divisor) before the loss host computes the
+    batch's weighted mean; everything else is the loss's own."""
 
-    ``l_i`` is row ``i``'s loss as the named numbanet loss computes it and ``m`` the
-    number of values its ``"mean"`` averages per row (the outputs for element-wise losses
-    such as ``mse``, 1 for cross-entropy), so equal weights give exactly the unweighted
-    mean. It runs the base loss with ``reduction="none"`` and scales each row's gradient.
+    def __init__(self, loss: Any, penalty: L2Penalty) -> None:
+        self._loss, self._penalty = loss, penalty
 
-    Targets are packed by the estimator: the base loss's targets in the first columns (a
-    label as one float column for label losses) and the weight in the last.
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._loss, name)
 
-    Args:
-        name: a numbanet loss name.
-        penalty: an :class:`L2Penalty` whose divisor becomes each batch's total weight,
-            or ``None``.
-    """
+    def _note(self, targets: Any) -> None:
+        if isinstance(targets, WeightedTargets):
+            total = float(np.sum(targets.weight))
+            # A batch of zero weights has gradient 0; it gets no penalty step either.
+            self._penalty.divisor = total if total > 0 else math.inf
 
-    def __init__(self, name: str, penalty: L2Penalty | None = None) -> None:
-        self.base = get_loss(name, reduction="none")
-        self.name = self.base.name
-        self.output_activation = self.base.output_activation
-        self.penalty = penalty
-        self._labels = self.base.spec.target == "labels" or name == "cross_entropy"
-        self._per_element = self.base.spec.mean_over == "elements"
+    def forward_backward(self, outputs: np.ndarray, targets: Any, grad: np.ndarray) -> float:
+        self._note(targets)
+        return float(self._loss.forward_backward(outputs, targets, grad))
 
-    def prepare_targets(self, y: Any, n_outputs: int, dtype: Any) -> np.ndarray:
-        packed = np.ascontiguousarray(y, dtype=dtype)
-        expected = 2 if self._labels else n_outputs + 1
-        if packed.ndim != 2 or packed.shape[1] != expected:
-            raise ValueError(f"WeightedLoss: packed targets must have shape (n, {expected}), "
-                             f"got {packed.shape}")
-        return packed
-
-    def _split(self, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        weights = targets[:, -1]
-        if self._labels:
-            return targets[:, 0].astype(np.int64), weights
-        return np.ascontiguousarray(targets[:, :-1]), weights
-
-    def forward_backward(self, outputs: np.ndarray, targets: np.ndarray,
-                         grad: np.ndarray) -> float:
-        t, w = self._split(targets)
-        weight = float(np.sum(w, dtype=np.float64))
-        if self.penalty is not None:
-            # A batch of zero-weight rows gets no penalty step either.
-            self.penalty.divisor = weight if weight > 0 else math.inf
-        if weight <= 0.0:  # a batch of zero-weight rows teaches nothing
-            grad[...] = 0
-            return 0.0
-        total = weight * (outputs.shape[1] if self._per_element else 1)
-        self.base.forward_backward(outputs, t, grad)  # per-row gradients (reduction none)
-        grad *= (w / total).astype(grad.dtype)[:, None]
-        rows = self.base.forward(outputs, t)
-        return float(np.dot(rows, w.astype(np.float64)) / total)
-
-    def forward(self, outputs: np.ndarray, targets: np.ndarray) -> float:
-        t, w = self._split(targets)
-        total = float(np.sum(w, dtype=np.float64)) * (outputs.shape[1] if self._per_element
-                                                      else 1)
-        rows = self.base.forward(outputs, t)
-        return float(np.dot(rows, w.astype(np.float64)) / total) if total > 0 else 0.0
-
-    def __repr__(self) -> str:
-        return f"WeightedLoss({self.name!r})"
+    def forward_backward_unchecked(self, outputs: np.ndarray, targets: Any,
+                                   grad: np.ndarray) -> float:
+        self._note(targets)
+        return float(self._loss.forward_backward_unchecked(outputs, targets, grad))
 
 
 # -------------------------------------------------------------------------- callbacks
@@ -462,22 +422,20 @@ class _NumbanetEstimator(BaseEstimator):
         callbacks.append(convergence)
         self._n_train = n
         base_loss = model.loss
-        if not uniform:
-            assert sw is not None
-            # The weighted loss reads the weight from the last target column.
-            wrapped = WeightedLoss(loss, penalty)
-            if targets.ndim == 1:
-                targets = targets.astype(model.dtype).reshape(-1, 1)
-            targets = np.hstack([targets, sw.reshape(-1, 1).astype(targets.dtype)])
-            model.compile(loss=wrapped, optimizer=model.optimizer)
+        # Equal weights take the unweighted path (the weight only scales alpha's
+        # divisor); unequal ones go to numbanet's own weighted mean (fit(sample_weight=)).
+        weights = None if uniform else sw
+        if weights is not None and penalty is not None:
+            model.compile(loss=_BatchWeight(base_loss, penalty), optimizer=model.optimizer)
         try:
             with _threads(params["n_threads"]):
                 model.fit(X, targets, epochs=1 if incremental else params["max_iter"],
                           batch_size=batch, shuffle=params["shuffle"],
                           verbose=2 if params["verbose"] else 0, callbacks=callbacks,
-                          gradient_transforms=None if penalty is None else [penalty])
+                          gradient_transforms=None if penalty is None else [penalty],
+                          sample_weight=weights)
         finally:
-            if not uniform:
+            if model.loss is not base_loss:
                 model.compile(loss=base_loss, optimizer=model.optimizer)
         if convergence.best_params is not None:
             # early_stopping: keep the weights of the best validation score.
