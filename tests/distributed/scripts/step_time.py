@@ -183,7 +183,8 @@ def scaling(networks: list[tuple[float, float]]) -> None:
     for bandwidth, latency in networks:
         print(f"\nNetwork: {bandwidth:g} GB/s per link, {latency:g} us per message. "
               f"Expected step time (speed-up over one rank) with the global batch fixed:\n")
-        print("| model @ batch | gradient | " + " | ".join(f"{n} ranks" for n in RANKS) + " |")
+        print("| model @ batch | gradient | "
+              + " | ".join(f"{n} rank{'s' if n > 1 else ''}" for n in RANKS) + " |")
         print("|---|---|" + "---|" * len(RANKS))
         for spec, batch, _ in MODELS:
             params = _model(spec)[0].flat_parameters.size
