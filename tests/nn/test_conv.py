@@ -50,6 +50,8 @@ CASES = [
     ("one-channel-strided", 1, 4, 3, {"stride": 2}, (9, 9), 2),
     ("one-channel-narrow", 1, 3, 3, {"padding": 1}, (5, 6), 2),
     ("parallel-sized", 8, 16, 3, {"padding": 1, "activation": "relu"}, (16, 16), 8),
+    ("lenet-second-conv", 6, 16, 5, {"activation": "relu"}, (14, 14), 3),
+    ("strided-16-channels", 3, 16, 3, {"stride": 2, "padding": 1}, (9, 9), 2),
 ]
 
 
@@ -239,6 +241,7 @@ def test_fused_relu_derivative_matches_torch(name):
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("case", [c for c in CASES if c[0] in {
     "parallel-sized", "one-channel-direct", "depthwise", "16-channels-relu", "32-channels",
+    "lenet-second-conv", "strided-16-channels", "groups2-dilated", "1x1",
 }], ids=lambda c: c[0])
 def test_conv2d_is_bit_identical_for_1_and_2_threads(case, dtype):
     _, cin, cout, kernel, options, (h, w), _ = case

@@ -1,5 +1,6 @@
 """2-D convolution kernels on channels-last images: im2col / col2im for the packed GEMM,
-and direct kernels for grouped (depthwise) convolutions.
+direct kernels for few output channels, and direct kernels for grouped (depthwise)
+convolutions.
 
 Layouts: images are ``(N, H, W, C)``, weights ``(KH, KW, C // groups, CO)``, outputs
 ``(N, OH, OW, CO)``, all C-contiguous float32 or float64. The operation is PyTorch's
@@ -11,20 +12,28 @@ cross-correlation (no kernel flip)::
 
 with zero padding ``pt`` rows on top and ``pl`` columns on the left (bottom/right
 padding only shows in ``OH``/``OW``, which the caller computes, so asymmetric "same"
-padding needs nothing here).
+padding needs nothing here). Kernels take the window as a plain tuple
+(``tuple(ConvGeometry(...))``): Numba leaks a little memory on every call that passes a
+NamedTuple.
 
 Convolution as three matrix products (``groups == 1``). ``im2col`` writes the receptive
 field of every output pixel as one row of ``cols``, ``(N*OH*OW, KH*KW*C)`` in
 ``(ki, kj, c)`` order, which is exactly the row order of ``w`` seen as a
 ``(KH*KW*C, CO)`` matrix. Then, with the packed GEMM of :mod:`numbanet.kernels.matmul`:
 
-* forward: ``z = cols @ w`` (bias and activation in the GEMM epilogue);
-* weight gradient: ``dw = cols.T @ dz``;
+* forward: ``z = cols @ w`` (bias and activation in the GEMM epilogue), or for a narrow
+  output ``z.T = w.T @ cols.T`` and :func:`untranspose_into` (:func:`gemm_prefers_transpose`);
+* weight gradient: ``dw = cols.T @ dz`` (or its transpose);
 * input gradient: ``dcols = dz @ w.T``, then ``col2im`` adds each row of ``dcols`` back
   onto the input pixels it was read from.
 
 A 1x1 convolution with stride 1 and no padding needs neither: the image ``(N*H*W, C)``
-already is ``cols``.
+already is ``cols``. With one input channel im2col can write ``cols.T`` instead, whose
+rows are runs of input rows.
+
+Few output channels, stride 1 (:func:`direct_applies`): the direct kernels vectorize
+over output pixels instead (see the section below) and need no im2col; the input
+gradient of a "same" convolution is then also a direct convolution, with no col2im.
 
 Grouped convolutions (``groups > 1``, depthwise ``groups == C``) run as direct kernels
 (:func:`conv2d_grouped_forward` and its two gradients): the GEMM would see ``groups``
@@ -38,13 +47,15 @@ Parallel contracts (all race-free and thread-count independent):
 * ``col2im`` (and the grouped input gradient): ``prange`` over input rows ``(n, ih)``;
   task ``r`` writes input row ``r`` of ``dx`` only, gathering the contributions of every
   window that covers it in a fixed order (kernel row, output column, kernel column).
+* direct forward: ``prange`` over (image, pair of pixel chunks), disjoint outputs; direct
+  weight gradient: ``prange`` over fixed blocks of images, each summing into its own
+  float64 partials, which are then added in block order.
 * grouped forward: ``prange`` over output rows; grouped weight gradient: ``prange`` over
   kernel taps ``(ki, kj)``, each summing over all pixels in one fixed order, in float64.
 
 Every public function has a serial twin taken below :data:`PARALLEL_MIN` elements
 (same loops, same results bit for bit).
 """
-
 from __future__ import annotations
 
 from typing import NamedTuple
@@ -72,18 +83,40 @@ from numbanet.kernels._simd import (
 from numbanet.kernels.matmul import MR, NV
 
 __all__ = [
+    "DIRECT_MAX_CHANNELS",
     "ConvGeometry",
+    "DirectLayout",
     "PARALLEL_MIN",
     "col2im",
+    "col2im_into",
     "conv2d_grouped_backward_input",
+    "conv2d_grouped_backward_input_into",
     "conv2d_grouped_backward_weight",
+    "conv2d_grouped_backward_weight_into",
     "conv2d_grouped_forward",
+    "conv2d_grouped_forward_into",
+    "direct_applies",
+    "direct_backward_weight_into",
+    "direct_forward",
+    "direct_forward_into",
+    "direct_input_gradient_applies",
+    "direct_lanes",
+    "direct_layout",
+    "direct_partials_shape",
+    "direct_workspace",
+    "flip_weights",
+    "gemm_prefers_transpose",
     "im2col",
+    "im2col_into",
+    "transpose_small",
+    "transposed_geometry",
+    "untranspose_into",
 ]
 
-#: Below this many elements written, the serial twins run. Measured on 2 threads,
-#: float32 (im2col of a 5x5 kernel over 6 channels): serial / parallel time 0.8 at
-#: 2**14 elements, 1.5 at 2**16.
+#: Below this many elements (written, or multiply-adds for the direct kernels) the
+#: serial twins run: a parallel launch costs microseconds. The value follows the other
+#: kernels' thresholds (2**15 to 2**16); it was not tuned here (the machine was shared
+#: with other jobs while this was written).
 PARALLEL_MIN = 1 << 15
 
 
@@ -515,8 +548,8 @@ def transpose_small(src, dst):
 # 28 of 32 columns useful in the first layer, 10 of 14 in the second).
 #
 # A register tile of two pixel chunks by four output channels keeps eight FMA chains in
-# flight (a single chain ran 3x slower: FMA latency, not throughput, bound it): per
-# input channel and tap, two vector loads and four weight broadcasts feed eight FMAs.
+# flight (one chain per vector ran 1.7x slower: FMA latency, not throughput, bound it):
+# per input channel and tap, two vector loads and four weight broadcasts feed eight FMAs.
 # The weight gradient pairs the same input vectors with the output gradient of
 # ``lanes`` pixels, transposed into channel vectors, in eight accumulators swept over a
 # block of images.
@@ -533,8 +566,9 @@ def transpose_small(src, dst):
 #: GEMM's 32-column register tile is full and measured faster).
 DIRECT_MAX_CHANNELS = 16
 # Pixel chunks a weight-gradient task sweeps before reducing its vector accumulators
-# (a reduction costs about as much as 20 FMAs): images are grouped into blocks of at
-# least this many chunks. The grouping depends on the shapes only, never on threads.
+# (each reduction is a store and `lanes` scalar float64 adds, the time of dozens of
+# FMAs; LeNet's second conv has only 9 chunks per image): images are grouped into
+# blocks of at least this many chunks. The grouping depends on the shapes only.
 _MIN_CHUNKS_PER_BLOCK = 64
 
 

@@ -145,12 +145,16 @@ class Conv2D(Module):
     with the weight seen as ``(KH*KW*C, CO)``; its epilogue adds the bias and applies the
     activation. Backward: ``dW = cols.T @ dz`` and ``dcols = dz @ W.T`` (GEMMs), then
     ``col2im`` adds ``dcols`` back onto the input pixels. A 1x1 convolution with stride 1
-    and no padding skips im2col (the image is already the matrix). Grouped convolutions
-    run direct kernels (:mod:`numbanet.kernels.conv`).
+    and no padding skips im2col (the image is already the matrix). With at most 16
+    output channels and stride 1 (LeNet's layers), direct kernels vectorized over output
+    pixels replace im2col and the GEMMs (the GEMM's 32-column register tile would be
+    mostly padding); grouped convolutions run direct kernels too
+    (:mod:`numbanet.kernels.conv`). The route is chosen once per input shape.
 
     Fusion: with ReLU the layer offers its derivative to the layer above
     (:meth:`fused_derivative`; pooling layers take it), and it applies the ReLU derivative
-    of the layer below in its input-gradient pass (col2im, or the GEMM epilogue for 1x1).
+    of the layer below in its input-gradient pass (col2im, the direct kernels, or the
+    GEMM epilogue for 1x1).
 
     Initialisation: as a Dense layer with ``KH*KW*in_channels/groups`` inputs and
     ``out_channels`` outputs (:mod:`numbanet.nn.init`); bias zero.
