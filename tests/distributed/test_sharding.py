@@ -102,6 +102,19 @@ def test_numbanet_num_threads_is_read_at_import() -> None:
     assert out.returncode == 0 and "NUMBANET_NUM_THREADS='many' ignored" in out.stderr
 
 
+def test_set_num_threads_and_the_environment_win_over_the_process_share() -> None:
+    code = ("import numbanet\nfrom numbanet.threads import use_process_share\n"
+            "numbanet.set_num_threads(1)\nprint(use_process_share(1))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120)
+    assert out.stdout.strip() == "1", out.stderr
+    code = "from numbanet.threads import use_process_share\nprint(use_process_share(1))\n"
+    env = {**os.environ, "NUMBANET_NUM_THREADS": "1"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env=env, timeout=120)
+    assert out.stdout.strip() == "1", out.stderr
+
+
 def _model(loss: object = "cross_entropy", metrics: object = ("accuracy",)) -> nbn.Sequential:
     model = nbn.Sequential([nbn.Dense(5, 8, activation="relu"), nbn.Dense(8, 3)], seed=0,
                            dtype="float64")
