@@ -16,7 +16,7 @@ import os
 import tempfile
 import tracemalloc
 from collections.abc import Callable, Collection, Iterator, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -255,16 +255,32 @@ def _draw(sample: Sample, rng: np.random.Generator, shape: tuple[int, ...],
     return np.ascontiguousarray(x.astype(np.float32).astype(np.float64))
 
 
-def _rng_state(model: Sequential) -> dict[str, Any]:
-    return model.rng.bit_generator.state
+class _State(NamedTuple):
+    """What a training forward may move: the generator and the buffers (running
+    statistics). Runs that are compared start from the same one."""
+
+    rng: dict[str, Any]
+    buffers: dict[str, np.ndarray]
+
+
+def _rng_state(model: Sequential) -> _State:
+    return _State(model.rng.bit_generator.state,
+                  {name: b.copy() for name, b in model.buffers().items()})
+
+
+def _restore(model: Sequential, state: _State) -> None:
+    """Also across dtypes: a float32 model takes a float64 model's buffers, by name."""
+    model.rng.bit_generator.state = state.rng
+    for name, buffer in model.buffers().items():
+        buffer[...] = state.buffers[name]
 
 
 class _Run:
     """What one training forward + backward produced (copies)."""
 
     def __init__(self, model: Sequential, X: np.ndarray, U: np.ndarray,
-                 state: dict[str, Any]) -> None:
-        model.rng.bit_generator.state = state
+                 state: _State) -> None:
+        _restore(model, state)
         self.out = model.forward(X, training=True)
         self.dx: np.ndarray | None = None
         if _takes_indices(model):  # integer input: no input gradient
@@ -273,7 +289,7 @@ class _Run:
         else:
             self.dx = model.backward(U)
         self.grads = {p.name: p.grad.copy() for p in model.parameters()}
-        model.rng.bit_generator.state = state
+        _restore(model, state)
         self.inference = model.forward(X, training=False)
 
     def arrays(self) -> Iterator[tuple[str, np.ndarray]]:
@@ -409,7 +425,7 @@ def _check_gradients(label: str, model: Sequential, X: np.ndarray, U: np.ndarray
     state = _rng_state(model)
 
     def loss() -> float:
-        model.rng.bit_generator.state = state
+        _restore(model, state)
         return float(np.sum(model.forward(X, training=True) * U))
 
     first, second = loss(), loss()
@@ -433,7 +449,7 @@ def _check_gradients(label: str, model: Sequential, X: np.ndarray, U: np.ndarray
             raise AssertionError(f"{label}: backward does not overwrite the gradient of "
                                  f"{name} (it adds to it, or leaves entries unwritten)")
     layer = model.layers[0]
-    model.rng.bit_generator.state = state
+    _restore(model, state)
     model.forward(X, training=True)
     model.flat_gradients[...] = 1e3
     result = layer.backward(np.ascontiguousarray(U), need_input_grad=False)
@@ -510,9 +526,9 @@ def _check_dtypes(label: str, make: Callable[[], Module], in_shape: tuple[int, .
     m64.set_weights([w.astype(np.float64) for w in m32.get_weights()])
     U = U.astype(np.float32).astype(np.float64)
     state = _rng_state(m64)
-    m64.rng.bit_generator.state = state
+    _restore(m64, state)
     m64.forward(X, training=True)
-    random = _rng_state(m64) != state
+    random = m64.rng.bit_generator.state != state.rng
     r32, r64 = _Run(m32, X, U, state), _Run(m64, X, U, state)
     for (name, a), (_, b) in zip(r32.arrays(), r64.arrays(), strict=True):
         if random and name != "inference output":

@@ -68,14 +68,13 @@ def test_one_index_per_sample_gives_rows_at_the_layer():
     assert layer.output_shape(()) == (3,) and layer.output_shape((4,)) == (4, 3)
 
 
-@pytest.mark.xfail(strict=True, raises=(ValueError, AssertionError),
-                   reason="Sequential ignores input_shape=() (a falsy tuple) and refuses 1-D X "
-                          "before shapes are resolved, so (N,) indices cannot reach an "
-                          "Embedding through a model yet")
 def test_one_index_per_sample_through_a_model():
     model = nbn.Sequential([nbn.Embedding(6, 3), nbn.Dense(3, 2)], seed=0, input_shape=())
     assert model.input_shape == ()
     assert model.forward(np.array([1, 2, 3])).shape == (3, 2)
+    resolved_later = nbn.Sequential([nbn.Embedding(6, 3), nbn.Dense(3, 2)], seed=0)
+    assert resolved_later.predict(np.array([4, 0])).shape == (2, 2)
+    assert resolved_later.input_shape == ()
 
 
 def test_initialisation_is_standard_normal_with_a_zero_padding_row():

@@ -51,6 +51,30 @@ BUILTIN_CASES: dict[str, list[Case]] = {
                    {"batch": 8})],
     "GlobalAvgPool2D": [("4x4", lambda: _layer("GlobalAvgPool2D"), (4, 4, 3), {"batch": 8})],
     "Flatten": [("3d", lambda: _layer("Flatten"), (2, 3, 4), {"batch": 8})],
+    "BatchNorm": [
+        ("features-parallel", lambda: _layer("BatchNorm", 64), (64,), {"batch": 1024}),
+        ("images", lambda: _layer("BatchNorm", 3), (5, 7, 3), {"batch": 8}),
+        ("no-affine", lambda: _layer("BatchNorm", 4, affine=False), (4,), {"batch": 16}),
+    ],
+    "LayerNorm": [
+        ("rows-parallel", lambda: _layer("LayerNorm", 64), (64,), {"batch": 1024}),
+        ("images", lambda: _layer("LayerNorm", 3), (4, 5, 3), {"batch": 8}),
+    ],
+    "Embedding": [
+        ("sequences", lambda: _layer("Embedding", 50, 32), (7,),
+         {"batch": 512, "sample": lambda rng, shape: rng.integers(0, 50, shape)}),
+        # The padding row takes part in the forward pass but gets no gradient by design
+        # (torch.nn.Embedding's padding_idx), so finite differences would flag it; its
+        # gradient is checked against PyTorch in test_embedding.py.
+        ("padding-idx", lambda: _layer("Embedding", 9, 4, padding_idx=0), (3,),
+         {"batch": 16, "sample": lambda rng, shape: rng.integers(0, 9, shape),
+          "skip": ("gradients",)}),
+    ],
+    "Residual": [
+        ("dense-bn", lambda: _layer("Residual", [Dense(16, 16, activation="relu"),
+                                                 _layer("BatchNorm", 16), Dense(16, 16)]),
+         (16,), {"batch": 64}),
+    ],
 }
 
 def _layer(name: str, *args: Any, **kwargs: Any) -> Module:

@@ -28,7 +28,7 @@ def layer_from_config(config: dict[str, Any], qualified_id: str | None = None) -
             known ones and says to install the plugin that provides it), or arguments
             the layer's constructor rejects.
     """
-    from numbanet.plugins import resolve_layer
+    from numbanet.plugins import list_layers, resolve_layer
 
     if not isinstance(config, dict) or not isinstance(config.get("type"), str):
         raise ValueError(f"layer config must be a dict with a 'type' key, got {config!r:.200}")
@@ -36,9 +36,12 @@ def layer_from_config(config: dict[str, Any], qualified_id: str | None = None) -
     try:
         _, cls = resolve_layer(qualified_id or kind)
     except ValueError as exc:
-        provider = (f"the plugin {qualified_id.split(':', 1)[0]!r}" if qualified_id
-                    else "a plugin")
-        raise ValueError(f"{exc}; if {provider} provides {kind!r}, install it") from None
+        if not qualified_id:
+            raise ValueError(f"{exc}; if a plugin provides {kind!r}, install it") from None
+        provider = qualified_id.split(":", 1)[0]
+        raise ValueError(
+            f"layer {kind!r} comes from the plugin {provider!r}, which is not installed "
+            f"here: install it (layers available: {', '.join(list_layers())})") from None
     if cls.layer_type != kind:
         raise ValueError(f"layer type {kind!r} does not match the registered id "
                          f"{qualified_id!r}, a {cls.layer_type}")

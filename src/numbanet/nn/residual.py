@@ -41,8 +41,8 @@ class Residual(Module):
         >>> import numbanet as nbn
         >>> block = nbn.Residual([nbn.Dense(16, 16, activation="relu"), nbn.Dense(16, 16)])
         >>> model = nbn.Sequential([nbn.Dense(8, 16), block, nbn.Dense(16, 2)], seed=0)
-        >>> [p.name for p in model.parameters()][2:4]
-        ['1.0.weight', '1.0.bias']
+        >>> print(*(p.name for p in model.parameters() if p.name.startswith("1.0.")))
+        1.0.weight 1.0.bias
     """
 
     def __init__(self, layers: Sequence[Module | dict[str, Any]]) -> None:

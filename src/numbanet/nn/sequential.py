@@ -91,7 +91,8 @@ class Sequential:
         self._input_shape: Shape | None = None
         self._output_shape: Shape | None = None
         self._layer_shapes: list[Shape] = []
-        first = self._declared_input_shape or layers[0].input_shape
+        first = (self._declared_input_shape if self._declared_input_shape is not None
+                 else layers[0].input_shape)
         if first is not None:
             self._resolve_shapes(tuple(first))
 
@@ -303,7 +304,7 @@ class Sequential:
             raise TypeError(f"{name} must hold real numbers, got dtype {X.dtype}")
         expected = self._input_shape
         if expected is None:
-            if X.ndim < 2:
+            if X.ndim < (1 if takes_indices else 2):
                 raise ValueError(f"{name} must have a batch axis and at least one more, got "
                                  f"shape {X.shape}")
             with self._lock:
