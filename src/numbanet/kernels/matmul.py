@@ -944,7 +944,10 @@ def _gemm_parallel(a, b, out, transpose_a, transpose_b, work, mb, nb, swap,
     size = _slot_size(mb, k, work)
     for t in prange(_n_tasks(dst.shape[0], dst.shape[1], mb, nb, work)):
         tid = numba.get_thread_id()
-        _macro_tile(t, mb, nb, left, left_t, right, right_t, dst, k,
+        # int64(t): Numba types the prange index int64 while it types this function
+        # and uint64 in the gufunc it builds from the loop, so without the cast
+        # _macro_tile, the largest kernel here, compiled twice (cold start).
+        _macro_tile(np.int64(t), mb, nb, left, left_t, right, right_t, dst, k,
                     work[tid * size : (tid + 1) * size], bias, has_bias and not swap, y,
                     z_saved, tile_act, param, derivative and not swap)
     if swap:
