@@ -14,6 +14,7 @@ import json
 import math
 import os
 import subprocess
+import tempfile
 
 import numpy as np
 import pytest
@@ -458,3 +459,33 @@ def test_cold_start_with_empty_caches_compiles_and_agrees():
     result = bench.cold_start(TINY, threads=1, frameworks=["numpy"], repeats=1)
     assert result.cache == "cold" and result.losses_agree
     assert result.phases["numbanet"]["first_step"] > result.phases["numpy"]["first_step"]
+
+
+@pytest.mark.slow  # a cold compile of every kernel of the issue's first step
+def test_cold_first_step_compiles_each_gemm_and_update_kernel_once():
+    # Issue 17: Numba types a prange index int64 while it types a parallel function and
+    # uint64 in the gufunc it builds from the loop, and a literal 0 argument gets a
+    # Literal[int](0) specialization; either compiled one of the largest functions a
+    # second time (2-4 s each). Run cold, in a fresh process: from a warm cache callees
+    # are never typed, so their dispatchers list nothing.
+    code = (
+        "import importlib, json, sys\n"
+        "import numbanet\n"
+        "from numbanet.bench import make_step\n"
+        "numbanet.set_num_threads(numbanet.threads.max_threads())\n"
+        "make_step('numbanet', '784-256-128-10@64')()\n"
+        "mm = importlib.import_module('numbanet.kernels.matmul')\n"
+        "from numbanet._builtin import adam\n"
+        "print(json.dumps({name: [[str(t) for t in sig] for sig in d.signatures] for name, d in "
+        "[('macro_tile', mm._macro_tile), ('epilogue_rows', mm._epilogue_rows), "
+        "('adam', adam.adam_kernel)]}))\n"
+    )
+    with tempfile.TemporaryDirectory() as scratch:
+        env = _bench_steps.cold_environment(dict(os.environ), scratch)
+        out = subprocess.run([os.sys.executable, "-c", code], env=env, capture_output=True,
+                             text=True, check=True).stdout
+    signatures = json.loads(out.splitlines()[-1])
+    assert len(signatures["macro_tile"]) == 1 and signatures["macro_tile"][0][0] == "int64"
+    assert len(signatures["epilogue_rows"]) == 1
+    assert not any("Literal" in t for t in signatures["epilogue_rows"][0])
+    assert len(signatures["adam"]) == 1  # the parallel driver's, uint64 index

@@ -863,8 +863,10 @@ def _zero_k_fill(out, y, z_saved, bias, has_bias, act_id, param, derivative):
         for j in range(n):
             row[j] = 0
     if has_bias or act_id >= 0:
+        # np.int64(0), not 0: a literal argument makes Numba compile a second
+        # specialization of _epilogue_rows (Literal[int](0)) beside _macro_tile's.
         _epilogue_rows(out, y, z_saved, bias, has_bias, act_id, param, derivative,
-                       0, m, 0, n)
+                       np.int64(0), m, np.int64(0), n)
 
 
 # ---------------------------------------------------------------------------------------
@@ -910,7 +912,7 @@ def _finish_swapped(out_t, out, y, z_saved, bias, has_bias, act_id, param, deriv
             row[j] = out_t[j, i]
     if has_bias or act_id >= 0:
         _epilogue_rows(out, y, z_saved, bias, has_bias, act_id, param, derivative,
-                       0, m, 0, n)
+                       np.int64(0), m, np.int64(0), n)  # int64: see _zero_k_fill
 
 
 @parallel_kernel
