@@ -539,7 +539,8 @@ class ColdStart:
             script plus loading NumPy and the step builders), ``import_and_build``
             (importing the framework, building and compiling the model) and
             ``first_step`` (the first call of the step, where JIT compilers compile).
-        cpu_seconds: median CPU time (user + system, all threads) of the process.
+        cpu_seconds: median CPU time (user + system, all threads) of the process, not
+            of helper processes it starts (Inductor's compile workers).
         first_loss: the loss of each framework's first step (they should agree).
         ratios: ``seconds[other] / seconds["numbanet"]``: above 1 means numbanet starts
             faster.
