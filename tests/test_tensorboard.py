@@ -127,6 +127,13 @@ def test_a_resumed_model_continues_its_curves(tmp_path, data):
 
 
 def test_only_rank_zero_writes(tmp_path, data, monkeypatch):
+    import sys
+
+    # An earlier test may have initialised numbanet.distributed in this process (a world
+    # of one, rank 0), which takes precedence over the launcher's variables.
+    distributed = sys.modules.get("numbanet.distributed")
+    if distributed is not None:
+        monkeypatch.setattr(distributed, "_comm", None)
     X, y = data
     model_for().fit(X, y, epochs=1, verbose=0,
                     callbacks=[nbn.TensorBoard(tmp_path / "explicit", rank=1)])

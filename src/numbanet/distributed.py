@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 import traceback
 import warnings
 import zlib
@@ -233,13 +234,16 @@ def abort(exc: BaseException | None = None, code: int = 1) -> NoReturn:
     where = f"rank {comm.Get_rank()} of {comm.Get_size()}"
     if exc is not None:
         text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-        sys.stderr.write(text)
-        sys.stderr.write(f"numbanet.distributed: {where} failed with {type(exc).__name__}: "
-                         f"{exc}; ending every rank\n")
+        text += (f"numbanet.distributed: {where} failed with {type(exc).__name__}: {exc}; "
+                 f"ending every rank\n")
     else:
-        sys.stderr.write(f"numbanet.distributed: {where} ended the run\n")
+        text = f"numbanet.distributed: {where} ended the run\n"
+    # One write, then a moment for the launcher to forward it: MPI_Abort tears the job
+    # down at once, and under load mpiexec dropped the last line of a two-part message.
+    sys.stderr.write(text)
     sys.stderr.flush()
     sys.stdout.flush()
+    time.sleep(0.25)
     comm.Abort(code)
     raise SystemExit(code)  # pragma: no cover - Abort does not return
 
