@@ -14,6 +14,7 @@ import json
 import math
 import os
 import subprocess
+import sys
 import tempfile
 
 import numpy as np
@@ -341,7 +342,7 @@ def test_pin_process_pins_every_thread(tmp_path):
         "os.listdir('/proc/self/task')}, key=sorted))\n"
         "ev.set()\n"
     )
-    out = subprocess.run([os.sys.executable, "-c", code], capture_output=True, text=True,
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout
     assert out.strip() == f"[frozenset({set(core)!r})]"
 
@@ -373,7 +374,7 @@ def test_cold_environment_bypasses_numbanets_pycache_kernel_cache(tmp_path):
         "gemm = importlib.import_module('numbanet.kernels.matmul')._gemm_serial\n"
         "print(type(gemm._cache._impl.locator._inner).__name__, gemm._cache.cache_path)\n"
     )
-    out = subprocess.run([os.sys.executable, "-c", code], env=env, capture_output=True,
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
                          text=True, check=True).stdout.split()
     assert out[0] == "UserProvidedCacheLocator"
     assert out[1].startswith(env["NUMBA_CACHE_DIR"])
@@ -482,10 +483,20 @@ def test_cold_first_step_compiles_each_gemm_and_update_kernel_once():
     )
     with tempfile.TemporaryDirectory() as scratch:
         env = _bench_steps.cold_environment(dict(os.environ), scratch)
-        out = subprocess.run([os.sys.executable, "-c", code], env=env, capture_output=True,
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
                              text=True, check=True).stdout
     signatures = json.loads(out.splitlines()[-1])
     assert len(signatures["macro_tile"]) == 1 and signatures["macro_tile"][0][0] == "int64"
     assert len(signatures["epilogue_rows"]) == 1
     assert not any("Literal" in t for t in signatures["epilogue_rows"][0])
     assert len(signatures["adam"]) == 1  # the parallel driver's, uint64 index
+
+
+def test_in_process_compare_puts_xla_environment_back(monkeypatch):
+    monkeypatch.delenv("PJRT_NPROC", raising=False)
+    monkeypatch.setenv("KERAS_BACKEND", "torch")
+    with bench._thread_limits(1, ["numbanet", "jax", "keras"]) as info:
+        if "jax" not in sys.modules:
+            assert os.environ["PJRT_NPROC"] == "1" and info["xla_threads"] == "PJRT_NPROC=1"
+    assert "PJRT_NPROC" not in os.environ
+    assert os.environ["KERAS_BACKEND"] == "torch"

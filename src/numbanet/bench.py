@@ -189,6 +189,9 @@ def _thread_limits(
 
         torch_previous = torch.get_num_threads()
         torch.set_num_threads(threads)
+    # Environment variables set here are put back afterwards (JAX and Keras read them
+    # once, at import, which happens while the frameworks run).
+    saved_env = {name: os.environ.get(name) for name in ("PJRT_NPROC", "KERAS_BACKEND")}
     if "jax" in frameworks or "keras" in frameworks:
         if "jax" in sys.modules:
             info["xla_threads"] = (
@@ -217,6 +220,11 @@ def _thread_limits(
                 numbanet.set_num_threads(previous)
             if torch is not None and torch_previous is not None:
                 torch.set_num_threads(torch_previous)
+            for name, value in saved_env.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
 
 
 def _calibrate(step: Callable[[], float], min_time: float) -> int:
