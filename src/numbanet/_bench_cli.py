@@ -143,12 +143,17 @@ def _footer(results: Sequence[dict]) -> list[str]:
                 f"numbanet's {r['first_loss'].get('numbanet')}: {mismatch}; those frameworks "
                 "do not compute the same step, so their speeds are not comparable"
             )
+    seen = set()
+    for r in results:  # one line per thread count
+        notes = r["notes"]
+        line = (f"{r['threads']} thread(s): cores {notes.get('pinned_cores')}; numpy BLAS "
+                f"threads: {notes.get('numpy_blas_threads', '-')}; XLA threads: "
+                f"{notes.get('xla_threads', '-')}")
+        if line not in seen:
+            seen.add(line)
+            lines.append(line)
     if results:
-        notes = results[0]["notes"]
-        pinned = notes.get("pinned_cores")
-        lines.append(f"cores: {pinned}; numpy BLAS threads: {notes.get('numpy_blas_threads')}; "
-                     f"XLA threads: {notes.get('xla_threads', '-')}")
-        lines.append(f"versions: {notes.get('versions')}")
+        lines.append(f"versions: {results[0]['notes'].get('versions')}")
     return lines
 
 
