@@ -42,15 +42,6 @@ from numbanet.nn import (
     Residual,
     Sequential,
 )
-from numbanet.plugins import (
-    PluginWarning,
-    get_loss,
-    get_layer_class,
-    get_optimizer,
-    list_layers,
-    list_losses,
-    list_optimizers,
-)
 from numbanet.optim import (
     AllReduce,
     ClipByGlobalNorm,
@@ -59,6 +50,15 @@ from numbanet.optim import (
     GradientPipeline,
     GradientTransform,
     ScaleGradients,
+)
+from numbanet.plugins import (
+    PluginWarning,
+    get_layer_class,
+    get_loss,
+    get_optimizer,
+    list_layers,
+    list_losses,
+    list_optimizers,
 )
 from numbanet.sampling import BatchSampler
 from numbanet.specs import LossSpec, OptimizerSpec

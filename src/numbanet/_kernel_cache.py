@@ -16,9 +16,10 @@ after an edit of the kernel's own file), recompiles and overwrites the index. An
 unchanged tree gives the same stamp, so a warm cache loads as before.
 
 Dependencies are found statically, by reading ``import`` and ``from ... import``
-statements (anywhere in the file, function bodies included); nothing is imported. This over-approximates (a module imported but not called from a kernel still
-counts) and never under-approximates what a kernel can reach through its module's
-globals. Modules outside ``numbanet`` and the kernel's own package (numpy, numba, the
+statements (anywhere in the file, function bodies included); nothing is imported.
+This over-approximates (a module imported but not called from a kernel still counts)
+and never under-approximates what a kernel can reach through its module's globals.
+Modules outside ``numbanet`` and the kernel's own package (numpy, numba, the
 standard library, other installed packages) are not followed: Numba's index already
 records its own version, and an edit of a third-party package is not a development loop
 this has to serve. Code that reaches a function some other way than an import (for
@@ -78,7 +79,7 @@ def _split_names(text: str) -> tuple[str, ...]:
     )
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _read_file(path: str, mtime_ns: int, size: int) -> tuple[str, tuple[_Import, ...]]:
     """``(sha256 of the bytes, import statements)`` of one source file.
 
@@ -131,7 +132,7 @@ def _package_root(top: str) -> tuple[str, bool] | None:
     return None
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _module_file(name: str, followed: frozenset[str]) -> str | None:
     """The source file of module ``name`` (a package's ``__init__.py``), or ``None`` when
     it is outside the followed packages or not a plain ``.py`` file on disk."""
@@ -168,7 +169,7 @@ def _imported_modules(
     return _imported_modules_of(module, path, st.st_mtime_ns, st.st_size, followed)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _imported_modules_of(
     module: str, path: str, mtime_ns: int, size: int, followed: frozenset[str]
 ) -> tuple[tuple[str, str], ...]:

@@ -442,7 +442,7 @@ def _load_archive(path: str, archive: Any,
     _check_members(path, meta, headers)
     model = _build_model(path, meta)
     layout = model.parameter_layout()
-    for name, start, stop, shape in model.buffer_layout():
+    for name, start, stop, _shape in model.buffer_layout():
         model.flat_buffers[start:stop] = archive[f"buffer/{name}"].reshape(-1)
     for name, start, stop, shape in layout:
         arr = archive[f"param/{name}"]

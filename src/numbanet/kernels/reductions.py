@@ -11,9 +11,10 @@ parallel and serial paths agree bit for bit too.
 
 Accumulator precision: partials and totals are float64 for float32 and float64 data
 alike. Measured here (float32 data, one thread, a throwaway timing script of column sums
-with either accumulator): the float64 accumulator runs at 0.5x the float32 one on cache-resident data
-(e.g. 7.8 vs 15.8 Gelem/s for a 128 x 512 column sum, so about 1 us for a 64 x 128 bias
-gradient) and at the same speed once the data streams from memory (7.0 vs 7.3 Gelem/s),
+with either accumulator): the float64 accumulator runs at 0.5x the float32 one on
+cache-resident data (e.g. 7.8 vs 15.8 Gelem/s for a 128 x 512 column sum, so about 1 us
+for a 64 x 128 bias gradient) and at the same speed once the data streams from memory
+(7.0 vs 7.3 Gelem/s),
 where large reductions live. The vectorized float32 sum is already good on random data
 (relative error 2e-7 at 2**20 positive values) but the float64 one is exact to the last
 float32 bit in every case we tried, and gradient norms square their inputs, which makes
