@@ -46,6 +46,7 @@ __all__ = [
     "global_avg_pool2d",
     "global_avg_pool2d_backward",
     "max_pool2d",
+    "max_pool2d_2x2_into",
     "max_pool2d_backward",
     "tap_offsets",
 ]
@@ -262,6 +263,83 @@ def max_pool2d_backward(dy: np.ndarray, idx: np.ndarray, dx: np.ndarray,
     if idx.size and (idx.min() < 0 or idx.max() >= size):
         raise ValueError(f"idx holds indices outside [0, {size}): not from max_pool2d?")
     max_pool2d_backward_into(dy, idx, dx, saved)
+
+
+# ---------------------------------------------------------------------------------------
+# 2x2 max pooling with stride 2 and no padding: the common case, specialised
+# ---------------------------------------------------------------------------------------
+
+
+@kernel(inline="always")
+def _isnan(v):
+    return v != v
+
+
+@kernel
+def _max2_rows(x, y, idx, r0, r1):
+    """Output rows ``r0 .. r1`` (``r = n * OH + oh``) of 2x2 / stride 2 max pooling
+    (serial).
+
+    The general kernel loops over taps through an offset table; here the four taps are
+    fixed offsets (LeNet's first pool: 0.35 -> 0.21 ms, one thread). Compare-and-branch
+    per tap measured faster than branch-free selects of value and index (1.4x slower),
+    and scanning ``ow`` inside ``c`` no faster than this order.
+    """
+    _, h, w, c = x.shape
+    _, out_h, out_w, _ = y.shape
+    xf = x.reshape(x.size)
+    yf = y.reshape(y.size)
+    jf = idx.reshape(idx.size)
+    wc = w * c
+    for r in range(r0, r1):
+        n = r // out_h
+        i = r - n * out_h
+        image = n * h * wc
+        row = 2 * i * wc  # the window's top row within its image
+        out = r * out_w * c
+        for ow in range(out_w):
+            for ci in range(c):
+                k = row + 2 * ow * c + ci
+                o = out + ow * c + ci
+                # PyTorch's scan in row-major order: a larger value takes over. As
+                # "not <=" a NaN takes over too but is then replaced by anything after
+                # it, so windows holding a NaN are settled separately: the last NaN.
+                a = sload(xf, image + k)
+                b = sload(xf, image + k + c)
+                p = sload(xf, image + k + wc)
+                q = sload(xf, image + k + wc + c)
+                best = a
+                at = k
+                if not b <= best:
+                    best = b
+                    at = k + c
+                if not p <= best:
+                    best = p
+                    at = k + wc
+                if not q <= best:
+                    best = q
+                    at = k + wc + c
+                if _isnan(a) or _isnan(b) or _isnan(p) or _isnan(q):
+                    at = (k + wc + c if _isnan(q) else k + wc if _isnan(p)
+                          else k + c if _isnan(b) else k)
+                    best = sload(xf, image + at)
+                sstore(yf, o, best)
+                jf[o] = at
+
+
+@parallel_kernel
+def _max2_parallel(x, y, idx):
+    for r in numba.prange(y.shape[0] * y.shape[1]):
+        _max2_rows(x, y, idx, r, r + 1)
+
+
+def max_pool2d_2x2_into(x: np.ndarray, y: np.ndarray, idx: np.ndarray) -> None:
+    """:func:`max_pool2d_into` for 2x2 windows, stride 2, no padding (the same results,
+    argmax indices included; :func:`max_pool2d_backward_into` takes them)."""
+    if _parallel(x.size):
+        _max2_parallel(x, y, idx)
+    else:
+        _max2_rows(x, y, idx, 0, y.shape[0] * y.shape[1])
 
 
 # ---------------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ from numbanet.kernels.pooling import (
     avg_pool2d_into,
     global_avg_pool2d_backward_into,
     global_avg_pool2d_into,
+    max_pool2d_2x2_into,
     max_pool2d_backward_into,
     max_pool2d_into,
     tap_offsets,
@@ -120,12 +121,20 @@ class MaxPool2D(_Pool2D):
                  padding: int | Sequence[int] = 0):
         super().__init__(kernel_size, stride, padding)
         self._tap_offsets: dict[tuple[int, int], np.ndarray] = {}
+        # 2x2 windows, stride 2, no padding (LeNet's pools, most CNNs' downsampling):
+        # a specialised forward kernel; the backward pass is the general one.
+        self._two_by_two = (self.kernel_size == (2, 2) and self.stride == (2, 2)
+                            and self.padding == (0, 0))
 
     def forward(self, x: np.ndarray, training: bool) -> np.ndarray:
         g = self._geometry_for(x.shape)
         shape = (x.shape[0], g[6], g[7], x.shape[3])
         y = self.workspace.get("y", shape)
         idx = self.workspace.get("argmax", shape, dtype=np.int64)
+        if self._two_by_two:
+            max_pool2d_2x2_into(x, y, idx)
+            self._x, self._idx = x, idx
+            return y
         key = (x.shape[2], x.shape[3])
         toff = self._tap_offsets.get(key)
         if toff is None:
