@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import numbanet
-from numbanet.kernels.activations import ACTIVATION_IDS
+from numbanet.kernels.activations import ACTIVATION_IDS, elementwise_forward_unchecked
 from numbanet.kernels.matmul import (
     KC,
     MR,
@@ -247,7 +247,7 @@ def test_serial_driver_py_func_matches_numpy(ta, tb):
     out = np.full((m, n), np.nan)
     empty = np.empty(0)
     mm._gemm_serial.py_func(a, b, out, ta, tb, work, plan.mb, plan.nb, plan.swap, empty,
-                            False, out, out, -1, 0.0, False)
+                            False, out, out, -1, False)
     _assert_close(out, a, b, ta, tb)
 
 
@@ -289,7 +289,7 @@ def test_epilogue_py_func_matches_compiled_and_numpy():
     for fn in (mm._epilogue, mm._epilogue.py_func):
         z = z0.copy()
         y = np.full_like(z, np.nan)
-        fn(z, y, z, bias, True, relu, 0.0, False, 1, 3, 2, 6)
+        fn(z, y, z, bias, True, relu, False, 1, 3, 2, 6)
         results.append((z, y))
     z_ref = z0.copy()
     z_ref[1:4, 2:8] += bias[2:8]
@@ -337,6 +337,39 @@ def test_dense_forward_matches_numpy(m, k, n, act, dtype):
     # The activation is checked on our own z, so its error is the activation's alone.
     np.testing.assert_allclose(y, _act_reference(act, z.astype(np.float64), param),
                                rtol=10 * np.finfo(dtype).eps, atol=10 * np.finfo(dtype).eps)
+
+
+@pytest.mark.parametrize("act", ["tanh", "gelu", "elu", "leaky_relu"])
+def test_unfused_activation_equals_the_activation_kernel_on_z(act):
+    # Only ReLU and the identity run in the tile epilogue; the others run after the
+    # product through the activation module's own kernel, so y must equal that kernel
+    # applied to z bit for bit, whatever the thread count.
+    from numbanet.kernels.activations import get_activation
+
+    rng = np.random.default_rng(12)
+    x = rng.standard_normal((150, 100)).astype(np.float32)
+    w = rng.standard_normal((100, 130)).astype(np.float32)
+    bias = rng.standard_normal(130).astype(np.float32)
+    outputs = []
+    before = numbanet.get_num_threads()
+    try:
+        for threads in sorted({1, min(2, numbanet.threads.max_threads())}):
+            numbanet.set_num_threads(threads)
+            z = np.empty((150, 130), np.float32)
+            y = np.empty_like(z)
+            dense_forward(x, w, bias, z, y, ACTIVATION_IDS[act], 0.3)
+            outputs.append((z, y))
+    finally:
+        numbanet.set_num_threads(before)
+    for z, y in outputs[1:]:
+        np.testing.assert_array_equal(z, outputs[0][0])
+        np.testing.assert_array_equal(y, outputs[0][1])
+    z, y = outputs[0]
+    expected = np.empty_like(z)
+    spec = get_activation(act)
+    kernel_param = 0.3 if act in ("elu", "leaky_relu") else spec.default_param
+    elementwise_forward_unchecked(spec.id, kernel_param, z, expected)
+    np.testing.assert_array_equal(y, expected)
 
 
 @settings(max_examples=25, deadline=None)

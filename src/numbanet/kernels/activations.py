@@ -98,6 +98,7 @@ __all__ = [
     "ActivationSpec",
     "activation_backward_1d",
     "activation_forward_1d",
+    "elementwise_forward_unchecked",
     "elu",
     "elu_backward",
     "fast_exp",
@@ -1019,11 +1020,17 @@ def _check_arrays(first: tuple[str, object], *rest: tuple[str, object], writeabl
 
 def _elementwise_forward(act_id: int, param: float, x: np.ndarray, out: np.ndarray) -> None:
     _check_arrays(("x", x), ("out", out), writeable="out")
-    _run_elementwise_forward(act_id, param, x, out)
+    elementwise_forward_unchecked(act_id, param, x, out)
 
 
-def _run_elementwise_forward(act_id: int, param: float, x: np.ndarray, out: np.ndarray) -> None:
-    """Unchecked dispatch: parallel or serial by size, on flat views."""
+def elementwise_forward_unchecked(act_id: int, param: float, x: np.ndarray,
+                                  out: np.ndarray) -> None:
+    """``out = act(x)`` for an elementwise ``act_id``; unchecked.
+
+    ``x`` and ``out`` are C-contiguous arrays of one float dtype and shape (``out`` may be
+    ``x``). Parallel or serial by size, on flat views, in fixed chunks: the same result
+    for any thread count.
+    """
     xf = x.reshape(-1)
     yf = out.reshape(-1)
     if xf.shape[0] >= _FORWARD_THRESHOLD[act_id]:
@@ -1473,7 +1480,7 @@ def _public_function(name: str, fallback: Callable[..., None]) -> Callable[..., 
 def _make_activation(spec: ActivationSpec) -> Activation:
     if spec.elementwise:
         forward_unchecked = functools.partial(
-            _run_elementwise_forward, spec.id, spec.default_param
+            elementwise_forward_unchecked, spec.id, spec.default_param
         )
         backward_unchecked = functools.partial(
             _run_elementwise_backward, spec.id, spec.default_param

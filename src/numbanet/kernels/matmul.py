@@ -20,9 +20,14 @@
    :mod:`numbanet.kernels._simd`). With AVX-512 that is 12 x 32 float32 or 12 x 16
    float64 on 24 zmm registers; on other CPUs 6 x 16 float32 or 6 x 8 float64 on 12
    256-bit registers.
-4. After the last ``KC`` block of a tile, the **epilogue** adds the bias and applies the
-   activation to the tile's row segments while they are still in L1, or (backward)
-   multiplies them by ReLU's derivative (see :func:`gemm_into`).
+4. After the last ``KC`` block of a tile, the **epilogue** adds the bias and applies
+   ReLU (or the identity) to the tile's row segments while they are still in L1, or
+   (backward) multiplies them by ReLU's derivative (see :func:`gemm_into`). Other
+   elementwise activations (tanh, GELU, ...) take one vectorised pass of their own
+   right after the product, through :mod:`numbanet.kernels.activations`: compiling the
+   whole activation table into the GEMM's kernels cost about 2.8 s of a cold start
+   (17.4 -> 14.6 s for the first step of a ReLU MLP, which never used it), while the
+   separate pass re-reads an output that is still in cache.
 
 A narrow output (a classifier's 10 columns) would waste most of each register tile's
 ``NR`` columns, so its plan tiles the transpose ``out.T = op(b).T @ op(a).T`` instead
@@ -48,7 +53,7 @@ feed only padding results, which are discarded). Results agree with numpy to
 rounding; the summation order differs (FMA, blocked), as between BLAS libraries.
 
 Development note: the cached kernels of this module embed code from
-:mod:`numbanet.kernels._simd` and :mod:`numbanet.kernels.activations`, while Numba's own
+:mod:`numbanet.kernels._simd`, while Numba's own
 disk cache watches only this file (numba issue #1833); :mod:`numbanet._kernel_cache`
 stamps each cached kernel with a hash of the modules it imports, so editing those
 modules recompiles these kernels by itself.
@@ -90,7 +95,7 @@ from numbanet.kernels.activations import (
     ACTIVATION_IDS,
     IDENTITY,
     RELU,
-    activation_forward_1d,
+    elementwise_forward_unchecked,
 )
 
 __all__ = [
@@ -656,25 +661,25 @@ def _pack_b_block(b, transpose_b, jp, n, k, k0, kcb, wb, dst):
 
 
 @kernel(inline="always")
-def _epilogue(out, y, z_saved, bias, has_bias, act_id, param, derivative, i0, mr, j0, nn):
+def _epilogue(out, y, z_saved, bias, has_bias, act_id, derivative, i0, mr, j0, nn):
     """Finish the tile ``out[i0:i0+mr, j0:j0+nn]`` right after its last ``k`` block.
 
-    Forward (``derivative`` False): ``out += bias`` (if ``has_bias``) and, if
-    ``act_id >= 0``, ``y = act(out)`` on the same tile.
+    Forward (``derivative`` False): ``out += bias`` (if ``has_bias``) and, for
+    ``act_id`` ReLU or identity, ``y = act(out)`` on the same tile (other ids: no
+    activation here; :func:`gemm_into` applies them after the product).
     Backward (``derivative`` True, ReLU only): ``out = 0`` where the saved activation
     ``z_saved <= 0`` (read only): the GEMM that makes a layer's input gradient hands
     the layer below the gradient of its pre-activation, with no separate pass over
     memory.
 
-    Full-width tiles with ReLU, identity or no activation take the SIMD path (one load,
-    add, select and store per vector); other tiles and activations go row by row, the
-    activations through the 1-D kernels of :mod:`numbanet.kernels.activations`.
+    Full-width tiles take the SIMD path (one load, add, select and store per vector);
+    edge tiles go row by row.
     """
     full_width = nn == NV * vlanes(out)
     if full_width and (act_id == RELU or act_id == IDENTITY or act_id < 0):
         _epilogue_vector_tile(out, y, z_saved, bias, has_bias, act_id, derivative, i0, mr, j0)
     else:
-        _epilogue_rows(out, y, z_saved, bias, has_bias, act_id, param, derivative,
+        _epilogue_rows(out, y, z_saved, bias, has_bias, act_id, derivative,
                        i0, mr, j0, nn)
 
 
@@ -715,15 +720,10 @@ def _epilogue_vector_tile(out, y, z_saved, bias, has_bias, act_id, derivative, i
 
 
 @kernel
-def _epilogue_rows(out, y, z_saved, bias, has_bias, act_id, param, derivative,
+def _epilogue_rows(out, y, z_saved, bias, has_bias, act_id, derivative,
                    i0, mr, j0, nn):
-    """Row-by-row epilogue for any elementwise activation and tile width (see
-    :func:`_epilogue`).
-
-    When the tile spans whole rows (a narrow output, or the whole of a swapped one)
-    its rows are one contiguous block and the activation runs in a single call instead
-    of one call per row (about 100 ns each in argument traffic).
-    """
+    """Row-by-row epilogue for any tile width (see :func:`_epilogue`): edge tiles,
+    the ``k == 0`` fill and the whole of a swapped (narrow) output."""
     if derivative:
         # ReLU's derivative: zero where the saved activation is <= 0 (PyTorch's
         # threshold_backward: 0 at the kink; NaN passes the gradient on).
@@ -740,16 +740,21 @@ def _epilogue_rows(out, y, z_saved, bias, has_bias, act_id, param, derivative,
             zrow = out[i0 + r, j0 : j0 + nn]
             for j in range(nn):
                 zrow[j] += bseg[j]
-    if act_id < 0:
-        return
-    n = out.shape[1]
-    if j0 == 0 and nn == n:
-        activation_forward_1d(act_id, param, out[i0 : i0 + mr].reshape(mr * n),
-                              y[i0 : i0 + mr].reshape(mr * n))
-        return
-    for r in range(mr):
-        activation_forward_1d(act_id, param, out[i0 + r, j0 : j0 + nn],
-                              y[i0 + r, j0 : j0 + nn])
+    if act_id == RELU:
+        zero = out.dtype.type(0)
+        for r in range(mr):
+            zrow = out[i0 + r, j0 : j0 + nn]
+            yrow = y[i0 + r, j0 : j0 + nn]
+            for j in range(nn):
+                v = zrow[j]
+                # `v < 0` is False for NaN: NaN passes, as in numpy.maximum and vrelu.
+                yrow[j] = zero if v < zero else v
+    elif act_id == IDENTITY:
+        for r in range(mr):
+            zrow = out[i0 + r, j0 : j0 + nn]
+            yrow = y[i0 + r, j0 : j0 + nn]
+            for j in range(nn):
+                yrow[j] = zrow[j]
 
 
 @kernel
@@ -778,7 +783,7 @@ def _slot_size(mb, k, work):
 
 @kernel
 def _macro_tile(t, mb, nb, a, transpose_a, b, transpose_b, out, k, slot,
-                bias, has_bias, y, z_saved, act_id, param, derivative):
+                bias, has_bias, y, z_saved, act_id, derivative):
     """Pack and compute macro tile ``t`` of ``out`` (one parallel task).
 
     Task ``t`` covers A panels ``(t // n_blocks) * mb ...`` and B panels
@@ -850,12 +855,12 @@ def _macro_tile(t, mb, nb, a, transpose_a, b, transpose_b, out, k, slot,
                             for j in range(nn):
                                 orow[j] = srow[j]
                 if last and epilogue:
-                    _epilogue(out, y, z_saved, bias, has_bias, act_id, param, derivative,
+                    _epilogue(out, y, z_saved, bias, has_bias, act_id, derivative,
                               i0, mr, j0, nn)
 
 
 @kernel
-def _zero_k_fill(out, y, z_saved, bias, has_bias, act_id, param, derivative):
+def _zero_k_fill(out, y, z_saved, bias, has_bias, act_id, derivative):
     """The ``k == 0`` case: ``out = 0`` (plus the epilogue)."""
     m, n = out.shape
     for i in range(m):
@@ -865,7 +870,7 @@ def _zero_k_fill(out, y, z_saved, bias, has_bias, act_id, param, derivative):
     if has_bias or act_id >= 0:
         # np.int64(0), not 0: a literal argument makes Numba compile a second
         # specialization of _epilogue_rows (Literal[int](0)) beside _macro_tile's.
-        _epilogue_rows(out, y, z_saved, bias, has_bias, act_id, param, derivative,
+        _epilogue_rows(out, y, z_saved, bias, has_bias, act_id, derivative,
                        np.int64(0), m, np.int64(0), n)
 
 
@@ -902,7 +907,7 @@ def _orientation(a, transpose_a, b, transpose_b, out, work, swap):
 
 
 @kernel
-def _finish_swapped(out_t, out, y, z_saved, bias, has_bias, act_id, param, derivative):
+def _finish_swapped(out_t, out, y, z_saved, bias, has_bias, act_id, derivative):
     """``out = out_t.T``, then the epilogue over the whole of ``out``. Serial: a
     swapped output is narrow (a few columns), so this is a small pass."""
     m, n = out.shape
@@ -911,13 +916,13 @@ def _finish_swapped(out_t, out, y, z_saved, bias, has_bias, act_id, param, deriv
         for j in range(n):
             row[j] = out_t[j, i]
     if has_bias or act_id >= 0:
-        _epilogue_rows(out, y, z_saved, bias, has_bias, act_id, param, derivative,
+        _epilogue_rows(out, y, z_saved, bias, has_bias, act_id, derivative,
                        np.int64(0), m, np.int64(0), n)  # int64: see _zero_k_fill
 
 
 @parallel_kernel
 def _gemm_parallel(a, b, out, transpose_a, transpose_b, work, mb, nb, swap,
-                   bias, has_bias, y, z_saved, act_id, param, derivative):
+                   bias, has_bias, y, z_saved, act_id, derivative):
     """Parallel GEMM on validated arguments (see the module docstring for the contract).
 
     Shapes: ``out`` is (m, n); ``a`` is (m, k), or (k, m) if ``transpose_a``; ``b`` is
@@ -937,7 +942,7 @@ def _gemm_parallel(a, b, out, transpose_a, transpose_b, work, mb, nb, swap,
     if m == 0 or n == 0:
         return
     if k == 0:
-        _zero_k_fill(out, y, z_saved, bias, has_bias, act_id, param, derivative)
+        _zero_k_fill(out, y, z_saved, bias, has_bias, act_id, derivative)
         return
     dst, left, left_t, right, right_t = _orientation(a, transpose_a, b, transpose_b, out,
                                                      work, swap)
@@ -951,21 +956,21 @@ def _gemm_parallel(a, b, out, transpose_a, transpose_b, work, mb, nb, swap,
         # _macro_tile, the largest kernel here, compiled twice (cold start).
         _macro_tile(np.int64(t), mb, nb, left, left_t, right, right_t, dst, k,
                     work[tid * size : (tid + 1) * size], bias, has_bias and not swap, y,
-                    z_saved, tile_act, param, derivative and not swap)
+                    z_saved, tile_act, derivative and not swap)
     if swap:
-        _finish_swapped(dst, out, y, z_saved, bias, has_bias, act_id, param, derivative)
+        _finish_swapped(dst, out, y, z_saved, bias, has_bias, act_id, derivative)
 
 
 @kernel
 def _gemm_serial(a, b, out, transpose_a, transpose_b, work, mb, nb, swap,
-                 bias, has_bias, y, z_saved, act_id, param, derivative):
+                 bias, has_bias, y, z_saved, act_id, derivative):
     """Serial twin of :func:`_gemm_parallel` (same arguments, same results bit for bit)."""
     m, n = out.shape
     k = a.shape[0] if transpose_a else a.shape[1]
     if m == 0 or n == 0:
         return
     if k == 0:
-        _zero_k_fill(out, y, z_saved, bias, has_bias, act_id, param, derivative)
+        _zero_k_fill(out, y, z_saved, bias, has_bias, act_id, derivative)
         return
     dst, left, left_t, right, right_t = _orientation(a, transpose_a, b, transpose_b, out,
                                                      work, swap)
@@ -973,10 +978,10 @@ def _gemm_serial(a, b, out, transpose_a, transpose_b, work, mb, nb, swap,
     size = _slot_size(mb, k, work)
     for t in range(_n_tasks(dst.shape[0], dst.shape[1], mb, nb, work)):
         _macro_tile(t, mb, nb, left, left_t, right, right_t, dst, k, work[:size], bias,
-                    has_bias and not swap, y, z_saved, tile_act, param,
+                    has_bias and not swap, y, z_saved, tile_act,
                     derivative and not swap)
     if swap:
-        _finish_swapped(dst, out, y, z_saved, bias, has_bias, act_id, param, derivative)
+        _finish_swapped(dst, out, y, z_saved, bias, has_bias, act_id, derivative)
 
 
 # ---------------------------------------------------------------------------------------
@@ -1121,7 +1126,9 @@ def gemm_into(
     Epilogues, applied to each output tile while it is in L1:
 
     * forward (default): ``out += bias`` if ``bias`` is given, and ``y = act(out)`` if
-      ``act_id >= 0`` (a dense layer's ``z = x @ W + b``, ``y = act(z)``);
+      ``act_id >= 0`` (a dense layer's ``z = x @ W + b``, ``y = act(z)``). ReLU and
+      the identity run on the tile; other elementwise activations in one pass over
+      ``out`` right after the product (same results, see the module docstring);
     * ``derivative=True`` (ReLU only, ``act_id = ACTIVATION_IDS["relu"]``): ``out = 0``
       where the saved activation ``z_saved <= 0``, that is ``out *= relu'``. With
       ``out = dz @ W.T`` this is the gradient of the pre-activation of the layer below,
@@ -1169,21 +1176,27 @@ def gemm_into(
         y = out
     if z_saved is None:
         z_saved = out
+    # ReLU and identity run in the tile epilogue; any other activation in one pass of
+    # its own right after the product (see the module docstring: compile time).
+    fused = derivative or act_id < 0 or act_id == RELU or act_id == IDENTITY
+    tile_act = act_id if fused else _NO_ACTIVATION
     args = (a, b, out, bool(transpose_a), bool(transpose_b), work, plan.mb, plan.nb,
-            plan.swap, bias, has_bias, y, z_saved, int(act_id), float(param),
-            bool(derivative))
+            plan.swap, bias, has_bias, y, z_saved, int(tile_act), bool(derivative))
     if not plan.parallel or numba.get_num_threads() == 1:
         # Same results bit for bit; skips the thread pool's fork/join.
         _gemm_serial(*args)
-        return
-    # Chunks of one iteration, handed out dynamically: when another process holds a
-    # core, the free threads take over its share instead of waiting for it. Set here,
-    # not inside the kernel, because the in-kernel call defeats Numba's disk cache.
-    previous = numba.set_parallel_chunksize(1)
-    try:
-        _gemm_parallel(*args)
-    finally:
-        numba.set_parallel_chunksize(previous)
+    else:
+        # Chunks of one iteration, handed out dynamically: when another process holds
+        # a core, the free threads take over its share instead of waiting for it. Set
+        # here, not inside the kernel, because the in-kernel call defeats Numba's disk
+        # cache.
+        previous = numba.set_parallel_chunksize(1)
+        try:
+            _gemm_parallel(*args)
+        finally:
+            numba.set_parallel_chunksize(previous)
+    if not fused:
+        elementwise_forward_unchecked(int(act_id), float(param), out, y)
 
 
 _EMPTY = {np.dtype(np.float32): np.empty(0, np.float32),
@@ -1310,8 +1323,9 @@ def dense_forward(
 ) -> None:
     """Dense layer forward: ``z = x @ w + bias`` and ``y = act(z)``, fused in the GEMM.
 
-    The bias and activation are applied in the GEMM epilogue, to each register tile
-    right after its last ``k`` block, while it is still in L1.
+    The bias (and ReLU) are applied in the GEMM epilogue, to each register tile right
+    after its last ``k`` block, while it is still in L1; other activations in one pass
+    right after the product (see :func:`gemm_into`).
 
     Args:
         x: (m, k) input, float32 or float64, C-contiguous.
