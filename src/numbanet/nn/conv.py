@@ -339,8 +339,8 @@ class Conv2D(Module):
             dx = gemm_plan(rows, depth, co, dtype)      # dcols = dz @ W.T
             work = self.workspace.scratch(max(fwd.workspace, dw.workspace, dx.workspace))
         plan = _Plan(geo, g, rows, depth, pointwise, direct, transposed,
-                     direct_layout(g, lanes) if direct else None, gx,
-                     None if gx is None else direct_layout(gx, lanes),
+                     direct_layout(g, lanes, w) if direct else None, gx,
+                     None if gx is None else direct_layout(gx, lanes, ow),
                      fwd_t, dw_t, fwd, dw, dx, work)
         if len(self._plans) >= 8:
             self._plans.clear()
