@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from numbanet.bench import (
     COLD_START_MODEL,
     FRAMEWORKS,
+    STANDARD_CNNS,
     STANDARD_MODELS,
     cold_start,
     compare,
@@ -38,14 +39,29 @@ def _thread_list(text: str) -> list[int]:
     return values
 
 
+#: Shorthands of --models: each stands for a list of standard models.
+MODEL_GROUPS = {
+    "mlps": list(STANDARD_MODELS),
+    "cnns": list(STANDARD_CNNS),
+    "all": list(STANDARD_MODELS) + list(STANDARD_CNNS),
+}
+
+
 def _model_list(text: str) -> list[str]:
-    if text == "all":
-        return list(STANDARD_MODELS)
-    names = [m.strip() for m in text.split(",") if m.strip()]
-    try:
-        return [parse_model(m).name for m in names]
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
+    names: list[str] = []
+    for item in (m.strip() for m in text.split(",")):
+        if not item:
+            continue
+        if item.lower() in MODEL_GROUPS:
+            names += MODEL_GROUPS[item.lower()]
+            continue
+        try:
+            names.append(parse_model(item).name)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+    if not names:
+        raise argparse.ArgumentTypeError(f"no model named in {text!r}")
+    return list(dict.fromkeys(names))  # drop repeats, keep the order
 
 
 def _framework_list(text: str) -> list[str]:
@@ -64,22 +80,26 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="numbanet bench",
         description=(
-            "Time the same float32 MLP training step (ReLU layers, softmax cross-entropy, "
+            "Time the same float32 training step (an MLP of ReLU layers, or the CNNs "
+            "LeNet-5 and a small residual CNN with BatchNorm; softmax cross-entropy, "
             "Adam) in numbanet and its peers (JAX jit, torch.compile, PyTorch, Keras 3 on "
-            "JAX; each skipped with a note when not installed) and plain NumPy, each in a "
+            "JAX; each skipped with a note when not installed) and plain NumPy (MLPs "
+            "only), each in a "
             "process of its own pinned to the same cores, interleaved sample by sample, "
             "and print samples/s and numbanet's speed ratio to each. With --cold-start, "
             "time a fresh process's first training step instead."
         ),
         epilog="Standard models: " + ", ".join(STANDARD_MODELS)
-        + f". Frameworks: {', '.join(FRAMEWORKS)}.",
+        + ". CNNs: " + ", ".join(STANDARD_CNNS)
+        + f" (any batch: lenet5@128). Frameworks: {', '.join(FRAMEWORKS)}.",
     )
     parser.add_argument(
         "--models",
         type=_model_list,
         default=None,
-        help="comma-separated 'WIDTHS@BATCH' such as 784-256-128-10@64, or 'all' "
-        f"(default: all standard models; {COLD_START_MODEL} with --cold-start)",
+        help="comma-separated models: MLPs 'WIDTHS@BATCH' such as 784-256-128-10@64, "
+        "CNNs 'lenet5@64' and 'resnet-small@64', or the groups 'mlps', 'cnns', 'all' "
+        f"(default: the standard MLPs; {COLD_START_MODEL} with --cold-start)",
     )
     parser.add_argument(
         "--threads",

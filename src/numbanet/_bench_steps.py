@@ -1,4 +1,5 @@
-"""One float32 MLP training step per framework, for :mod:`numbanet.bench`.
+"""One float32 training step per framework, for :mod:`numbanet.bench`: the MLPs here,
+the CNNs in :mod:`numbanet._bench_cnn`.
 
 This module imports only the standard library and NumPy at the top, and each framework
 inside its own builder, so that a cold-start child process (:func:`cold_child_main`) can
@@ -12,6 +13,11 @@ between them and a linear last layer, the same float32 initial weights
 (``lr=1e-3``, ``betas=(0.9, 0.999)``, ``eps=1e-8``). Each returns ``step() -> float``, the
 loss of the batch before the update; converting it to a Python float waits for the
 step to finish, in every framework alike.
+
+The CNNs (``"lenet5@64"``, ``"resnet-small@64"``) live in :mod:`numbanet._bench_cnn`, which
+uses the helpers here (Adam settings, the torch, JAX and Keras training loops); this
+module finds it through :func:`cnn_module`, by import inside numbanet or by file path
+beside this file in a cold-start child.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ import sys
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -96,6 +102,38 @@ class ModelSpec:
         return total
 
 
+class BenchSpec(Protocol):
+    """What :func:`numbanet.bench.compare` needs of a model: :class:`ModelSpec` (MLPs)
+    and :class:`numbanet._bench_cnn.CNNSpec` (CNNs) both provide it."""
+
+    @property
+    def name(self) -> str: ...  # the form parse_model reads back
+    @property
+    def batch(self) -> int: ...
+    @property
+    def num_parameters(self) -> int: ...
+    @property
+    def flops_per_step(self) -> int: ...  # 2 x multiply-adds of forward and backward
+
+
+def cnn_module() -> Any:
+    """:mod:`numbanet._bench_cnn`, imported as numbanet's module when this one is, else
+    loaded by file path beside this file (a cold-start child that must not import
+    numbanet; the CNN module then finds this one in ``sys.modules``)."""
+    if __name__ == "numbanet._bench_steps":
+        from numbanet import _bench_cnn
+
+        return _bench_cnn
+    name = "_numbanet_bench_cnn"
+    if name not in sys.modules:
+        path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_bench_cnn.py")
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+        sys.modules[name] = module
+        spec.loader.exec_module(module)  # type: ignore[union-attr]
+    return sys.modules[name]
+
+
 #: The MLPs of the benchmark issue, by name.
 STANDARD_MODELS: dict[str, ModelSpec] = {
     spec.name: spec
@@ -108,27 +146,34 @@ STANDARD_MODELS: dict[str, ModelSpec] = {
 }
 
 
-def parse_model(model: str | ModelSpec) -> ModelSpec:
-    """Read ``"784-256-128-10@64"`` (widths, input first, ``@`` batch size).
+def parse_model(model: str | BenchSpec) -> Any:
+    """Read a model name: an MLP ``"784-256-128-10@64"`` (widths, input first, ``@``
+    batch size; a :class:`ModelSpec`) or a CNN ``"lenet5@64"``, ``"resnet-small@64"``
+    (``@64`` may be left out; a :class:`numbanet._bench_cnn.CNNSpec`).
 
     Raises:
-        TypeError: ``model`` is neither a string nor a :class:`ModelSpec`.
-        ValueError: the string is malformed (the message shows the expected form).
+        TypeError: ``model`` is neither a string nor a spec.
+        ValueError: the string is malformed (the message shows the expected forms).
     """
-    if isinstance(model, ModelSpec):
+    cnn = cnn_module()
+    if isinstance(model, (ModelSpec, cnn.CNNSpec)):
         return model
     if not isinstance(model, str):
         raise TypeError(
-            f"model must be a string like '784-256-128-10@64', got {type(model).__name__}"
+            f"model must be a string like '784-256-128-10@64' or 'lenet5@64', got "
+            f"{type(model).__name__}"
         )
     text = model.strip()
+    if text.split("@")[0].strip().lower() in cnn.ARCHITECTURES:
+        return cnn.parse_cnn(text)
     try:
         widths, batch = text.split("@")
         sizes = tuple(int(w) for w in widths.split("-"))
         spec = ModelSpec(sizes, int(batch))
     except ValueError:
         raise ValueError(
-            f"model must look like '784-256-128-10@64' (widths, input first, then @batch), "
+            f"model must look like '784-256-128-10@64' (MLP widths, input first, then "
+            f"@batch) or name a CNN ({', '.join(a + '@64' for a in cnn.ARCHITECTURES)}), "
             f"got {model!r}"
         ) from None
     if len(spec.sizes) < 2 or min(spec.sizes) < 1 or spec.batch < 1:
@@ -136,11 +181,14 @@ def parse_model(model: str | ModelSpec) -> ModelSpec:
     return spec
 
 
-def initial_weights(spec: ModelSpec, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
+def initial_weights(spec: Any, seed: int = 0) -> list[Any]:
     """He-uniform float32 weights ``(in, out)`` and small biases ``(out,)`` per layer.
 
-    Non-zero biases make a wrong bias gradient show up in the loss after one step.
+    Non-zero biases make a wrong bias gradient show up in the loss after one step. For a
+    CNN spec: its flat list of parameter arrays (:func:`numbanet._bench_cnn.initial_weights`).
     """
+    if not isinstance(spec, ModelSpec):
+        return cnn_module().initial_weights(spec, seed)
     rng = np.random.default_rng(seed)
     layers = []
     for i, o in zip(spec.sizes[:-1], spec.sizes[1:], strict=True):
@@ -151,12 +199,24 @@ def initial_weights(spec: ModelSpec, seed: int = 0) -> list[tuple[np.ndarray, np
     return layers
 
 
-def make_batch(spec: ModelSpec, seed: int = 1) -> tuple[np.ndarray, np.ndarray]:
-    """A random batch: inputs ``(batch, sizes[0])`` float32 and int64 labels ``(batch,)``."""
+def make_batch(spec: Any, seed: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """A random batch: inputs ``(batch, sizes[0])`` float32 (a CNN's: channels-last
+    images ``(batch, H, W, C)``) and int64 labels ``(batch,)``."""
     rng = np.random.default_rng(seed)
-    x = rng.standard_normal((spec.batch, spec.sizes[0])).astype(np.float32)
-    y = rng.integers(0, spec.sizes[-1], size=spec.batch, dtype=np.int64)
+    if isinstance(spec, ModelSpec):
+        shape, classes = (spec.batch, spec.sizes[0]), spec.sizes[-1]
+    else:
+        shape, classes = (spec.batch, *spec.input_shape), spec.classes
+    x = rng.standard_normal(shape).astype(np.float32)
+    y = rng.integers(0, classes, size=spec.batch, dtype=np.int64)
     return x, y
+
+
+def unsupported(framework: str, spec: Any) -> str | None:
+    """Why ``framework`` has no step for ``spec`` (a note), or ``None``."""
+    if isinstance(spec, ModelSpec):
+        return None
+    return cnn_module().unsupported(framework)
 
 
 def _findable(module: str) -> bool:
@@ -304,14 +364,13 @@ def _torch_model(weights) -> Any:
     return torch.nn.Sequential(*layers)
 
 
-def _torch_step(spec: ModelSpec, weights, x, y) -> Callable[[], float]:
+def torch_train_step(net: Any, xt: Any, yt: Any) -> Callable[[], float]:
+    """PyTorch eager: ``net`` (already holding the shared weights) on the batch ``xt``,
+    ``yt``, with ``CrossEntropyLoss`` and ``torch.optim.Adam`` (default, foreach)."""
     import torch
 
-    net = _torch_model(weights)
     loss_fn = torch.nn.CrossEntropyLoss()
     opt = torch.optim.Adam(net.parameters(), lr=LEARNING_RATE, betas=BETAS, eps=EPS)
-    xt = torch.from_numpy(x)
-    yt = torch.from_numpy(y)
 
     def step() -> float:
         opt.zero_grad(set_to_none=True)
@@ -323,17 +382,14 @@ def _torch_step(spec: ModelSpec, weights, x, y) -> Callable[[], float]:
     return step
 
 
-def _torch_compile_step(spec: ModelSpec, weights, x, y) -> Callable[[], float]:
+def torch_compiled_train_step(net: Any, xt: Any, yt: Any) -> Callable[[], float]:
     """PyTorch with ``torch.compile`` (Inductor, the default backend): the forward pass
     and loss compiled as one graph (AOTAutograd compiles its backward), and Adam's step
     compiled as PyTorch's "compiling the optimizer" recipe does."""
     import torch
 
-    net = _torch_model(weights)
     loss_fn = torch.nn.CrossEntropyLoss()
     opt = torch.optim.Adam(net.parameters(), lr=LEARNING_RATE, betas=BETAS, eps=EPS)
-    xt = torch.from_numpy(x)
-    yt = torch.from_numpy(y)
 
     @torch.compile
     def forward(inputs: Any, labels: Any) -> Any:
@@ -353,28 +409,37 @@ def _torch_compile_step(spec: ModelSpec, weights, x, y) -> Callable[[], float]:
     return step
 
 
-def _jax_step(spec: ModelSpec, weights, x, y) -> Callable[[], float]:
-    """The whole step under one ``jax.jit``: forward, loss, ``jax.value_and_grad`` and
+def _torch_step(spec: ModelSpec, weights, x, y) -> Callable[[], float]:
+    import torch
+
+    return torch_train_step(_torch_model(weights), torch.from_numpy(x), torch.from_numpy(y))
+
+
+def _torch_compile_step(spec: ModelSpec, weights, x, y) -> Callable[[], float]:
+    import torch
+
+    return torch_compiled_train_step(_torch_model(weights), torch.from_numpy(x),
+                                     torch.from_numpy(y))
+
+
+def jax_train_step(loss_fn: Callable[..., Any], params: Any, extra: Any, x: np.ndarray,
+                   y: np.ndarray) -> Callable[[], float]:
+    """The whole step under one ``jax.jit``: ``loss_fn``, ``jax.value_and_grad`` and
     Adam (written out, as ``optax.adam`` computes it: bias corrections from a step count
-    carried in the state, in float32), with the state donated so XLA updates in place."""
+    carried in the state, in float32), with the state donated so XLA updates in place.
+
+    ``loss_fn(params, extra, inputs, labels) -> (loss, extra)``: ``extra`` is state
+    carried from step to step without gradients (BatchNorm's running statistics).
+    """
     import jax
     import jax.numpy as jnp
 
-    last = len(weights) - 1
     b1, b2 = BETAS
 
-    def loss_fn(params: Any, inputs: Any, labels: Any) -> Any:
-        h = inputs
-        for i, (w, b) in enumerate(params):
-            h = h @ w + b
-            if i != last:
-                h = jax.nn.relu(h)
-        logp = jax.nn.log_softmax(h, axis=-1)
-        return -jnp.mean(jnp.take_along_axis(logp, labels[:, None], axis=1))
-
     def train_step(state: Any, inputs: Any, labels: Any) -> Any:
-        params, m, v, t = state
-        loss, grads = jax.value_and_grad(loss_fn)(params, inputs, labels)
+        params, m, v, t, extra = state
+        (loss, extra), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            params, extra, inputs, labels)
         t = t + 1
         tf = t.astype(jnp.float32)
         step_size = LEARNING_RATE / (1 - b1**tf)
@@ -385,12 +450,13 @@ def _jax_step(spec: ModelSpec, weights, x, y) -> Callable[[], float]:
             lambda p, m_, v_: p - step_size * m_ / (jnp.sqrt(v_) * inv_sqrt_bc2 + EPS),
             params, m, v,
         )
-        return (params, m, v, t), loss
+        return (params, m, v, t, extra), loss
 
     jitted = jax.jit(train_step, donate_argnums=0)
-    params = [(jnp.asarray(w), jnp.asarray(b)) for w, b in weights]
+    params = jax.tree.map(jnp.asarray, params)
     state = [(params, jax.tree.map(jnp.zeros_like, params),
-              jax.tree.map(jnp.zeros_like, params), jnp.zeros((), jnp.int32))]
+              jax.tree.map(jnp.zeros_like, params), jnp.zeros((), jnp.int32),
+              jax.tree.map(jnp.asarray, extra))]
     xj = jnp.asarray(x)
     yj = jnp.asarray(y.astype(np.int32))  # JAX runs without 64-bit types by default
 
@@ -401,12 +467,33 @@ def _jax_step(spec: ModelSpec, weights, x, y) -> Callable[[], float]:
     return step
 
 
-def _keras_step(spec: ModelSpec, weights, x, y) -> Callable[[], float]:
-    """Keras 3 on its JAX backend, ``model.train_on_batch`` (one jitted train function).
+def jax_cross_entropy(logits: Any, labels: Any) -> Any:
+    """Softmax cross-entropy averaged over the batch, in JAX."""
+    import jax
+    import jax.numpy as jnp
 
-    Keras's Adam adds ``epsilon`` to ``sqrt(v)`` before the bias correction of ``v``
-    (PyTorch after), a difference far below float32 rounding of the loss here.
-    """
+    logp = jax.nn.log_softmax(logits, axis=-1)
+    return -jnp.mean(jnp.take_along_axis(logp, labels[:, None], axis=1))
+
+
+def _jax_step(spec: ModelSpec, weights, x, y) -> Callable[[], float]:
+    import jax
+
+    last = len(weights) - 1
+
+    def loss_fn(params: Any, extra: Any, inputs: Any, labels: Any) -> Any:
+        h = inputs
+        for i, (w, b) in enumerate(params):
+            h = h @ w + b
+            if i != last:
+                h = jax.nn.relu(h)
+        return jax_cross_entropy(h, labels), extra
+
+    return jax_train_step(loss_fn, [tuple(layer) for layer in weights], (), x, y)
+
+
+def import_keras() -> Any:
+    """Keras 3 on its JAX backend (``KERAS_BACKEND=jax`` unless already imported)."""
     os.environ.setdefault("KERAS_BACKEND", "jax")
     import keras
 
@@ -415,14 +502,17 @@ def _keras_step(spec: ModelSpec, weights, x, y) -> Callable[[], float]:
             f"keras was imported with the {keras.backend.backend()!r} backend; the "
             "comparison runs Keras on JAX (set KERAS_BACKEND=jax before importing keras)"
         )
-    last = len(weights) - 1
-    model = keras.Sequential(
-        [keras.Input(shape=(spec.sizes[0],))]
-        + [keras.layers.Dense(w.shape[1], activation=None if i == last else "relu")
-           for i, (w, _) in enumerate(weights)]
-    )
-    for layer, (w, b) in zip(model.layers, weights, strict=True):
-        layer.set_weights([w, b])  # Keras keeps the kernel as (in, out), like numbanet
+    return keras
+
+
+def keras_train_step(model: Any, x: np.ndarray, y: np.ndarray) -> Callable[[], float]:
+    """``model.train_on_batch`` (one jitted train function) with Keras's Adam and sparse
+    softmax cross-entropy on logits.
+
+    Keras's Adam adds ``epsilon`` to ``sqrt(v)`` before the bias correction of ``v``
+    (PyTorch after), a difference far below float32 rounding of the loss here.
+    """
+    keras = import_keras()
     model.compile(
         optimizer=keras.optimizers.Adam(learning_rate=LEARNING_RATE, beta_1=BETAS[0],
                                         beta_2=BETAS[1], epsilon=EPS),
@@ -433,6 +523,20 @@ def _keras_step(spec: ModelSpec, weights, x, y) -> Callable[[], float]:
         return float(model.train_on_batch(x, y))
 
     return step
+
+
+def _keras_step(spec: ModelSpec, weights, x, y) -> Callable[[], float]:
+    """Keras 3 on its JAX backend (see :func:`keras_train_step`)."""
+    keras = import_keras()
+    last = len(weights) - 1
+    model = keras.Sequential(
+        [keras.Input(shape=(spec.sizes[0],))]
+        + [keras.layers.Dense(w.shape[1], activation=None if i == last else "relu")
+           for i, (w, _) in enumerate(weights)]
+    )
+    for layer, (w, b) in zip(model.layers, weights, strict=True):
+        layer.set_weights([w, b])  # Keras keeps the kernel as (in, out), like numbanet
+    return keras_train_step(model, x, y)
 
 
 class _NumpyMLP:
@@ -525,12 +629,20 @@ _BUILDERS: dict[str, Callable[..., Callable[[], float]]] = {
 }
 
 
-def build_step(framework: str, model: str | ModelSpec, seed: int = 0) -> Callable[[], float]:
+def build_step(framework: str, model: str | BenchSpec, seed: int = 0) -> Callable[[], float]:
     """``framework``'s training step on the shared weights (``seed``) and batch
-    (``seed + 1``); unchecked (:func:`numbanet.bench.make_step` checks)."""
+    (``seed + 1``); unchecked (:func:`numbanet.bench.make_step` checks).
+
+    Raises:
+        ValueError: ``framework`` has no step for this model (NumPy's for a CNN).
+    """
     spec = parse_model(model)
+    note = unsupported(framework, spec)
+    if note is not None:
+        raise ValueError(f"{framework}: {note}")
     x, y = make_batch(spec, seed + 1)
-    return _BUILDERS[framework](spec, initial_weights(spec, seed), x, y)
+    builders = _BUILDERS if isinstance(spec, ModelSpec) else cnn_module().BUILDERS
+    return builders[framework](spec, initial_weights(spec, seed), x, y)
 
 
 # ---------------------------------------------------------------------------------------

@@ -9,9 +9,15 @@ PyTorch with ``torch.compile``; PyTorch eager; Keras 3 on its JAX backend; and a
 NumPy reference. All but numbanet and NumPy are optional: one that is not installed
 (or fails to build its step) is skipped with a note saying why.
 
-What is compared, per standard MLP (:data:`STANDARD_MODELS`):
+What is compared, per standard MLP (:data:`STANDARD_MODELS`) or CNN
+(:data:`STANDARD_CNNS`: LeNet-5 and a small residual CNN with BatchNorm, see
+:mod:`numbanet._bench_cnn`):
 
-* the same architecture: ``Dense`` layers with ReLU between them and a linear last layer;
+* the same architecture: for an MLP, ``Dense`` layers with ReLU between them and a
+  linear last layer; for a CNN, the same layers in every framework, channels-last
+  (PyTorch's ``channels_last`` memory format), BatchNorm in training mode (batch
+  statistics) everywhere. The NumPy reference covers the MLPs only and is skipped with a
+  note for a CNN;
 * the same float32 initial weights (drawn here with NumPy and copied into every framework),
   the same batch (random inputs, random integer labels), softmax cross-entropy averaged
   over the batch, and one Adam step (``lr=1e-3``, PyTorch defaults otherwise);
@@ -58,11 +64,13 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from numbanet._bench_cnn import CNNSpec
 from numbanet._bench_steps import (
     FRAMEWORKS,
     LEARNING_RATE,
     REPORT_MARK,
     STANDARD_MODELS,
+    BenchSpec,
     ModelSpec,
     bench_cores,
     build_step,
@@ -76,6 +84,7 @@ from numbanet._bench_steps import (
     pin_process,
     prepare_process,
     remove_tree,
+    unsupported,
 )
 from numbanet._validation import Integer, OneOf, Optional, Real, check_arg, validate_args
 
@@ -84,7 +93,10 @@ __all__ = [
     "FRAMEWORKS",
     "LEARNING_RATE",
     "LOSS_RTOL",
+    "STANDARD_CNNS",
     "STANDARD_MODELS",
+    "BenchSpec",
+    "CNNSpec",
     "ColdStart",
     "Comparison",
     "ModelSpec",
@@ -101,6 +113,12 @@ __all__ = [
 #: to compute different steps (float32 rounding gives about 1e-7).
 LOSS_RTOL = 1e-4
 
+#: The CNNs of issue 13, by name: LeNet-5 (28x28x1) and a small residual CNN (32x32x3,
+#: BatchNorm), both at batch 64. :data:`STANDARD_MODELS` stays the MLPs.
+STANDARD_CNNS: dict[str, CNNSpec] = {
+    spec.name: spec for spec in (CNNSpec("lenet5", 64), CNNSpec("resnet-small", 64))
+}
+
 #: The model of the cold-start figures in the benchmark issue.
 COLD_START_MODEL = "784-256-128-10@64"
 
@@ -115,8 +133,10 @@ def available_frameworks() -> list[str]:
     return [name for name in FRAMEWORKS if missing(name) is None]
 
 
-def _choose(frameworks: Sequence[str] | str | None) -> tuple[list[str], dict[str, str]]:
-    """``(frameworks to run, {skipped framework: why})``; numbanet always runs."""
+def _choose(frameworks: Sequence[str] | str | None, spec: BenchSpec | None = None
+            ) -> tuple[list[str], dict[str, str]]:
+    """``(frameworks to run, {skipped framework: why})``; numbanet always runs. A
+    framework without a step for ``spec`` (NumPy for a CNN) is skipped with a note."""
     if frameworks is None:
         wanted = list(FRAMEWORKS)
     else:
@@ -128,7 +148,7 @@ def _choose(frameworks: Sequence[str] | str | None) -> tuple[list[str], dict[str
         wanted = [f for f in FRAMEWORKS if f in frameworks or f == "numbanet"]
     chosen, skipped = [], {}
     for name in wanted:
-        reason = missing(name)
+        reason = missing(name) or (None if spec is None else unsupported(name, spec))
         if reason is None:
             chosen.append(name)
         else:
@@ -138,13 +158,14 @@ def _choose(frameworks: Sequence[str] | str | None) -> tuple[list[str], dict[str
 
 @validate_args({"framework": OneOf(*FRAMEWORKS)})
 def make_step(
-    framework: str, model: str | ModelSpec, seed: int = 0
+    framework: str, model: str | BenchSpec, seed: int = 0
 ) -> Callable[[], float]:
     """Build one framework's training step on the shared weights and batch.
 
     Args:
         framework: one of :data:`FRAMEWORKS`.
-        model: a :class:`ModelSpec` or its name (``"784-256-128-10@64"``).
+        model: a :class:`ModelSpec` or :class:`CNNSpec`, or its name
+            (``"784-256-128-10@64"``, ``"lenet5@64"``, ``"resnet-small@64"``).
         seed: seeds the initial weights (the batch uses ``seed + 1``).
 
     Returns:
@@ -153,6 +174,7 @@ def make_step(
 
     Raises:
         ImportError: the framework is not installed.
+        ValueError: the framework has no step for this model (NumPy for a CNN).
     """
     return build_step(framework, parse_model(model), seed)
 
@@ -248,7 +270,7 @@ class _LocalRunner:
     runs nothing else); :meth:`info` returns the notes of that.
     """
 
-    def __init__(self, framework: str, spec: ModelSpec, seed: int,
+    def __init__(self, framework: str, spec: BenchSpec, seed: int,
                  threads: int | None = None) -> None:
         self.step = make_step(framework, spec, seed)
         self._info = {} if threads is None else limit_threads(framework, threads)
@@ -273,7 +295,7 @@ class _LocalRunner:
         pass
 
 
-def _worker(conn: Any, framework: str, spec: ModelSpec, seed: int, threads: int,
+def _worker(conn: Any, framework: str, spec: BenchSpec, seed: int, threads: int,
             cores: list[int]) -> None:
     """Body of an isolated framework process: serve first/calibrate/run requests.
 
@@ -309,7 +331,7 @@ class _IsolatedRunner:
     slower), which would flatter numbanet.
     """
 
-    def __init__(self, framework: str, spec: ModelSpec, seed: int, threads: int,
+    def __init__(self, framework: str, spec: BenchSpec, seed: int, threads: int,
                  cores: list[int]) -> None:
         import multiprocessing
 
@@ -370,7 +392,7 @@ class Comparison:
     """The result of :func:`compare` for one model and thread count.
 
     Attributes:
-        model: the model name (``"784-256-128-10@64"``).
+        model: the model name (``"784-256-128-10@64"``, ``"lenet5@64"``).
         batch: samples per step.
         threads: threads each framework was given.
         repeats: samples per framework.
@@ -381,7 +403,8 @@ class Comparison:
         first_loss: the loss each framework's first step returned (they should agree).
         ratios: ``samples_per_s["numbanet"] / samples_per_s[other]`` for each other
             framework; above 1 means numbanet is faster.
-        gflops: numbanet's GEMM work per second (:attr:`ModelSpec.flops_per_step`).
+        gflops: each framework's GEMM (and convolution) work per second
+            (:attr:`ModelSpec.flops_per_step`, :attr:`CNNSpec.flops_per_step`).
         skipped: ``{framework: why}`` for the frameworks asked for (or, by default,
             known) that did not run: not installed, or their step failed to build.
         notes: how threads were limited, the cores, versions.
@@ -416,7 +439,7 @@ class Comparison:
     "settle": Optional(Real(min=0, what="a number of seconds")),
 })
 def compare(
-    model: str | ModelSpec,
+    model: str | BenchSpec,
     threads: int = 1,
     repeats: int = 7,
     min_time: float = 0.05,
@@ -428,7 +451,8 @@ def compare(
     """Time the same training step in each framework, interleaved, and compare.
 
     Args:
-        model: a :class:`ModelSpec` or a name such as ``"784-256-128-10@64"``.
+        model: a :class:`ModelSpec` or :class:`CNNSpec`, or a name such as
+            ``"784-256-128-10@64"`` or ``"resnet-small@64"``.
         threads: threads for every framework (1 to ``numbanet.threads.max_threads()``).
         repeats: samples per framework; the report uses their median. At least 1.
         min_time: minimum seconds per sample (steps are repeated to reach it). Positive.
@@ -459,7 +483,7 @@ def compare(
     threads = check_arg("threads", threads, Integer(min=1, max=max_threads()))
     if settle is None:
         settle = 0.2 if threads > 1 else 0.0
-    chosen, skipped = _choose(frameworks)
+    chosen, skipped = _choose(frameworks, spec)
     cores = bench_cores(threads) if isolate else []
 
     result = Comparison(model=spec.name, batch=spec.batch, threads=threads, repeats=repeats)
@@ -579,7 +603,7 @@ class ColdStart:
         return {**asdict(self), "losses_agree": self.losses_agree}
 
 
-def _cold_run(framework: str, spec: ModelSpec, seed: int, threads: int, cores: list[int],
+def _cold_run(framework: str, spec: BenchSpec, seed: int, threads: int, cores: list[int],
               cache: str, timeout: float) -> dict[str, Any]:
     """One fresh process: launch, build, first step. Returns its report plus ``launched``.
 
@@ -616,7 +640,7 @@ def _cold_run(framework: str, spec: ModelSpec, seed: int, threads: int, cores: l
     "timeout": Real(min=0, closed="neither", what="a number of seconds"),
 })
 def cold_start(
-    model: str | ModelSpec = COLD_START_MODEL,
+    model: str | BenchSpec = COLD_START_MODEL,
     threads: int = 1,
     frameworks: Sequence[str] | None = None,
     repeats: int = 3,
@@ -658,7 +682,7 @@ def cold_start(
 
     spec = parse_model(model)
     threads = check_arg("threads", threads, Integer(min=1, max=max_threads()))
-    chosen, skipped = _choose(frameworks)
+    chosen, skipped = _choose(frameworks, spec)
     cores = bench_cores(threads)
     result = ColdStart(model=spec.name, threads=threads, cache=cache, repeats=repeats)
     result.skipped.update(skipped)
