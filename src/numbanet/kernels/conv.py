@@ -33,7 +33,8 @@ rows are runs of input rows.
 
 Few output channels, stride 1 (:func:`direct_applies`): the direct kernels vectorize
 over output pixels instead (see the section below) and need no im2col; the input
-gradient of a "same" convolution is then also a direct convolution, with no col2im.
+gradient of a stride-1 convolution with few input channels is then also a direct
+convolution, with no col2im (:func:`direct_input_gradient_applies`).
 
 Grouped convolutions (``groups > 1``, depthwise ``groups == C``) run as direct kernels
 (:func:`conv2d_grouped_forward` and its two gradients): the GEMM would see ``groups``
