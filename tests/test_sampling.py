@@ -141,3 +141,40 @@ def test_a_sharding_subclass_splits_each_global_batch_between_ranks(shuffle):
 def test_bad_arguments_are_named(make, error, match):
     with pytest.raises(error, match=match):
         make()
+
+
+@pytest.mark.parametrize("n,batch_size,steps,sizes", [
+    (23, 5, 4, {5}),      # 3 samples left out
+    (21, 7, 3, {7}),      # nothing to drop
+    (4, 8, 1, {4}),       # fewer samples than a batch: one batch of all of them
+])
+def test_drop_last_leaves_out_the_short_batch_only(n, batch_size, steps, sizes):
+    sampler = BatchSampler(n, batch_size, shuffle=True, drop_last=True)
+    sampler.new_epoch(np.random.default_rng(0))
+    assert len(sampler) == steps and sampler.batch_sizes() == sizes
+    seen = np.concatenate([sampler.indices(k) for k in range(steps)])
+    assert len(np.unique(seen)) == len(seen) == min(n, steps * batch_size)
+    assert not BatchSampler(n, batch_size).drop_last
+
+
+def test_fit_with_drop_last_trains_batchnorm_when_a_batch_of_one_is_left():
+    import numbanet as nbn
+
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((33, 4)).astype(np.float32)
+    y = rng.integers(0, 3, 33)
+
+    def model():
+        m = nbn.Sequential([nbn.Dense(4, 8), nbn.BatchNorm(8), nbn.Activation("relu"),
+                            nbn.Dense(8, 3)], seed=0)
+        m.compile(loss="cross_entropy", optimizer="adam")
+        return m
+
+    with pytest.raises(ValueError, match="drop_last=True"):
+        model().fit(X, y, epochs=1, batch_size=32, verbose=0)
+    m = model()
+    history = m.fit(X, y, epochs=3, batch_size=32, drop_last=True, verbose=0)
+    assert len(history.history["loss"]) == 3
+    assert m.optimizer.step_count == 3  # one full batch per epoch, the 33rd sample left out
+    with pytest.raises(TypeError, match="drop_last must be a bool"):
+        m.fit(X, y, drop_last="yes", verbose=0)

@@ -285,9 +285,10 @@ def _split_generator(rng: np.random.Generator, rank: int) -> None:
 class _GlobalShard(ShardedBatchSampler):
     """The rank's slice of every global batch, in rank 0's shuffled order."""
 
-    def __init__(self, comm: Any, n: int, batch_size: int, shuffle: bool) -> None:
+    def __init__(self, comm: Any, n: int, batch_size: int, shuffle: bool,
+                 drop_last: bool = False) -> None:
         super().__init__(n, batch_size, rank=comm.Get_rank(), size=comm.Get_size(),
-                         shuffle=shuffle)
+                         shuffle=shuffle, drop_last=drop_last)
         self.comm = comm
 
     def new_epoch(self, rng: np.random.Generator) -> None:
@@ -551,9 +552,10 @@ class DataParallel:
         _share_generator(self.comm, model.rng)
 
     def sampler(self, model: Any, X: Any, targets: Any, batch_size: int,
-                shuffle: bool) -> BatchSampler:
+                shuffle: bool, drop_last: bool = False) -> BatchSampler:
         """The batch sampler of this rank: its slice of each global batch (``"global"``)
-        or its own rows (``"local"``). Also decides how gradients are weighted."""
+        or its own rows (``"local"``). Also decides how gradients are weighted.
+        ``drop_last`` leaves out the short last global batch (``"global"`` only)."""
         n = int(X.shape[0])
         kind = _divisor_kind(model.loss)
         ignore = getattr(model.loss, "ignore_label", None)
@@ -570,8 +572,14 @@ class DataParallel:
                 "shard='local' if each rank holds its own rows")
             batch_size = min(batch_size, n)
             self.samples = n
-            sampler: BatchSampler = _GlobalShard(self.comm, n, batch_size, shuffle)
+            sampler: BatchSampler = _GlobalShard(self.comm, n, batch_size, shuffle,
+                                                 drop_last)
         else:
+            if drop_last:
+                raise ValueError("fit(distributed=True, shard='local', drop_last=True): each "
+                                 "rank's rows end at a different step, so there is no "
+                                 "common last batch to drop; use shard='global', or give "
+                                 "every rank a multiple of its batch rows")
             if batch_size < self.size:
                 raise ValueError(f"fit(distributed=True, shard='local'): batch_size "
                                  f"{batch_size} is smaller than the {self.size} ranks; "

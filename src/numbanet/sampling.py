@@ -62,18 +62,27 @@ class BatchSampler:
         batch_size: samples per step; the last step of an epoch holds the rest.
         shuffle: draw a new order every epoch (:meth:`new_epoch`); otherwise samples go
             in their stored order.
+        drop_last: leave out the last, short batch of each epoch (PyTorch's
+            ``DataLoader(drop_last=True)``): every step then has ``batch_size`` samples,
+            and with shuffling each sample still takes part in most epochs. What batch
+            normalization needs when ``n % batch_size == 1``.
 
     Attributes:
-        n, batch_size, shuffle: as given.
-        steps: steps per epoch, ``ceil(n / batch_size)``.
+        n, batch_size, shuffle, drop_last: as given.
+        steps: steps per epoch, ``ceil(n / batch_size)``, or ``n // batch_size`` with
+            ``drop_last`` (at least 1: with fewer than ``batch_size`` samples the one
+            batch holds them all).
         order: the epoch's permutation of ``0..n-1`` (reused, never reallocated).
     """
 
-    def __init__(self, n: int, batch_size: int, *, shuffle: bool = True) -> None:
+    def __init__(self, n: int, batch_size: int, *, shuffle: bool = True,
+                 drop_last: bool = False) -> None:
         self.n = check_positive_int("n", n)
         self.batch_size = check_positive_int("batch_size", batch_size)
         self.shuffle = bool(shuffle)
-        self.steps = -(-self.n // self.batch_size)
+        self.drop_last = bool(drop_last)
+        full, rest = divmod(self.n, self.batch_size)
+        self.steps = max(full, 1) if self.drop_last else full + (rest > 0)
         self.order = np.arange(self.n, dtype=np.intp)
         self._identity = self.order.copy()
 
@@ -119,7 +128,7 @@ class BatchSampler:
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(n={self.n}, batch_size={self.batch_size}, "
-                f"shuffle={self.shuffle})")
+                f"shuffle={self.shuffle}, drop_last={self.drop_last})")
 
 
 class ShardedBatchSampler(BatchSampler):
@@ -135,7 +144,8 @@ class ShardedBatchSampler(BatchSampler):
         batch_size: the **global** batch: samples per step over all processes.
         rank: this process's index, ``0 <= rank < size``.
         size: the number of processes.
-        shuffle: as for :class:`BatchSampler`.
+        shuffle, drop_last: as for :class:`BatchSampler` (``drop_last`` leaves out the
+            short last *global* batch).
 
     Example:
         >>> s = ShardedBatchSampler(10, batch_size=4, rank=1, size=2, shuffle=False)
@@ -144,8 +154,8 @@ class ShardedBatchSampler(BatchSampler):
     """
 
     def __init__(self, n: int, batch_size: int, *, rank: int, size: int,
-                 shuffle: bool = True) -> None:
-        super().__init__(n, batch_size, shuffle=shuffle)
+                 shuffle: bool = True, drop_last: bool = False) -> None:
+        super().__init__(n, batch_size, shuffle=shuffle, drop_last=drop_last)
         self.size = check_positive_int("size", size)
         if isinstance(rank, bool) or not isinstance(rank, (int, np.integer)) or not (
                 0 <= rank < self.size):

@@ -309,6 +309,7 @@ FIT_CONSTRAINTS = {
     "batch_size": _BATCH_SIZE,
     "validation_split": Real(min=0, max=1, closed="left"),
     "shuffle": Boolean(),
+    "drop_last": Boolean(),
     "seed": Optional(Integer(min=0)),
     "verbose": _VERBOSE,
     "clip_norm": Optional(Real(min=0, closed="neither")),
@@ -927,6 +928,7 @@ def fit(
     sample_weight: Any = None,
     class_weight: Mapping[int, float] | str | None = None,
     shuffle: bool = True,
+    drop_last: bool = False,
     seed: int | None = None,
     callbacks: Sequence[Any] | None = None,
     verbose: int = 1,
@@ -950,8 +952,9 @@ def fit(
             row (``X[1234] contains NaN or infinity``). With ``y=None``, ``X`` is an
             iterable of ``(X_batch, y_batch)`` pairs, one pass per epoch (a generator
             serves one epoch; a list or any object whose ``iter()`` starts over serves
-            many); ``batch_size`` and ``shuffle`` then do not apply, and training
-            metrics are not logged (the stream cannot be read again at the epoch's end).
+            many); ``batch_size``, ``shuffle`` and ``drop_last`` then do not apply, and
+            training metrics are not logged (the stream cannot be read again at the
+            epoch's end).
         y: targets in the form the loss expects: integer labels ``(n,)`` in
             ``0..out_features-1`` for cross-entropy, float targets
             ``(n, out_features)`` for regression losses, ...
@@ -976,6 +979,12 @@ def fit(
             ``y``. Applies to training only, as in Keras. For cross-entropy it trains
             like ``F.cross_entropy(weight=...)``.
         shuffle: draw a new order of the training samples every epoch.
+        drop_last: leave out each epoch's last batch when it is short (PyTorch's
+            ``DataLoader(drop_last=True)``), so every step sees ``batch_size`` samples:
+            what :class:`~numbanet.nn.BatchNorm` needs when ``n % batch_size == 1`` (its
+            batch statistics need two samples). With shuffling the left-out samples
+            change from epoch to epoch. Training metrics still cover every sample.
+            Not with ``shard="local"``.
         seed: if given, reseed the model's generator (shuffling and dropout) at the start
             of this call, so the call is reproducible whatever ran before. Leave it
             ``None`` to continue the model's stream (what resuming needs).
@@ -1045,7 +1054,7 @@ def fit(
     prepare = _prepare_stream if _is_stream(X, y) else _prepare_data
     args = (model, X, y, validation_data, validation_split, sample_weight, class_weight)
     data = prepare(*args) if dist is None else dist.agree(prepare, *args)
-    loader, n, batch_size = _loader(model, data, batch_size, shuffle, dist)
+    loader, n, batch_size = _loader(model, data, batch_size, shuffle, drop_last, dist)
     pipeline.setup(model)
 
     metric_names = [m.name for m in model.metrics]
@@ -1115,7 +1124,7 @@ def _prepare_stream(model: TrainableModel, X: Any, y: Any, validation_data: Any,
 
 
 def _loader(model: TrainableModel, data: _Data, batch_size: int, shuffle: bool,
-            dist: Any) -> tuple[Any, int | None, int | None]:
+            drop_last: bool, dist: Any) -> tuple[Any, int | None, int | None]:
     """The batch loader of a fit call, the training samples (over every rank; ``None``
     for a stream) and the batch size in force (``None`` for a stream)."""
     if isinstance(data.X, StreamLoader):
@@ -1126,10 +1135,10 @@ def _loader(model: TrainableModel, data: _Data, batch_size: int, shuffle: bool,
     if dist is None:
         n = data.X.shape[0]
         batch_size = min(batch_size, n)
-        sampler = BatchSampler(n, batch_size, shuffle=shuffle)
+        sampler = BatchSampler(n, batch_size, shuffle=shuffle, drop_last=drop_last)
     else:
         dist.synchronize(model)
-        sampler = dist.sampler(model, data.X, data.targets, batch_size, shuffle)
+        sampler = dist.sampler(model, data.X, data.targets, batch_size, shuffle, drop_last)
         n = dist.samples
         batch_size = min(batch_size, n)
     cls = LazyBatchLoader if isinstance(data.X, LazyRows) else BatchLoader

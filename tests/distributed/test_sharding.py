@@ -135,6 +135,26 @@ def test_one_rank_trains_exactly_like_a_plain_fit(mpi4py) -> None:
     assert history.params["rank"] == 0 and history.params["world_size"] == 1
 
 
+def test_one_rank_with_drop_last_trains_exactly_like_a_plain_fit(mpi4py) -> None:
+    rng = np.random.default_rng(1)
+    X, y = rng.normal(size=(90, 5)), rng.integers(0, 3, 90)
+    kwargs = {"epochs": 2, "batch_size": 16, "drop_last": True, "verbose": 0, "seed": 3}
+    plain, one_rank = _model(), _model()
+    plain.fit(X, y, **kwargs)
+    one_rank.fit(X, y, distributed=True, **kwargs)
+    assert plain.optimizer.step_count == 2 * (90 // 16)
+    assert np.array_equal(one_rank.flat_parameters, plain.flat_parameters)
+    with pytest.raises(ValueError, match="shard='local', drop_last=True"):
+        _model().fit(X, y, distributed=True, shard="local", **kwargs)
+
+
+def test_drop_last_leaves_out_the_short_global_batch_on_every_rank() -> None:
+    samplers = [ShardedBatchSampler(37, 8, rank=r, size=3, shuffle=False, drop_last=True)
+                for r in range(3)]
+    assert all(len(s) == 4 for s in samplers)
+    assert samplers[-1].positions(3)[1] == 32
+
+
 def test_one_rank_with_class_weights_and_ignored_labels(mpi4py) -> None:
     """The divisor of each rank's mean is computed as the loss host does (here the sum
     of the class weights of the rows not ignored)."""

@@ -140,8 +140,9 @@ class BatchNorm(Module):
         if training and rows < 2:
             raise ValueError(
                 f"{self!r}: expected more than 1 value per feature in training, got input "
-                f"of shape {x.shape}; train with batches of at least 2 samples (drop a last "
-                f"batch of 1), or call forward with training=False")
+                f"of shape {x.shape}; train with batches of at least 2 samples (pass "
+                f"fit(..., drop_last=True) when a last batch of 1 is left), or call forward "
+                f"with training=False")
         assert self._stats is not None and self._coef is not None
         y = self.workspace.get("y", x.shape)
         x2 = x.reshape(rows, c)

@@ -544,6 +544,7 @@ class Sequential:
         sample_weight: Any = None,
         class_weight: Any = None,
         shuffle: bool = True,
+        drop_last: bool = False,
         seed: int | None = None,
         callbacks: Sequence[Any] | None = None,
         verbose: int = 1,
@@ -561,7 +562,7 @@ class Sequential:
 
         The arguments are those of :func:`numbanet.train.fit`, whose docstring describes
         each (``help(numbanet.train.fit)``): batching, validation, sample and class
-        weights (``sample_weight``, ``class_weight``), reproducibility
+        weights (``sample_weight``, ``class_weight``), ``drop_last``, reproducibility
         (``seed``), callbacks, the gradient pipeline (``clip_norm``, ``clip_value``,
         ``weight_decay``, ``gradient_transforms``, ``gradient_pipeline``) and what a NaN
         loss does (``on_nan``); data-parallel training over MPI (``distributed``,
@@ -576,7 +577,7 @@ class Sequential:
         return fit(self, X, y, epochs=epochs, batch_size=batch_size,
                    validation_split=validation_split, validation_data=validation_data,
                    sample_weight=sample_weight, class_weight=class_weight, shuffle=shuffle,
-                   seed=seed, callbacks=callbacks, verbose=verbose,
+                   drop_last=drop_last, seed=seed, callbacks=callbacks, verbose=verbose,
                    clip_norm=clip_norm, clip_value=clip_value, weight_decay=weight_decay,
                    decay_biases=decay_biases, gradient_transforms=gradient_transforms,
                    gradient_pipeline=gradient_pipeline, on_nan=on_nan,
