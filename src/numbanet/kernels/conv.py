@@ -660,6 +660,10 @@ def _pad_cf_images(x, xp, pt, pl, hp, wp, n0, n1):
     pf = xp.reshape(xp.size)
     lo = min(max(pl, 0), wp)
     hi = max(min(pl + w, wp), lo)
+    lanes = vlanes(xp)
+    # Whole blocks of `lanes` channels are transposed in registers, `lanes` pixels at a
+    # time (a strided scalar gather per element took a quarter of a 16-channel forward).
+    blocked = c % lanes == 0
     for n in range(n0, n1):
         for ci in range(c):
             base = (n * c + ci) * plane
@@ -673,11 +677,19 @@ def _pad_cf_images(x, xp, pt, pl, hp, wp, n0, n1):
                 s = ((n * h + ih) * w + lo - pl) * c + ci
                 if c == 1:
                     _copy(xf, s, pf, d + lo, hi - lo)
-                else:
+                elif not blocked:
                     for q in range(hi - lo):
                         sstore(pf, d + lo + q, sload(xf, s + q * c))
                 _zero(pf, d + hi, wp - hi)
             _zero(pf, base + hp * wp, plane - hp * wp)
+        if blocked and c > 1:
+            for r in range(max(pt, 0), min(hp, pt + h)):
+                s = ((n * h + r - pt) * w + lo - pl) * c
+                for c0 in range(0, c, lanes):
+                    d = (n * c + c0) * plane + r * wp + lo
+                    for p0 in range(0, hi - lo, lanes):
+                        cnt = min(lanes, hi - lo - p0)
+                        transpose_copy(xf, s + p0 * c + c0, c, cnt, pf, d + p0, plane, cnt)
 
 
 @parallel_kernel
