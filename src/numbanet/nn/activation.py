@@ -6,9 +6,9 @@ from typing import Any
 
 import numpy as np
 
-from numbanet.kernels.activations import get_activation
+from numbanet.kernels.activations import RELU, get_activation
 from numbanet.nn.dense import activation_name
-from numbanet.nn.module import Module
+from numbanet.nn.module import FusedDerivative, Module
 
 
 def _rows(a: np.ndarray) -> np.ndarray:
@@ -23,6 +23,11 @@ class Activation(Module):
         name: an activation name (``numbanet.kernels.activations.ACTIVATIONS``).
             Elementwise ones act on every element of any shape; softmax and
             log_softmax act along the last axis.
+
+    Fusion: a ReLU offers its derivative to the layer above (:meth:`fused_derivative`);
+    a convolution, Dense or pooling layer above then zeroes its input gradient where
+    this layer's output is not positive, and this layer's backward passes the gradient
+    through untouched (ResNet's BN, ReLU, conv: no separate pass over the gradient).
     """
 
     def __init__(self, name: str):
@@ -49,6 +54,23 @@ class Activation(Module):
         self._act.forward_unchecked(_rows(x), _rows(y))
         self._x, self._y = x, y
         return y
+
+    def fused_derivative(self) -> FusedDerivative | None:
+        """ReLU's derivative for the layer above, read from this layer's output, or
+        ``None`` (other activations take their own backward pass)."""
+        if self._act.id != RELU or self._y is None:
+            return None
+        return FusedDerivative(RELU, self._y)
+
+    def backward_fused(self, grad: np.ndarray, grad_is_dz: bool, need_input_grad: bool,
+                       below: Any) -> np.ndarray | None:
+        """With ``grad_is_dz`` the layer above already applied this layer's derivative:
+        the gradient passes through as it is."""
+        if grad_is_dz:
+            if self._x is None:
+                raise RuntimeError("Activation.backward called before forward")
+            return grad if need_input_grad else None
+        return super().backward_fused(grad, grad_is_dz, need_input_grad, below)
 
     def backward(self, dy: np.ndarray, need_input_grad: bool = True) -> np.ndarray | None:
         if self._x is None:
