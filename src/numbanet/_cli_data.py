@@ -12,6 +12,15 @@ classification, with the classes sorted and numbered ``0..k-1`` (their original 
 are kept in the spec as ``classes``, so predictions print them back). Real-valued
 targets, or several target columns, are regression targets. ``--task`` overrides the
 guess for integer targets that are really quantities.
+
+Flat rows or images: an MLP takes one flat row of features per sample; a CNN
+(``--model cnn``) takes channels-last images ``(n, height, width, channels)``. The spec's
+``images`` flag picks which: the digits become ``(1797, 8, 8, 1)``, a 3-D IDX image file
+``(n, height, width, 1)`` (a 4-D one is kept), and ``--data`` a 4-D array as it is, a
+3-D one with a channel axis added, and flat rows only with ``image_shape``
+(``--image-shape H,W,C``) to reshape them by (:func:`as_images`). ``evaluate`` and
+``predict`` take the flag and the shape from the saved model's input shape, so a model
+always gets its data in the shape it was trained on.
 """
 
 from __future__ import annotations
@@ -27,6 +36,7 @@ __all__ = [
     "DATASETS",
     "CliError",
     "Data",
+    "as_images",
     "data_spec",
     "describe",
     "encode_targets",
@@ -57,7 +67,8 @@ class Data:
     """Samples and targets as the command line loaded them.
 
     Attributes:
-        X: float ``(n, features)`` samples.
+        X: float samples: ``(n, features)`` rows, or ``(n, height, width, channels)``
+            images when the spec asks for images.
         y: int64 class indices ``(n,)`` (classification) or float targets ``(n, m)``
             (regression).
         task: ``"classification"`` or ``"regression"``.
@@ -109,6 +120,9 @@ def data_spec(args: Any, saved: dict[str, Any] | None, seed: int) -> dict[str, A
         else saved.get("split_seed", seed),
         "task": getattr(args, "task", None) or saved.get("task"),
         "classes": saved.get("classes"),
+        # Images for a CNN: the flag, and the sample shape to reshape flat rows by.
+        "images": getattr(args, "images", None) or saved.get("images"),
+        "image_shape": getattr(args, "image_shape", None) or saved.get("image_shape"),
     }
     if spec["dataset"] == "file" and not spec["data"]:
         raise CliError("the model file names no data file: pass --data PATH")
@@ -133,10 +147,17 @@ def load(spec: dict[str, Any]) -> Data:
     from numbanet import datasets
 
     name = spec["dataset"]
+    images = bool(spec.get("images"))
     if name == "file":
         return _load_files(spec)
+    if images and name in ("spirals", "blobs"):
+        raise CliError(f"--model cnn trains on images, but the {name} samples are points "
+                       f"with a few coordinates: use --model mlp, or images (--dataset "
+                       f"digits or idx, or --data with a 4-D .npy)")
     if name == "digits":
-        X, y = datasets.load_digits()
+        X, y = datasets.load_digits(as_images=images)
+        if images:
+            X = as_images(X, spec.get("image_shape"), "the digits")
     elif name == "spirals":
         X, y = datasets.make_spirals(n_samples=600, n_classes=3, seed=spec["split_seed"])
     elif name == "blobs":
@@ -160,7 +181,15 @@ def _load_idx(spec: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
         y = datasets.load_idx(labels)
     except (OSError, ValueError) as exc:
         raise CliError(f"cannot read the IDX files: {exc}", code=1) from None
-    X = X.reshape(X.shape[0], -1).astype(np.float32)
+    if spec.get("images"):
+        if X.ndim not in (3, 4):
+            raise CliError(f"--model cnn needs images, but {os.path.basename(images)!r} "
+                           f"holds an array of shape {X.shape}, not (n, height, width) or "
+                           f"(n, height, width, channels): use --model mlp")
+        X = as_images(X, spec.get("image_shape"), repr(os.path.basename(images)))
+    else:
+        X = X.reshape(X.shape[0], -1)
+    X = X.astype(np.float32)
     if X.size and X.max() > 1.0:
         X /= np.float32(255.0)
     return X, y.astype(np.int64).reshape(-1)
@@ -183,11 +212,14 @@ def _load_files(spec: dict[str, Any]) -> Data:
     else:
         X = _read_array(path, "--data")
         raw_y = _read_targets(spec["targets"])
-    if X.ndim == 1:
+    if spec.get("images"):
+        X = as_images(X, spec.get("image_shape"), f"--data {os.path.basename(path)!r}")
+    elif X.ndim == 1:
         X = X.reshape(-1, 1)
-    if X.ndim != 2:
+    elif X.ndim != 2:
         raise CliError(f"--data {path!r} must hold one sample per row (2-D), got shape "
-                       f"{X.shape}")
+                       f"{X.shape}; for images (n, height, width[, channels]) train a CNN: "
+                       f"--model cnn")
     n_y = len(raw_y) if isinstance(raw_y, list) else raw_y.shape[0]
     if n_y != X.shape[0]:
         raise CliError(f"--data has {X.shape[0]} samples but the targets have {n_y}: give "
@@ -197,6 +229,39 @@ def _load_files(spec: dict[str, Any]) -> Data:
                        f"or drop those rows first")
     y, task, classes = encode_targets(raw_y, spec.get("task"), spec.get("classes"))
     return Data(X, y, task, classes, os.path.basename(path))
+
+
+def as_images(X: np.ndarray, shape: Any, where: str) -> np.ndarray:
+    """``X`` as channels-last images ``(n, height, width, channels)`` for a CNN.
+
+    A 4-D array is kept, a 3-D ``(n, height, width)`` one gets a channel axis, and flat
+    rows are reshaped to ``shape`` (``(height, width, channels)``, from ``--image-shape``
+    or the model). With ``shape`` given, the result must have it. Raises
+    :class:`CliError` naming the fix otherwise; ``where`` names the data in it.
+    """
+    want = None if shape is None else tuple(int(v) for v in shape)
+    if X.ndim == 3:
+        X = X[..., np.newaxis]
+    elif X.ndim == 2 and want is not None and X.shape[1] == math.prod(want):
+        X = X.reshape(X.shape[0], *want)
+    elif X.ndim == 2:
+        side = math.isqrt(X.shape[1])
+        example = f"{side},{side},1" if side * side == X.shape[1] else "H,W,C"
+        size = (f", not the {math.prod(want)} of images of shape {want}"
+                if want is not None else "")
+        raise CliError(f"{where} holds flat rows of {X.shape[1]} values{size}, but --model "
+                       f"cnn needs images (n, height, width, channels): pass "
+                       f"--image-shape {example} to reshape each row, or save the samples "
+                       f"as a 4-D .npy")
+    elif X.ndim != 4:
+        raise CliError(f"{where} has shape {X.shape}; --model cnn needs images (n, height, "
+                       f"width, channels), (n, height, width) or flat rows with "
+                       f"--image-shape H,W,C")
+    if want is not None and tuple(X.shape[1:]) != want:
+        raise CliError(f"{where} holds images of shape {tuple(X.shape[1:])}, but images "
+                       f"of shape {want} (height, width, channels) are expected: pass the "
+                       f"images the model was trained on, or the --image-shape they have")
+    return X
 
 
 def _read_csv(path: str) -> tuple[list[str] | None, list[list[str]]]:
