@@ -563,9 +563,14 @@ def transpose_small(src, dst):
 # zero-padded output gradient with the kernel flipped and its channel axes swapped), so
 # the same forward kernel computes it, without col2im.
 
-#: Output channels up to which the direct kernels replace im2col + GEMM (above it the
-#: GEMM's 32-column register tile is full and measured faster).
-DIRECT_MAX_CHANNELS = 16
+#: Output channels up to which the direct kernels replace im2col + GEMM (and input
+#: channels up to which they compute a stride-1 input gradient). At 32 channels the
+#: GEMM's register tile is full, but im2col, col2im and packing the im2col matrix for a
+#: single 32-column panel cost more than the direct kernels' extra loads: resnet-small's
+#: 32 -> 32 3x3 over 16x16 (batch 64, one thread, interleaved medians) forward 6.3 ->
+#: 4.9 ms, input gradient 7.0 -> 4.9 ms, weight gradient 5.6 -> 6.4 ms. At 64 channels
+#: (8x8) the GEMM wins every part (forward 4.1 vs 5.4 ms).
+DIRECT_MAX_CHANNELS = 32
 # Pixel chunks a weight-gradient task sweeps before reducing its vector accumulators
 # (each reduction is a store and `lanes` scalar float64 adds, the time of dozens of
 # FMAs; LeNet's second conv has only 9 chunks per image): images are grouped into

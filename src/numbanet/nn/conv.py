@@ -94,7 +94,7 @@ class _Plan(NamedTuple):
     output channels: :func:`~numbanet.kernels.conv.direct_forward_into`, no im2col),
     ``transposed`` (one input channel: im2col writes ``(K, M)``) or plain im2col + GEMM.
     The input gradient takes the direct kernel when ``gx`` is set (a stride-1
-    convolution with at most 16 input channels whose gradient grid is at most twice the
+    convolution with at most 32 input channels whose gradient grid is at most twice the
     output, :func:`~numbanet.kernels.conv.direct_input_gradient_applies`), else the GEMM
     and col2im.
     """
@@ -147,11 +147,13 @@ class Conv2D(Module):
     with the weight seen as ``(KH*KW*C, CO)``; its epilogue adds the bias and applies the
     activation. Backward: ``dW = cols.T @ dz`` and ``dcols = dz @ W.T`` (GEMMs), then
     ``col2im`` adds ``dcols`` back onto the input pixels. A 1x1 convolution with stride 1
-    and no padding skips im2col (the image is already the matrix). With at most 16
-    output channels and stride 1 (LeNet's layers), direct kernels vectorized over output
-    pixels replace im2col and the forward and weight-gradient GEMMs (the GEMM's
-    32-column register tile would be mostly padding). The input gradient of any stride-1
-    convolution with at most 16 input channels takes the direct kernel too (the output
+    and no padding skips im2col (the image is already the matrix). With at most 32
+    output channels and stride 1 (LeNet's layers, the 16- and 32-channel stages of a
+    small ResNet), direct kernels vectorized over output pixels replace im2col and the
+    forward and weight-gradient GEMMs (the GEMM's 32-column register tile would be
+    mostly padding, or fed by packing a 9x copy of the image for a single column panel;
+    :data:`~numbanet.kernels.conv.DIRECT_MAX_CHANNELS`). The input gradient of any stride-1
+    convolution with at most 32 input channels takes the direct kernel too (the output
     gradient convolved with the flipped kernel, no col2im) whenever that convolution's
     grid is at most twice the output, whatever the route of the forward pass; grouped
     convolutions run direct kernels too (:mod:`numbanet.kernels.conv`). The route is
