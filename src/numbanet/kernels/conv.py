@@ -552,8 +552,8 @@ def transpose_small(src, dst):
 # flight (one chain per vector ran 1.7x slower: FMA latency, not throughput, bound it):
 # per input channel and tap, two vector loads and four weight broadcasts feed eight FMAs.
 # The weight gradient pairs the same input vectors with the output gradient of
-# ``lanes`` pixels, transposed into channel vectors, in eight accumulators swept over a
-# block of images.
+# ``lanes`` pixels, transposed into channel vectors, in twelve accumulators (three taps
+# by four channels) swept over a block of images.
 #
 # Chunks of ``lanes`` pixels start at 0, lanes, 2*lanes, ... and the last one at
 # ``M - lanes`` (``M = OH * Wp``), overlapping its neighbour: the overlap is recomputed
@@ -957,8 +957,8 @@ def _direct_weight_blocks(xp, dz, g, wp, toff, qoff, block, tile, partials, b0, 
     and ``partials[b, T * C * CO + o]``: the sum of ``dz[..., o]``. ``tile`` is this
     thread's scratch (:func:`direct_workspace`): first the block's ``dz`` as channel
     vectors of ``lanes`` grid pixels (zero for grid columns past the image and for the
-    last chunk's overlap, which its neighbour counts), then, per pair of taps, input
-    channel and block of four output channels, eight register accumulators swept over
+    last chunk's overlap, which its neighbour counts), then, per three taps, input
+    channel and block of four output channels, twelve register accumulators swept over
     the block.
     """
     kh, kw, sh, sw, pt, pl, dil_h, dil_w, out_h, out_w = g
@@ -987,12 +987,18 @@ def _direct_weight_blocks(xp, dz, g, wp, toff, qoff, block, tile, partials, b0, 
             for v in range(vq):
                 acc = vadd(acc, vload(tile, (o * vq + v) * lanes))
             part[taps * cin * co + o] = _lane_sum(tile, red, acc)
-        # Two taps by four output channels: eight FMA chains over the block's vectors.
-        for t in range(0, taps, 2):
+        # Three taps by four output channels: twelve FMA chains over the block's vectors
+        # (a row of a 3x3 kernel: no tap computed twice; pairs of taps computed the ninth
+        # twice and loaded 0.75 vectors per FMA instead of 0.58: 1.3-1.6x slower on
+        # resnet-small's 16- and 32-channel layers and LeNet's second). A group past the
+        # last tap repeats it (the same sums, stored twice).
+        for t in range(0, taps, 3):
             t1 = min(t + 1, taps - 1)
+            t2 = min(t + 2, taps - 1)
             for ci in range(cin):
                 pa = (t * cin + ci) * co
                 pb = (t1 * cin + ci) * co
+                pc = (t2 * cin + ci) * co
                 for o in range(0, co, 4):
                     o1 = min(o + 1, co - 1)
                     o2 = min(o + 2, co - 1)
@@ -1005,25 +1011,35 @@ def _direct_weight_blocks(xp, dz, g, wp, toff, qoff, block, tile, partials, b0, 
                     b1_ = vzero(dz)
                     b2_ = vzero(dz)
                     b3_ = vzero(dz)
+                    c0_ = vzero(dz)
+                    c1_ = vzero(dz)
+                    c2_ = vzero(dz)
+                    c3_ = vzero(dz)
                     for i in range(count):
                         ta = ((first + i) * cin + ci) * plane + toff[t]
                         tb = ((first + i) * cin + ci) * plane + toff[t1]
+                        tc = ((first + i) * cin + ci) * plane + toff[t2]
                         for q in range(nq):
                             v = i * nq + q
                             xa = vload(pf, ta + qoff[q])
                             xb = vload(pf, tb + qoff[q])
+                            xc = vload(pf, tc + qoff[q])
                             d0 = vload(tile, (o * vq + v) * lanes)
                             a0 = vfma(xa, d0, a0)
                             b0_ = vfma(xb, d0, b0_)
+                            c0_ = vfma(xc, d0, c0_)
                             d1 = vload(tile, (o1 * vq + v) * lanes)
                             a1 = vfma(xa, d1, a1)
                             b1_ = vfma(xb, d1, b1_)
+                            c1_ = vfma(xc, d1, c1_)
                             d2 = vload(tile, (o2 * vq + v) * lanes)
                             a2 = vfma(xa, d2, a2)
                             b2_ = vfma(xb, d2, b2_)
+                            c2_ = vfma(xc, d2, c2_)
                             d3 = vload(tile, (o3 * vq + v) * lanes)
                             a3 = vfma(xa, d3, a3)
                             b3_ = vfma(xb, d3, b3_)
+                            c3_ = vfma(xc, d3, c3_)
                     part[pa + o] = _lane_sum(tile, red, a0)
                     part[pa + o1] = _lane_sum(tile, red, a1)
                     part[pa + o2] = _lane_sum(tile, red, a2)
@@ -1032,6 +1048,10 @@ def _direct_weight_blocks(xp, dz, g, wp, toff, qoff, block, tile, partials, b0, 
                     part[pb + o1] = _lane_sum(tile, red, b1_)
                     part[pb + o2] = _lane_sum(tile, red, b2_)
                     part[pb + o3] = _lane_sum(tile, red, b3_)
+                    part[pc + o] = _lane_sum(tile, red, c0_)
+                    part[pc + o1] = _lane_sum(tile, red, c1_)
+                    part[pc + o2] = _lane_sum(tile, red, c2_)
+                    part[pc + o3] = _lane_sum(tile, red, c3_)
 
 
 @parallel_kernel
