@@ -280,14 +280,15 @@ def test_layers_receive_the_model_generator_through_set_rng():
 
 def test_derivative_fusion_is_a_protocol():
     """A layer offering ReLU's derivative through fused_derivative() gets it applied by the
-    Dense above; the gradients equal the unfused path (Activation layer in between)."""
+    Dense above: a Dense with a ReLU and an Activation("relu") layer both offer it, and
+    the two models' gradients agree."""
     rng = np.random.default_rng(4)
     x, d_out = rng.standard_normal((9, 5)), rng.standard_normal((9, 2))
     fused = Sequential([Dense(5, 7, activation="relu"), Dense(7, 2)], seed=0, dtype="float64")
     unfused = Sequential([Dense(5, 7), Activation("relu"), Dense(7, 2)], seed=0,
                          dtype="float64")
     assert fused._fusion_below[1] is fused.layers[0]
-    assert unfused._fusion_below == [None, None, None]
+    assert unfused._fusion_below == [None, None, unfused.layers[1]]
     for a, b in zip(fused.parameters(), unfused.parameters(), strict=True):
         b.value[...] = a.value
     dx_fused = (fused.forward(x), fused.backward(d_out))[1]
