@@ -48,7 +48,7 @@ Parallel contracts (all race-free and thread-count independent):
 * ``col2im`` (and the grouped input gradient): ``prange`` over input rows ``(n, ih)``;
   task ``r`` writes input row ``r`` of ``dx`` only, gathering the contributions of every
   window that covers it in a fixed order (kernel row, output column, kernel column).
-* direct forward: ``prange`` over (image, pair of pixel chunks), disjoint outputs; direct
+* direct forward: ``prange`` over (image, group of 4 pixel chunks), disjoint outputs; direct
   weight gradient: ``prange`` over fixed blocks of images, each summing into its own
   float64 partials, which are then added in block order.
 * grouped forward: ``prange`` over output rows; grouped weight gradient: ``prange`` over
@@ -548,9 +548,12 @@ def transpose_small(src, dst):
 # even across output rows. Grid columns ``ow >= OW`` are computed and dropped (LeNet:
 # 28 of 32 columns useful in the first layer, 10 of 14 in the second).
 #
-# A register tile of two pixel chunks by four output channels keeps eight FMA chains in
-# flight (one chain per vector ran 1.7x slower: FMA latency, not throughput, bound it):
-# per input channel and tap, two vector loads and four weight broadcasts feed eight FMAs.
+# A register tile of four pixel chunks by four output channels keeps sixteen FMA chains
+# in flight (one chain per vector ran 1.7x slower: FMA latency, not throughput, bound
+# it): per input channel and tap, four vector loads and four weight broadcasts feed
+# sixteen FMAs. Two chunks by four channels (eight FMAs per four broadcasts) ran
+# 1.1-1.25x slower on resnet-small's and LeNet's layers, and two chunks by eight
+# channels no faster: the broadcasts per FMA, not the loads, bound it.
 # The weight gradient pairs the same input vectors with the output gradient of
 # ``lanes`` pixels, transposed into channel vectors, in twelve accumulators (three taps
 # by four channels) swept over a block of images.
@@ -576,6 +579,8 @@ DIRECT_MAX_CHANNELS = 32
 # FMAs; LeNet's second conv has only 9 chunks per image): images are grouped into
 # blocks of at least this many chunks. The grouping depends on the shapes only.
 _MIN_CHUNKS_PER_BLOCK = 64
+# Pixel chunks per direct forward task: the chunks of the register tile.
+_CHUNKS_PER_TASK = 4
 
 
 def direct_lanes(dtype: object) -> int:
@@ -643,12 +648,12 @@ def direct_workspace(threads: int, layout: DirectLayout, in_channels: int,
                      out_channels: int, lanes: int) -> tuple[tuple[int, int], int]:
     """``(tiles shape, partials per image block)`` of the direct kernels.
 
-    ``tiles`` is per thread: the forward pass's ``2 x CO`` vectors and their transpose,
+    ``tiles`` is per thread: the forward pass's ``4 x CO`` vectors and their transpose,
     or the weight gradient's transposed output gradient of one block of images and four
     vectors to reduce. The float64 partials hold a block's weight and bias gradient sums.
     """
     chunks = layout.qoff.shape[0]
-    size = max(4 * out_channels * lanes,
+    size = max((_CHUNKS_PER_TASK + 1) * out_channels * lanes,
                (-(-out_channels // lanes) * lanes * layout.block * chunks + 4) * lanes)
     taps = layout.toff.shape[0]
     return (threads, size), taps * in_channels * out_channels + out_channels
@@ -713,7 +718,7 @@ def _store_chunk(tile, first, zf, n, m0, out_h, out_w, wp, co, saved, masked):
     of ``co`` values), then each run of real pixels within an output row is one copy.
     """
     lanes = vlanes(tile)
-    tr = 2 * co * lanes  # the transposed block, after both chunks' vectors
+    tr = _CHUNKS_PER_TASK * co * lanes  # the transposed block, after the chunks' vectors
     for o0 in range(0, co, lanes):
         cnt = min(lanes, co - o0)
         transpose_copy(tile, (first + o0) * lanes, lanes, cnt, tile, tr + o0, co, cnt)
@@ -735,14 +740,31 @@ def _store_chunk(tile, first, zf, n, m0, out_h, out_w, wp, co, saved, masked):
         p += run
 
 
+@kernel(inline="always")
+def _store_vectors(tile, k, co, o, o1, o2, o3, v0, v1, v2, v3, relu):
+    """Channel vectors ``o .. o3`` of chunk ``k`` of a task into ``tile`` (ReLU first if
+    ``relu``)."""
+    lanes = vlanes(tile)
+    if relu:
+        v0 = vrelu(v0)
+        v1 = vrelu(v1)
+        v2 = vrelu(v2)
+        v3 = vrelu(v3)
+    vstore(tile, (k * co + o) * lanes, v0)
+    vstore(tile, (k * co + o1) * lanes, v1)
+    vstore(tile, (k * co + o2) * lanes, v2)
+    vstore(tile, (k * co + o3) * lanes, v3)
+
+
 @kernel
 def _direct_forward_tasks(xp, w, bias, has_bias, z, relu, saved, masked, g, wp, toff,
                           qoff, tile, t0, t1):
-    """Tasks ``t0 .. t1`` (task = image, pair of pixel chunks) of
-    :func:`direct_forward_into` (serial); ``tile`` is this thread's scratch.
+    """Tasks ``t0 .. t1`` (task = image, group of :data:`_CHUNKS_PER_TASK` pixel chunks)
+    of :func:`direct_forward_into` (serial); ``tile`` is this thread's scratch.
 
-    A channel block past the last output channel repeats the last one (the same values,
-    stored twice).
+    A chunk past the image's last one repeats it, and a channel block past the last
+    output channel repeats the last channel (the same values, computed again and not
+    stored, or stored twice).
     """
     kh, kw, sh, sw, pt, pl, dil_h, dil_w, out_h, out_w = g
     _, cin, plane = xp.shape
@@ -754,12 +776,14 @@ def _direct_forward_tasks(xp, w, bias, has_bias, z, relu, saved, masked, g, wp, 
     zf = z.reshape(z.size)
     sf = saved.reshape(saved.size)
     nq = qoff.shape[0]
-    pairs = (nq + 1) // 2
+    groups = (nq + _CHUNKS_PER_TASK - 1) // _CHUNKS_PER_TASK
     for task in range(t0, t1):
-        n = task // pairs
-        q = (task - n * pairs) * 2
+        n = task // groups
+        q = (task - n * groups) * _CHUNKS_PER_TASK
         ma = qoff[q]
         mb = qoff[min(q + 1, nq - 1)]
+        mc = qoff[min(q + 2, nq - 1)]
+        md = qoff[min(q + 3, nq - 1)]
         image = n * cin * plane
         for o in range(0, co, 4):
             o1 = min(o + 1, co - 1)
@@ -775,55 +799,55 @@ def _direct_forward_tasks(xp, w, bias, has_bias, z, relu, saved, masked, g, wp, 
                 a1 = vzero(z)
                 a2 = vzero(z)
                 a3 = vzero(z)
-            b0 = a0
-            b1 = a1
-            b2 = a2
-            b3 = a3
+            b0, b1, b2, b3 = a0, a1, a2, a3
+            c0, c1, c2, c3 = a0, a1, a2, a3
+            d0, d1, d2, d3 = a0, a1, a2, a3
             for ci in range(cin):
                 base = image + ci * plane
                 for t in range(taps):
                     s = base + toff[t]
                     xa = vload(pf, s + ma)
                     xb = vload(pf, s + mb)
+                    xc = vload(pf, s + mc)
+                    xd = vload(pf, s + md)
                     tw = (t * cin + ci) * co
                     w0 = vbroadcast(wf, tw + o)
                     a0 = vfma(xa, w0, a0)
                     b0 = vfma(xb, w0, b0)
+                    c0 = vfma(xc, w0, c0)
+                    d0 = vfma(xd, w0, d0)
                     w1 = vbroadcast(wf, tw + o1)
                     a1 = vfma(xa, w1, a1)
                     b1 = vfma(xb, w1, b1)
+                    c1 = vfma(xc, w1, c1)
+                    d1 = vfma(xd, w1, d1)
                     w2 = vbroadcast(wf, tw + o2)
                     a2 = vfma(xa, w2, a2)
                     b2 = vfma(xb, w2, b2)
+                    c2 = vfma(xc, w2, c2)
+                    d2 = vfma(xd, w2, d2)
                     w3 = vbroadcast(wf, tw + o3)
                     a3 = vfma(xa, w3, a3)
                     b3 = vfma(xb, w3, b3)
-            if relu:
-                a0 = vrelu(a0)
-                a1 = vrelu(a1)
-                a2 = vrelu(a2)
-                a3 = vrelu(a3)
-                b0 = vrelu(b0)
-                b1 = vrelu(b1)
-                b2 = vrelu(b2)
-                b3 = vrelu(b3)
-            vstore(tile, o * lanes, a0)
-            vstore(tile, o1 * lanes, a1)
-            vstore(tile, o2 * lanes, a2)
-            vstore(tile, o3 * lanes, a3)
-            vstore(tile, (co + o) * lanes, b0)
-            vstore(tile, (co + o1) * lanes, b1)
-            vstore(tile, (co + o2) * lanes, b2)
-            vstore(tile, (co + o3) * lanes, b3)
+                    c3 = vfma(xc, w3, c3)
+                    d3 = vfma(xd, w3, d3)
+            _store_vectors(tile, 0, co, o, o1, o2, o3, a0, a1, a2, a3, relu)
+            _store_vectors(tile, 1, co, o, o1, o2, o3, b0, b1, b2, b3, relu)
+            _store_vectors(tile, 2, co, o, o1, o2, o3, c0, c1, c2, c3, relu)
+            _store_vectors(tile, 3, co, o, o1, o2, o3, d0, d1, d2, d3, relu)
         _store_chunk(tile, 0, zf, n, ma, out_h, out_w, wp, co, sf, masked)
         if q + 1 < nq:
             _store_chunk(tile, co, zf, n, mb, out_h, out_w, wp, co, sf, masked)
+        if q + 2 < nq:
+            _store_chunk(tile, 2 * co, zf, n, mc, out_h, out_w, wp, co, sf, masked)
+        if q + 3 < nq:
+            _store_chunk(tile, 3 * co, zf, n, md, out_h, out_w, wp, co, sf, masked)
 
 
 @parallel_kernel
 def _direct_forward_parallel(xp, w, bias, has_bias, z, relu, saved, masked, g, wp, toff,
                              qoff, tiles):
-    tasks = z.shape[0] * ((qoff.shape[0] + 1) // 2)
+    tasks = z.shape[0] * ((qoff.shape[0] + _CHUNKS_PER_TASK - 1) // _CHUNKS_PER_TASK)
     for task in numba.prange(tasks):
         # A thread runs one iteration at a time: its row of tiles is private.
         _direct_forward_tasks(xp, w, bias, has_bias, z, relu, saved, masked, g, wp, toff,
@@ -853,7 +877,7 @@ def direct_forward_into(x: np.ndarray, xp: np.ndarray, w: np.ndarray, bias: np.n
                                  lay.toff, lay.qoff, tiles)
     else:
         _pad_cf_images(x, xp, g[4], g[5], lay.hp, lay.wp, 0, x.shape[0])
-        tasks = z.shape[0] * ((lay.qoff.shape[0] + 1) // 2)
+        tasks = z.shape[0] * (-(-lay.qoff.shape[0] // _CHUNKS_PER_TASK))
         _direct_forward_tasks(xp, w, bias, has_bias, z, relu, saved, masked, g, lay.wp,
                               lay.toff, lay.qoff, tiles[0], 0, tasks)
 
@@ -872,7 +896,7 @@ def direct_forward(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None, z: np.
         relu: apply ReLU before storing.
 
     Each output adds its terms in the order (bias, input channel, tap) with FMAs.
-    ``prange`` over (image, pair of pixel chunks), each written by one task.
+    ``prange`` over (image, group of four pixel chunks), each written by one task.
     """
     g = ConvGeometry(*g)
     check_float_array("x", x, ndim=4)
