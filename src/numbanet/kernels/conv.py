@@ -784,7 +784,6 @@ def _direct_forward_tasks(xp, w, bias, has_bias, z, relu, saved, masked, g, wp, 
     kh, kw, sh, sw, pt, pl, dil_h, dil_w, out_h, out_w = g
     _, cin, plane = xp.shape
     co = z.shape[3]
-    lanes = vlanes(z)
     taps = kh * kw
     pf = xp.reshape(xp.size)
     wf = w.reshape(w.size)
