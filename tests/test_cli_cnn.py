@@ -64,7 +64,9 @@ def test_cnn_on_the_digits_reaches_98_5_percent_with_the_defaults(digits_cnn, ca
     model = nbn.load(digits_cnn)
     assert model.input_shape == (8, 8, 1)
     assert [type(layer).__name__ for layer in model.layers] == [
-        "Conv2D", "Conv2D", "MaxPool2D", "Conv2D", "MaxPool2D", "Flatten", "Dense", "Dense"]
+        "Conv2D", "BatchNorm", "Activation", "Conv2D", "BatchNorm", "Activation", "MaxPool2D",
+        "Conv2D", "BatchNorm", "Activation", "MaxPool2D", "Flatten", "Dense", "Dense"]
+    assert not any(layer.bias_enabled for layer in model.layers if type(layer).__name__ == "Conv2D")
     # The held-out score, as evaluate reports it on the split the file records.
     code, out, err = numbanet(capsys, "evaluate", digits_cnn)
     assert code == 0, err
