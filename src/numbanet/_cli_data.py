@@ -323,15 +323,24 @@ def _numeric(columns: list[list[str]], path: str, names: list[str] | None) -> np
     return X
 
 
-def _read_array(path: str, option: str) -> np.ndarray:
-    """A .npy array or a CSV of numbers (a header row is skipped)."""
+def _require_file(path: str, option: str) -> None:
     if not os.path.exists(path):
         raise CliError(f"{option}: no file at {path!r}", code=1)
+
+
+def _load_npy(path: str, option: str) -> np.ndarray:
+    """The array in a .npy file (no pickles); a clean error naming ``option`` otherwise."""
+    try:
+        return np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise CliError(f"{option}: cannot read {path!r} as .npy: {exc}", code=1) from None
+
+
+def _read_array(path: str, option: str) -> np.ndarray:
+    """A .npy array or a CSV of numbers (a header row is skipped)."""
+    _require_file(path, option)
     if path.endswith(".npy"):
-        try:
-            arr = np.load(path, allow_pickle=False)
-        except (OSError, ValueError) as exc:
-            raise CliError(f"{option}: cannot read {path!r} as .npy: {exc}", code=1) from None
+        arr = _load_npy(path, option)
         if arr.dtype.kind not in "biuf":
             raise CliError(f"{option} {path!r} holds {arr.dtype} values, not numbers")
         return arr.astype(np.float64, copy=False)
@@ -341,13 +350,9 @@ def _read_array(path: str, option: str) -> np.ndarray:
 
 def _read_targets(path: str) -> np.ndarray | list[str]:
     """Targets from .npy (numbers or text) or a CSV (numbers, or one column of text)."""
-    if not os.path.exists(path):
-        raise CliError(f"--targets: no file at {path!r}", code=1)
+    _require_file(path, "--targets")
     if path.endswith(".npy"):
-        try:
-            arr = np.load(path, allow_pickle=False)
-        except (OSError, ValueError) as exc:
-            raise CliError(f"--targets: cannot read {path!r} as .npy: {exc}", code=1) from None
+        arr = _load_npy(path, "--targets")
         if arr.dtype.kind in "US":
             return [str(v) for v in arr.reshape(-1)]
         if arr.dtype.kind not in "biuf":
