@@ -712,6 +712,20 @@ def _pad_cf_parallel(x, xp, pt, pl, hp, wp):
 
 
 @kernel(inline="always")
+def _grid_run(m, lanes_left, wp, n, out_h, out_w, co):
+    """For grid pixel ``m`` (of an image's ``wp``-wide grid) and the ``lanes_left``
+    pixels from it in the current chunk: ``(run, real, d)``, the pixels left in this
+    grid row, how many of them are real output columns (0 past ``out_w``), and the
+    flat offset of the first one in image ``n``'s ``(out_h, out_w, co)`` output."""
+    oh = m // wp
+    ow = m - oh * wp
+    run = min(lanes_left, wp - ow)
+    if ow >= out_w:
+        return run, 0, 0
+    return run, min(run, out_w - ow), ((n * out_h + oh) * out_w + ow) * co
+
+
+@kernel(inline="always")
 def _store_chunk(tile, first, zf, n, m0, out_h, out_w, wp, co, saved, masked):
     """Write the ``co`` channel vectors at ``tile[first * lanes:]`` (grid pixels
     ``m0 ..``) into ``z[n]`` (flat ``zf``, pixels of ``co`` channels), dropping grid
@@ -727,13 +741,8 @@ def _store_chunk(tile, first, zf, n, m0, out_h, out_w, wp, co, saved, masked):
         transpose_copy(tile, (first + o0) * lanes, lanes, cnt, tile, tr + o0, co, cnt)
     p = 0
     while p < lanes:
-        m = m0 + p
-        oh = m // wp
-        ow = m - oh * wp
-        run = min(lanes - p, wp - ow)  # pixels left in this grid row
-        if ow < out_w:
-            real = min(run, out_w - ow)
-            d = ((n * out_h + oh) * out_w + ow) * co
+        run, real, d = _grid_run(m0 + p, lanes - p, wp, n, out_h, out_w, co)
+        if real > 0:
             _copy(tile, tr + p * co, zf, d, real * co)
             if masked:
                 zero = zf.dtype.type(0)
@@ -970,13 +979,8 @@ def _gather_chunk(df, tile, n, v, vq, q, qoff, wp, out_h, out_w, co):
     m0 = qoff[q]
     p = 0 if q < nq - 1 else (nq - 1) * lanes - m0
     while p < lanes:
-        m = m0 + p
-        oh = m // wp
-        ow = m - oh * wp
-        run = min(lanes - p, wp - ow)  # pixels left in this grid row
-        if ow < out_w:
-            real = min(run, out_w - ow)
-            d = ((n * out_h + oh) * out_w + ow) * co
+        run, real, d = _grid_run(m0 + p, lanes - p, wp, n, out_h, out_w, co)
+        if real > 0:
             for c0 in range(0, co, lanes):
                 dst = (c0 * vq + v) * lanes + p
                 if d + (real - 1) * co + c0 + lanes <= df.shape[0]:
