@@ -47,6 +47,9 @@ import time
 if "--keep-cache" not in sys.argv:
     os.environ["NUMBA_CACHE_DIR"] = tempfile.mkdtemp(prefix="numbanet-profile-numba-")
     os.environ["NUMBANET_CACHE_DIR"] = tempfile.mkdtemp(prefix="numbanet-profile-")
+    # And without the kernels numbanet's install compiled (numbanet/_precompiled): this
+    # script is about where compiling goes.
+    os.environ["NUMBANET_PRECOMPILED_DIR"] = tempfile.mkdtemp(prefix="numbanet-profile-none-")
 
 _T_START = time.perf_counter()
 
@@ -279,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         _print_tables(summary, compiled, args.top)
     if not args.keep_cache:
-        for var in ("NUMBA_CACHE_DIR", "NUMBANET_CACHE_DIR"):
+        for var in ("NUMBA_CACHE_DIR", "NUMBANET_CACHE_DIR", "NUMBANET_PRECOMPILED_DIR"):
             shutil.rmtree(os.environ[var], ignore_errors=True)
     return 0
 

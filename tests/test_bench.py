@@ -364,6 +364,14 @@ def test_cold_environment_points_every_cache_at_empty_directories(tmp_path):
     assert env["PATH"] == "/bin"
 
 
+def test_cold_environment_keeps_or_hides_the_shipped_kernels(tmp_path):
+    base = {"PATH": "/bin", "NUMBANET_PRECOMPILED_DIR": "/elsewhere"}
+    shipped = _bench_steps.cold_environment(base, str(tmp_path / "a"))
+    assert "NUMBANET_PRECOMPILED_DIR" not in shipped  # the package's own, as for a user
+    hidden = _bench_steps.cold_environment(base, str(tmp_path / "b"), shipped_kernels=False)
+    assert not os.path.exists(hidden["NUMBANET_PRECOMPILED_DIR"])
+
+
 def test_cold_environment_bypasses_numbanets_pycache_kernel_cache(tmp_path):
     # numbanet's kernels cache into the package's __pycache__ by default; with
     # NUMBA_CACHE_DIR set Numba's user-provided locator comes first, and numbanet's
@@ -482,7 +490,8 @@ def test_cold_first_step_compiles_each_gemm_and_update_kernel_once():
         "('adam', adam.adam_kernel)]}))\n"
     )
     with tempfile.TemporaryDirectory() as scratch:
-        env = _bench_steps.cold_environment(dict(os.environ), scratch)
+        # Without the shipped kernels too: loading them types no callee either.
+        env = _bench_steps.cold_environment(dict(os.environ), scratch, shipped_kernels=False)
         out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
                              text=True, check=True).stdout
     signatures = json.loads(out.splitlines()[-1])

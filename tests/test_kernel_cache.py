@@ -196,7 +196,7 @@ def test_editing_activations_recompiles_the_gemm(tmp_path):
     # A copy of the package, so the edit never touches the tree other tests import.
     root = tmp_path / "src"
     shutil.copytree(SRC / "numbanet", root / "numbanet",
-                    ignore=shutil.ignore_patterns("__pycache__"))
+                    ignore=shutil.ignore_patterns("__pycache__", "_precompiled"))
     probe = tmp_path / "probe.py"
     probe.write_text(_GEMM_PROBE, encoding="utf-8")
     cache = tmp_path / "cache"
@@ -210,3 +210,18 @@ def test_editing_activations_recompiles_the_gemm(tmp_path):
     edited = _run([str(probe)], cache, extra_path=root)
     assert edited["hits"] == 0 and edited["misses"] == 1
     assert _run([str(probe)], cache, extra_path=root)["hits"] == 1
+
+
+def test_an_entry_compiled_for_other_types_is_a_miss():
+    # Numba writes the index before the data file: a reader in between can get an old
+    # data file compiled for other argument types. Loading it would make every caller
+    # fail to type; a miss recompiles.
+    from types import SimpleNamespace
+
+    from numba import types
+
+    entry = SimpleNamespace(signature=SimpleNamespace(args=(types.float32[:], types.int64)))
+    assert kc._checked((types.float32[:], types.int64), entry) is entry
+    assert kc._checked((types.float64[:], types.int64), entry) is None
+    assert kc._checked(types.none(types.float32[:], types.int64), entry) is entry
+    assert kc._checked((types.float32[:], types.int64), None) is None

@@ -2,10 +2,14 @@
 
 ``timeraw_`` benchmarks run their statement in a fresh interpreter, once per sample.
 ``cache="cold"`` points ``NUMBA_CACHE_DIR`` and ``NUMBANET_CACHE_DIR`` at empty
-directories, so every kernel the step needs is compiled from scratch (a first run after
-``pip install``: with ``NUMBA_CACHE_DIR`` set, Numba's user-provided cache locator comes
-first, so the kernel caches in numbanet's ``__pycache__`` directories are not read
-either); ``"warm"`` uses the disk caches that earlier runs filled (every later run).
+directories (a first run after ``pip install``: with ``NUMBA_CACHE_DIR`` set, Numba's
+user-provided cache locator comes first, so the kernel caches in numbanet's
+``__pycache__`` directories are not read either); the kernels the wheel ships compiled
+(numbanet/_precompiled, built by setup.py) still load, as they do for a user.
+``"jit"`` also points ``NUMBANET_PRECOMPILED_DIR`` at an empty directory, so every kernel
+the step needs is compiled from scratch (what a user pays without shipped kernels: off
+x86-64, with another Numba than the build's, or for kernels no standard job uses).
+``"warm"`` uses the disk caches that earlier runs filled (every later run).
 
 The training step is :func:`numbanet.bench.make_step`'s, the one ``numbanet bench
 --cold-start`` times from interpreter launch (that command also times JAX, PyTorch,
@@ -22,13 +26,20 @@ import atexit, os, shutil, tempfile
 if {cold}:
     # Must precede the first numba import: numba reads it once. Removed at exit, after
     # the timing.
-    for _var in ("NUMBA_CACHE_DIR", "NUMBANET_CACHE_DIR"):
+    _vars = ["NUMBA_CACHE_DIR", "NUMBANET_CACHE_DIR"]
+    if {jit}:
+        _vars.append("NUMBANET_PRECOMPILED_DIR")  # empty: no shipped kernels
+    for _var in _vars:
         os.environ[_var] = tempfile.mkdtemp(prefix="numbanet-asv-jit-")
         atexit.register(shutil.rmtree, os.environ[_var], True)
 import numpy as np
 import numbanet
 from numbanet.bench import make_step
 """
+
+def _setup(cache: str) -> str:
+    return _SETUP.format(cold=cache != "warm", jit=cache == "jit")
+
 
 # Builds the model (weights copied in, compiled with Adam and cross-entropy) and runs
 # one public train_step: everything a first step compiles.
@@ -57,14 +68,14 @@ class ColdStartSuite:
     timeout = 600
 
     def timeraw_import(self, cache: str) -> tuple[str, str]:
-        return "import numbanet", _SETUP.split("import numpy")[0].format(cold=cache == "cold")
+        return "import numbanet", _setup(cache).split("import numpy")[0]
 
     def timeraw_first_train_step(self, cache: str) -> tuple[str, str]:
-        return _FIRST_STEP.format(model="64-32-10@32"), _SETUP.format(cold=cache == "cold")
+        return _FIRST_STEP.format(model="64-32-10@32"), _setup(cache)
 
     def timeraw_first_train_step_784(self, cache: str) -> tuple[str, str]:
         # Large enough for the parallel GEMM (the 64-wide model stays on the serial twin).
-        return _FIRST_STEP.format(model="784-256-128-10@64"), _SETUP.format(cold=cache == "cold")
+        return _FIRST_STEP.format(model="784-256-128-10@64"), _setup(cache)
 
     def timeraw_first_matmul_float32(self, cache: str) -> tuple[str, str]:
-        return _FIRST_MATMUL.format(dtype="float32"), _SETUP.format(cold=cache == "cold")
+        return _FIRST_MATMUL.format(dtype="float32"), _setup(cache)

@@ -138,11 +138,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--cache",
-        choices=("cold", "warm"),
+        choices=("cold", "jit", "warm"),
         default="cold",
         help="with --cold-start: 'cold' empties every compile cache (Numba's, numbanet's, "
-        "Inductor's: a first run after pip install; the default) or 'warm' keeps the "
-        "default caches, filled by one untimed run",
+        "Inductor's: a first run after pip install, where numbanet loads the kernels it "
+        "ships compiled; the default), 'jit' also hides those (numbanet compiles "
+        "everything), or 'warm' keeps the default caches, filled by one untimed run",
     )
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     return parser

@@ -686,8 +686,13 @@ def cold_child_main(framework: str, model: str, seed: int, threads: int,
 CACHE_VARIABLES = ("NUMBA_CACHE_DIR", "NUMBANET_CACHE_DIR", "TORCHINDUCTOR_CACHE_DIR")
 
 
-def cold_environment(base: dict[str, str], scratch: str) -> dict[str, str]:
+def cold_environment(base: dict[str, str], scratch: str,
+                     shipped_kernels: bool = True) -> dict[str, str]:
     """``base`` with every compile cache pointed at empty directories under ``scratch``.
+
+    numbanet's kernels compiled at install time (``numbanet/_precompiled``) are part of
+    the package, not a cache, and stay visible unless ``shipped_kernels`` is false (then
+    ``NUMBANET_PRECOMPILED_DIR`` points at an empty directory too).
 
     * Numba: ``NUMBA_CACHE_DIR``. Numba consults its ``UserProvidedCacheLocator`` first
       when the variable is set, so numbanet's own kernel caches in the package's
@@ -703,6 +708,10 @@ def cold_environment(base: dict[str, str], scratch: str) -> dict[str, str]:
         path = os.path.join(scratch, variable.lower())
         os.makedirs(path, exist_ok=True)
         env[variable] = path
+    if shipped_kernels:
+        env.pop("NUMBANET_PRECOMPILED_DIR", None)
+    else:
+        env["NUMBANET_PRECOMPILED_DIR"] = os.path.join(scratch, "no_precompiled_kernels")
     env.pop("JAX_COMPILATION_CACHE_DIR", None)
     env["JAX_ENABLE_COMPILATION_CACHE"] = "false"
     return env

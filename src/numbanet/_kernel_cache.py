@@ -26,6 +26,14 @@ this has to serve. Code that reaches a function some other way than an import (f
 example a kernel passed as an argument) is not covered; :mod:`numbanet.kernels.updates`
 hashes plugin kernels into its generated module names for that reason.
 
+Kernels compiled ahead of time (:mod:`numbanet._precompiled`) live in a second,
+read-only cache directory shipped with the package. Its entries are stamped with the
+dependency digest alone (no file modification time, no path), so they stay valid
+wherever the package is installed; Numba's own index key adds the Python and Numba
+versions, the bytecode hash, and the CPU name and features (the portable level of
+:mod:`numbanet._target`). :class:`DependencyAwareCache` looks there when its own
+directory has no entry, and compiles (saving to its own directory) when neither has.
+
 Cost: each file is read and parsed once per process (memoised on its path, size and
 modification time); stamping all of numbanet's kernels at import adds a few
 milliseconds.
@@ -43,14 +51,27 @@ import sys
 from collections.abc import Iterable
 from typing import Any
 
+from numba.core import sigutils
 from numba.core.caching import CompileResultCacheImpl, FunctionCache
 
 __all__ = [
     "DependencyAwareCache",
+    "PRECOMPILE_INTO_VARIABLE",
+    "PRECOMPILED_DIR_VARIABLE",
     "dependency_digest",
     "enable_dependency_cache",
+    "precompiled_tag",
+    "shipped_directory",
     "source_dependencies",
 ]
+
+#: Environment variable: a directory of ahead-of-time compiled kernels to use instead of
+#: the package's own ``numbanet/_precompiled`` (tests; a site-wide shared copy).
+PRECOMPILED_DIR_VARIABLE = "NUMBANET_PRECOMPILED_DIR"
+
+#: Environment variable set by :mod:`numbanet._precompiled` in the processes that build
+#: the shipped kernels: every kernel then loads from and saves to ``<dir>/<tag>/`` only.
+PRECOMPILE_INTO_VARIABLE = "NUMBANET_PRECOMPILE_INTO"
 
 #: Packages always followed, besides the kernel's own top-level package.
 FOLLOWED_PACKAGES = ("numbanet",)
@@ -274,19 +295,139 @@ class _DependencyCacheImpl(CompileResultCacheImpl):
         self._locator = _DependencyStampedLocator(self._locator, py_func)
 
 
+def precompiled_tag(level: str) -> str:
+    """The directory name of kernels compiled for ``level`` by this Numba and Python.
+
+    Numba's index checks both versions too; naming the directory by them keeps kernels
+    of several versions apart and lets a lookup skip a whole mismatched tree at once.
+    """
+    import numba
+
+    return f"{level}-numba{numba.__version__}-py{sys.version_info[0]}{sys.version_info[1]}"
+
+
+def _package_precompiled_root() -> str:
+    return os.path.join(os.path.dirname(os.path.abspath(__file__)), "_precompiled")
+
+
+def shipped_directory() -> str | None:
+    """The directory of ahead-of-time compiled kernels this process can use, or ``None``.
+
+    ``$NUMBANET_PRECOMPILED_DIR/<tag>`` when the variable is set, else
+    ``numbanet/_precompiled/<tag>``, where ``<tag>`` is :func:`precompiled_tag` of the level
+    Numba compiles for (:func:`numbanet._target.target_level`). ``None`` when Numba does
+    not target a portable level (then no shipped code can match) or the directory is
+    missing.
+    """
+    from numbanet._target import target_level
+
+    level = target_level()
+    if level is None:
+        return None
+    root = os.environ.get(PRECOMPILED_DIR_VARIABLE) or _package_precompiled_root()
+    path = os.path.join(root, precompiled_tag(level))
+    return path if os.path.isdir(path) else None
+
+
+class _ShippedLocator:
+    """Numba cache locator of a kernel in an ahead-of-time directory: ``<dir>/<module>/``.
+
+    The source stamp is the dependency digest alone, so the entries do not depend on
+    where the package is installed or on the files' modification times.
+    """
+
+    def __init__(self, directory: str, py_func: Any) -> None:
+        self._path = os.path.join(directory, py_func.__module__)
+        self._py_func = py_func
+
+    def ensure_cache_path(self) -> None:
+        os.makedirs(self._path, exist_ok=True)
+
+    def get_cache_path(self) -> str:
+        return self._path
+
+    def get_disambiguator(self) -> str:
+        return str(self._py_func.__code__.co_firstlineno)
+
+    def get_source_stamp(self) -> Any:
+        func = self._py_func
+        return dependency_digest(func.__module__, inspect.getfile(func))
+
+
+class _ShippedCacheImpl(CompileResultCacheImpl):
+    def __init__(self, py_func: Any, directory: str) -> None:
+        super().__init__(py_func)  # the file name: qualname, line, Python version
+        self._locator = _ShippedLocator(directory, py_func)
+
+
+class ShippedCache(FunctionCache):
+    """The cache of one kernel in an ahead-of-time directory (see :class:`_ShippedLocator`)."""
+
+    def __init__(self, py_func: Any, directory: str) -> None:
+        # FunctionCache.__init__ builds its implementation as self._impl_class(py_func).
+        self._impl_class = functools.partial(_ShippedCacheImpl, directory=directory)
+        super().__init__(py_func)
+
+
 class DependencyAwareCache(FunctionCache):
     """A :class:`numba.core.caching.FunctionCache` whose index goes stale when any source
-    file the kernel's module depends on changes (see the module docstring)."""
+    file the kernel's module depends on changes (see the module docstring).
+
+    On a miss it also looks in the shipped ahead-of-time directory
+    (:func:`shipped_directory`), which it never writes.
+    """
 
     _impl_class = _DependencyCacheImpl
+
+    def __init__(self, py_func: Any) -> None:
+        super().__init__(py_func)
+        directory = shipped_directory()
+        self._shipped = None if directory is None else ShippedCache(py_func, directory)
+
+    def _load_overload(self, sig: Any, target_context: Any) -> Any:
+        data = _checked(sig, super()._load_overload(sig, target_context))
+        if data is None and self._shipped is not None and self._enabled:
+            data = _checked(sig, self._shipped._load_overload(sig, target_context))
+        return data
+
+
+def _checked(sig: Any, data: Any) -> Any:
+    """``data`` if it was compiled for ``sig``'s argument types, else ``None`` (a miss).
+
+    Numba writes a cache's index before its data file, and restarts data file numbers at
+    1 when the index went stale; a process that reads in between gets the old file, code
+    compiled for other types. Seen with two MPI ranks compiling at once after an edit: the
+    caller then failed to type ("Known signatures: <the old types>"). Compiling again is
+    always correct.
+    """
+    if data is None:
+        return None
+    args, _ = sigutils.normalize_signature(sig)
+    return data if tuple(data.signature.args) == tuple(args) else None
 
 
 def enable_dependency_cache(dispatcher: Any) -> Any:
     """Give a Numba dispatcher the dependency-aware disk cache; returns the dispatcher.
 
     The replacement for ``dispatcher.enable_caching()`` (what ``cache=True`` calls). A
-    plain function (``NUMBA_DISABLE_JIT=1``) is returned unchanged.
+    plain function (``NUMBA_DISABLE_JIT=1``) is returned unchanged. In a process that
+    builds the shipped kernels (``NUMBANET_PRECOMPILE_INTO`` set), the cache is that
+    directory's instead.
     """
     if hasattr(dispatcher, "py_func") and hasattr(dispatcher, "_cache"):
-        dispatcher._cache = DependencyAwareCache(dispatcher.py_func)
+        into = os.environ.get(PRECOMPILE_INTO_VARIABLE)
+        if into:
+            from numbanet._target import target_level
+
+            level = target_level()
+            if level is None:
+                raise RuntimeError(
+                    f"{PRECOMPILE_INTO_VARIABLE} is set but Numba does not target a portable "
+                    "level; set NUMBA_CPU_NAME and NUMBA_CPU_FEATURES to one of "
+                    "numbanet._target.LEVEL_FEATURES"
+                )
+            directory = os.path.join(into, precompiled_tag(level))
+            dispatcher._cache = ShippedCache(dispatcher.py_func, directory)
+        else:
+            dispatcher._cache = DependencyAwareCache(dispatcher.py_func)
     return dispatcher

@@ -561,8 +561,9 @@ class ColdStart:
     Attributes:
         model: the model name.
         threads: threads (and pinned cores) each framework's process was given.
-        cache: ``"cold"`` (every compile cache empty) or ``"warm"`` (the default caches,
-            filled by one untimed run first).
+        cache: ``"cold"`` (every compile cache empty; numbanet's shipped kernels load),
+            ``"jit"`` (also without numbanet's shipped kernels) or ``"warm"`` (the default
+            caches, filled by one untimed run first).
         repeats: fresh processes per framework; the report uses their median.
         seconds: median seconds from launching the interpreter to the end of the first
             training step, per framework.
@@ -612,7 +613,10 @@ def _cold_run(framework: str, spec: BenchSpec, seed: int, threads: int, cores: l
     """
     scratch = tempfile.mkdtemp(prefix="numbanet-cold-start-")
     try:
-        env = cold_environment(os.environ, scratch) if cache == "cold" else dict(os.environ)
+        if cache == "warm":
+            env = dict(os.environ)
+        else:
+            env = cold_environment(os.environ, scratch, shipped_kernels=cache == "cold")
         launched = time.time()
         try:
             proc = subprocess.run(
@@ -636,7 +640,7 @@ def _cold_run(framework: str, spec: BenchSpec, seed: int, threads: int, cores: l
 
 @validate_args({
     "repeats": Integer(min=1),
-    "cache": OneOf("cold", "warm"),
+    "cache": OneOf("cold", "jit", "warm"),
     "timeout": Real(min=0, closed="neither", what="a number of seconds"),
 })
 def cold_start(
@@ -658,7 +662,9 @@ def cold_start(
     :func:`numbanet._bench_steps.cold_environment`): Numba's (``NUMBA_CACHE_DIR``, which
     also bypasses numbanet's kernel cache in its ``__pycache__`` directories), numbanet's
     generated driver modules, PyTorch Inductor's; JAX keeps none by default. This is a
-    first run after ``pip install``. With ``"warm"``, the default caches after one untimed
+    first run after ``pip install``: numbanet loads the kernels its wheel ships compiled
+    (:mod:`numbanet._precompiled`). ``"jit"`` hides those too, so numbanet compiles
+    every kernel the step needs (a first run without shipped kernels). With ``"warm"``, the default caches after one untimed
     run: every later run (JAX and Keras compile again each time unless a JAX compilation
     cache is configured).
 
@@ -667,7 +673,7 @@ def cold_start(
         threads: threads and cores per framework (1 to ``max_threads()``).
         frameworks: which of :data:`FRAMEWORKS`; default all (numbanet always runs).
         repeats: fresh processes per framework. At least 1.
-        cache: ``"cold"`` or ``"warm"``.
+        cache: ``"cold"``, ``"jit"`` or ``"warm"``.
         seed: seeds the shared weights and batch.
         timeout: seconds a run may take before the framework is skipped.
 

@@ -38,6 +38,7 @@ def info_lines() -> list[str]:
     import numpy as np
 
     import numbanet
+    from numbanet._kernel_cache import shipped_directory
     from numbanet.threads import threading_layer, threading_layer_choice
 
     cpu = platform.processor() or platform.machine()
@@ -58,6 +59,7 @@ def info_lines() -> list[str]:
         f"threads         {numbanet.get_num_threads()} of {numba.config.NUMBA_NUM_THREADS}",
         f"cpu             {cpu} ({numba.config.NUMBA_DEFAULT_NUM_THREADS} logical cores)",
         f"llvm target cpu {numba.core.config.CPU_NAME or 'host'}",
+        f"shipped kernels {shipped_directory() or 'none for this target (compiled on first use)'}",
     ]
 
 

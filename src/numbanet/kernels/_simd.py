@@ -57,6 +57,10 @@ __all__ = [
 def _target_has_avx512() -> bool:
     """Whether Numba compiles for a CPU with AVX-512F (honours ``NUMBA_CPU_FEATURES``)."""
     from numba.core import config
+
+    from numbanet._target import apply_portable_target
+
+    apply_portable_target()  # idempotent; the width must follow the level numbanet picks
     from numba.core.codegen import get_host_cpu_features
 
     features = config.CPU_FEATURES
