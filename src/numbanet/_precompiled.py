@@ -159,6 +159,7 @@ def _build_level(out: str, level: str, log: Callable[[str], None]) -> None:
             NUMBA_CACHE_DIR=os.path.join(scratch, "numba"),
             NUMBANET_CACHE_DIR=os.path.join(scratch, "numbanet"),
             MPLBACKEND="Agg",
+            PYTHONDONTWRITEBYTECODE="1",  # no .pyc files in a wheel's build tree
         )
         env[PRECOMPILE_INTO_VARIABLE] = staging
         started = time.perf_counter()
