@@ -48,7 +48,10 @@ SHAPES = [
     (97, 2 * KC + 3, 29),
     (131, 40, 290),
     (150, 70, 10),  # narrow outputs: the plan tiles out.T (GemmPlan.swap)
-    (61, KC + 3, 1),
+    (61, KC + 3, 1),  # n <= NARROW_N: dot products without packing (GemmPlan.narrow)
+    (37, 19, 3),
+    (200, 100, 4),
+    (9, 2 * KC + 1, 5),  # just past NARROW_N: packed again
 ]
 
 
@@ -84,7 +87,7 @@ def _run(a, b, ta, tb, *, parallel):
     n = b.shape[0] if tb else b.shape[1]
     k = a.shape[0] if ta else a.shape[1]
     plan = gemm_plan(m, n, k, a.dtype)
-    plan = GemmPlan(plan.mb, plan.nb, plan.workspace, parallel, plan.swap)
+    plan = plan._replace(parallel=parallel)
     work = np.full(plan.workspace, np.nan, a.dtype)  # stale workspace content must not leak
     out = np.full((m, n), np.nan, a.dtype)
     gemm_into(a, b, out, ta, tb, work, plan)
@@ -572,3 +575,49 @@ def test_dense_forward_rejects_bad_input():
         dense_forward(x, w, None, z, y, "relu")
     with pytest.raises(ValueError, match="inner dimensions differ: x is 3 x 4 but w is 5 x 5"):
         dense_forward(x, np.ones((5, 5), F32), None, z, y, relu)
+
+
+# ---------------------------------------------------------------------------------------
+# Narrow outputs (n <= NARROW_N): dot products without packing, with every epilogue
+# ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("ta,tb", TRANSPOSES)
+@pytest.mark.parametrize("m,k,n", [(1, 1, 1), (200, 100, 1), (13, 1, 2), (37, KC + 5, 3),
+                                   (5, 9, mm.NARROW_N)])
+def test_narrow_outputs_take_dot_products_with_bias_relu_and_derivative(m, k, n, ta, tb,
+                                                                         dtype):
+    rng = np.random.default_rng(m + k + n)
+    a, b = _operands(rng, m, k, n, ta, tb, dtype)
+    plan = gemm_plan(m, n, k, dtype)
+    assert plan.narrow and not plan.parallel
+    work = np.full(plan.workspace, np.nan, dtype)  # stale content must not leak
+    ref, scale = _reference(a, b, ta, tb)
+    tol = (1e-5 if dtype == np.float32 else 1e-13) * (k + 1)
+    bias = rng.standard_normal(n).astype(dtype)
+
+    z = np.full((m, n), np.nan, dtype)
+    y = np.full((m, n), np.nan, dtype)
+    gemm_into(a, b, z, ta, tb, work, plan, bias=bias, y=y, act_id=ACTIVATION_IDS["relu"])
+    assert np.all(np.abs(z - (ref + bias)) <= tol * (scale + np.abs(bias)))
+    np.testing.assert_array_equal(y, np.maximum(z, 0))
+
+    saved = rng.standard_normal((m, n)).astype(dtype)
+    dx = np.full((m, n), np.nan, dtype)
+    gemm_into(a, b, dx, ta, tb, work, plan, act_id=ACTIVATION_IDS["relu"],
+              derivative=True, z_saved=saved)
+    keep = saved > 0
+    assert (dx[~keep] == 0).all()
+    assert np.all(np.abs(dx - ref * keep) <= tol * scale * keep)
+
+    tanh = np.full((m, n), np.nan, dtype)  # an activation outside the epilogue
+    gemm_into(a, b, tanh, ta, tb, work, plan, bias=bias, act_id=ACTIVATION_IDS["tanh"])
+    tol_tanh = 1e-5 if dtype == np.float32 else 1e-12
+    assert np.all(np.abs(tanh - np.tanh(ref + bias)) <= tol_tanh * (1 + scale))
+
+
+def test_one_column_past_narrow_n_is_packed_again():
+    assert gemm_plan(200, mm.NARROW_N, 100, np.float64).narrow
+    assert not gemm_plan(200, mm.NARROW_N + 1, 100, np.float64).narrow
+    assert not gemm_plan(200, 1, 0, np.float64).narrow  # k == 0: the zero fill

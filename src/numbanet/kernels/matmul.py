@@ -135,8 +135,13 @@ def _kc_for_overload(dtype):
         kc = KC * 4 // (dtype.dtype.bitwidth // 8)
         return lambda dtype: kc
     return None
-#: Below this many multiply-adds (m * n * k), run the serial twin.
-SERIAL_WORK = 1 << 20
+#: Below this many multiply-adds (m * n * k), run the serial twin. 2**21: products of 1-2
+#: million multiply-adds gained at most 1.35x from a second thread back to back, and lost
+#: inside a training step, where the pool sleeps between products (scikit-learn's digits
+#: MLP, 200x64 @ 64x100 and its gradients, 1.28M each: a 200-epoch fit took 0.18 s on
+#: 2 threads, 0.12 s on one). The standard benchmark MLPs' products are all outside
+#: the 1-2 million range.
+SERIAL_WORK = 1 << 21
 # Largest macro tile, in panels (MB * MR rows by NB * NR columns): with KC = 256 the A
 # block a task packs (32 * 12 * 256 floats, 384 KiB) stays in a 2 MiB L2 while it is
 # swept with each B panel (in L1). Measured with 2 threads, float32: 512x1024x1024 ran
@@ -874,6 +879,65 @@ def _zero_k_fill(out, y, z_saved, bias, has_bias, act_id, derivative):
                        np.int64(0), m, np.int64(0), n)
 
 
+#: Outputs with at most this many columns take :func:`_narrow_gemm` (a binary
+#: classifier's or a regressor's single output, a 3-class head): the packed path pads them
+#: to a full register tile and packs all of ``op(a)`` for a few dot products.
+NARROW_N = 4
+
+
+@kernel
+def _narrow_gemm(a, b, out, transpose_a, transpose_b, work,
+                 bias, has_bias, y, z_saved, act_id, derivative):
+    """``out = op(a) @ op(b)`` for ``n <= NARROW_N`` output columns, then the epilogue.
+
+    Shapes and arguments as :func:`_gemm_serial` (``k >= 1``); ``work`` holds at least
+    ``n * k + n * m`` elements. ``op(b)`` is first copied to ``n`` contiguous rows
+    (``n * k`` elements, a few KB). Then, without ``transpose_a``, each output is a dot
+    product of a row of ``a`` with one of those rows (both contiguous: SIMD loads,
+    ``reassoc`` lets LLVM split the sum over lanes); with ``transpose_a`` the rows of
+    ``a`` are streamed once, ``acc[j, :] += op(b)[p, j] * a[p, :]`` (SIMD over ``m``),
+    and ``acc`` is transposed into ``out``. Serial: a narrow product is a few
+    microseconds of work, less than a parallel region's fork and join. Each output's
+    summation order depends only on the shape, so results are the same on every call.
+    """
+    m, n = out.shape
+    k = a.shape[0] if transpose_a else a.shape[1]
+    bt = work[: n * k].reshape((n, k))
+    for j in range(n):
+        for p in range(k):
+            bt[j, p] = b[j, p] if transpose_b else b[p, j]
+    if transpose_a:
+        acc = work[n * k : n * k + n * m].reshape((n, m))
+        for j in range(n):
+            row = acc[j]
+            s = bt[j, 0]
+            a0 = a[0]
+            for i in range(m):
+                row[i] = s * a0[i]
+        for p in range(1, k):
+            ap = a[p]
+            for j in range(n):
+                row = acc[j]
+                s = bt[j, p]
+                for i in range(m):
+                    row[i] += s * ap[i]
+        for i in range(m):
+            for j in range(n):
+                out[i, j] = acc[j, i]
+    else:
+        for i in range(m):
+            ai = a[i]
+            for j in range(n):
+                bj = bt[j]
+                s = ai[0] * bj[0]
+                for p in range(1, k):
+                    s += ai[p] * bj[p]
+                out[i, j] = s
+    if has_bias or act_id >= 0:
+        _epilogue_rows(out, y, z_saved, bias, has_bias, act_id, derivative,
+                       np.int64(0), m, np.int64(0), n)  # int64: see _zero_k_fill
+
+
 # ---------------------------------------------------------------------------------------
 # Drivers: the parallel kernel and its serial twin (same body, range instead of prange)
 # ---------------------------------------------------------------------------------------
@@ -999,6 +1063,9 @@ class GemmPlan(NamedTuple):
         parallel: whether :func:`gemm_into` runs the parallel kernel.
         swap: tile ``out.T = op(b).T @ op(a).T`` instead (a narrow output: see
             :func:`gemm_plan`); ``mb``/``nb`` then count panels of ``out.T``.
+        narrow: at most :data:`NARROW_N` output columns and ``k >= 1``: dot products
+            without packing (:func:`_narrow_gemm`, serial); ``mb``, ``nb`` and ``swap``
+            are unused.
     """
 
     mb: int
@@ -1006,6 +1073,7 @@ class GemmPlan(NamedTuple):
     workspace: int
     parallel: bool
     swap: bool = False
+    narrow: bool = False
 
 
 def _lanes(dtype: np.dtype) -> int:
@@ -1043,6 +1111,9 @@ def _padded_area(m: int, n: int, nr: int) -> int:
 
 @functools.lru_cache(maxsize=256)
 def _plan(m: int, n: int, k: int, nr: int, threads: int) -> GemmPlan:
+    if 0 < n <= NARROW_N and k > 0:
+        # n=1, k=100, m=200 (a regressor's output layer): 24 us packed, ~1 us here.
+        return GemmPlan(1, 1, n * k + n * m, False, False, True)
     # A narrow output (a classifier's 10 columns) fills 10 of the tile's NR = 32
     # columns; its transpose fills 10 of MR = 12 rows. Tile the transpose when that
     # wastes much less (the transpose back is a pass over m * n elements):
@@ -1180,6 +1251,12 @@ def gemm_into(
     # its own right after the product (see the module docstring: compile time).
     fused = derivative or act_id < 0 or act_id == RELU or act_id == IDENTITY
     tile_act = act_id if fused else _NO_ACTIVATION
+    if plan.narrow:
+        _narrow_gemm(a, b, out, bool(transpose_a), bool(transpose_b), work, bias, has_bias,
+                     y, z_saved, int(tile_act), bool(derivative))
+        if not fused:
+            elementwise_forward_unchecked(int(act_id), float(param), out, y)
+        return
     args = (a, b, out, bool(transpose_a), bool(transpose_b), work, plan.mb, plan.nb,
             plan.swap, bias, has_bias, y, z_saved, int(tile_act), bool(derivative))
     if not plan.parallel or numba.get_num_threads() == 1:
