@@ -225,3 +225,37 @@ def test_an_entry_compiled_for_other_types_is_a_miss():
     assert kc._checked((types.float64[:], types.int64), entry) is None
     assert kc._checked(types.none(types.float32[:], types.int64), entry) is entry
     assert kc._checked((types.float32[:], types.int64), None) is None
+
+
+def test_cache_files_are_written_data_first_and_never_reused(tmp_path, monkeypatch):
+    # Numba writes the index first and reuses data file numbers after a stale index: a
+    # reader in between loaded old code. Ours: a new unique data file, written before
+    # the index that names it; replaced and orphaned files are removed.
+    seen_at_index_time = []
+    real_save_index = kc._DataFirstIndexFile._save_index
+
+    def spy(self, overloads):
+        seen_at_index_time.append(all(os.path.exists(self._data_path(n))
+                                      for n in overloads.values()))
+        real_save_index(self, overloads)
+
+    monkeypatch.setattr(kc._DataFirstIndexFile, "_save_index", spy)
+    old = kc._DataFirstIndexFile(str(tmp_path), "f-1.py311", "stamp-1")
+    old.save("key", ("first",))
+    old.save("other", ("other",))
+    first = old._load_index()["key"]
+    old.save("key", ("second",))
+    assert old._load_index()["key"] != first and not (tmp_path / first).exists()
+    assert old.load("key") == ("second",) and old.load("other") == ("other",)
+    # A source edit: the index goes stale; the new one names only its own file.
+    new = kc._DataFirstIndexFile(str(tmp_path), "f-1.py311", "stamp-2")
+    assert new.load("key") is None
+    new.save("key", ("edited",))
+    assert new.load("key") == ("edited",)
+    assert sorted(p.name for p in tmp_path.glob("*.nbc")) == [new._load_index()["key"]]
+    assert seen_at_index_time == [True] * 4
+
+
+def test_kernels_use_the_data_first_cache_files():
+    matmul = importlib.import_module("numbanet.kernels.matmul")
+    assert isinstance(matmul._gemm_serial._cache._cache_file, kc._DataFirstIndexFile)

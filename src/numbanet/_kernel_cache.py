@@ -42,17 +42,19 @@ milliseconds.
 from __future__ import annotations
 
 import functools
+import glob
 import hashlib
 import importlib.util
 import inspect
 import os
 import re
 import sys
+import uuid
 from collections.abc import Iterable
 from typing import Any
 
 from numba.core import sigutils
-from numba.core.caching import CompileResultCacheImpl, FunctionCache
+from numba.core.caching import CompileResultCacheImpl, FunctionCache, IndexDataCacheFile
 
 __all__ = [
     "DependencyAwareCache",
@@ -354,6 +356,47 @@ class _ShippedLocator:
         return dependency_digest(func.__module__, inspect.getfile(func))
 
 
+class _DataFirstIndexFile(IndexDataCacheFile):
+    """Numba's index and data files, written so that a reader never gets stale code.
+
+    Numba saves the index before the data file and, when the index went stale (after
+    an edit), numbers data files from 1 again, so a process reading in between (two MPI
+    ranks compiling at once) loads the *old* file of that name: code of an earlier
+    version of the source, or compiled for other types. Here each entry's data goes to a
+    new, unique file first, then the index that points to it is written; the file it
+    replaces, and after a stale index every file the new index does not name, are
+    removed. A reader holding an old index then finds no file (a miss: it compiles),
+    never the wrong one.
+    """
+
+    def save(self, key: Any, data: Any) -> None:
+        overloads = self._load_index()
+        fresh = not overloads
+        base = self._index_name[: -len(".nbi")]
+        name = f"{base}.{uuid.uuid4().hex[:16]}.nbc"
+        self._save_data(name, data)
+        replaced = overloads.get(key)
+        overloads[key] = name
+        self._save_index(overloads)
+        unused = [replaced] if replaced else []
+        if fresh:
+            keep = set(overloads.values())
+            unused = [os.path.basename(f) for f in glob.glob(
+                os.path.join(glob.escape(self._cache_path), glob.escape(base) + ".*.nbc"))
+                if os.path.basename(f) not in keep]
+        for old in unused:
+            try:
+                os.remove(self._data_path(old))
+            except OSError:
+                pass
+
+
+def _use_data_first_files(cache: FunctionCache) -> None:
+    current = cache._cache_file
+    cache._cache_file = _DataFirstIndexFile(current._cache_path, cache._impl.filename_base,
+                                            current._source_stamp)
+
+
 class _ShippedCacheImpl(CompileResultCacheImpl):
     def __init__(self, py_func: Any, directory: str) -> None:
         super().__init__(py_func)  # the file name: qualname, line, Python version
@@ -367,6 +410,7 @@ class ShippedCache(FunctionCache):
         # FunctionCache.__init__ builds its implementation as self._impl_class(py_func).
         self._impl_class = functools.partial(_ShippedCacheImpl, directory=directory)
         super().__init__(py_func)
+        _use_data_first_files(self)
 
 
 class DependencyAwareCache(FunctionCache):
@@ -381,6 +425,7 @@ class DependencyAwareCache(FunctionCache):
 
     def __init__(self, py_func: Any) -> None:
         super().__init__(py_func)
+        _use_data_first_files(self)
         directory = shipped_directory()
         self._shipped = None if directory is None else ShippedCache(py_func, directory)
 
@@ -394,11 +439,10 @@ class DependencyAwareCache(FunctionCache):
 def _checked(sig: Any, data: Any) -> Any:
     """``data`` if it was compiled for ``sig``'s argument types, else ``None`` (a miss).
 
-    Numba writes a cache's index before its data file, and restarts data file numbers at
-    1 when the index went stale; a process that reads in between gets the old file, code
-    compiled for other types. Seen with two MPI ranks compiling at once after an edit: the
-    caller then failed to type ("Known signatures: <the old types>"). Compiling again is
-    always correct.
+    A safeguard behind :class:`_DataFirstIndexFile`: with Numba's own file order, two MPI
+    ranks compiling at once after an edit loaded a data file compiled for other types,
+    and the caller failed to type ("Known signatures: <the old types>"). Compiling again
+    is always correct.
     """
     if data is None:
         return None

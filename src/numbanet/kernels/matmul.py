@@ -31,7 +31,10 @@
 
 A narrow output (a classifier's 10 columns) would waste most of each register tile's
 ``NR`` columns, so its plan tiles the transpose ``out.T = op(b).T @ op(a).T`` instead
-and transposes the small result back (``GemmPlan.swap``).
+and transposes the small result back (``GemmPlan.swap``). An output of at most
+``NARROW_N`` columns (a regressor's or a binary classifier's single output) skips the
+packed path altogether: each element is a dot product of contiguous rows
+(``GemmPlan.narrow``, :func:`_narrow_gemm`).
 
 Parallel contract: one ``prange`` loop per call (one fork/join), over the macro tiles.
 Each iteration writes a disjoint rectangle of ``out`` (and ``y``) and the slot of the
