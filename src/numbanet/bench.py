@@ -664,9 +664,9 @@ def cold_start(
     generated driver modules, PyTorch Inductor's; JAX keeps none by default. This is a
     first run after ``pip install``: numbanet loads the kernels its wheel ships compiled
     (:mod:`numbanet._precompiled`). ``"jit"`` hides those too, so numbanet compiles
-    every kernel the step needs (a first run without shipped kernels). With ``"warm"``, the default caches after one untimed
-    run: every later run (JAX and Keras compile again each time unless a JAX compilation
-    cache is configured).
+    every kernel the step needs (a first run without shipped kernels). With ``"warm"``,
+    the default caches after one untimed run: every later run (JAX and Keras compile
+    again each time unless a JAX compilation cache is configured).
 
     Args:
         model: a :class:`ModelSpec` or its name; default the issue's 784-256-128-10@64.
