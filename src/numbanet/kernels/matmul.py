@@ -1257,9 +1257,16 @@ def gemm_into(
     if plan.narrow:
         _narrow_gemm(a, b, out, bool(transpose_a), bool(transpose_b), work, bias, has_bias,
                      y, z_saved, int(tile_act), bool(derivative))
-        if not fused:
-            elementwise_forward_unchecked(int(act_id), float(param), out, y)
-        return
+    else:
+        _packed_gemm(a, b, out, transpose_a, transpose_b, work, plan, bias, has_bias, y,
+                     z_saved, tile_act, derivative)
+    if not fused:
+        elementwise_forward_unchecked(int(act_id), float(param), out, y)
+
+
+def _packed_gemm(a, b, out, transpose_a, transpose_b, work, plan, bias, has_bias, y,
+                 z_saved, tile_act, derivative) -> None:
+    """The packed, register-tiled product of :func:`gemm_into`: serial or parallel."""
     args = (a, b, out, bool(transpose_a), bool(transpose_b), work, plan.mb, plan.nb,
             plan.swap, bias, has_bias, y, z_saved, int(tile_act), bool(derivative))
     if not plan.parallel or numba.get_num_threads() == 1:
@@ -1275,8 +1282,6 @@ def gemm_into(
             _gemm_parallel(*args)
         finally:
             numba.set_parallel_chunksize(previous)
-    if not fused:
-        elementwise_forward_unchecked(int(act_id), float(param), out, y)
 
 
 _EMPTY = {np.dtype(np.float32): np.empty(0, np.float32),
