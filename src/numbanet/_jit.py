@@ -29,10 +29,10 @@ import numba
 from numbanet._kernel_cache import enable_dependency_cache
 from numbanet._target import apply_portable_target
 
-#: The x86-64 level every kernel is compiled for (see :mod:`numbanet._target`); chosen
-#: here, before the first kernel is defined, because Numba fixes its target at the first
-#: compilation.
-TARGET_LEVEL = apply_portable_target()
+# The x86-64 level every kernel is compiled for (see numbanet._target): chosen here,
+# before the first kernel is defined, because Numba fixes its target at the first
+# compilation. numbanet._target.target_level() reports it.
+apply_portable_target()
 
 F = TypeVar("F", bound=Callable[..., Any])
 

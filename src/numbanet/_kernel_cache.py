@@ -338,9 +338,10 @@ class _ShippedLocator:
     where the package is installed or on the files' modification times.
     """
 
-    def __init__(self, directory: str, py_func: Any) -> None:
+    def __init__(self, directory: str, py_func: Any, stamp: str | None = None) -> None:
         self._path = os.path.join(directory, py_func.__module__)
         self._py_func = py_func
+        self._stamp = stamp
 
     def ensure_cache_path(self) -> None:
         os.makedirs(self._path, exist_ok=True)
@@ -352,8 +353,10 @@ class _ShippedLocator:
         return str(self._py_func.__code__.co_firstlineno)
 
     def get_source_stamp(self) -> Any:
-        func = self._py_func
-        return dependency_digest(func.__module__, inspect.getfile(func))
+        if self._stamp is None:
+            func = self._py_func
+            self._stamp = dependency_digest(func.__module__, inspect.getfile(func))
+        return self._stamp
 
 
 class _DataFirstIndexFile(IndexDataCacheFile):
@@ -398,17 +401,19 @@ def _use_data_first_files(cache: FunctionCache) -> None:
 
 
 class _ShippedCacheImpl(CompileResultCacheImpl):
-    def __init__(self, py_func: Any, directory: str) -> None:
+    def __init__(self, py_func: Any, directory: str, stamp: str | None) -> None:
         super().__init__(py_func)  # the file name: qualname, line, Python version
-        self._locator = _ShippedLocator(directory, py_func)
+        self._locator = _ShippedLocator(directory, py_func, stamp)
 
 
 class ShippedCache(FunctionCache):
     """The cache of one kernel in an ahead-of-time directory (see :class:`_ShippedLocator`)."""
 
-    def __init__(self, py_func: Any, directory: str) -> None:
+    def __init__(self, py_func: Any, directory: str, stamp: str | None = None) -> None:
         # FunctionCache.__init__ builds its implementation as self._impl_class(py_func).
-        self._impl_class = functools.partial(_ShippedCacheImpl, directory=directory)
+        # ``stamp``: the dependency digest, when the caller has it already.
+        self._impl_class = functools.partial(_ShippedCacheImpl, directory=directory,
+                                             stamp=stamp)
         super().__init__(py_func)
         _use_data_first_files(self)
 
@@ -427,7 +432,10 @@ class DependencyAwareCache(FunctionCache):
         super().__init__(py_func)
         _use_data_first_files(self)
         directory = shipped_directory()
-        self._shipped = None if directory is None else ShippedCache(py_func, directory)
+        # The digest half of this cache's own stamp: computed once per kernel, not twice.
+        digest = self._cache_file._source_stamp[1]
+        self._shipped = (None if directory is None
+                         else ShippedCache(py_func, directory, stamp=digest))
 
     def _load_overload(self, sig: Any, target_context: Any) -> Any:
         data = _checked(sig, super()._load_overload(sig, target_context))
