@@ -44,6 +44,25 @@ def row_sum_kernel(r, x, t, aux, hp, gs, grad):
 
 
 @pytest.fixture
+def write_package(tmp_path):
+    """``write_package(name, {relative path: source}) -> package dir`` under ``tmp_path``.
+
+    Sources are dedented; subdirectories are created. The directory is not put on
+    ``sys.path``: tests import it in a subprocess, or prepend ``tmp_path`` themselves.
+    """
+
+    def write(name, files):
+        pkg = tmp_path / name
+        pkg.mkdir()
+        for filename, body in files.items():
+            (pkg / filename).parent.mkdir(parents=True, exist_ok=True)
+            (pkg / filename).write_text(textwrap.dedent(body), encoding="utf-8")
+        return pkg
+
+    return write
+
+
+@pytest.fixture
 def make_dist(tmp_path, monkeypatch):
     """``make_dist(dist_name, body, entry_name=None) -> module name``: a fake installed plugin.
 

@@ -25,15 +25,6 @@ from numbanet._jit import kernel, parallel_kernel
 SRC = Path(numbanet.__file__).resolve().parent.parent
 
 
-def _write_package(root: Path, name: str, files: dict[str, str]) -> Path:
-    pkg = root / name
-    pkg.mkdir()
-    for filename, body in files.items():
-        (pkg / filename).parent.mkdir(parents=True, exist_ok=True)
-        (pkg / filename).write_text(textwrap.dedent(body), encoding="utf-8")
-    return pkg
-
-
 # ---------------------------------------------------------------- quick unit tests
 
 
@@ -47,8 +38,9 @@ def test_gemm_depends_on_the_activation_and_simd_modules():
     assert "numba" not in deps and "numpy" not in deps  # third-party: not followed
 
 
-def test_dependency_closure_follows_own_package_and_relative_imports(tmp_path, monkeypatch):
-    pkg = _write_package(tmp_path, "nbcache_unit_pkg", {
+def test_dependency_closure_follows_own_package_and_relative_imports(tmp_path, monkeypatch,
+                                                                     write_package):
+    pkg = write_package("nbcache_unit_pkg", {
         "__init__.py": "",
         "a.py": "from . import b\nimport numpy\n",
         "b.py": "def f():\n    from nbcache_unit_pkg.sub import c\n",
@@ -138,9 +130,9 @@ def _run(args, cache_dir, extra_path=None, timeout=300):
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def test_editing_an_imported_module_recompiles_the_caller(tmp_path):
+def test_editing_an_imported_module_recompiles_the_caller(tmp_path, write_package):
     # helper is inlined into outer's machine code, as activation code is into the GEMM.
-    pkg = _write_package(tmp_path, "nbcache_e2e_pkg", {
+    pkg = write_package("nbcache_e2e_pkg", {
         "__init__.py": "",
         "dep.py": """
             from numbanet._jit import kernel

@@ -14,8 +14,6 @@ import json
 import os
 import subprocess
 import sys
-import textwrap
-from pathlib import Path
 
 import pytest
 
@@ -145,17 +143,10 @@ print(json.dumps({"values": values,
 """
 
 
-def _write(root: Path, files: dict[str, str]) -> Path:
-    pkg = root / "nbship_pkg"
-    pkg.mkdir()
-    for name, body in files.items():
-        (pkg / name).write_text(textwrap.dedent(body), encoding="utf-8")
-    return pkg
-
-
 @needs_level
-def test_shipped_kernels_load_in_a_new_environment_and_stale_ones_recompile(tmp_path):
-    pkg = _write(tmp_path, _KERNELS)
+def test_shipped_kernels_load_in_a_new_environment_and_stale_ones_recompile(tmp_path,
+                                                                           write_package):
+    pkg = write_package("nbship_pkg", _KERNELS)
     shipped = tmp_path / "shipped"
     level_env = {"NUMBA_CPU_NAME": HOST_LEVEL,
                  "NUMBA_CPU_FEATURES": _target.LEVEL_FEATURES[HOST_LEVEL]}
