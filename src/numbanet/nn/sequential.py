@@ -12,6 +12,7 @@ import numpy as np
 
 from numbanet._validation import Integer, Optional, check_arg, resolve_dtype
 from numbanet.kernels.checks import all_finite
+from numbanet.nn.dense_stack import DenseStack
 from numbanet.nn.module import (
     Module,
     Shape,
@@ -110,6 +111,9 @@ class Sequential:
         # Backward pairs each layer with the layer below when the two can fuse an
         # activation derivative into the upper layer's input-gradient GEMM.
         self._fusion_below: list[Module | None] = fusion_partners(layers)
+        # An MLP (Dense layers only) trains through two native calls instead of the
+        # layers' methods where every product is serial anyway (nn/dense_stack.py).
+        self._dense_stack = DenseStack.for_layers(layers, self._layout, self.dtype)
 
         self.loss: Any = None
         self.optimizer: Any = None
@@ -519,14 +523,22 @@ class Sequential:
             the loss of this batch measured before the update.
         """
         with self._lock:
-            out = self._forward(X, training=True)
+            stack = self._dense_stack
+            fused = None if stack is None else stack.step_for(X.shape[0])
+            if fused is None:
+                out = self._forward(X, training=True)
+            else:
+                out = stack.forward(fused, X, self.flat_parameters)
             d_out = self._workspace.get("d_out", out.shape)
             # Built-in loss and optimizer objects offer unchecked entries (the buffers
             # here are the model's own, validated once); others need the public methods.
             loss_step = getattr(self.loss, "forward_backward_unchecked",
                                 self.loss.forward_backward)
             loss_value = loss_step(out, targets, d_out)
-            self._backward(d_out, need_input_grad=False)
+            if fused is None:
+                self._backward(d_out, need_input_grad=False)
+            else:
+                stack.backward(fused, X, self.flat_parameters, self.flat_gradients, d_out)
             grad_scale = 1.0 if pipeline is None else float(pipeline(self))
             update = getattr(self.optimizer, "step_unchecked", self.optimizer.step)
             update(self.flat_parameters, self.flat_gradients, grad_scale)

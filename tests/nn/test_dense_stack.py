@@ -1,0 +1,135 @@
+"""The fused training step of an all-Dense model (numbanet.nn.dense_stack).
+
+Facts checked: the stack's gradients equal a NumPy backpropagation; a step through the
+stack equals a step through the layers' own methods bit for bit (every architecture
+feature the stack handles: activations with and without parameters, in-place and
+separate outputs, fused ReLU derivatives, narrow and swapped products, remainder batches,
+both dtypes); the stack steps aside where it should; thread counts change nothing.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import numbanet as nbn
+from numbanet.nn import Dense, Dropout, Sequential
+from numbanet.threads import max_threads
+
+
+def _mlp(widths, activations, dtype="float64", fused=True, seed=0):
+    layers = [Dense(a, b, activation=act)
+              for a, b, act in zip(widths[:-1], widths[1:], activations, strict=True)]
+    model = Sequential(layers, seed=seed, dtype=dtype).compile(loss="cross_entropy",
+                                                              optimizer="adam")
+    if not fused:
+        model._dense_stack = None  # the layers' own forward and backward methods
+    return model
+
+
+def _batch(rows, widths, dtype, seed=1):
+    rng = np.random.default_rng(seed)
+    return (rng.standard_normal((rows, widths[0])).astype(dtype),
+            rng.integers(0, widths[-1], rows))
+
+
+def _numpy_gradients(model, X, y):
+    """Mean softmax cross-entropy gradients of a ReLU/tanh MLP, by NumPy alone."""
+    acts = {"relu": (lambda z: np.maximum(z, 0), lambda z, a: (z > 0).astype(z.dtype)),
+            "tanh": (np.tanh, lambda z, a: 1 - a * a),
+            "identity": (lambda z: z, lambda z, a: np.ones_like(z))}
+    h, saved = X.astype(np.float64), []
+    for layer in model.layers:
+        z = h @ layer.weight.value + layer.bias.value
+        a = acts[layer.activation][0](z)
+        saved.append((h, z, a))
+        h = a
+    p = np.exp(h - h.max(axis=1, keepdims=True))
+    p /= p.sum(axis=1, keepdims=True)
+    p[np.arange(len(y)), y] -= 1
+    grad = p / len(y)
+    grads = []
+    for layer, (h_in, z, a) in zip(model.layers[::-1], saved[::-1], strict=True):
+        dz = grad * acts[layer.activation][1](z, a)
+        grads.append((h_in.T @ dz, dz.sum(axis=0)))
+        grad = dz @ layer.weight.value.T
+    return grads[::-1]
+
+
+def test_stack_gradients_match_numpy_backpropagation():
+    model = _mlp((13, 21, 9, 5), ("relu", "tanh", None))
+    assert model._dense_stack is not None
+    X, y = _batch(37, (13, 21, 9, 5), "float64")
+    expected = _numpy_gradients(model, X, y)
+    params_before = model.flat_parameters.copy()
+    model.train_step(X, y)
+    model.flat_parameters[...] = params_before  # gradients are of the weights before
+    for layer, (dw, db) in zip(model.layers, expected, strict=True):
+        np.testing.assert_allclose(layer.weight.grad, dw, rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(layer.bias.grad, db, rtol=1e-10, atol=1e-12)
+
+
+CASES = [
+    # widths, activations, batch rows: the plans and epilogues each exercises
+    ((64, 32, 10), ("relu", None), 32),  # ReLU fused into the dx epilogue; swapped dW
+    ((20, 100, 4), ("relu", None), 200),  # narrow (n <= 4) forward and dW products
+    ((20, 100, 1), ("relu", None), 17),  # one output column
+    ((30, 17, 9, 3), ("tanh", "gelu", "sigmoid"), 37),  # separate activation passes
+    ((12, 16, 8), ("leaky_relu", "elu"), 5),  # activations with a parameter
+    ((12, 16, 8), (None, "relu"), 1),  # identity hidden layer, ReLU on the output
+    ((50, 40, 30, 20, 6), ("relu", "silu", "relu", "softplus"), 64),
+]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("widths, activations, rows", CASES)
+def test_stack_step_equals_layer_by_layer_step_bit_for_bit(widths, activations, rows, dtype):
+    fused, layered = _mlp(widths, activations, dtype), _mlp(widths, activations, dtype,
+                                                            fused=False)
+    assert fused._dense_stack.step_for(rows) is not None
+    X, y = _batch(rows, widths, dtype)
+    X2, y2 = _batch(max(1, rows // 3), widths, dtype, seed=2)  # a remainder batch
+    for Xb, yb in [(X, y), (X2, y2), (X, y)]:
+        assert fused.train_step(Xb, yb) == layered.train_step(Xb, yb)
+    assert np.array_equal(fused.flat_gradients, layered.flat_gradients)
+    assert np.array_equal(fused.flat_parameters, layered.flat_parameters)
+    np.testing.assert_array_equal(fused.predict(X), layered.predict(X))
+
+
+@pytest.mark.filterwarnings("ignore:the last layer")  # softmax before the loss's softmax
+@pytest.mark.parametrize("layers", [
+    [Dense(8, 6, activation="relu"), Dropout(0.5), Dense(6, 3)],
+    [Dense(8, 6, activation="relu"), Dense(6, 3, activation="softmax")],
+], ids=["dropout", "row-wise activation"])
+def test_stack_is_not_used_for_other_layers(layers):
+    model = Sequential(layers, seed=0).compile(loss="cross_entropy", optimizer="adam")
+    assert model._dense_stack is None
+    X, y = _batch(10, (8, 3), "float32")
+    assert np.isfinite(model.train_step(X, y))
+
+
+def test_stack_is_not_used_for_a_dense_subclass():
+    class LoggingDense(Dense):
+        pass
+
+    model = Sequential([LoggingDense(8, 4, activation="relu"), Dense(4, 2)], seed=0)
+    assert model.compile(loss="cross_entropy", optimizer="sgd")._dense_stack is None
+
+
+@pytest.mark.skipif(max_threads() < 2, reason="needs two threads")
+def test_stack_steps_aside_for_parallel_products_and_results_match_across_threads():
+    widths, rows = (256, 512, 10), 64  # 64 x 256 x 512 multiply-adds: a parallel product
+    X, y = _batch(rows, widths, "float32")
+    results = []
+    try:
+        for threads in (1, max_threads()):
+            nbn.set_num_threads(threads)
+            model = _mlp(widths, ("relu", None), "float32")
+            used = model._dense_stack.step_for(rows) is not None
+            assert used == (threads == 1)
+            losses = [model.train_step(X, y) for _ in range(3)]
+            results.append((losses, model.flat_parameters.copy()))
+    finally:
+        nbn.set_num_threads(max_threads())
+    assert results[0][0] == results[1][0]
+    assert np.array_equal(results[0][1], results[1][1])
