@@ -35,9 +35,12 @@ def adamw_kernel(i, p, g, gs, slots, hp, sc):
     vi = b2 * v[i] + sc[3] * d * d
     m[i] = mi
     v[i] = vi
-    if hp[5] != 0.0:
-        vi = max(vmax[i], vi)
-        vmax[i] = vi
+    # AMSGrad by selects, not a branch, so the loop vectorizes (see adam.py).
+    amsgrad = hp[5] != 0.0
+    old = vmax[i]
+    vhat = max(old, vi)
+    vmax[i] = vhat if amsgrad else old
+    vi = vhat if amsgrad else vi
     p[i] = x - sc[0] * mi / (math.sqrt(vi) * sc[1] + eps)
 
 
