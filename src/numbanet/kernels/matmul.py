@@ -894,51 +894,93 @@ def _narrow_gemm(a, b, out, transpose_a, transpose_b, work,
     """``out = op(a) @ op(b)`` for ``n <= NARROW_N`` output columns, then the epilogue.
 
     Shapes and arguments as :func:`_gemm_serial` (``k >= 1``); ``work`` holds at least
-    ``n * k + n * m`` elements. ``op(b)`` is first copied to ``n`` contiguous rows
-    (``n * k`` elements, a few KB). Then, without ``transpose_a``, each output is a dot
-    product of a row of ``a`` with one of those rows (both contiguous: SIMD loads,
-    ``reassoc`` lets LLVM split the sum over lanes); with ``transpose_a`` the rows of
-    ``a`` are streamed once, ``acc[j, :] += op(b)[p, j] * a[p, :]`` (SIMD over ``m``),
-    and ``acc`` is transposed into ``out``. Serial: a narrow product is a few
-    microseconds of work, less than a parallel region's fork and join. Each output's
-    summation order depends only on the shape, so results are the same on every call.
+    ``NARROW_N * k + NARROW_N * m`` elements. ``op(b)`` is first copied to
+    ``NARROW_N`` contiguous rows of ``k`` (rows past ``n`` zero, a few KB). Without
+    ``transpose_a`` each row of ``a`` is read once for all its outputs: four dot
+    products share its loads (``reassoc`` lets LLVM split each sum over lanes). With
+    ``transpose_a`` (a gradient ``x.T @ dz``) the rows of ``a`` are streamed in groups
+    of four, ``acc[j, :] += sum_q op(b)[p+q, j] * a[p+q, :]`` (SIMD over ``m``): one
+    load and store of ``acc`` per four rows instead of per row; ``acc`` is then
+    transposed into ``out``. A single column (a regressor's output) takes one-column
+    loops instead of four. Serial: a narrow product is a few microseconds of work, less
+    than a parallel region's fork and join. Each output's summation order depends only
+    on the shape, so results are the same on every call.
     """
     m, n = out.shape
     k = a.shape[0] if transpose_a else a.shape[1]
-    bt = work[: n * k].reshape((n, k))
-    for j in range(n):
+    rows = 1 if n == 1 else NARROW_N
+    bt = work[: rows * k].reshape((rows, k))
+    for j in range(rows):
         for p in range(k):
-            bt[j, p] = b[j, p] if transpose_b else b[p, j]
+            if j >= n:
+                bt[j, p] = 0.0
+            else:
+                bt[j, p] = b[j, p] if transpose_b else b[p, j]
     if transpose_a:
-        acc = work[n * k : n * k + n * m].reshape((n, m))
-        for j in range(n):
-            row = acc[j]
-            s = bt[j, 0]
-            a0 = a[0]
-            for i in range(m):
-                row[i] = s * a0[i]
-        for p in range(1, k):
-            ap = a[p]
-            for j in range(n):
-                row = acc[j]
-                s = bt[j, p]
-                for i in range(m):
-                    row[i] += s * ap[i]
+        acc = work[rows * k : rows * k + rows * m].reshape((rows, m))
+        _narrow_transposed(a, bt, acc, k, m)
         for i in range(m):
             for j in range(n):
                 out[i, j] = acc[j, i]
-    else:
+    elif n == 1:
+        b0 = bt[0]
         for i in range(m):
             ai = a[i]
-            for j in range(n):
-                bj = bt[j]
-                s = ai[0] * bj[0]
-                for p in range(1, k):
-                    s += ai[p] * bj[p]
-                out[i, j] = s
+            s = ai[0] * b0[0]
+            for p in range(1, k):
+                s += ai[p] * b0[p]
+            out[i, 0] = s
+    else:
+        b0, b1, b2, b3 = bt[0], bt[1], bt[2], bt[3]
+        for i in range(m):
+            ai = a[i]
+            v = ai[0]
+            s0, s1, s2, s3 = v * b0[0], v * b1[0], v * b2[0], v * b3[0]
+            for p in range(1, k):
+                v = ai[p]
+                s0 += v * b0[p]
+                s1 += v * b1[p]
+                s2 += v * b2[p]
+                s3 += v * b3[p]
+            oi = out[i]
+            oi[0] = s0
+            oi[1] = s1
+            if n > 2:
+                oi[2] = s2
+            if n > 3:
+                oi[3] = s3
     if has_bias or act_id >= 0:
         _epilogue_rows(out, y, z_saved, bias, has_bias, act_id, derivative,
                        np.int64(0), m, np.int64(0), n)  # int64: see _zero_k_fill
+
+
+@kernel
+def _narrow_transposed(a, bt, acc, k, m):
+    """``acc[j, :] = sum_p bt[j, p] * a[p, :]`` for every row ``j`` of ``acc`` (one or
+    ``NARROW_N``), rows of ``a`` taken four at a time (see :func:`_narrow_gemm`)."""
+    for j in range(acc.shape[0]):
+        row = acc[j]
+        s = bt[j, 0]
+        a0 = a[0]
+        for i in range(m):
+            row[i] = s * a0[i]
+    p = 1
+    while p + 4 <= k:
+        a0, a1, a2, a3 = a[p], a[p + 1], a[p + 2], a[p + 3]
+        for j in range(acc.shape[0]):
+            row = acc[j]
+            s0, s1, s2, s3 = bt[j, p], bt[j, p + 1], bt[j, p + 2], bt[j, p + 3]
+            for i in range(m):
+                row[i] += s0 * a0[i] + s1 * a1[i] + s2 * a2[i] + s3 * a3[i]
+        p += 4
+    while p < k:
+        ap = a[p]
+        for j in range(acc.shape[0]):
+            row = acc[j]
+            s = bt[j, p]
+            for i in range(m):
+                row[i] += s * ap[i]
+        p += 1
 
 
 # ---------------------------------------------------------------------------------------
@@ -1116,7 +1158,7 @@ def _padded_area(m: int, n: int, nr: int) -> int:
 def _plan(m: int, n: int, k: int, nr: int, threads: int) -> GemmPlan:
     if 0 < n <= NARROW_N and k > 0:
         # n=1, k=100, m=200 (a regressor's output layer): 24 us packed, ~1 us here.
-        return GemmPlan(1, 1, n * k + n * m, False, False, True)
+        return GemmPlan(1, 1, NARROW_N * (k + m), False, False, True)
     # A narrow output (a classifier's 10 columns) fills 10 of the tile's NR = 32
     # columns; its transpose fills 10 of MR = 12 rows. Tile the transpose when that
     # wastes much less (the transpose back is a pass over m * n elements):
