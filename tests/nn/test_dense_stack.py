@@ -1,10 +1,12 @@
 """The fused training step of an all-Dense model (numbanet.nn.dense_stack).
 
-Facts checked: the stack's gradients equal a NumPy backpropagation; a step through the
-stack equals a step through the layers' own methods bit for bit (every architecture
-feature the stack handles: activations with and without parameters, in-place and
-separate outputs, fused ReLU derivatives, narrow and swapped products, remainder batches,
-both dtypes); the stack steps aside where it should; thread counts change nothing.
+Facts checked: the stack's gradients equal a NumPy backpropagation, with one row shard
+and with several; with one shard a step through the stack equals a step through the
+layers' own methods bit for bit (every architecture feature the stack handles:
+activations with and without parameters, in-place and separate outputs, fused ReLU
+derivatives, narrow and swapped products, remainder batches, both dtypes), and with
+several it equals them to rounding, its forward pass still bit for bit; the stack steps
+aside where it should; thread counts change nothing.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import pytest
 
 import numbanet as nbn
 from numbanet.nn import Dense, Dropout, Sequential
+from numbanet.nn.dense_stack import MIN_SHARD_ROWS, shard_count
 from numbanet.threads import max_threads
 
 
@@ -56,10 +59,16 @@ def _numpy_gradients(model, X, y):
     return grads[::-1]
 
 
-def test_stack_gradients_match_numpy_backpropagation():
+def test_shard_count_depends_on_the_batch_size_alone():
+    assert [shard_count(r) for r in (1, 2 * MIN_SHARD_ROWS - 1, 2 * MIN_SHARD_ROWS,
+                                      4 * MIN_SHARD_ROWS, 10**6)] == [1, 1, 2, 4, 8]
+
+
+@pytest.mark.parametrize("rows", [37, 4 * MIN_SHARD_ROWS + 3])
+def test_stack_gradients_match_numpy_backpropagation(rows):
     model = _mlp((13, 21, 9, 5), ("relu", "tanh", None))
     assert model._dense_stack is not None
-    X, y = _batch(37, (13, 21, 9, 5), "float64")
+    X, y = _batch(rows, (13, 21, 9, 5), "float64")
     expected = _numpy_gradients(model, X, y)
     params_before = model.flat_parameters.copy()
     model.train_step(X, y)
@@ -72,28 +81,43 @@ def test_stack_gradients_match_numpy_backpropagation():
 CASES = [
     # widths, activations, batch rows: the plans and epilogues each exercises
     ((64, 32, 10), ("relu", None), 32),  # ReLU fused into the dx epilogue; swapped dW
-    ((20, 100, 4), ("relu", None), 200),  # narrow (n <= 4) forward and dW products
+    ((20, 100, 4), ("relu", None), 100),  # narrow (n <= 4) forward and dW products
     ((20, 100, 1), ("relu", None), 17),  # one output column
     ((30, 17, 9, 3), ("tanh", "gelu", "sigmoid"), 37),  # separate activation passes
     ((12, 16, 8), ("leaky_relu", "elu"), 5),  # activations with a parameter
     ((12, 16, 8), (None, "relu"), 1),  # identity hidden layer, ReLU on the output
     ((50, 40, 30, 20, 6), ("relu", "silu", "relu", "softplus"), 64),
+    # several row shards
+    ((20, 100, 4), ("relu", None), 200),
+    ((30, 17, 9, 3), ("tanh", "gelu", "sigmoid"), 4 * MIN_SHARD_ROWS + 5),
+    ((16, 24, 10), ("relu", None), 8 * MIN_SHARD_ROWS + 1),
 ]
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("widths, activations, rows", CASES)
-def test_stack_step_equals_layer_by_layer_step_bit_for_bit(widths, activations, rows, dtype):
+def test_stack_step_equals_layer_by_layer_step(widths, activations, rows, dtype):
     fused, layered = _mlp(widths, activations, dtype), _mlp(widths, activations, dtype,
                                                             fused=False)
-    assert fused._dense_stack.step_for(rows) is not None
+    step = fused._dense_stack.step_for(rows)
+    assert step is not None
+    # The forward pass does not depend on the sharding: bit for bit.
     X, y = _batch(rows, widths, dtype)
+    np.testing.assert_array_equal(fused._dense_stack.forward(step, X, fused.flat_parameters),
+                                  layered.predict(X))
     X2, y2 = _batch(max(1, rows // 3), widths, dtype, seed=2)  # a remainder batch
-    for Xb, yb in [(X, y), (X2, y2), (X, y)]:
-        assert fused.train_step(Xb, yb) == layered.train_step(Xb, yb)
-    assert np.array_equal(fused.flat_gradients, layered.flat_gradients)
-    assert np.array_equal(fused.flat_parameters, layered.flat_parameters)
-    np.testing.assert_array_equal(fused.predict(X), layered.predict(X))
+    losses = [(fused.train_step(Xb, yb), layered.train_step(Xb, yb))
+              for Xb, yb in [(X, y), (X2, y2), (X, y)]]
+    if shard_count(rows) == 1:
+        assert all(a == b for a, b in losses)
+        assert np.array_equal(fused.flat_gradients, layered.flat_gradients)
+        assert np.array_equal(fused.flat_parameters, layered.flat_parameters)
+    else:  # the shards' gradients are added in another order: equal to rounding
+        rtol = 1e-4 if dtype == "float32" else 1e-10
+        np.testing.assert_allclose(*zip(*losses, strict=True), rtol=rtol)
+        scale = np.abs(layered.flat_gradients).max()
+        np.testing.assert_allclose(fused.flat_gradients, layered.flat_gradients,
+                                   rtol=0, atol=rtol * scale)
 
 
 @pytest.mark.filterwarnings("ignore:the last layer")  # softmax before the loss's softmax
@@ -117,8 +141,12 @@ def test_stack_is_not_used_for_a_dense_subclass():
 
 
 @pytest.mark.skipif(max_threads() < 2, reason="needs two threads")
-def test_stack_steps_aside_for_parallel_products_and_results_match_across_threads():
-    widths, rows = (256, 512, 10), 64  # 64 x 256 x 512 multiply-adds: a parallel product
+@pytest.mark.parametrize("widths, rows, stack_at_2_threads", [
+    ((256, 512, 10), 64, False),  # 64 x 256 x 512 multiply-adds: a parallel product
+    ((256, 512, 3), 64, False),  # the same with a narrow output
+    ((64, 100, 10), 4 * MIN_SHARD_ROWS, True),  # four shards, run in parallel
+])
+def test_stack_results_do_not_depend_on_the_thread_count(widths, rows, stack_at_2_threads):
     X, y = _batch(rows, widths, "float32")
     results = []
     try:
@@ -126,7 +154,7 @@ def test_stack_steps_aside_for_parallel_products_and_results_match_across_thread
             nbn.set_num_threads(threads)
             model = _mlp(widths, ("relu", None), "float32")
             used = model._dense_stack.step_for(rows) is not None
-            assert used == (threads == 1)
+            assert used == (threads == 1 or stack_at_2_threads)
             losses = [model.train_step(X, y) for _ in range(3)]
             results.append((losses, model.flat_parameters.copy()))
     finally:

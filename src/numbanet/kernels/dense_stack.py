@@ -1,33 +1,46 @@
 """A stack of Dense layers in one native call: the forward pass, and the backward pass
-with the fused ReLU derivatives, without Python between layers.
+with the fused ReLU derivatives, without Python between layers, the batch split in
+row shards that run in parallel.
 
 Why: on a small model each kernel call costs about as much as its arithmetic. A
 64-32-10 MLP at batch 32 does 0.2 MFLOP per step; before this module a step made ten
 kernel calls (3-5 us of dispatch each: Numba unboxes every array argument) and as many
-Python method calls between them. :class:`numbanet.nn.dense_stack.DenseStack` calls
+Python method calls between them, and none of its products was large enough to pay for
+a parallel region of its own. :class:`numbanet.nn.dense_stack.DenseStack` calls
 :func:`stack_forward` and :func:`stack_backward` instead: one call each, for any depth.
 
-What they compute is exactly what the layers' own methods compute, kernel for kernel:
-the same serial GEMM (:func:`~numbanet.kernels.matmul._gemm_serial`, or
+Shards. The batch's rows are cut into ``n_shards`` contiguous shards (a function of the
+batch size only, never of the thread count; see ``DenseStack``), and one ``prange`` over
+the shards runs each shard's whole forward pass, or whole backward pass, serially: one
+parallel region per pass instead of one per product. Within a shard every kernel is the
+layers' own serial kernel (:func:`~numbanet.kernels.matmul._gemm_serial`, or
 :func:`~numbanet.kernels.matmul._narrow_gemm` for outputs of at most ``NARROW_N``
-columns) with the same plan and epilogue, the same activation passes and the same
-fixed-order bias-gradient sums. Every parallel kernel here has a serial twin that gives
-the same bits (the project's rule), so the results equal the layer-by-layer path's bit
-for bit at any thread count. Only serial twins run: the host takes this path only when
-every product of the step runs serially anyway (one thread, or products below
-``SERIAL_WORK``), so nothing parallel is given up.
+columns, with the same plans and epilogues; the same activation passes; the same
+fixed-order bias sums).
 
-Layout. Each Dense layer is one row of ``table`` (int64, columns named below): its
-widths, the offsets of its weight ``(in, out)`` and bias ``(out,)`` in the model's flat
-parameter (and gradient) buffer, the offsets of its ``z``, ``y``, ``dz`` and ``dx``
-arrays in one flat activation buffer ``acts``, and its three GEMM plans (forward, dW,
-dx). ``act_params`` (float64, one per layer) holds each activation's parameter.
-Every offset is in elements; every view is C-contiguous.
+Results. The forward pass computes each output row from its input row alone, so its
+values do not depend on the sharding. In the backward pass shard ``s`` computes its own
+``dW_s = x_s.T @ dz_s`` and ``db_s``; after the parallel loop they are added in shard
+order, ``dW = ((dW_0 + dW_1) + dW_2) + ...``. The result depends on the shard count
+(rounding), which depends on the batch size alone: the same on 1 thread or 64. With one
+shard (the host's choice wherever a product is large enough to be run in parallel by the
+layers instead) the results equal the layer-by-layer path's bit for bit.
+
+Layout. ``table`` is int64 ``(n_shards, layers, N_COLUMNS)``: for each shard and Dense
+layer, its widths, the offsets of its weight ``(in, out)`` and bias ``(out,)`` in the
+model's flat parameter (and gradient) buffer, the offsets of its ``z``, ``y``, ``dz``
+and ``dx`` arrays (whole batch, rows in order) in one flat activation buffer ``acts``,
+the shard's rows, its slot of ``work``, its partial sums and, for shards past the first,
+where its ``dW_s`` and ``db_s`` go in ``parts``; and the shard's three GEMM plans
+(forward, dW, dx). ``act_params`` (float64, one per layer) holds each activation's
+parameter. Offsets are in elements; every view is C-contiguous.
 """
 
 from __future__ import annotations
 
-from numbanet._jit import kernel
+from numba import prange
+
+from numbanet._jit import kernel, parallel_kernel
 from numbanet.kernels.activations import IDENTITY, RELU, _backward_serial, _forward_serial
 from numbanet.kernels.matmul import _gemm_serial, _narrow_gemm
 from numbanet.kernels.reductions import ROW_CHUNK, _column_sum_serial
@@ -35,7 +48,9 @@ from numbanet.kernels.reductions import ROW_CHUNK, _column_sum_serial
 __all__ = [
     "N_COLUMNS",
     "stack_backward",
+    "stack_backward_serial",
     "stack_forward",
+    "stack_forward_serial",
 ]
 
 # Columns of the layer table.
@@ -45,18 +60,23 @@ W = 2  # weight offset in the flat parameter/gradient buffers
 B = 3  # bias offset
 ACT = 4  # activation id (ACTIVATION_IDS)
 TILE_ACT = 5  # what the forward GEMM epilogue applies: RELU for ReLU, else -1 (none)
-Z = 6  # offsets in acts: pre-activation z (rows, out)
+Z = 6  # offsets in acts of the whole batch's arrays: pre-activation z (rows, out)
 Y = 7  # activation y (rows, out); equal to Z when y overwrites z
 DZ = 8  # dz (rows, out), when the activation's derivative takes its own pass
 DX = 9  # the input gradient (rows, in), for layers above the first
 FUSE_BELOW = 10  # 1: the dx product applies the ReLU derivative of the layer below
-PARTIALS = 11  # offset of this layer's float64 partial sums (column_sum_partials)
+R0 = 11  # the shard's rows: [R0, R1)
+R1 = 12
+WORK = 13  # the shard's slot of work: [WORK, WORK_END)
+WORK_END = 14
+PARTIALS = 15  # offset of the shard's float64 bias partial sums (column_sum_partials)
+PART = 16  # shards past the first: offset of dW_s (in * out), then db_s (out), in parts
 # Three plans of four columns each: forward z = x @ W, dW = x.T @ dz, dx = dz @ W.T.
-PLAN_FORWARD = 12
-PLAN_DW = 16
-PLAN_DX = 20
+PLAN_FORWARD = 17
+PLAN_DW = 21
+PLAN_DX = 25
 MB, NB, SWAP, NARROW = 0, 1, 2, 3  # within a plan
-N_COLUMNS = 24
+N_COLUMNS = 29
 
 
 @kernel
@@ -80,85 +100,159 @@ def _view(flat, offset, rows, cols):
 
 
 @kernel
+def _forward_shard(x, params, shard, act_params, acts, work):
+    """Rows ``[R0, R1)`` of every layer's forward pass (``shard`` is ``table[s]``)."""
+    for i in range(shard.shape[0]):
+        layer = shard[i]
+        r0, r1 = layer[R0], layer[R1]
+        rows = r1 - r0
+        n_in, n_out = layer[IN], layer[OUT]
+        slot = work[layer[WORK] : layer[WORK_END]]
+        h = x[r0:r1] if i == 0 else _view(acts, shard[i - 1, Y] + r0 * n_in, rows, n_in)
+        w = _view(params, layer[W], n_in, n_out)
+        b = params[layer[B] : layer[B] + n_out]
+        z = _view(acts, layer[Z] + r0 * n_out, rows, n_out)
+        y = _view(acts, layer[Y] + r0 * n_out, rows, n_out)
+        _product(h, w, z, False, False, slot, layer, PLAN_FORWARD, b, True, y, z,
+                 layer[TILE_ACT], False)
+        if layer[ACT] != RELU and layer[ACT] != IDENTITY:  # not in the epilogue
+            _forward_serial(layer[ACT], act_params[i], z.reshape(rows * n_out),
+                            y.reshape(rows * n_out))
+
+
+@parallel_kernel
 def stack_forward(x, params, table, act_params, acts, work):
     """Forward pass of the Dense stack; returns the last layer's output (a view of ``acts``).
 
-    Shapes: ``x`` ``(rows, table[0, IN])``; ``params`` the flat parameter buffer;
-    ``table`` ``(layers, N_COLUMNS)`` int64; ``act_params`` ``(layers,)`` float64;
-    ``acts`` 1-D, every ``z``/``y`` of the table inside it; ``work`` 1-D, at least the
-    largest plan's workspace. All float arrays of one dtype but ``act_params``.
+    Shapes: ``x`` ``(rows, table[0, 0, IN])``; ``params`` the flat parameter buffer;
+    ``table`` ``(n_shards, layers, N_COLUMNS)`` int64; ``act_params`` ``(layers,)``
+    float64; ``acts`` 1-D, every ``z``/``y`` of the table inside it; ``work`` 1-D, every
+    shard's slot inside it. All float arrays of one dtype but ``act_params``.
 
     Layer ``i``: ``z = x_i @ W + b`` with ReLU or the identity applied in the GEMM
     epilogue (``y`` may be ``z``), any other activation in its own pass
-    ``y = act(z)``; ``x_{i+1} = y``. Serial: see the module docstring.
+    ``y = act(z)``; ``x_{i+1} = y``.
+
+    Parallel contract: one ``prange`` over shards; shard ``s`` reads ``x``'s rows
+    ``[R0, R1)`` and the parameters, and writes only those rows of each ``z`` and ``y``
+    and its own slot of ``work``.
     """
-    rows = x.shape[0]
-    h = x
-    for i in range(table.shape[0]):
-        layer = table[i]
-        n_in, n_out = layer[IN], layer[OUT]
-        w = _view(params, layer[W], n_in, n_out)
-        b = params[layer[B] : layer[B] + n_out]
-        z = _view(acts, layer[Z], rows, n_out)
-        y = _view(acts, layer[Y], rows, n_out)
-        _product(h, w, z, False, False, work, layer, PLAN_FORWARD, b, True, y, z,
-                 layer[TILE_ACT], False)
-        if layer[ACT] != RELU and layer[ACT] != IDENTITY:  # not in the epilogue
-            size = rows * n_out
-            _forward_serial(layer[ACT], act_params[i], acts[layer[Z] : layer[Z] + size],
-                            acts[layer[Y] : layer[Y] + size])
-        h = y
-    return h
+    for s in prange(table.shape[0]):
+        _forward_shard(x, params, table[s], act_params, acts, work)
+    last = table[0, table.shape[1] - 1]
+    return _view(acts, last[Y], x.shape[0], last[OUT])
 
 
 @kernel
-def stack_backward(x, params, grads, table, act_params, acts, work, partials, d_out):
-    """Backward pass of the Dense stack after :func:`stack_forward` on the same ``x``.
+def stack_forward_serial(x, params, table, act_params, acts, work):
+    """Serial twin of :func:`stack_forward` (same shards, same results bit for bit):
+    at one thread, or with one shard, it skips the parallel region's launch."""
+    for s in range(table.shape[0]):
+        _forward_shard(x, params, table[s], act_params, acts, work)
+    last = table[0, table.shape[1] - 1]
+    return _view(acts, last[Y], x.shape[0], last[OUT])
 
-    Overwrites every weight and bias gradient in ``grads`` (the flat gradient buffer,
-    laid out like ``params``) from ``d_out`` ``(rows, table[-1, OUT])``, d(loss)/d(output).
-    No input gradient is computed for the first layer. ``partials`` is float64, each
-    layer's ``(ceil(rows / ROW_CHUNK), out)`` block at its ``PARTIALS`` offset; other
-    arguments as :func:`stack_forward`.
 
-    Layer ``i``, last to first: ``dz = act'(z) * grad`` (skipped for the identity, or
-    when the layer above already applied the derivative), ``dW = x_i.T @ dz``,
-    ``db = sum(dz, axis=0)`` (rows added in fixed chunks), then, above the first layer,
-    ``grad = dz @ W.T``, times the ReLU derivative of layer ``i - 1`` in the GEMM
-    epilogue when ``FUSE_BELOW``. Serial: see the module docstring.
-    """
-    rows = x.shape[0]
-    n_chunks = max(1, (rows + ROW_CHUNK - 1) // ROW_CHUNK)
-    grad = d_out
+@kernel
+def _backward_shard(x, params, grads, shard, act_params, acts, work, partials, d_out, parts):
+    """Rows ``[R0, R1)`` of the backward pass; writes the shard's ``dW_s``/``db_s`` to
+    ``grads`` (the first shard) or to its place in ``parts`` (the others)."""
+    first = shard[0, R0] == 0
+    grad = d_out[shard[0, R0] : shard[0, R1]]
     grad_is_dz = False
-    for i in range(table.shape[0] - 1, -1, -1):
-        layer = table[i]
+    for i in range(shard.shape[0] - 1, -1, -1):
+        layer = shard[i]
+        r0, r1 = layer[R0], layer[R1]
+        rows = r1 - r0
         n_in, n_out = layer[IN], layer[OUT]
-        below = table[max(i - 1, 0)]
-        h = x if i == 0 else _view(acts, below[Y], rows, n_in)
+        slot = work[layer[WORK] : layer[WORK_END]]
+        below = shard[max(i - 1, 0)]
+        h = x[r0:r1] if i == 0 else _view(acts, below[Y] + r0 * n_in, rows, n_in)
         if grad_is_dz or layer[ACT] == IDENTITY:
             dz = grad
         else:
             size = rows * n_out
-            dz = _view(acts, layer[DZ], rows, n_out)
-            _backward_serial(layer[ACT], act_params[i], acts[layer[Z] : layer[Z] + size],
-                             acts[layer[Y] : layer[Y] + size], grad.reshape(size),
-                             acts[layer[DZ] : layer[DZ] + size])
-        dw = _view(grads, layer[W], n_in, n_out)
-        db = grads[layer[B] : layer[B] + n_out]
-        _product(h, dz, dw, True, False, work, layer, PLAN_DW, db, False, dw, dw,
-                 -1, False)
+            dz = _view(acts, layer[DZ] + r0 * n_out, rows, n_out)
+            z = acts[layer[Z] + r0 * n_out : layer[Z] + r0 * n_out + size]
+            y = acts[layer[Y] + r0 * n_out : layer[Y] + r0 * n_out + size]
+            _backward_serial(layer[ACT], act_params[i], z, y, grad.reshape(size),
+                             dz.reshape(size))
+        if first:
+            dw = _view(grads, layer[W], n_in, n_out)
+            db = grads[layer[B] : layer[B] + n_out]
+        else:
+            dw = _view(parts, layer[PART], n_in, n_out)
+            db = parts[layer[PART] + n_in * n_out : layer[PART] + n_in * n_out + n_out]
+        _product(h, dz, dw, True, False, slot, layer, PLAN_DW, db, False, dw, dw, -1, False)
+        n_chunks = max(1, (rows + ROW_CHUNK - 1) // ROW_CHUNK)
         _column_sum_serial(dz, db, _view(partials, layer[PARTIALS], n_chunks, n_out))
         if i > 0:
             w = _view(params, layer[W], n_in, n_out)
-            dx = _view(acts, layer[DX], rows, n_in)
+            dx = _view(acts, layer[DX] + r0 * n_in, rows, n_in)
             if layer[FUSE_BELOW] != 0:
-                z_below = _view(acts, below[Z], rows, n_in)
-                _product(dz, w, dx, False, True, work, layer, PLAN_DX, db, False, dx,
+                z_below = _view(acts, below[Z] + r0 * n_in, rows, n_in)
+                _product(dz, w, dx, False, True, slot, layer, PLAN_DX, db, False, dx,
                          z_below, RELU, True)
                 grad_is_dz = True
             else:
-                _product(dz, w, dx, False, True, work, layer, PLAN_DX, db, False, dx, dx,
+                _product(dz, w, dx, False, True, slot, layer, PLAN_DX, db, False, dx, dx,
                          -1, False)
                 grad_is_dz = False
             grad = dx
+
+
+@parallel_kernel
+def stack_backward(x, params, grads, table, act_params, acts, work, partials, d_out, parts):
+    """Backward pass of the Dense stack after :func:`stack_forward` on the same ``x``.
+
+    Overwrites every weight and bias gradient in ``grads`` (the flat gradient buffer,
+    laid out like ``params``) from ``d_out`` ``(rows, out)``, d(loss)/d(output). No
+    input gradient is computed for the first layer. ``partials`` is float64, each
+    shard's and layer's ``(ceil(shard rows / ROW_CHUNK), out)`` block at its
+    ``PARTIALS`` offset; ``parts`` holds ``dW_s`` and ``db_s`` of every shard past the
+    first. Other arguments as :func:`stack_forward`.
+
+    Layer ``i``, last to first, on the shard's rows: ``dz = act'(z) * grad`` (skipped
+    for the identity, or when the layer above already applied the derivative),
+    ``dW_s = x_i.T @ dz``, ``db_s = sum(dz, axis=0)`` (rows added in fixed chunks), then,
+    above the first layer, ``grad = dz @ W.T``, times the ReLU derivative of layer
+    ``i - 1`` in the GEMM epilogue when ``FUSE_BELOW``.
+
+    Parallel contract: one ``prange`` over shards; shard ``s`` reads its rows of
+    ``d_out`` and of the saved activations, and writes only its rows of each ``dz`` and
+    ``dx``, its own slot of ``work`` and block of ``partials``, and its ``dW_s``/``db_s``
+    (in ``grads`` for the first shard, in ``parts`` for the others). After the loop,
+    serially, ``grads += dW_s, db_s`` for ``s = 1, 2, ...`` in order.
+    """
+    for s in prange(table.shape[0]):
+        _backward_shard(x, params, grads, table[s], act_params, acts, work, partials,
+                        d_out, parts)
+    _add_shard_gradients(grads, table, parts)
+
+
+@kernel
+def stack_backward_serial(x, params, grads, table, act_params, acts, work, partials,
+                          d_out, parts):
+    """Serial twin of :func:`stack_backward` (same shards, same results bit for bit):
+    at one thread it skips the parallel region's launch."""
+    for s in range(table.shape[0]):
+        _backward_shard(x, params, grads, table[s], act_params, acts, work, partials,
+                        d_out, parts)
+    _add_shard_gradients(grads, table, parts)
+
+
+@kernel
+def _add_shard_gradients(grads, table, parts):
+    """``grads += dW_s, db_s`` for shards ``s = 1, 2, ...``, in that order."""
+    for s in range(1, table.shape[0]):
+        for i in range(table.shape[1]):
+            layer = table[s, i]
+            size = layer[IN] * layer[OUT]
+            dw = grads[layer[W] : layer[W] + size]
+            db = grads[layer[B] : layer[B] + layer[OUT]]
+            part_w = parts[layer[PART] : layer[PART] + size]
+            part_b = parts[layer[PART] + size : layer[PART] + size + layer[OUT]]
+            for j in range(size):
+                dw[j] += part_w[j]
+            for j in range(layer[OUT]):
+                db[j] += part_b[j]
