@@ -177,23 +177,23 @@ def test_parallel_driver_gives_same_result_under_1_and_2_threads():
     np.testing.assert_allclose(results[0], q, rtol=1e-5, atol=1e-6)
 
 
-def test_mid_sized_buffers_run_the_prange_driver_on_one_thread_and_restore_threads():
-    from numbanet.kernels.updates import ONE_THREAD_THRESHOLD
+def test_serial_and_parallel_drivers_agree_below_and_above_the_threshold():
+    from numbanet.kernels.updates import SERIAL_THRESHOLD
 
-    n = ONE_THREAD_THRESHOLD + 3
-    rng = np.random.default_rng(1)
-    p0 = rng.standard_normal(n)
-    g = rng.standard_normal(n)
-    p = p0.copy()
-    opt = nbp.get_optimizer("adam", lr=0.01)
-    before = numba.get_num_threads()
-    opt.step(p, g)
-    assert numba.get_num_threads() == before
-    q = p0.copy()
-    ref = nbp.get_optimizer("adam", lr=0.01)
-    ref._ensure_slots(q)
-    ref.driver.run_serial(q, g, 1.0, ref._slots, ref._hp_tuple, ref._prepare(1))
-    np.testing.assert_allclose(p, q, rtol=1e-13, atol=1e-15)
+    for n in (SERIAL_THRESHOLD - 5, SERIAL_THRESHOLD + 3):
+        rng = np.random.default_rng(1)
+        p0 = rng.standard_normal(n)
+        g = rng.standard_normal(n)
+        p = p0.copy()
+        opt = nbp.get_optimizer("adam", lr=0.01)
+        before = numba.get_num_threads()
+        opt.step(p, g)
+        assert numba.get_num_threads() == before
+        q = p0.copy()
+        ref = nbp.get_optimizer("adam", lr=0.01)
+        ref._ensure_slots(q)
+        ref.driver.run_serial(q, g, 1.0, ref._slots, ref._hp_tuple, ref._prepare(1))
+        np.testing.assert_allclose(p, q, rtol=1e-13, atol=1e-15)
 
 
 def test_grads_sharing_memory_with_params_are_rejected():

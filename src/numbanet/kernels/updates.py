@@ -6,8 +6,7 @@ sc)`` that updates element ``i``. This module builds, per kernel, two drivers:
 * ``run_parallel(p, g, gs, slots, hp, sc)``: ``for i in prange(p.shape[0])``. Race-free
   because the kernel contract lets call ``i`` read and write index ``i`` only.
 * ``run_serial(...)``: the same loop with ``range``, for buffers too small to pay for
-  waking the thread pool (see :data:`SERIAL_THRESHOLD`; mid-sized buffers run
-  ``run_parallel`` on one thread instead, see :data:`ONE_THREAD_THRESHOLD`).
+  waking the thread pool (see :data:`SERIAL_THRESHOLD`).
 
 The parallel driver lets Numba mark the arrays ``noalias``; the host guarantees it by
 allocating the state slots itself and rejecting ``grads`` that overlap ``params``.
@@ -47,7 +46,6 @@ from numbanet._jit import kernel as _serial_jit
 from numbanet._jit import parallel_kernel as _parallel_jit
 
 __all__ = [
-    "ONE_THREAD_THRESHOLD",
     "SERIAL_THRESHOLD",
     "UpdateDriver",
     "cache_dir",
@@ -59,14 +57,12 @@ __all__ = [
 #: microseconds to start, and milliseconds when other processes keep the cores busy).
 SERIAL_THRESHOLD = 1 << 15
 
-#: Buffers shorter than this run the plain serial loop; between this and
-#: :data:`SERIAL_THRESHOLD` the ``prange`` driver runs with one thread. Why: Numba marks the
-#: arrays of a ``prange`` body ``noalias``, so LLVM vectorizes it; the plain serial loop
-#: over five arrays (Adam) exceeds LLVM's runtime alias-check budget and stays scalar.
-#: Measured for Adam on float32 (2 cores, omp layer): n=4096 serial 7.7 us vs one-thread
-#: prange 3.2 us; n=32768 52.8 us vs 12.7 us; switching the thread count from Python costs
-#: about 4 us, which only pays from a few thousand elements on.
-ONE_THREAD_THRESHOLD = 1 << 12
+# Below SERIAL_THRESHOLD the plain serial loop runs. An earlier version ran the prange
+# driver on one thread for mid-sized buffers, because the serial loop of the built-in
+# kernels stayed scalar; the cause was a store under a branch (Adam's AMSGrad), not the
+# arrays' aliasing, and the kernels now use selects. Measured after the change, 2 cores,
+# n=7960 float32: run_serial 4.2-9.6 us vs the one-thread prange 8.7-18.6 us (Adam,
+# NAdam, AdamW, SGD with momentum), switching the thread count included.
 
 # Bump when a template changes, so old generated modules are not reused.
 _TEMPLATE_VERSION = "1"
@@ -252,15 +248,11 @@ class UpdateDriver:
     :class:`numbanet.optim.Optimizer` host checks them once.
     """
 
-    def __init__(self, func: Any, threshold: int | None = None,
-                 one_thread_threshold: int | None = None) -> None:
+    def __init__(self, func: Any, threshold: int | None = None) -> None:
         self.module = driver_module(func, "update", _UPDATE_TEMPLATE, _update_fallback)
         self.run_parallel = self.module.run_parallel
         self.run_serial = self.module.run_serial
         self.threshold = SERIAL_THRESHOLD if threshold is None else threshold
-        self.one_thread_threshold = (
-            ONE_THREAD_THRESHOLD if one_thread_threshold is None else one_thread_threshold
-        )
 
     @property
     def disk_cached(self) -> bool:
@@ -280,19 +272,8 @@ class UpdateDriver:
         hp: tuple[float, ...],
         sc: tuple[float, ...],
     ) -> None:
-        n = p.shape[0]
-        if n < self.one_thread_threshold:
+        if p.shape[0] < self.threshold:
             self.run_serial(p, g, gs, slots, hp, sc)
-        elif n < self.threshold:
-            previous = numba.get_num_threads()
-            if previous == 1:
-                self.run_parallel(p, g, gs, slots, hp, sc)
-                return
-            numba.set_num_threads(1)
-            try:
-                self.run_parallel(p, g, gs, slots, hp, sc)
-            finally:
-                numba.set_num_threads(previous)
         else:
             self.run_parallel(p, g, gs, slots, hp, sc)
 
