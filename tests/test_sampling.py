@@ -178,3 +178,114 @@ def test_fit_with_drop_last_trains_batchnorm_when_a_batch_of_one_is_left():
     assert m.optimizer.step_count == 3  # one full batch per epoch, the 33rd sample left out
     with pytest.raises(TypeError, match="drop_last must be a bool"):
         m.fit(X, y, drop_last="yes", verbose=0)
+
+
+# ------------------------------------------------------------------ the row gather kernels
+
+
+def random_rows(rng, shape, dtype):
+    """Every bit pattern, NaN payloads included, for float dtypes: a copy must keep them."""
+    dtype = np.dtype(dtype)
+    bits = rng.integers(0, 2**63, size=shape, dtype=np.int64).astype(f"u{dtype.itemsize}")
+    return bits.view(dtype)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int32, np.int64])
+@pytest.mark.parametrize("row_shape", [(), (1,), (5,), (37,), (2, 3), (0,)])
+def test_gather_kernels_copy_what_np_take_does(dtype, row_shape):
+    from numbanet.kernels.gather import as_rows, gather_row_pairs, gather_rows
+
+    rng = np.random.default_rng(3)
+    source = random_rows(rng, (41, *row_shape), dtype)
+    labels = np.arange(41, dtype=np.int64)[::-1].copy()
+    for index in (rng.permutation(41), rng.permutation(41)[:13].astype(np.int32),
+                  np.array([], dtype=np.intp)):
+        out = np.empty((len(index), *row_shape), dtype=dtype)
+        assert gather_rows(as_rows(source), index, as_rows(out)) == 0
+        assert out.tobytes() == np.take(source, index, axis=0).tobytes()
+        out[...] = 0
+        out_labels = np.empty(len(index), dtype=np.int64)
+        assert gather_row_pairs(as_rows(source), as_rows(labels), index, as_rows(out),
+                                as_rows(out_labels)) == 0
+        assert out.tobytes() == np.take(source, index, axis=0).tobytes()
+        assert np.array_equal(out_labels, labels[index])
+
+
+def test_gather_kernels_skip_and_count_indices_out_of_range():
+    from numbanet.kernels.gather import as_rows, gather_rows
+
+    source = np.arange(12.0).reshape(6, 2)
+    out = np.full((4, 2), -1.0)
+    assert gather_rows(source, np.array([5, 6, -1, 0]), out) == 2
+    assert out.tolist() == [[10.0, 11.0], [-1.0, -1.0], [-1.0, -1.0], [0.0, 1.0]]
+    # Arrays the kernels do not take: np.take serves them.
+    assert as_rows(np.zeros(3, dtype=object)) is None
+    assert as_rows(np.zeros((3, 2)).T) is None
+    assert as_rows(np.zeros(3, dtype=">f8")) is None
+    assert as_rows(np.zeros(3, dtype=np.float16)) is None
+    assert as_rows(np.zeros((3, 2, 0))).shape == (3, 0)
+
+
+def take_reference(loader, step):
+    """What BatchLoader.get served before the gather kernel: np.take of the step's rows."""
+    idx = loader.sampler.indices(step)
+    return (np.take(loader.X, idx, axis=0, mode="clip"),
+            np.take(loader.targets, idx, axis=0, mode="clip"))
+
+
+@pytest.mark.parametrize(("X", "targets", "kernel"), [
+    (np.arange(23 * 3, dtype=np.float64).reshape(23, 3), np.arange(23, dtype=np.int64), True),
+    (random_rows(np.random.default_rng(0), (23, 2, 2, 3), np.float32),  # images
+     random_rows(np.random.default_rng(1), (23, 4), np.float32), True),  # dense targets
+    (np.arange(23, dtype=np.int32), np.arange(46.0).reshape(23, 2), True),
+    (np.arange(23 * 2, dtype=np.float32).reshape(23, 2),
+     np.array([f"label {i}" for i in range(23)], dtype=object), False),
+    (np.asfortranarray(np.arange(23 * 3, dtype=np.float64).reshape(23, 3)),
+     np.arange(23, dtype=np.int64), False),  # not C-contiguous
+])
+def test_shuffled_batches_equal_np_take_of_their_rows(X, targets, kernel):
+    weights = np.linspace(0.5, 2.0, 23)
+    loader = BatchLoader(X, targets, BatchSampler(23, 5), weights=weights)
+    # Which path serves the batches: the row gather kernel, or np.take for the rest.
+    assert (loader._x_rows is not None and loader._target_rows is not None) == kernel
+    rng = np.random.default_rng(2)
+    for _ in range(2):
+        loader.new_epoch(rng)
+        for step in range(len(loader)):
+            xb, tb = loader.get(step)
+            want_x, want_t = take_reference(loader, step)
+            assert xb.dtype == X.dtype and tb.dtype == targets.dtype
+            assert xb.tobytes() == want_x.tobytes()
+            if tb.dtype == object:
+                assert tb.tolist() == want_t.tolist()
+            else:
+                assert tb.tobytes() == want_t.tobytes()
+            idx = loader.sampler.indices(step)
+            assert loader.get_weights(step).tolist() == weights[idx].tolist()
+
+
+class OutOfRangeSampler(BatchSampler):
+    """Indices outside the data: the loader serves what np.take(mode="clip") does."""
+
+    def indices(self, step):
+        return np.array([1, 9, -3, 0])
+
+
+def test_indices_out_of_range_are_clipped_like_np_take():
+    X, y = arrays(5)
+    loader = BatchLoader(X, y, OutOfRangeSampler(5, 4), weights=np.arange(5.0))
+    loader.new_epoch(np.random.default_rng(0))
+    xb, yb = loader.get(0)
+    assert yb.tolist() == [1, 4, 0, 0]
+    assert np.array_equal(xb, X[[1, 4, 0, 0]])
+    assert loader.get_weights(0).tolist() == [1.0, 4.0, 0.0, 0.0]
+
+
+def test_replacing_X_or_targets_serves_the_new_arrays():
+    X, y = arrays(10)
+    loader = BatchLoader(X, y, BatchSampler(10, 4))
+    loader.new_epoch(np.random.default_rng(0))
+    loader.X, loader.targets = X * 2, y + 100
+    xb, yb = loader.get(0)
+    idx = loader.sampler.indices(0)
+    assert np.array_equal(xb, 2 * X[idx]) and yb.tolist() == (y[idx] + 100).tolist()

@@ -174,6 +174,62 @@ def test_l2_penalty_touches_weights_not_biases():
         np.testing.assert_allclose(p.grad, expected)
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_l2_penalty_step_is_numpys_multiply_then_add_bit_for_bit(dtype):
+    model = nbn.Sequential([nbn.Dense(5, 7, activation="relu"), nbn.BatchNorm(7),
+                            nbn.Dense(7, 3)], seed=0, dtype=dtype)
+    model.compile("mse", "sgd")
+    rng = np.random.default_rng(0)
+    model.flat_parameters[...] = 3 * rng.standard_normal(model.flat_parameters.shape)
+    start = rng.standard_normal(model.flat_gradients.shape).astype(dtype)
+    penalty = L2Penalty(0.37)
+    penalty.setup(model)
+    assert penalty._flat is not None  # the one-kernel path
+    penalty.divisor = 3.0
+    model.flat_gradients[...] = start
+    for scale in (1.0, 0.123, -2.5):
+        penalty.update(model.flat_gradients, model.flat_parameters, scale)
+    # The NumPy code the kernel replaced: the Python float factor is cast to the dtype,
+    # each product rounded to it, then added (no fused multiply-add).
+    expected = start.copy()
+    roles = {p.name: p.role for p in model.parameters()}
+    for name, lo, hi, _shape in model.parameter_layout():
+        if roles[name] == "weight":
+            for scale in (1.0, 0.123, -2.5):
+                expected[lo:hi] += np.multiply(model.flat_parameters[lo:hi],
+                                               0.37 / (3.0 * scale))
+    assert model.flat_gradients.tobytes() == expected.tobytes()
+
+
+class _Unflattened:
+    """A pipeline target whose parameters are not views into its flat buffers."""
+
+    def __init__(self):
+        from numbanet.nn.parameter import Parameter
+
+        self.flat_parameters = np.zeros(6)
+        self.flat_gradients = np.zeros(6)
+        self.params = [Parameter("w", np.arange(6.0).reshape(2, 3), np.ones((2, 3))),
+                       Parameter("b", np.ones(3), np.zeros(3), role="bias")]
+
+    def parameters(self):
+        return self.params
+
+
+def test_l2_penalty_on_parameters_outside_the_flat_buffers_uses_numpy():
+    target = _Unflattened()
+    penalty = L2Penalty(0.5)
+    penalty.setup(target)
+    assert penalty._flat is None
+    penalty.divisor = 2.0
+    penalty.update(target.flat_gradients, target.flat_parameters, 1.0)
+    weight, bias = target.params
+    np.testing.assert_array_equal(weight.grad, 1.0 + 0.25 * weight.value)
+    np.testing.assert_array_equal(bias.grad, 0.0)
+    assert not target.flat_gradients.any()
+    assert penalty.value(2.0) == 0.5 * 0.5 * float(np.sum(weight.value ** 2)) / 2.0
+
+
 # ------------------------------------------------------------------- incremental, warm
 
 

@@ -9,8 +9,10 @@ Two small objects split the work:
   ``[k * batch_size, min((k + 1) * batch_size, n))`` of that order. Without shuffling
   the positions are the sample indices themselves.
 * :class:`BatchLoader` gathers those samples of ``X`` and the targets into buffers
-  allocated once per distinct batch size (``np.take(..., out=...)``), or hands out views
-  when the batch is a contiguous range (no shuffling). A step allocates nothing.
+  allocated once per distinct batch size (a Numba row gather,
+  :mod:`numbanet.kernels.gather`, or ``np.take(..., out=...)`` for dtypes it does not
+  take), or hands out views when the batch is a contiguous range (no shuffling). A step
+  allocates nothing.
 
 A sampler describes a batch as a *range of positions* in the epoch's order
 (:meth:`BatchSampler.positions`); everything else follows from it. A subclass that
@@ -42,6 +44,7 @@ from typing import Any
 import numpy as np
 
 from numbanet._validation import check_positive_int
+from numbanet.kernels.gather import as_rows, gather_row_pairs, gather_rows
 
 __all__ = [
     "BatchLoader",
@@ -358,15 +361,23 @@ class BatchLoader:
                              f"{weights.shape}")
         self.X, self.targets, self.sampler = X, targets, sampler
         self.weights = weights
-        self._weight_buffers: dict[int, np.ndarray] = {}
+        # 2-D views for the gather kernels (None where they do not take the array), made
+        # once: a reshape per step costs about as much as the kernel saves over np.take.
+        # _row_sources records which arrays they view, in case X or targets are replaced.
+        self._row_sources = (X, targets, weights)
+        self._x_rows, self._target_rows = as_rows(X), as_rows(targets)
+        self._weight_rows = None if weights is None else as_rows(weights)
+        self._weight_buffers: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         self._buffers: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self._row_buffers: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         if sampler.shuffle:
             for rows in sampler.batch_sizes():
                 if rows:
-                    self._buffers[rows] = (
-                        np.empty((rows,) + X.shape[1:], dtype=X.dtype),
-                        np.empty((rows,) + targets.shape[1:], dtype=targets.dtype),
-                    )
+                    xb = np.empty((rows,) + X.shape[1:], dtype=X.dtype)
+                    tb = np.empty((rows,) + targets.shape[1:], dtype=targets.dtype)
+                    self._buffers[rows] = xb, tb
+                    if self._x_rows is not None and self._target_rows is not None:
+                        self._row_buffers[rows] = as_rows(xb), as_rows(tb)
 
     def __len__(self) -> int:
         return self.sampler.steps
@@ -394,10 +405,17 @@ class BatchLoader:
         if rows == 0:
             return self.X[:0], self.targets[:0]
         xb, tb = self._buffers[rows]
-        # mode="clip" skips the temporary copy np.take makes for mode="raise" when `out`
-        # is given; the indices are a permutation, so they are always in range.
-        np.take(self.X, idx, axis=0, out=xb, mode="clip")
-        np.take(self.targets, idx, axis=0, out=tb, mode="clip")
+        x_rows, target_rows = self._x_rows, self._target_rows
+        sources = self._row_sources
+        # The row gather returns how many indices it skipped for being out of range: 0
+        # for a permutation's; anything else is redone by np.take, which clips them.
+        if (x_rows is None or target_rows is None or sources[0] is not self.X
+                or sources[1] is not self.targets
+                or gather_row_pairs(x_rows, target_rows, idx, *self._row_buffers[rows])):
+            # mode="clip" skips the temporary copy np.take makes for mode="raise" when
+            # `out` is given; a sampler's indices are a permutation, so always in range.
+            np.take(self.X, idx, axis=0, out=xb, mode="clip")
+            np.take(self.targets, idx, axis=0, out=tb, mode="clip")
         return xb, tb
 
     def get_weights(self, step: int) -> np.ndarray:
@@ -409,10 +427,15 @@ class BatchLoader:
         if isinstance(idx, slice):
             return self.weights[idx]
         rows = idx.shape[0]
-        wb = self._weight_buffers.get(rows)
-        if wb is None:
-            wb = self._weight_buffers[rows] = np.empty(rows, dtype=self.weights.dtype)
-        np.take(self.weights, idx, out=wb, mode="clip")
+        buffers = self._weight_buffers.get(rows)
+        if buffers is None:
+            wb = np.empty(rows, dtype=self.weights.dtype)
+            buffers = self._weight_buffers[rows] = wb, wb.reshape(rows, 1)
+        wb, wb_rows = buffers
+        weight_rows = self._weight_rows
+        if (weight_rows is None or self._row_sources[2] is not self.weights
+                or gather_rows(weight_rows, idx, wb_rows)):
+            np.take(self.weights, idx, out=wb, mode="clip")
         return wb
 
 

@@ -97,6 +97,7 @@ from numbanet._validation import (
 )
 from numbanet.callbacks import Callback
 from numbanet.kernels.activations import ACTIVATIONS
+from numbanet.kernels.penalty import add_scaled_ranges
 from numbanet.losses import WeightedTargets
 from numbanet.nn import Dense, Dropout, Module, Sequential
 from numbanet.optim import GradientTransform
@@ -211,6 +212,12 @@ class L2Penalty(GradientTransform):
     set before each step by the estimator, so the penalty is ``alpha / (2 * divisor) *
     ||W||^2`` added to the batch's mean loss, as in ``MLPClassifier``.
 
+    A step is one kernel call over the model's flat buffers
+    (:func:`numbanet.kernels.penalty.add_scaled_ranges`) when every weight and its
+    gradient are views at the same offsets into ``model.flat_parameters`` and
+    ``model.flat_gradients`` (as in a :class:`~numbanet.Sequential`), else two NumPy calls
+    per weight; both give the same numbers.
+
     Args:
         alpha: the penalty strength, ``>= 0``.
     """
@@ -220,25 +227,79 @@ class L2Penalty(GradientTransform):
     def __init__(self, alpha: float) -> None:
         self.alpha = check_arg("alpha", alpha, Real(min=0), where="L2Penalty")
         self.divisor = 1.0
-        self._pairs: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        self._weights: list[tuple[np.ndarray, np.ndarray]] = []
+        # The flat buffers and the weights' (start, stop) ranges in them, for the kernel;
+        # None when the weights are not views into them.
+        self._flat: tuple[np.ndarray, np.ndarray] | None = None
+        self._ranges = np.empty((0, 2), dtype=np.int64)
+        self._scratch: list[np.ndarray] | None = None
 
     def setup(self, model: Any) -> None:
-        self._pairs = [(p.value, p.grad, np.empty_like(p.value))
-                       for p in model.parameters() if p.role == "weight"]
+        self._weights = [(p.value, p.grad) for p in model.parameters() if p.role == "weight"]
+        self._scratch = None
+        params = getattr(model, "flat_parameters", None)
+        grads = getattr(model, "flat_gradients", None)
+        ranges = _flat_ranges(self._weights, params, grads)
+        if ranges is None:
+            self._flat = None
+        else:
+            self._flat, self._ranges = (params, grads), ranges
 
     def update(self, grads: np.ndarray, params: np.ndarray, scale: float) -> float:
         if self.alpha and self.divisor > 0 and scale != 0:
             # The true gradient is scale * grads: add the penalty divided by the scale.
             factor = self.alpha / (self.divisor * scale)
-            for value, grad, tmp in self._pairs:
-                np.multiply(value, factor, out=tmp)
-                grad += tmp
+            flat = self._flat
+            if flat is not None and params is flat[0] and grads is flat[1]:
+                add_scaled_ranges(params, self._ranges, factor, grads)
+            else:
+                self._add_per_weight(factor)
         return scale
+
+    def _add_per_weight(self, factor: float) -> None:
+        """The NumPy form of the kernel's step, on the weight views from :meth:`setup`."""
+        if self._scratch is None:
+            self._scratch = [np.empty_like(value) for value, _ in self._weights]
+        for (value, grad), scaled in zip(self._weights, self._scratch, strict=True):
+            np.multiply(value, factor, out=scaled)
+            grad += scaled
 
     def value(self, divisor: float) -> float:
         """``alpha / (2 * divisor) * ||W||^2`` with the current weights."""
-        squares = sum(float(np.dot(v.ravel(), v.ravel())) for v, _, _ in self._pairs)
+        squares = sum(float(np.dot(v.ravel(), v.ravel())) for v, _ in self._weights)
         return 0.5 * self.alpha * squares / divisor
+
+
+def _flat_ranges(weights: list[tuple[np.ndarray, np.ndarray]], params: Any,
+                 grads: Any) -> np.ndarray | None:
+    """The ``(k, 2)`` int64 ``(start, stop)`` ranges of the weights in the flat buffers, or
+    ``None`` when the kernel cannot take them: the buffers are not 1-D C-contiguous
+    float32/float64 arrays of one dtype, or a weight or its gradient is not a C-contiguous
+    view into its buffer, at the same offset in both."""
+    if not (isinstance(params, np.ndarray) and isinstance(grads, np.ndarray)
+            and params.ndim == 1 and params.shape == grads.shape
+            and params.dtype == grads.dtype and params.dtype in (np.float32, np.float64)
+            and params.flags.c_contiguous and grads.flags.c_contiguous
+            and not np.shares_memory(params, grads)):
+        return None
+    ranges = []
+    for value, grad in weights:
+        start = _offset_in(value, params)
+        if start is None or _offset_in(grad, grads) != start:
+            return None
+        ranges.append((start, start + value.size))
+    return np.array(ranges, dtype=np.int64).reshape(-1, 2)
+
+
+def _offset_in(view: np.ndarray, flat: np.ndarray) -> int | None:
+    """Where the C-contiguous ``view`` starts in the 1-D C-contiguous ``flat`` (an element
+    index), or ``None`` when it is not a contiguous run of ``flat``'s elements."""
+    if view.dtype != flat.dtype or not view.flags.c_contiguous:
+        return None
+    start, misaligned = divmod(view.ctypes.data - flat.ctypes.data, flat.itemsize)
+    if misaligned or start < 0 or start + view.size > flat.size:
+        return None
+    return start
 
 
 class _PenaltyDivisor(Callback):
