@@ -14,10 +14,11 @@ held-out 25% split: accuracy for classifiers, R² for the regressor.
 
 Each repeat fits both libraries with the same ``random_state`` (repeat ``i`` uses ``i``),
 one after the other, alternating which goes first, so load from other processes hits both
-alike; the table shows medians over repeats, and the ratio of each library's fastest
-repeat (on a machine shared with other jobs the fastest repeat approximates idle cores:
-a 2-thread fork-join pool, OpenBLAS's or Numba's, collapses when another process takes
-one of the cores). numbanet's kernels are compiled (or loaded
+alike; each timed fit starts after a pause, so that the other library's spinning
+threads have gone quiet. The table shows medians over repeats, and the ratio of each
+library's fastest repeat (on a machine shared with other jobs the fastest repeat
+approximates idle cores: a 2-thread fork-join pool, OpenBLAS's or Numba's, collapses
+when another process takes one of the cores). numbanet's kernels are compiled (or loaded
 from Numba's disk cache) by an untimed fit first. Thread counts: numbanet through
 ``numbanet.set_num_threads``, scikit-learn's BLAS through ``OPENBLAS_NUM_THREADS`` (set
 before numpy loads) and ``threadpoolctl``.
@@ -84,7 +85,18 @@ def _estimators(task, epochs, seed, dtype, hidden):
     return (MLPRegressor(solver="adam", **common), NumbanetRegressor(dtype=dtype, **common))
 
 
+#: Seconds to wait before each timed fit. A BLAS or OpenMP pool keeps its workers
+#: spinning for a while after its last parallel call (OpenBLAS about 2**28 cycles, under
+#: 0.1 s here), so a fit started right after the other library's shares the cores with
+#: those threads: numbanet's digits fit took 0.25 s alone and 0.31-0.34 s right after
+#: scikit-learn's.
+PAUSE_S = 0.25
+
+
 def _fit_time(estimator, X, y) -> float:
+    """Seconds of ``estimator.fit(X, y)``, started after the other library's pool went
+    quiet."""
+    time.sleep(PAUSE_S)
     start = time.perf_counter()
     estimator.fit(X, y)
     return time.perf_counter() - start

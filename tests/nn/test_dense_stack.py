@@ -16,7 +16,7 @@ import pytest
 
 import numbanet as nbn
 from numbanet.nn import Dense, Dropout, Sequential
-from numbanet.nn.dense_stack import MIN_SHARD_ROWS, shard_count
+from numbanet.nn.dense_stack import MIN_SHARD_ROWS, MIN_SHARD_WORK, shard_count
 from numbanet.threads import max_threads
 
 
@@ -59,16 +59,20 @@ def _numpy_gradients(model, X, y):
     return grads[::-1]
 
 
-def test_shard_count_depends_on_the_batch_size_alone():
-    assert [shard_count(r) for r in (1, 2 * MIN_SHARD_ROWS - 1, 2 * MIN_SHARD_ROWS,
-                                      4 * MIN_SHARD_ROWS, 10**6)] == [1, 1, 2, 4, 8]
+def test_shard_count_needs_rows_and_work_for_every_shard():
+    work = MIN_SHARD_WORK  # multiply-adds per row: every row is enough work for a shard
+    assert [shard_count(r, work) for r in (1, 2 * MIN_SHARD_ROWS - 1, 2 * MIN_SHARD_ROWS,
+                                           4 * MIN_SHARD_ROWS, 10**6)] == [1, 1, 2, 4, 8]
+    rows = 8 * MIN_SHARD_ROWS
+    assert shard_count(rows, 2 * MIN_SHARD_WORK // rows - 1) == 1
+    assert shard_count(rows, 2 * MIN_SHARD_WORK // rows) == 2
 
 
-@pytest.mark.parametrize("rows", [37, 4 * MIN_SHARD_ROWS + 3])
-def test_stack_gradients_match_numpy_backpropagation(rows):
-    model = _mlp((13, 21, 9, 5), ("relu", "tanh", None))
-    assert model._dense_stack is not None
-    X, y = _batch(rows, (13, 21, 9, 5), "float64")
+@pytest.mark.parametrize("rows, shards", [(37, 1), (4 * MIN_SHARD_ROWS + 3, 4)])
+def test_stack_gradients_match_numpy_backpropagation(rows, shards):
+    model = _mlp((13, 64, 32, 5), ("relu", "tanh", None))
+    assert model._dense_stack.step_for(rows).table.shape[0] == shards
+    X, y = _batch(rows, (13, 64, 32, 5), "float64")
     expected = _numpy_gradients(model, X, y)
     params_before = model.flat_parameters.copy()
     model.train_step(X, y)
@@ -87,10 +91,10 @@ CASES = [
     ((12, 16, 8), ("leaky_relu", "elu"), 5),  # activations with a parameter
     ((12, 16, 8), (None, "relu"), 1),  # identity hidden layer, ReLU on the output
     ((50, 40, 30, 20, 6), ("relu", "silu", "relu", "softplus"), 64),
-    # several row shards
+    # several row shards (2, 4 and 8)
     ((20, 100, 4), ("relu", None), 200),
-    ((30, 17, 9, 3), ("tanh", "gelu", "sigmoid"), 4 * MIN_SHARD_ROWS + 5),
-    ((16, 24, 10), ("relu", None), 8 * MIN_SHARD_ROWS + 1),
+    ((30, 64, 48, 3), ("tanh", "gelu", "sigmoid"), 4 * MIN_SHARD_ROWS + 5),
+    ((16, 96, 40), ("relu", None), 8 * MIN_SHARD_ROWS + 1),
 ]
 
 
@@ -108,7 +112,7 @@ def test_stack_step_equals_layer_by_layer_step(widths, activations, rows, dtype)
     X2, y2 = _batch(max(1, rows // 3), widths, dtype, seed=2)  # a remainder batch
     losses = [(fused.train_step(Xb, yb), layered.train_step(Xb, yb))
               for Xb, yb in [(X, y), (X2, y2), (X, y)]]
-    if shard_count(rows) == 1:
+    if fused._dense_stack.step_for(rows).table.shape[0] == 1:
         assert all(a == b for a, b in losses)
         assert np.array_equal(fused.flat_gradients, layered.flat_gradients)
         assert np.array_equal(fused.flat_parameters, layered.flat_parameters)

@@ -30,7 +30,7 @@ import numpy as np
 
 from numbanet.kernels import dense_stack as k
 from numbanet.kernels.activations import IDENTITY, RELU
-from numbanet.kernels.matmul import GemmPlan, gemm_plan
+from numbanet.kernels.matmul import MR, GemmPlan, gemm_plan
 from numbanet.kernels.reductions import ROW_CHUNK
 from numbanet.nn.dense import Dense
 from numbanet.nn.module import Module
@@ -59,22 +59,39 @@ class _Step(NamedTuple):
 #: Fewest rows per shard: smaller shards lose more to the GEMMs' edges and the
 #: shard sums than a second thread gains.
 MIN_SHARD_ROWS = 64
+#: Fewest multiply-adds per shard (forward and backward together): below this a shard's
+#: work (~5 us) is no longer large next to the two parallel regions a step launches.
+#: 2 threads: scikit-learn's diabetes MLP (10-100-1 at 200 rows, 0.46 M per step) fit
+#: in 0.055 s with 2 shards, 0.036 s with 1; make_classification's (20-100-4, 1.04 M)
+#: stepped in 117 us with 2 shards, 146 us with 1.
+MIN_SHARD_WORK = 1 << 18
 #: Most shards: 8 keeps up to 8 threads busy; each shard adds a pass over dW.
 MAX_SHARDS = 8
 
 
-def shard_count(rows: int) -> int:
-    """Row shards of a batch of ``rows``: the largest power of two with at least
-    ``MIN_SHARD_ROWS`` rows per shard, at most ``MAX_SHARDS``.
+def shard_count(rows: int, work_per_row: int) -> int:
+    """Row shards of a batch of ``rows`` samples that cost ``work_per_row``
+    multiply-adds each: the largest power of two, at most ``MAX_SHARDS``, that leaves
+    every shard ``MIN_SHARD_ROWS`` rows and ``MIN_SHARD_WORK`` multiply-adds.
 
-    A function of the batch size alone, never of the thread count, so that results
-    do not depend on the thread count (the shards' gradients are added in order). A
-    power of two splits evenly over 1, 2, 4 or 8 threads.
+    A function of the model's shapes and the batch size alone, never of the thread
+    count, so that results do not depend on the thread count (the shards' gradients
+    are added in order). A power of two splits evenly over 1, 2, 4 or 8 threads.
     """
     shards = 1
-    while shards < MAX_SHARDS and rows >= 2 * shards * MIN_SHARD_ROWS:
+    while (shards < MAX_SHARDS and rows >= 2 * shards * MIN_SHARD_ROWS
+           and rows * work_per_row >= 2 * shards * MIN_SHARD_WORK):
         shards *= 2
     return shards
+
+
+def _boundary(s: int, n_shards: int, rows: int) -> int:
+    """First row of shard ``s`` (``rows`` for ``s == n_shards``): an even split rounded
+    down to a multiple of the GEMM's register-tile height ``MR``, so that a shard's
+    products waste fewer rows of padded tiles (200 rows: 96 + 104, not 100 + 100)."""
+    if s >= n_shards:
+        return rows
+    return s * rows // n_shards // MR * MR
 
 
 def _plan_columns(plan: GemmPlan) -> list[int]:
@@ -101,6 +118,10 @@ class DenseStack:
         self.act_params = np.array([layer._act.default_param for layer in self.layers],
                                    dtype=np.float64)
         self._steps: dict[int, _Step] = {}
+        # Multiply-adds per sample of a training step: z = x @ W and dW = x.T @ dz for
+        # every layer, dx = dz @ W.T for all but the first.
+        self.work_per_row = sum((3 if i else 2) * layer.in_features * layer.out_features
+                                for i, layer in enumerate(self.layers))
 
     @classmethod
     def for_layers(cls, layers: Sequence[Module], layout: Sequence[tuple[str, int, int, tuple]],
@@ -128,7 +149,7 @@ class DenseStack:
         # layers' own methods (the first layer computes no dx).
         serial = not any(plan.parallel for i, plans in enumerate(full_plans)
                          for plan in plans[: 3 if i else 2])
-        n_shards = shard_count(rows) if serial else 1
+        n_shards = shard_count(rows, self.work_per_row) if serial else 1
         n_layers = len(self.layers)
         table = np.zeros((n_shards, n_layers, k.N_COLUMNS), dtype=np.int64)
         sizes = {"acts": 0, "work": 0, "partials": 0, "parts": 0}
@@ -156,7 +177,7 @@ class DenseStack:
             row[:, k.FUSE_BELOW] = int(below is not None and below._act.id == RELU)
         # Each shard's rows, plans, packing slot, partial sums and dW_s/db_s.
         for s in range(n_shards):
-            r0, r1 = s * rows // n_shards, (s + 1) * rows // n_shards
+            r0, r1 = _boundary(s, n_shards, rows), _boundary(s + 1, n_shards, rows)
             plans = ([self._plans(r1 - r0, layer) for layer in self.layers]
                      if n_shards > 1 else full_plans)
             slot = max(plan.workspace for layer_plans in plans for plan in layer_plans)
