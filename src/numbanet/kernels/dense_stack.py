@@ -59,47 +59,63 @@ OUT = 1  # output width
 W = 2  # weight offset in the flat parameter/gradient buffers
 B = 3  # bias offset
 ACT = 4  # activation id (ACTIVATION_IDS)
-TILE_ACT = 5  # what the forward GEMM epilogue applies: RELU for ReLU, else -1 (none)
-Z = 6  # offsets in acts of the whole batch's arrays: pre-activation z (rows, out)
-Y = 7  # activation y (rows, out); equal to Z when y overwrites z
-DZ = 8  # dz (rows, out), when the activation's derivative takes its own pass
-DX = 9  # the input gradient (rows, in), for layers above the first
-FUSE_BELOW = 10  # 1: the dx product applies the ReLU derivative of the layer below
-R0 = 11  # the shard's rows: [R0, R1)
-R1 = 12
-WORK = 13  # the shard's slot of work: [WORK, WORK_END)
-WORK_END = 14
-PARTIALS = 15  # offset of the shard's float64 bias partial sums (column_sum_partials)
-PART = 16  # shards past the first: offset of dW_s (in * out), then db_s (out), in parts
-# Three plans of four columns each: forward z = x @ W, dW = x.T @ dz, dx = dz @ W.T.
-PLAN_FORWARD = 17
-PLAN_DW = 21
-PLAN_DX = 25
-MB, NB, SWAP, NARROW = 0, 1, 2, 3  # within a plan
-N_COLUMNS = 29
+Z = 5  # offsets in acts of the whole batch's arrays: pre-activation z (rows, out)
+Y = 6  # activation y (rows, out); equal to Z when y overwrites z
+DZ = 7  # dz (rows, out), when the activation's derivative takes its own pass
+DX = 8  # the input gradient (rows, in), for layers above the first
+FUSE_BELOW = 9  # 1: the dx product applies the ReLU derivative of the layer below
+R0 = 10  # the shard's rows: [R0, R1)
+R1 = 11
+WORK = 12  # the shard's slot of work: [WORK, WORK_END)
+WORK_END = 13
+PARTIALS = 14  # offset of the shard's float64 bias partial sums (column_sum_partials)
+PART = 15  # shards past the first: offset of dW_s (in * out), then db_s (out), in parts
+# Three products, each described by PLAN_WIDTH columns: forward z = x @ W, dW = x.T @ dz,
+# dx = dz @ W.T. Every flag the GEMM takes is read from the table at run time: a literal
+# True or False passed from here would make Numba compile another specialization of the
+# whole GEMM for it (measured: a first step without cached kernels took 36 s, not 14).
+PLAN_FORWARD = 16
+PLAN_DW = PLAN_FORWARD + 9
+PLAN_DX = PLAN_DW + 9
+# within a plan
+MB, NB, SWAP, NARROW = 0, 1, 2, 3  # the GemmPlan
+TRANSPOSE_A, TRANSPOSE_B = 4, 5
+HAS_BIAS = 6
+EPILOGUE_ACT = 7  # the activation id of the epilogue, or -1
+DERIVATIVE = 8  # 1: the epilogue multiplies by that activation's derivative
+PLAN_WIDTH = 9
+N_COLUMNS = PLAN_DX + PLAN_WIDTH
 
 
-@kernel
-def _product(a, b, out, transpose_a, transpose_b, work, layer, plan,
-             bias, has_bias, y, z_saved, act_id, derivative):
-    """``out = op(a) @ op(b)`` with the epilogue, by the plan in ``layer[plan:plan+4]``:
-    the arguments and the kernel :func:`~numbanet.kernels.matmul.gemm_into` would use."""
-    if layer[plan + NARROW] != 0:
+@kernel(inline="always")
+def _product(a, b, out, work, plan, bias, y, z_saved):
+    """``out = op(a) @ op(b)`` with the epilogue, as ``plan`` (a table row's
+    ``PLAN_WIDTH`` columns) says: the arguments and the kernel
+    :func:`~numbanet.kernels.matmul.gemm_into` would use."""
+    transpose_a, transpose_b = plan[TRANSPOSE_A] != 0, plan[TRANSPOSE_B] != 0
+    has_bias, derivative = plan[HAS_BIAS] != 0, plan[DERIVATIVE] != 0
+    if plan[NARROW] != 0:
         _narrow_gemm(a, b, out, transpose_a, transpose_b, work, bias, has_bias, y,
-                     z_saved, act_id, derivative)
+                     z_saved, plan[EPILOGUE_ACT], derivative)
     else:
-        _gemm_serial(a, b, out, transpose_a, transpose_b, work, layer[plan + MB],
-                     layer[plan + NB], layer[plan + SWAP] != 0, bias, has_bias, y,
-                     z_saved, act_id, derivative)
+        _gemm_serial(a, b, out, transpose_a, transpose_b, work, plan[MB], plan[NB],
+                     plan[SWAP] != 0, bias, has_bias, y, z_saved, plan[EPILOGUE_ACT],
+                     derivative)
 
 
-@kernel
+@kernel(inline="always")
+def _plan(layer, start):
+    """The ``PLAN_WIDTH`` columns of ``layer`` from ``start``."""
+    return layer[start : start + PLAN_WIDTH]
+
+
+@kernel(inline="always")
 def _view(flat, offset, rows, cols):
     """``flat[offset : offset + rows * cols]`` as a C-contiguous ``(rows, cols)`` array."""
     return flat[offset : offset + rows * cols].reshape((rows, cols))
 
 
-@kernel
+@kernel(inline="always")
 def _forward_shard(x, params, shard, act_params, acts, work):
     """Rows ``[R0, R1)`` of every layer's forward pass (``shard`` is ``table[s]``)."""
     for i in range(shard.shape[0]):
@@ -113,8 +129,7 @@ def _forward_shard(x, params, shard, act_params, acts, work):
         b = params[layer[B] : layer[B] + n_out]
         z = _view(acts, layer[Z] + r0 * n_out, rows, n_out)
         y = _view(acts, layer[Y] + r0 * n_out, rows, n_out)
-        _product(h, w, z, False, False, slot, layer, PLAN_FORWARD, b, True, y, z,
-                 layer[TILE_ACT], False)
+        _product(h, w, z, slot, _plan(layer, PLAN_FORWARD), b, y, z)
         if layer[ACT] != RELU and layer[ACT] != IDENTITY:  # not in the epilogue
             _forward_serial(layer[ACT], act_params[i], z.reshape(rows * n_out),
                             y.reshape(rows * n_out))
@@ -153,7 +168,7 @@ def stack_forward_serial(x, params, table, act_params, acts, work):
     return _view(acts, last[Y], x.shape[0], last[OUT])
 
 
-@kernel
+@kernel(inline="always")
 def _backward_shard(x, params, grads, shard, act_params, acts, work, partials, d_out, parts):
     """Rows ``[R0, R1)`` of the backward pass; writes the shard's ``dW_s``/``db_s`` to
     ``grads`` (the first shard) or to its place in ``parts`` (the others)."""
@@ -183,21 +198,17 @@ def _backward_shard(x, params, grads, shard, act_params, acts, work, partials, d
         else:
             dw = _view(parts, layer[PART], n_in, n_out)
             db = parts[layer[PART] + n_in * n_out : layer[PART] + n_in * n_out + n_out]
-        _product(h, dz, dw, True, False, slot, layer, PLAN_DW, db, False, dw, dw, -1, False)
+        _product(h, dz, dw, slot, _plan(layer, PLAN_DW), db, dw, dw)
         n_chunks = max(1, (rows + ROW_CHUNK - 1) // ROW_CHUNK)
         _column_sum_serial(dz, db, _view(partials, layer[PARTIALS], n_chunks, n_out))
         if i > 0:
             w = _view(params, layer[W], n_in, n_out)
             dx = _view(acts, layer[DX] + r0 * n_in, rows, n_in)
-            if layer[FUSE_BELOW] != 0:
-                z_below = _view(acts, below[Z] + r0 * n_in, rows, n_in)
-                _product(dz, w, dx, False, True, slot, layer, PLAN_DX, db, False, dx,
-                         z_below, RELU, True)
-                grad_is_dz = True
-            else:
-                _product(dz, w, dx, False, True, slot, layer, PLAN_DX, db, False, dx, dx,
-                         -1, False)
-                grad_is_dz = False
+            # With FUSE_BELOW the plan's epilogue multiplies by ReLU' of the layer below,
+            # read from its saved z: the layer below then receives its dz directly.
+            z_below = _view(acts, below[Z] + r0 * n_in, rows, n_in)
+            _product(dz, w, dx, slot, _plan(layer, PLAN_DX), db, dx, z_below)
+            grad_is_dz = layer[FUSE_BELOW] != 0
             grad = dx
 
 

@@ -94,8 +94,11 @@ def _boundary(s: int, n_shards: int, rows: int) -> int:
     return s * rows // n_shards // MR * MR
 
 
-def _plan_columns(plan: GemmPlan) -> list[int]:
-    return [plan.mb, plan.nb, int(plan.swap), int(plan.narrow)]
+def _plan_columns(plan: GemmPlan, transpose_a: bool, transpose_b: bool, has_bias: bool,
+                  epilogue_act: int, derivative: bool) -> list[int]:
+    """A product's ``PLAN_WIDTH`` table columns (see numbanet.kernels.dense_stack)."""
+    return [plan.mb, plan.nb, int(plan.swap), int(plan.narrow), int(transpose_a),
+            int(transpose_b), int(has_bias), epilogue_act, int(derivative)]
 
 
 class DenseStack:
@@ -166,7 +169,6 @@ class DenseStack:
             row[:, k.IN], row[:, k.OUT] = n_in, n_out
             row[:, k.W], row[:, k.B] = self.offsets[i]
             row[:, k.ACT] = act.id
-            row[:, k.TILE_ACT] = RELU if act.id == RELU else -1
             row[:, k.Z] = take("acts", rows * n_out)
             # As Dense.forward: y overwrites z when backward needs only the output.
             in_place = act.id == IDENTITY or act.derivative_from_output
@@ -190,9 +192,13 @@ class DenseStack:
                 row[k.PARTIALS] = take("partials", n_chunks * layer.out_features)
                 row[k.PART] = (take("parts", (layer.in_features + 1) * layer.out_features)
                                if s > 0 else 0)
-                for column, plan in zip((k.PLAN_FORWARD, k.PLAN_DW, k.PLAN_DX), plans[i],
-                                        strict=True):
-                    row[column : column + 4] = _plan_columns(plan)
+                forward, dw, dx = plans[i]
+                relu_below = bool(row[k.FUSE_BELOW])
+                row[k.PLAN_FORWARD : k.PLAN_DW] = _plan_columns(  # z = x @ W + b, ReLU
+                    forward, False, False, True, RELU if layer._act.id == RELU else -1, False)
+                row[k.PLAN_DW : k.PLAN_DX] = _plan_columns(dw, True, False, False, -1, False)
+                row[k.PLAN_DX : k.N_COLUMNS] = _plan_columns(  # dx = dz @ W.T, * ReLU' below
+                    dx, False, True, False, RELU if relu_below else -1, relu_below)
         return _Step(table, np.zeros(sizes["acts"], self.dtype),
                      np.empty(sizes["work"], self.dtype),
                      np.empty(sizes["partials"], np.float64),
