@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import tracemalloc
 
+import numpy as np
+
 from numbanet.threads import max_threads
 
 from .common import EPOCH_SAMPLES, MODELS, THREADS, build_model, epoch_data, make_batch, set_threads
@@ -52,6 +54,31 @@ class TrainStepSuite:
         return peak
 
     track_step_allocated_bytes.unit = "bytes"  # type: ignore[attr-defined]
+
+
+class ShardedStepSuite:
+    """``train_step`` of a scikit-learn-size MLP: digits' 64-100-10 at batch 200, the
+    default float64 of numbanet's estimators and float32. No product reaches the parallel
+    GEMM's threshold, so the step runs as two row shards, one parallel region per pass
+    (numbanet.nn.dense_stack); a regression here is one in the small-model path."""
+
+    params = (["float64", "float32"], THREADS)
+    param_names = ["dtype", "threads"]
+    timeout = 120
+
+    def setup(self, dtype: str, threads: int) -> None:
+        from numbanet.nn import Dense, Sequential
+
+        set_threads(threads)
+        self.net = Sequential([Dense(64, 100, activation="relu"), Dense(100, 10)], seed=0,
+                              dtype=dtype).compile(loss="cross_entropy", optimizer="adam")
+        rng = np.random.default_rng(0)
+        self.x = rng.standard_normal((200, 64)).astype(dtype)
+        self.y = rng.integers(0, 10, size=200)
+        self.net.train_step(self.x, self.y)
+
+    def time_train_step(self, dtype: str, threads: int) -> None:
+        self.net.train_step(self.x, self.y)
 
 
 class TrainEpochSuite:
