@@ -90,6 +90,8 @@ CASES = [
     ((30, 17, 9, 3), ("tanh", "gelu", "sigmoid"), 37),  # separate activation passes
     ((12, 16, 8), ("leaky_relu", "elu"), 5),  # activations with a parameter
     ((12, 16, 8), (None, "relu"), 1),  # identity hidden layer, ReLU on the output
+    ((12, 3), (None,), 40),  # one layer: a linear model, no input gradient at all
+    ((12, 1), ("sigmoid",), 300),  # one layer, one output column (narrow products)
     ((50, 40, 30, 20, 6), ("relu", "silu", "relu", "softplus"), 64),
     # several row shards (2, 4 and 8)
     ((20, 100, 4), ("relu", None), 200),
