@@ -44,7 +44,7 @@ from typing import Any
 import numpy as np
 
 from numbanet._validation import check_positive_int
-from numbanet.kernels.gather import as_rows, gather_row_pairs, gather_rows
+from numbanet.kernels.gather import as_rows, gather_row_pairs
 
 __all__ = [
     "BatchLoader",
@@ -364,10 +364,9 @@ class BatchLoader:
         # 2-D views for the gather kernels (None where they do not take the array), made
         # once: a reshape per step costs about as much as the kernel saves over np.take.
         # _row_sources records which arrays they view, in case X or targets are replaced.
-        self._row_sources = (X, targets, weights)
+        self._row_sources = (X, targets)
         self._x_rows, self._target_rows = as_rows(X), as_rows(targets)
-        self._weight_rows = None if weights is None else as_rows(weights)
-        self._weight_buffers: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self._weight_buffers: dict[int, np.ndarray] = {}
         self._buffers: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         self._row_buffers: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         if sampler.shuffle:
@@ -427,15 +426,10 @@ class BatchLoader:
         if isinstance(idx, slice):
             return self.weights[idx]
         rows = idx.shape[0]
-        buffers = self._weight_buffers.get(rows)
-        if buffers is None:
-            wb = np.empty(rows, dtype=self.weights.dtype)
-            buffers = self._weight_buffers[rows] = wb, wb.reshape(rows, 1)
-        wb, wb_rows = buffers
-        weight_rows = self._weight_rows
-        if (weight_rows is None or self._row_sources[2] is not self.weights
-                or gather_rows(weight_rows, idx, wb_rows)):
-            np.take(self.weights, idx, out=wb, mode="clip")
+        wb = self._weight_buffers.get(rows)
+        if wb is None:
+            wb = self._weight_buffers[rows] = np.empty(rows, dtype=self.weights.dtype)
+        np.take(self.weights, idx, out=wb, mode="clip")
         return wb
 
 

@@ -42,7 +42,7 @@ from numba.extending import intrinsic
 
 from numbanet._jit import kernel
 
-__all__ = ["GATHER_DTYPES", "PREFETCH_DISTANCE", "as_rows", "gather_row_pairs", "gather_rows"]
+__all__ = ["GATHER_DTYPES", "PREFETCH_DISTANCE", "as_rows", "gather_row_pairs"]
 
 #: Dtypes the gather kernels take (others use ``np.take``): each one compiles a
 #: specialization on first use, so this is limited to the dtypes training sees.
@@ -107,38 +107,10 @@ def _copy_row(source, row, out, i):
 
 
 @kernel
-def gather_rows(source, index, out):
-    """``out[i, :] = source[index[i], :]`` for every ``i``; serial.
-
-    Args:
-        source: ``(n, m)`` C-contiguous.
-        index: ``(k,)`` integer row numbers.
-        out: ``(k, m)`` C-contiguous, ``source``'s dtype; written, except the rows whose
-            index is outside ``[0, n)``.
-
-    Returns:
-        How many indices were outside ``[0, n)`` (0 for a batch of a permutation).
-    """
-    n = source.shape[0]
-    k = index.shape[0]
-    outside = 0
-    for i in range(k):
-        if i + PREFETCH_DISTANCE < k:
-            ahead = index[i + PREFETCH_DISTANCE]
-            if 0 <= ahead < n:
-                _prefetch(source, ahead, 0)
-        row = index[i]
-        if 0 <= row < n:
-            _copy_row(source, row, out, i)
-        else:
-            outside += 1
-    return outside
-
-
-@kernel
 def gather_row_pairs(source_a, source_b, index, out_a, out_b):
-    """:func:`gather_rows` of two arrays with the same rows (``X`` and its targets) in one
-    call, which saves a dispatch; serial.
+    """``out_a[i, :] = source_a[index[i], :]`` and ``out_b[i, :] = source_b[index[i], :]``
+    for every ``i``: two arrays with the same rows (``X`` and its targets) in one call,
+    which saves a dispatch; serial.
 
     Args:
         source_a: ``(n, m)`` C-contiguous.
@@ -149,7 +121,7 @@ def gather_row_pairs(source_a, source_b, index, out_a, out_b):
         out_b: ``(k, p)`` C-contiguous, ``source_b``'s dtype; written likewise.
 
     Returns:
-        How many indices were outside ``[0, n)``.
+        How many indices were outside ``[0, n)`` (0 for a batch of a permutation).
     """
     n = min(source_a.shape[0], source_b.shape[0])
     k = index.shape[0]
