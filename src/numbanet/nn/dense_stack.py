@@ -147,7 +147,6 @@ class DenseStack:
 
     def _build(self, rows: int) -> _Step:
         """Table, buffers and plans for batches of ``rows`` samples."""
-        full_plans = [self._plans(rows, layer) for layer in self.layers]
         # Serial-sized: no product of the whole batch reaches SERIAL_WORK, so the layers'
         # own methods would run every product serially. Decided from the shapes, not
         # from the plans, whose parallel flag also depends on the pool's size: the shard
@@ -182,8 +181,7 @@ class DenseStack:
         # Each shard's rows, plans, packing slot, partial sums and dW_s/db_s.
         for s in range(n_shards):
             r0, r1 = _boundary(s, n_shards, rows), _boundary(s + 1, n_shards, rows)
-            plans = ([self._plans(r1 - r0, layer) for layer in self.layers]
-                     if n_shards > 1 else full_plans)
+            plans = [self._plans(r1 - r0, layer) for layer in self.layers]
             slot = max(plan.workspace for layer_plans in plans for plan in layer_plans)
             work = take("work", slot)
             n_chunks = max(1, -(-(r1 - r0) // ROW_CHUNK))
