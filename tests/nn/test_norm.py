@@ -307,16 +307,17 @@ def test_serial_and_parallel_twins_are_bit_identical(shape, dtype):
     ]:
         rm, rv = np.zeros(cols, dtype), np.ones(cols, dtype)
         stats, coef = np.zeros((4, cols)), np.zeros((4, cols), dtype)
-        partials = K.norm_partials(rows, cols)
+        partials, acc = K.norm_partials(rows, cols), K.norm_partials(rows, cols, dtype)
         y, dx, dw, db = (np.empty_like(x), np.empty_like(x), np.empty(cols, dtype),
                          np.empty(cols, dtype))
-        bn_f(x, True, 1e-5, 0.1, w, b, True, rm, rv, stats, coef, partials, chunk, y)
-        bn_b(x, dy, w, True, True, True, stats, coef, partials, chunk, dw, db, dx)
+        bn_f(x, True, 1e-5, 0.1, w, b, True, rm, rv, stats, coef, partials, acc, chunk, y)
+        bn_b(x, dy, w, True, True, True, stats, coef, partials, acc, chunk, dw, db, dx)
         mean, rstd, totals = np.empty(rows), np.empty(rows), np.empty((2, cols))
         y2, dx2, dw2, db2 = (np.empty_like(x), np.empty_like(x), np.empty(cols, dtype),
                              np.empty(cols, dtype))
         ln_f(x, 1e-5, w, b, True, y2, mean, rstd, chunk)
-        ln_b(x, dy, w, True, mean, rstd, True, dx2, partials, totals, chunk, dw2, db2)
+        ln_b(x, dy, w, True, mean, rstd, True, dx2, partials, acc, totals, chunk, dw2,
+            db2)
         results.append([y, dx, dw, db, rm, rv, y2, dx2, dw2, db2])
     for a, b_ in zip(*results, strict=True):
         np.testing.assert_array_equal(a, b_)

@@ -24,11 +24,14 @@ _MOMENTUM = Real(min=0, max=1)
 _FLAG = Boolean()
 
 
-def _partials(layer: Module, batch: int, rows: int, cols: int) -> np.ndarray:
-    """The float64 partial sums of the reduction kernels for a batch of ``batch`` samples
-    (``rows`` rows of ``cols``): per row chunk, so kept under the batch size."""
-    return layer.workspace.get("partials", norm_partials_shape(rows, cols),
-                               dtype=np.float64, rows=batch)
+def _partials(layer: Module, batch: int, rows: int,
+              cols: int) -> tuple[np.ndarray, np.ndarray]:
+    """The reduction kernels' per-row-chunk sums for a batch of ``batch`` samples
+    (``rows`` rows of ``cols``), kept under the batch size: float64 ``partials`` and the
+    ``acc`` run sums in the model's dtype."""
+    shape = norm_partials_shape(rows, cols)
+    return (layer.workspace.get("partials", shape, dtype=np.float64, rows=batch),
+            layer.workspace.get("acc", shape, rows=batch))
 
 
 def _last_axis_error(layer: Module, features: int, in_shape: Shape) -> ValueError | None:
@@ -78,7 +81,7 @@ class BatchNorm(Module):
     adds distributed training.
 
     Kernels (:mod:`numbanet.kernels.norm`): the forward reads ``x`` twice (fixed-order
-    float64 column sums, then the normalisation) and writes ``y`` once; the backward
+    column sums, then the normalisation) and writes ``y`` once; the backward
     reads ``x`` and ``dy`` twice and writes ``dx`` once. Results are bit-identical for
     any thread count.
     """
@@ -150,7 +153,7 @@ class BatchNorm(Module):
         bias = self._params["bias"].value if self.affine else None
         batch_norm_forward(x2, training, self.eps, self.momentum, weight, bias,
                            self._buffers["running_mean"], self._buffers["running_var"],
-                           self._stats, self._coef, _partials(self, x.shape[0], rows, c),
+                           self._stats, self._coef, *_partials(self, x.shape[0], rows, c),
                            y.reshape(rows, c))
         self._x, self._batch_stats = x2, training
         return y
@@ -169,7 +172,7 @@ class BatchNorm(Module):
         else:
             w = dw = db = None
         batch_norm_backward(x2, dy.reshape(rows, c), w, self._batch_stats, self._stats,
-                            self._coef, _partials(self, dy.shape[0], rows, c), dw, db,
+                            self._coef, *_partials(self, dy.shape[0], rows, c), dw, db,
                             None if dx is None else dx.reshape(rows, c))
         return dx
 
@@ -198,9 +201,9 @@ class LayerNorm(Module):
             of role ``"norm"`` (no weight decay by default).
 
     Kernels (:mod:`numbanet.kernels.norm`): one read of ``x`` and one write of ``y``
-    forward (each row's statistics are taken while it sits in L1), one read of ``x`` and
-    ``dy`` and one write of ``dx`` backward, with the parameter gradients summed in fixed
-    row chunks (bit-identical for any thread count).
+    forward (each row is normalised while it sits in L1 after its statistics), one read
+    of ``x`` and ``dy`` and one write of ``dx`` backward, with the parameter gradients
+    summed along in fixed row chunks (bit-identical for any thread count).
     """
 
     def __init__(self, normalized_shape: int, eps: float = 1e-5,
@@ -282,7 +285,7 @@ class LayerNorm(Module):
         else:
             w = dw = db = None
         layer_norm_backward(x2, dy.reshape(rows, n), w, self._mean, self._rstd,
-                            _partials(self, dy.shape[0], rows, n), self._totals, dw, db,
+                            *_partials(self, dy.shape[0], rows, n), self._totals, dw, db,
                             None if dx is None else dx.reshape(rows, n))
         return dx
 
