@@ -338,6 +338,11 @@ class _BatchWeight:
         self._note(targets)
         return float(self._loss.forward_backward_unchecked(outputs, targets, grad))
 
+    def forward_backward_fused(self, shape: tuple[int, int], dtype: np.dtype, targets: Any,
+                               run: Callable[..., Any]) -> float:
+        self._note(targets)
+        return float(self._loss.forward_backward_fused(shape, dtype, targets, run))
+
 
 # -------------------------------------------------------------------------- callbacks
 

@@ -17,6 +17,7 @@ import pytest
 import numbanet as nbn
 from numbanet.nn import Dense, Dropout, Sequential
 from numbanet.nn.dense_stack import MIN_SHARD_ROWS, MIN_SHARD_WORK, shard_count
+from numbanet.specs import PluginError
 from numbanet.threads import max_threads
 
 
@@ -107,13 +108,14 @@ def test_stack_step_equals_layer_by_layer_step(widths, activations, rows, dtype)
                                                             fused=False)
     step = fused._dense_stack.step_for(rows)
     assert step is not None
-    # The forward pass does not depend on the sharding: bit for bit.
     X, y = _batch(rows, widths, dtype)
-    np.testing.assert_array_equal(fused._dense_stack.forward(step, X, fused.flat_parameters),
-                                  layered.predict(X))
+    expected_outputs = layered.predict(X)
+    losses = [(fused.train_step(X, y), layered.train_step(X, y))]
+    # The forward pass does not depend on the sharding: bit for bit.
+    np.testing.assert_array_equal(fused._dense_stack.output(step), expected_outputs)
     X2, y2 = _batch(max(1, rows // 3), widths, dtype, seed=2)  # a remainder batch
-    losses = [(fused.train_step(Xb, yb), layered.train_step(Xb, yb))
-              for Xb, yb in [(X, y), (X2, y2), (X, y)]]
+    losses += [(fused.train_step(Xb, yb), layered.train_step(Xb, yb))
+               for Xb, yb in [(X2, y2), (X, y)]]
     if fused._dense_stack.step_for(rows).table.shape[0] == 1:
         assert all(a == b for a, b in losses)
         assert np.array_equal(fused.flat_gradients, layered.flat_gradients)
@@ -167,3 +169,139 @@ def test_stack_results_do_not_depend_on_the_thread_count(widths, rows, stack_at_
         nbn.set_num_threads(max_threads())
     assert results[0][0] == results[1][0]
     assert np.array_equal(results[0][1], results[1][1])
+
+
+@pytest.mark.parametrize("rows", [37, 4 * MIN_SHARD_ROWS + 5], ids=["1 shard", "4 shards"])
+@pytest.mark.parametrize("loss, targets", [
+    ("cross_entropy", "labels"),
+    ("cross_entropy", "probabilities"),  # the spec's dense-target kernel
+    ("mse", "values"),
+], ids=["labels", "probabilities", "mse"])
+def test_fused_loss_rows_equal_the_loss_hosts_pass(rows, loss, targets):
+    """The loss rows run inside the stack's pass, sample-weighted or not: the same loss
+    values and gradients as the loss host's own driver after the layers' methods."""
+    widths = (20, 100, 4)
+    rng = np.random.default_rng(3)
+    X = rng.standard_normal((rows, widths[0]))
+    if targets == "labels":
+        y = rng.integers(0, widths[-1], rows)
+    else:
+        y = rng.random((rows, widths[-1]))
+        if targets == "probabilities":
+            y /= y.sum(axis=1, keepdims=True)
+    weight = rng.random(rows) * 2
+    models = []
+    for fused in (True, False):
+        model = _mlp(widths, ("relu", None), fused=fused)
+        model.compile(loss=loss, optimizer="adam")
+        if not fused:
+            model._dense_stack = None
+        models.append(model)
+    assert models[0]._dense_stack.step_for(rows) is not None
+    for model in models:
+        model.fit(X, y, epochs=2, batch_size=rows, sample_weight=weight, shuffle=False,
+                  verbose=0)
+        model.fit(X, y, epochs=1, batch_size=rows, shuffle=False, verbose=0)
+    fused, layered = models
+    if fused._dense_stack.step_for(rows).table.shape[0] == 1:
+        assert np.array_equal(fused.flat_parameters, layered.flat_parameters)
+    else:
+        np.testing.assert_allclose(fused.flat_parameters, layered.flat_parameters,
+                                   rtol=1e-9, atol=1e-12)
+
+
+PLUGIN_LOSSES = '''
+@kernel
+def half_square_kernel(r, x, t, aux, hp, gs, grad):
+    s = 0.0
+    for j in range(x.shape[1]):
+        d = x[r, j] - t[r, j]
+        s += 0.5 * d * d
+        grad[r, j] = gs * d
+    return s
+
+
+@kernel
+def raising_kernel(r, x, t, aux, hp, gs, grad):
+    if r == 200:
+        raise ValueError("row 200 is cursed")
+    for j in range(x.shape[1]):
+        grad[r, j] = gs
+    return 0.0
+
+
+@kernel
+def typo_kernel(r, x, t, aux, hp, gs, grad):
+    return x[r, 0] * "oops"
+
+
+@hookimpl
+def numbanet_register_losses():
+    return [LossSpec("halfsquare", half_square_kernel, target="dense"),
+            LossSpec("raising", raising_kernel, target="dense"),
+            LossSpec("typo", typo_kernel, target="dense")]
+'''
+
+
+def _plugin_loss_model(loss):
+    model = _mlp((16, 96, 3), ("relu", None), fused=True)
+    return model.compile(loss=loss, optimizer=nbn.get_optimizer("sgd", lr=0.1))
+
+
+@pytest.mark.parametrize("threads", sorted({1, max_threads()}))
+def test_a_plugin_loss_runs_inside_the_stack(make_dist, threads):
+    make_dist("numbanet-halfsquare", PLUGIN_LOSSES)
+    rows = 8 * MIN_SHARD_ROWS + 1
+    rng = np.random.default_rng(0)
+    X, T = rng.standard_normal((rows, 16)), rng.standard_normal((rows, 3))
+    model = _plugin_loss_model("halfsquare")
+    assert model._dense_stack.step_for(rows).table.shape[0] > 1
+    out = model.predict(X)
+    try:
+        nbn.set_num_threads(threads)
+        loss = model.train_step(X, T)
+    finally:
+        nbn.set_num_threads(max_threads())
+    assert loss == pytest.approx(0.5 * np.sum((out - T) ** 2) / rows, rel=1e-12)
+
+
+@pytest.mark.skipif(max_threads() < 2, reason="needs two threads")
+def test_a_plugin_loss_that_raises_in_a_parallel_pass_names_the_plugin(make_dist):
+    make_dist("numbanet-halfsquare", PLUGIN_LOSSES)
+    rows = 8 * MIN_SHARD_ROWS
+    X, T = np.ones((rows, 16)), np.zeros((rows, 3))
+    model = _plugin_loss_model("raising")
+    with pytest.raises(PluginError, match="numbanet-halfsquare:raising.*row 200"):
+        model.train_step(X, T)
+    with pytest.raises(TypeError, match="numbanet-halfsquare:typo.*does not compile"):
+        _plugin_loss_model("typo").train_step(X, T)
+    # The loss host's own parallel driver (the layers' path, a batch large enough for
+    # it) raises the kernel's exception too, not Numba's SystemError.
+    model._dense_stack = None
+    rows = 6000
+    with pytest.raises(PluginError, match="numbanet-halfsquare:raising.*row 200"):
+        model.train_step(np.ones((rows, 16)), np.zeros((rows, 3)))
+
+
+def test_a_loss_wrapper_without_the_fused_entry_keeps_its_own_forward_backward():
+    """A wrapper that forwards attributes to a loss (``__getattr__``) but overrides
+    ``forward_backward_unchecked`` is not bypassed by the stack's fused loss rows."""
+
+    class Doubling:
+        def __init__(self, loss):
+            self._loss = loss
+
+        def __getattr__(self, name):
+            return getattr(self._loss, name)
+
+        def forward_backward_unchecked(self, outputs, targets, grad):
+            value = self._loss.forward_backward_unchecked(outputs, targets, grad)
+            grad *= 2
+            return 2 * value
+
+    widths = (12, 16, 3)
+    X, y = _batch(40, widths, "float64")
+    plain, wrapped = _mlp(widths, ("relu", None)), _mlp(widths, ("relu", None))
+    wrapped.loss = Doubling(wrapped.loss)
+    assert wrapped.train_step(X, y) == 2 * plain.train_step(X, y)
+    np.testing.assert_allclose(wrapped.flat_gradients, 2 * plain.flat_gradients, rtol=1e-12)

@@ -1,18 +1,20 @@
-"""A stack of Dense layers in one native call: the forward pass, and the backward pass
-with the fused ReLU derivatives, without Python between layers, the batch split in
-row shards that run in parallel.
+"""A stack of Dense layers' training pass in one native call: the forward pass, the loss
+rows and the backward pass with the fused ReLU derivatives, without Python between
+layers, the batch split in row shards that run in parallel.
 
 Why: on a small model each kernel call costs about as much as its arithmetic. A
-64-32-10 MLP at batch 32 does 0.2 MFLOP per step; before this module a step made ten
+64-32-10 MLP at batch 32 does 0.2 MFLOP per step; a layer-by-layer step makes ten
 kernel calls (3-5 us of dispatch each: Numba unboxes every array argument) and as many
-Python method calls between them, and none of its products was large enough to pay for
-a parallel region of its own. :class:`numbanet.nn.dense_stack.DenseStack` calls
-:func:`stack_forward` and :func:`stack_backward` instead: one call each, for any depth.
+Python method calls between them, and none of its products is large enough to pay for
+a parallel region of its own. :class:`numbanet.nn.dense_stack.DenseStack` makes one
+call of a :class:`StepDriver` instead, for any depth; the optimizer's update follows.
 
 Shards. The batch's rows are cut into ``n_shards`` contiguous shards (a function of the
 batch size only, never of the thread count; see ``DenseStack``), and one ``prange`` over
-the shards runs each shard's whole forward pass, or whole backward pass, serially: one
-parallel region per pass instead of one per product. Within a shard every kernel is the
+the shards runs each shard's forward pass, its rows of the loss and its backward pass,
+serially: one parallel region per step instead of one per product (and the thread that
+computed a shard's outputs computes their loss gradient and backward pass: its rows
+never move to another core's cache). Within a shard every kernel is the
 layers' own serial kernel (:func:`~numbanet.kernels.matmul._gemm_serial`, or
 :func:`~numbanet.kernels.matmul._narrow_gemm` for outputs of at most ``NARROW_N``
 columns, with the same plans and epilogues; the same activation passes; the same
@@ -38,19 +40,23 @@ parameter. Offsets are in elements; every view is C-contiguous.
 
 from __future__ import annotations
 
+from typing import Any
+
 from numba import prange
 
 from numbanet._jit import kernel, parallel_kernel
 from numbanet.kernels.activations import IDENTITY, RELU, _backward_serial, _forward_serial
+from numbanet.kernels.losses import run_reraising, scale_row_range
 from numbanet.kernels.matmul import _gemm_serial, _narrow_gemm
 from numbanet.kernels.reductions import ROW_CHUNK, _column_sum_serial
+from numbanet.kernels.updates import as_kernel, driver_module
 
 __all__ = [
     "N_COLUMNS",
-    "stack_backward",
-    "stack_backward_serial",
-    "stack_forward",
-    "stack_forward_serial",
+    "StepDriver",
+    "loss_rows",
+    "output_view",
+    "step_driver",
 ]
 
 # Columns of the layer table.
@@ -117,7 +123,13 @@ def _view(flat, offset, rows, cols):
 
 @kernel(inline="always")
 def _forward_shard(x, params, shard, act_params, acts, work):
-    """Rows ``[R0, R1)`` of every layer's forward pass (``shard`` is ``table[s]``)."""
+    """Rows ``[R0, R1)`` of every layer's forward pass (``shard`` is ``table[s]``).
+
+    Layer ``i``: ``z = x_i @ W + b`` with ReLU or the identity applied in the GEMM
+    epilogue (``y`` may be ``z``), any other activation in its own pass
+    ``y = act(z)``; ``x_{i+1} = y``. Writes only the shard's rows of each ``z`` and
+    ``y`` and its own slot of ``work``.
+    """
     for i in range(shard.shape[0]):
         layer = shard[i]
         r0, r1 = layer[R0], layer[R1]
@@ -135,43 +147,20 @@ def _forward_shard(x, params, shard, act_params, acts, work):
                             y.reshape(rows * n_out))
 
 
-@parallel_kernel
-def stack_forward(x, params, table, act_params, acts, work):
-    """Forward pass of the Dense stack; returns the last layer's output (a view of ``acts``).
-
-    Shapes: ``x`` ``(rows, table[0, 0, IN])``; ``params`` the flat parameter buffer;
-    ``table`` ``(n_shards, layers, N_COLUMNS)`` int64; ``act_params`` ``(layers,)``
-    float64; ``acts`` 1-D, every ``z``/``y`` of the table inside it; ``work`` 1-D, every
-    shard's slot inside it. All float arrays of one dtype but ``act_params``.
-
-    Layer ``i``: ``z = x_i @ W + b`` with ReLU or the identity applied in the GEMM
-    epilogue (``y`` may be ``z``), any other activation in its own pass
-    ``y = act(z)``; ``x_{i+1} = y``.
-
-    Parallel contract: one ``prange`` over shards; shard ``s`` reads ``x``'s rows
-    ``[R0, R1)`` and the parameters, and writes only those rows of each ``z`` and ``y``
-    and its own slot of ``work``.
-    """
-    for s in prange(table.shape[0]):
-        _forward_shard(x, params, table[s], act_params, acts, work)
-    last = table[0, table.shape[1] - 1]
-    return _view(acts, last[Y], x.shape[0], last[OUT])
-
-
-@kernel
-def stack_forward_serial(x, params, table, act_params, acts, work):
-    """Serial twin of :func:`stack_forward` (same shards, same results bit for bit):
-    at one thread, or with one shard, it skips the parallel region's launch."""
-    for s in range(table.shape[0]):
-        _forward_shard(x, params, table[s], act_params, acts, work)
-    last = table[0, table.shape[1] - 1]
-    return _view(acts, last[Y], x.shape[0], last[OUT])
-
-
 @kernel(inline="always")
 def _backward_shard(x, params, grads, shard, act_params, acts, work, partials, d_out, parts):
-    """Rows ``[R0, R1)`` of the backward pass; writes the shard's ``dW_s``/``db_s`` to
-    ``grads`` (the first shard) or to its place in ``parts`` (the others)."""
+    """Rows ``[R0, R1)`` of the backward pass from their rows of ``d_out``
+    (d(loss)/d(output)), after :func:`_forward_shard` on the same shard.
+
+    Layer ``i``, last to first: ``dz = act'(z) * grad`` (skipped for the identity, or
+    when the layer above already applied the derivative), ``dW_s = x_i.T @ dz``,
+    ``db_s = sum(dz, axis=0)`` (rows added in fixed chunks, into the shard's block of
+    ``partials``), then, above the first layer, ``grad = dz @ W.T``, times the ReLU
+    derivative of layer ``i - 1`` in the GEMM epilogue when ``FUSE_BELOW``. No input
+    gradient for the first layer. ``dW_s``/``db_s`` go to ``grads`` (the first shard)
+    or to the shard's place in ``parts`` (the others); :func:`_add_shard_gradients`
+    adds them up.
+    """
     first = shard[0, R0] == 0
     grad = d_out[shard[0, R0] : shard[0, R1]]
     grad_is_dz = False
@@ -212,46 +201,6 @@ def _backward_shard(x, params, grads, shard, act_params, acts, work, partials, d
             grad = dx
 
 
-@parallel_kernel
-def stack_backward(x, params, grads, table, act_params, acts, work, partials, d_out, parts):
-    """Backward pass of the Dense stack after :func:`stack_forward` on the same ``x``.
-
-    Overwrites every weight and bias gradient in ``grads`` (the flat gradient buffer,
-    laid out like ``params``) from ``d_out`` ``(rows, out)``, d(loss)/d(output). No
-    input gradient is computed for the first layer. ``partials`` is float64, each
-    shard's and layer's ``(ceil(shard rows / ROW_CHUNK), out)`` block at its
-    ``PARTIALS`` offset; ``parts`` holds ``dW_s`` and ``db_s`` of every shard past the
-    first. Other arguments as :func:`stack_forward`.
-
-    Layer ``i``, last to first, on the shard's rows: ``dz = act'(z) * grad`` (skipped
-    for the identity, or when the layer above already applied the derivative),
-    ``dW_s = x_i.T @ dz``, ``db_s = sum(dz, axis=0)`` (rows added in fixed chunks), then,
-    above the first layer, ``grad = dz @ W.T``, times the ReLU derivative of layer
-    ``i - 1`` in the GEMM epilogue when ``FUSE_BELOW``.
-
-    Parallel contract: one ``prange`` over shards; shard ``s`` reads its rows of
-    ``d_out`` and of the saved activations, and writes only its rows of each ``dz`` and
-    ``dx``, its own slot of ``work`` and block of ``partials``, and its ``dW_s``/``db_s``
-    (in ``grads`` for the first shard, in ``parts`` for the others). After the loop,
-    serially, ``grads += dW_s, db_s`` for ``s = 1, 2, ...`` in order.
-    """
-    for s in prange(table.shape[0]):
-        _backward_shard(x, params, grads, table[s], act_params, acts, work, partials,
-                        d_out, parts)
-    _add_shard_gradients(grads, table, parts)
-
-
-@kernel
-def stack_backward_serial(x, params, grads, table, act_params, acts, work, partials,
-                          d_out, parts):
-    """Serial twin of :func:`stack_backward` (same shards, same results bit for bit):
-    at one thread it skips the parallel region's launch."""
-    for s in range(table.shape[0]):
-        _backward_shard(x, params, grads, table[s], act_params, acts, work, partials,
-                        d_out, parts)
-    _add_shard_gradients(grads, table, parts)
-
-
 @kernel
 def _add_shard_gradients(grads, table, parts):
     """``grads += dW_s, db_s`` for shards ``s = 1, 2, ...``, in that order."""
@@ -267,3 +216,171 @@ def _add_shard_gradients(grads, table, parts):
                 dw[j] += part_w[j]
             for j in range(layer[OUT]):
                 db[j] += part_b[j]
+
+
+# ---------------------------------------------------------------------------------------
+# The whole training pass in one call: forward, loss rows and backward of each shard
+# ---------------------------------------------------------------------------------------
+
+
+@kernel(inline="always")
+def output_view(acts, table, rows):
+    """The last layer's output ``(rows, out)``, a view of ``acts``."""
+    last = table[0, table.shape[1] - 1]
+    return _view(acts, last[Y], rows, last[OUT])
+
+
+@kernel(inline="always")
+def loss_rows(loss_row, shard, out, t, aux, hp, gs, weight, d_out, rowloss):
+    """The loss of the shard's rows ``[R0, R1)``: ``rowloss[r]`` and ``d_out[r, :]``
+    from the row kernel ``loss_row`` (the contract of :mod:`numbanet.kernels.losses`),
+    then times the sample weights when ``weight`` is not empty: what the loss host's
+    driver and ``scale_rows`` compute for those rows, bit for bit."""
+    r0, r1 = shard[0, R0], shard[0, R1]
+    for r in range(r0, r1):
+        rowloss[r] = loss_row(r, out, t, aux, hp, gs, d_out)
+    if weight.shape[0] != 0:
+        scale_row_range(weight, d_out, rowloss, r0, r1)
+
+
+_STEP_TEMPLATE = '''\
+"""Generated by numbanet.kernels.dense_stack for {target}; do not edit."""
+from numba import prange
+
+from numbanet._jit import kernel as _serial_jit
+from numbanet._jit import parallel_kernel as _parallel_jit
+from numbanet.kernels.dense_stack import (
+    _add_shard_gradients,
+    _backward_shard,
+    _forward_shard,
+    loss_rows,
+    output_view,
+)
+from numbanet.kernels.updates import as_kernel as _as_kernel
+from {module} import {attr} as _plugin_kernel
+
+_k = _as_kernel(_plugin_kernel)
+
+
+@_parallel_jit
+def run_parallel(x, params, grads, table, act_params, acts, work, partials, parts,
+                 t, aux, hp, gs, weight, d_out, rowloss):
+    out = output_view(acts, table, x.shape[0])
+    for s in prange(table.shape[0]):
+        shard = table[s]
+        _forward_shard(x, params, shard, act_params, acts, work)
+        loss_rows(_k, shard, out, t, aux, hp, gs, weight, d_out, rowloss)
+        _backward_shard(x, params, grads, shard, act_params, acts, work, partials,
+                        d_out, parts)
+    _add_shard_gradients(grads, table, parts)
+
+
+@_serial_jit
+def run_serial(x, params, grads, table, act_params, acts, work, partials, parts,
+               t, aux, hp, gs, weight, d_out, rowloss):
+    out = output_view(acts, table, x.shape[0])
+    for s in range(table.shape[0]):
+        shard = table[s]
+        _forward_shard(x, params, shard, act_params, acts, work)
+        loss_rows(_k, shard, out, t, aux, hp, gs, weight, d_out, rowloss)
+        _backward_shard(x, params, grads, shard, act_params, acts, work, partials,
+                        d_out, parts)
+    _add_shard_gradients(grads, table, parts)
+'''
+
+
+class _Namespace:
+    def __init__(self, **kw: Any) -> None:
+        self.__dict__.update(kw)
+
+
+def _step_fallback(func: Any) -> Any:
+    """The step for a row kernel that cannot be imported by name (defined in a
+    function or ``__main__``): the template's code, compiled without a disk cache."""
+    k = as_kernel(func)
+
+    @parallel_kernel(cache=False)
+    def run_parallel(x, params, grads, table, act_params, acts, work, partials, parts,
+                     t, aux, hp, gs, weight, d_out, rowloss):  # pragma: no cover - compiled
+        out = output_view(acts, table, x.shape[0])
+        for s in prange(table.shape[0]):
+            shard = table[s]
+            _forward_shard(x, params, shard, act_params, acts, work)
+            loss_rows(k, shard, out, t, aux, hp, gs, weight, d_out, rowloss)
+            _backward_shard(x, params, grads, shard, act_params, acts, work, partials,
+                            d_out, parts)
+        _add_shard_gradients(grads, table, parts)
+
+    @kernel(cache=False)
+    def run_serial(x, params, grads, table, act_params, acts, work, partials, parts,
+                   t, aux, hp, gs, weight, d_out, rowloss):  # pragma: no cover - compiled
+        out = output_view(acts, table, x.shape[0])
+        for s in range(table.shape[0]):
+            shard = table[s]
+            _forward_shard(x, params, shard, act_params, acts, work)
+            loss_rows(k, shard, out, t, aux, hp, gs, weight, d_out, rowloss)
+            _backward_shard(x, params, grads, shard, act_params, acts, work, partials,
+                            d_out, parts)
+        _add_shard_gradients(grads, table, parts)
+
+    return _Namespace(run_parallel=run_parallel, run_serial=run_serial)
+
+
+class StepDriver:
+    """The Dense stack's whole training pass for one loss row kernel.
+
+    ``run_parallel`` / ``run_serial`` ``(x, params, grads, table, act_params, acts,
+    work, partials, parts, t, aux, hp, gs, weight, d_out, rowloss)``:
+
+    * ``x`` ``(rows, table[0, 0, IN])``; ``params`` and ``grads`` the model's flat
+      parameter and gradient buffers (every weight and bias gradient is overwritten);
+      ``table`` ``(n_shards, layers, N_COLUMNS)`` int64; ``act_params`` ``(layers,)``
+      float64; ``acts`` 1-D, holding every ``z``/``y``/``dz``/``dx`` of the table;
+      ``work`` 1-D, every shard's GEMM slot; ``partials`` float64, each shard's and
+      layer's ``(ceil(shard rows / ROW_CHUNK), out)`` block; ``parts`` the ``dW_s`` and
+      ``db_s`` of every shard past the first. Float arrays share the model's dtype.
+    * the loss row kernel's arguments (:mod:`numbanet.kernels.losses`): targets ``t``,
+      ``aux``, ``hp``, the gradient scale ``gs``; ``weight`` float64 sample weights of
+      the rows, empty when the batch is unweighted; ``d_out`` ``(rows, out)`` receives
+      d(loss)/d(output); ``rowloss`` float64 ``(rows,)`` each row's loss (the host
+      reduces it).
+
+    Per shard, in one ``prange`` (a plain loop in the serial twin): the forward pass,
+    the shard's loss rows (:func:`loss_rows`) and the backward pass; after the loop,
+    serially, ``grads += dW_s, db_s`` for ``s = 1, 2, ...`` in order.
+
+    Parallel contract: shard ``s`` reads its rows of ``x`` and the parameters, and
+    writes only its rows of ``d_out``, ``rowloss`` and every activation array, its own
+    slot of ``work``, block of ``partials`` and ``dW_s``/``db_s`` (in ``grads`` for the
+    first shard, in ``parts`` for the others): race-free. Results equal the layer path
+    (the layers' methods, the loss host's driver) bit for bit with one shard, and to
+    rounding with several (the shards' gradients are added in another order).
+
+    One generated, disk-cached module per row kernel, as the loss and update drivers
+    (:func:`numbanet.kernels.updates.driver_module`).
+    """
+
+    def __init__(self, func: Any) -> None:
+        module = driver_module(func, "stack", _STEP_TEMPLATE, _step_fallback)
+        self.run_parallel = module.run_parallel
+        self.run_serial = module.run_serial
+
+    def __call__(self, parallel: bool, *args: Any) -> None:
+        """``run_parallel(*args)`` or ``run_serial(*args)``; a row kernel's exception
+        raised in the parallel region is raised again by the serial twin
+        (:func:`~numbanet.kernels.losses.run_reraising`)."""
+        if parallel:
+            run_reraising(self.run_parallel, self.run_serial, *args)
+        else:
+            self.run_serial(*args)
+
+
+_drivers: dict[Any, StepDriver] = {}
+
+
+def step_driver(func: Any) -> StepDriver:
+    """The shared :class:`StepDriver` for loss row kernel ``func``."""
+    drv = _drivers.get(func)
+    if drv is None:
+        drv = _drivers[func] = StepDriver(func)
+    return drv

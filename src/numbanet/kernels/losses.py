@@ -46,6 +46,8 @@ __all__ = [
     "mae_row",
     "mse_row",
     "nll_row",
+    "run_reraising",
+    "scale_row_range",
     "scale_rows",
     "smooth_l1_row",
 ]
@@ -119,7 +121,25 @@ class LossDriver:
         if x.size < self.threshold:
             self.run_serial(x, t, aux, hp, gs, grad, rowloss)
         else:
-            self.run_parallel(x, t, aux, hp, gs, grad, rowloss)
+            run_reraising(self.run_parallel, self.run_serial,
+                          x, t, aux, hp, gs, grad, rowloss)
+
+
+def run_reraising(parallel: Any, serial: Any, *args: Any) -> None:
+    """``parallel(*args)``; if a kernel raised inside its parallel region, the serial
+    twin ``serial(*args)`` (same arguments, no side effect beyond its outputs) runs to
+    raise the kernel's own exception.
+
+    Numba cannot carry an exception out of a parallel region: Python receives a
+    ``SystemError`` ("returned a result with an exception set") instead of, say, the
+    ``ValueError`` a plugin's row kernel raised. Only for passes that overwrite their
+    outputs: re-running one that updates in place would apply it twice.
+    """
+    try:
+        parallel(*args)
+    except SystemError:
+        serial(*args)
+        raise
 
 
 _drivers: dict[Any, LossDriver] = {}
@@ -169,18 +189,25 @@ def label_weight_sum(labels, aux, w, ignore, use_aux):
     return s
 
 
-@_serial_jit
-def scale_rows(w, grad, rowloss):
-    """Row ``r`` of ``grad`` and ``rowloss[r]`` times the sample weight ``w[r]`` (serial).
+@_serial_jit(inline="always")
+def scale_row_range(w, grad, rowloss, r0, r1):
+    """Rows ``r0 .. r1`` of ``grad`` and of ``rowloss`` times the sample weights ``w``
+    (serial): what :func:`scale_rows` does to the whole batch, for one shard of it.
 
     ``w`` is float64 ``(n,)``; ``grad`` ``(n, k)`` float32/float64; ``rowloss`` float64.
     """
-    for r in range(grad.shape[0]):
+    for r in range(r0, r1):
         wr = w[r]
         rowloss[r] *= wr
         gr = grad[r]
         for j in range(gr.shape[0]):
             gr[j] = gr[j] * wr
+
+
+@_serial_jit
+def scale_rows(w, grad, rowloss):
+    """Row ``r`` of ``grad`` and ``rowloss[r]`` times the sample weight ``w[r]`` (serial)."""
+    scale_row_range(w, grad, rowloss, 0, grad.shape[0])
 
 
 # --------------------------------------------------------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import threading
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -72,6 +73,24 @@ def check_sample_weight(weight: Any, n: int, name: str = "sample_weight") -> np.
     if (out < 0).any():
         raise ValueError(f"{name} must be >= 0, got {out.min():g}")
     return out
+
+
+class _RowPass(NamedTuple):
+    """One batch's call of the row kernel, prepared by :meth:`Loss._prepare`."""
+
+    kernel: Any  # the spec's row kernel for these targets
+    driver: LossDriver  # its parallel/serial driver
+    targets: np.ndarray
+    aux: np.ndarray  # float64 class weights (ones when none)
+    hp: tuple  # the flattened hyperparameters
+    gs: float  # the gradient scale, 1 / divisor
+    weight: np.ndarray | None  # float64 sample weights of the rows, or None
+    rowloss: np.ndarray  # float64 (n,), filled by the kernel
+    divisor: float  # of the reduction
+
+
+#: The ``weight`` a fused pass gets for an unweighted batch.
+_NO_WEIGHTS = np.zeros(0)
 
 
 class Loss:
@@ -325,12 +344,12 @@ class Loss:
             weight = check_sample_weight(weight, outputs.shape[0])
         return self._compute(outputs, targets, aux, kind, grad, weight)
 
-    def _compute(
-        self, outputs: np.ndarray, targets: np.ndarray, aux: np.ndarray, kind: str,
-        grad: np.ndarray, weight: np.ndarray | None = None,
-    ) -> tuple[float, int]:
-        """Run the kernel on checked arguments; return (reduced value, rows)."""
-        n, k = outputs.shape
+    def _prepare(
+        self, n: int, k: int, targets: np.ndarray, aux: np.ndarray, kind: str,
+        weight: np.ndarray | None,
+    ) -> _RowPass:
+        """What the row kernel needs for a batch of ``n`` rows and ``k`` outputs (checked
+        arguments): the kernel, the gradient scale and this batch size's ``rowloss``."""
         if weight is None:
             divisor = self._divisor(n, k, targets, aux, kind)
             gs = 1.0 / divisor if divisor != 0.0 else math.inf
@@ -347,27 +366,48 @@ class Loss:
                     self._rowloss_by_rows.clear()
                 rowloss = self._rowloss_by_rows[n] = np.zeros(n)
             self._rowloss = rowloss
-        driver = self._dense_driver if (kind == "dense" and self._dense_driver) else self._driver
+        dense = kind == "dense" and self._dense_driver is not None
+        return _RowPass(self.spec.dense_kernel if dense else self.spec.kernel,
+                        self._dense_driver if dense else self._driver,
+                        targets, aux, self._hp_tuple, gs, weight, self._rowloss, divisor)
+
+    def _reduce(self, rows: _RowPass) -> float:
+        """The reduced loss from ``rows.rowloss`` (already scaled by the sample weights)."""
+        if rows.weight is not None and not rows.divisor:
+            return 0.0
+        # A fixed-order sum: thread-count independent (and cheaper than np.sum here).
+        return fixed_order_sum(rows.rowloss, False) / rows.divisor if rows.divisor else math.nan
+
+    def _run_kernel(self, run: Callable[[], Any], dtype: np.dtype, kind: str) -> None:
+        """``run()``, a call that compiles the row kernel, with a plugin's errors
+        named: a kernel that does not type-check, or one that raises."""
         try:
-            driver(outputs, targets, aux, self._hp_tuple, gs, grad, self._rowloss)
+            run()
         except NumbaError as exc:
-            # Arguments were validated above: only a plugin kernel that does not
+            # Arguments were validated before: only a plugin kernel that does not
             # type-check gets here.
             raise TypeError(
                 f"loss {self.qualified_id!r}: its kernel does not compile for "
-                f"{outputs.dtype} outputs and {kind} targets; fix the plugin's kernel. "
+                f"{dtype} outputs and {kind} targets; fix the plugin's kernel. "
                 f"Numba said: {numba_root_cause(exc, self.spec.kernel)}"
             ) from exc
         except Exception as exc:
             raise PluginError(
                 f"loss {self.qualified_id!r}: its kernel raised {type(exc).__name__}: {exc}"
             ) from exc
+
+    def _compute(
+        self, outputs: np.ndarray, targets: np.ndarray, aux: np.ndarray, kind: str,
+        grad: np.ndarray, weight: np.ndarray | None = None,
+    ) -> tuple[float, int]:
+        """Run the kernel on checked arguments; return (reduced value, rows)."""
+        n, k = outputs.shape
+        rows = self._prepare(n, k, targets, aux, kind, weight)
+        self._run_kernel(lambda: rows.driver(outputs, targets, aux, rows.hp, rows.gs, grad,
+                                             rows.rowloss), outputs.dtype, kind)
         if weight is not None:
-            scale_rows(weight, grad, self._rowloss)
-            if not divisor:
-                return 0.0, n
-        # A fixed-order sum: thread-count independent (and cheaper than np.sum here).
-        return fixed_order_sum(self._rowloss, False) / divisor if divisor else math.nan, n
+            scale_rows(weight, grad, rows.rowloss)
+        return self._reduce(rows), n
 
     def forward_backward(self, outputs: np.ndarray, targets: Any, grad: np.ndarray,
                          sample_weight: Any = None) -> float:
@@ -408,6 +448,42 @@ class Loss:
             value, _ = self._compute(outputs, targets, self._aux_for(outputs.shape[1]), kind,
                                      grad, weight)
         return value
+
+    def forward_backward_fused(
+        self, shape: tuple[int, int], dtype: np.dtype, targets: np.ndarray,
+        run: Callable[[Any, np.ndarray, np.ndarray, tuple, float, np.ndarray, np.ndarray],
+                      Any],
+    ) -> float:
+        """:meth:`forward_backward_unchecked` with the row kernel called by the caller's
+        own compiled pass (the Dense stack runs each shard's loss rows between its
+        forward and backward passes, on the thread that holds those rows).
+
+        Args:
+            shape, dtype: the outputs' shape ``(n, k)`` and dtype.
+            targets: as for :meth:`forward_backward_unchecked`.
+            run: called once as ``run(kernel, targets, aux, hp, gs, weight, rowloss)``;
+                it must, for every row ``r``, set ``rowloss[r]`` to
+                ``kernel(r, outputs, targets, aux, hp, gs, grad)`` and then, when
+                ``weight`` is not empty, multiply ``rowloss[r]`` and ``grad[r, :]`` by
+                ``weight[r]`` (:func:`numbanet.kernels.losses.scale_row_range`): exactly
+                what :meth:`forward_backward` computes. ``weight`` is float64, empty
+                for unweighted batches.
+
+        Returns:
+            the reduced loss, as :meth:`forward_backward_unchecked`.
+        """
+        weight = None
+        if type(targets) is WeightedTargets:
+            targets, weight = targets
+        kind = "labels" if targets.ndim == 1 else "dense"
+        n, k = shape
+        with self._lock:
+            aux = self._aux_for(k)
+            rows = self._prepare(n, k, targets, aux, kind, weight)
+            weights = _NO_WEIGHTS if weight is None else weight
+            self._run_kernel(lambda: run(rows.kernel, targets, aux, rows.hp, rows.gs,
+                                         weights, rows.rowloss), dtype, kind)
+            return self._reduce(rows)
 
     def forward(self, outputs: np.ndarray, targets: Any,
                 sample_weight: Any = None) -> float | np.ndarray:

@@ -1,21 +1,24 @@
-"""The training step of a model made only of Dense layers, in two native calls.
+"""The training step of a model made only of Dense layers, in one native call.
 
 A :class:`~numbanet.nn.Sequential` whose layers are all :class:`~numbanet.nn.Dense` with
-elementwise activations (an MLP) trains through :class:`DenseStack`: one call of
-:func:`~numbanet.kernels.dense_stack.stack_forward` replaces the layers' ``forward``
-methods, one of :func:`~numbanet.kernels.dense_stack.stack_backward` their backward
-chain. The loss and the optimizer are called as before. Measured (float32, Adam, one
-thread): 64-32-10 @ 32 went from 38 to 23 us a step (the Python and kernel dispatch
-between layers gone, and a vectorized Adam).
+elementwise activations (an MLP) trains through :class:`DenseStack`: one call of a
+:class:`~numbanet.kernels.dense_stack.StepDriver` replaces the layers' ``forward``
+methods, the loss's driver and the layers' backward chain; the loss host prepares the
+reduction and reduces the rows' losses (``Loss.forward_backward_fused``), and the
+optimizer is called as before. Measured (float32, Adam, one thread): 64-32-10 @ 32 went
+from 38 to 23 us a step with the forward and backward passes as one call each (the
+Python and kernel dispatch between layers gone, and a vectorized Adam); the loss rows
+inside the shards' parallel region took scikit-learn's digits MLP (64-100-10 @ 200,
+float64, 2 threads) from 185 to 155 us a step.
 
 Two regimes, chosen from the model's shapes and the batch size alone:
 
 * A *small* model, where no product of the whole batch reaches ``SERIAL_WORK`` (the
   layers' methods would run every product on one thread): the batch is cut into
-  :func:`shard_count` row shards that run in parallel, one parallel region per pass
+  :func:`shard_count` row shards that run in parallel, one parallel region per step
   (the digits MLP of scikit-learn, 64-100-10 @ 200 in float64 on 2 threads: forward and
-  backward 198 -> 119 us). The shards' weight gradients are added in shard order, so
-  results depend on the batch size, not on the thread count.
+  backward 198 -> 119 us with a region per pass). The shards' weight gradients are
+  added in shard order, so results depend on the batch size, not on the thread count.
 * A larger model: one shard, and only at one thread; with more threads the layers' own
   methods run, with their parallel GEMMs. Both give the same results bit for bit.
 """
@@ -23,7 +26,7 @@ Two regimes, chosen from the model's shapes and the batch size alone:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numba
 import numpy as np
@@ -118,6 +121,7 @@ class DenseStack:
         self.layers = list(layers)
         self.offsets = list(offsets)
         self.dtype = np.dtype(dtype)
+        self.out_features = self.layers[-1].out_features
         self.act_params = np.array([layer._act.default_param for layer in self.layers],
                                    dtype=np.float64)
         self._steps: dict[int, _Step] = {}
@@ -224,16 +228,34 @@ class DenseStack:
             return step
         return None
 
-    def forward(self, step: _Step, X: np.ndarray, params: np.ndarray) -> np.ndarray:
-        """The model's training forward pass on ``X`` ``(rows, in)``: the last layer's
-        output ``(rows, out)``, a buffer reused by the next step of this size."""
-        run = k.stack_forward if step.parallel() else k.stack_forward_serial
-        return run(X, params, step.table, self.act_params, step.acts, step.work)
+    def train(self, step: _Step, X: np.ndarray, params: np.ndarray, grads: np.ndarray,
+              d_out: np.ndarray, loss: Any, targets: Any) -> float:
+        """The model's training pass on ``X`` ``(rows, in)`` in one native call: the
+        forward pass, ``loss``'s value and gradient ``d_out`` ``(rows, out)``, and every
+        gradient in ``grads`` (overwritten); returns the loss value.
 
-    def backward(self, step: _Step, X: np.ndarray, params: np.ndarray, grads: np.ndarray,
-                 d_out: np.ndarray) -> None:
-        """Overwrite every gradient in ``grads`` from ``d_out`` (d(loss)/d(output)) after
-        :meth:`forward` on the same ``X``."""
-        run = k.stack_backward if step.parallel() else k.stack_backward_serial
-        run(X, params, grads, step.table, self.act_params, step.acts, step.work,
-            step.partials, d_out, step.parts)
+        Args:
+            step: :meth:`step_for` ``(rows)``.
+            X: the inputs, validated.
+            params, grads: the model's flat parameter and gradient buffers.
+            d_out: the model's buffer for d(loss)/d(output).
+            loss: a :class:`numbanet.losses.Loss` (it prepares the reduction and calls
+                back with its row kernel, see ``Loss.forward_backward_fused``).
+            targets: prepared targets, or ``WeightedTargets``.
+        """
+        parallel = step.parallel()
+
+        def run(row_kernel: Any, t: np.ndarray, aux: np.ndarray, hp: tuple, gs: float,
+                weight: np.ndarray, rowloss: np.ndarray) -> None:
+            k.step_driver(row_kernel)(
+                parallel, X, params, grads, step.table, self.act_params, step.acts,
+                step.work, step.partials, step.parts, t, aux, hp, gs, weight, d_out, rowloss)
+
+        return loss.forward_backward_fused(d_out.shape, self.dtype, targets, run)
+
+    def output(self, step: _Step) -> np.ndarray:
+        """The last layer's output ``(rows, out)`` of the last :meth:`train` pass on
+        ``step`` (a view of its buffer, overwritten by the next pass)."""
+        last = step.table[0, -1]
+        rows = step.table[-1, 0, k.R1]
+        return step.acts[last[k.Y] : last[k.Y] + rows * last[k.OUT]].reshape(rows, -1)

@@ -525,20 +525,22 @@ class Sequential:
         with self._lock:
             stack = self._dense_stack
             fused = None if stack is None else stack.step_for(X.shape[0])
-            if fused is None:
+            # The loss's class must define the fused entry itself: a wrapper that forwards
+            # other attributes (__getattr__) would skip its own forward_backward.
+            if fused is not None and hasattr(type(self.loss), "forward_backward_fused"):
+                # An MLP: forward, loss and backward in one native call (nn/dense_stack.py).
+                d_out = self._workspace.get("d_out", (X.shape[0], stack.out_features))
+                loss_value = stack.train(fused, X, self.flat_parameters, self.flat_gradients,
+                                         d_out, self.loss, targets)
+            else:
                 out = self._forward(X, training=True)
-            else:
-                out = stack.forward(fused, X, self.flat_parameters)
-            d_out = self._workspace.get("d_out", out.shape)
-            # Built-in loss and optimizer objects offer unchecked entries (the buffers
-            # here are the model's own, validated once); others need the public methods.
-            loss_step = getattr(self.loss, "forward_backward_unchecked",
-                                self.loss.forward_backward)
-            loss_value = loss_step(out, targets, d_out)
-            if fused is None:
+                d_out = self._workspace.get("d_out", out.shape)
+                # Built-in loss and optimizer objects offer unchecked entries (the buffers
+                # here are the model's own, validated once); others need the public methods.
+                loss_step = getattr(self.loss, "forward_backward_unchecked",
+                                    self.loss.forward_backward)
+                loss_value = loss_step(out, targets, d_out)
                 self._backward(d_out, need_input_grad=False)
-            else:
-                stack.backward(fused, X, self.flat_parameters, self.flat_gradients, d_out)
             grad_scale = 1.0 if pipeline is None else float(pipeline(self))
             update = getattr(self.optimizer, "step_unchecked", self.optimizer.step)
             update(self.flat_parameters, self.flat_gradients, grad_scale)
