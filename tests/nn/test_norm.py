@@ -323,6 +323,24 @@ def test_serial_and_parallel_twins_are_bit_identical(shape, dtype):
         np.testing.assert_array_equal(a, b_)
 
 
+@pytest.mark.parametrize("make", [lambda: nbn.BatchNorm(6, momentum=1.0),
+                                  lambda: nbn.LayerNorm(6)], ids=["BatchNorm", "LayerNorm"])
+def test_alternating_batch_shapes_match_fresh_layers(make):
+    """The layers keep the last shape's buffers: a change of shape, and back, must use
+    the buffers of the new shape (compared with a fresh model per call)."""
+    rng = np.random.default_rng(7)
+    model = one_layer(make(), (6,), "float64")
+    for rows in (32, 5, 32, 5, 5):
+        x, dy = rng.normal(size=(rows, 6)), rng.normal(size=(rows, 6))
+        fresh = one_layer(make(), (6,), "float64")
+        y = model.forward(x, training=True).copy()
+        dx = model.backward(dy).copy()
+        np.testing.assert_array_equal(y, fresh.forward(x, training=True))
+        np.testing.assert_array_equal(dx, fresh.backward(dy))
+        for p, q in zip(model.parameters(), fresh.parameters(), strict=True):
+            np.testing.assert_array_equal(p.grad, q.grad)
+
+
 def test_batch_statistics_keep_their_precision_far_from_zero():
     """Shifted sums: a mean of 1e4 with unit spread loses nothing in float32 data."""
     rng = np.random.default_rng(6)
