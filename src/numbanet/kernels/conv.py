@@ -444,9 +444,10 @@ def gemm_prefers_transpose(m: int, n: int, dtype: object) -> bool:
 
     The GEMM's register tile is ``MR`` rows by ``NR = NV * lanes`` columns (12 x 32
     float32 with AVX-512), so 16 output channels fill half of its columns but two thirds
-    of two row panels. The GEMM swaps by itself when that saves half the padded area;
-    this asks for the transpose when it saves a fifth (measured: a 6400 x 150 x 16
-    product 1.05 ms -> 0.70 ms, its weight gradient 1.06 -> 0.71 ms, one thread).
+    of two row panels. A parallel GEMM swaps by itself when that saves half the padded
+    area (its transpose back is serial); this asks for the transpose when it saves a
+    fifth (measured: a 6400 x 150 x 16 product 1.05 ms -> 0.70 ms, its weight gradient
+    1.06 -> 0.71 ms, one thread).
     """
     lanes = (64 if WIDE_VECTORS else 32) // np.dtype(dtype).itemsize
     nr = NV * lanes

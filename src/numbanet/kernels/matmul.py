@@ -1159,16 +1159,21 @@ def _plan(m: int, n: int, k: int, nr: int, threads: int) -> GemmPlan:
     if 0 < n <= NARROW_N and k > 0:
         # n=1, k=100, m=200 (a regressor's output layer): 24 us packed, ~1 us here.
         return GemmPlan(1, 1, NARROW_N * (k + m), False, False, True)
+    parallel = m * n * k >= SERIAL_WORK and threads > 1
     # A narrow output (a classifier's 10 columns) fills 10 of the tile's NR = 32
     # columns; its transpose fills 10 of MR = 12 rows. Tile the transpose when that
-    # wastes much less (the transpose back is a pass over m * n elements):
-    # 256x128 @ 128x10 went from 17.5 to 9.4 us, 128x256 @ 256x10 (dW) from 17.2 to 10.4.
-    swap = m > 0 and n > 0 and 2 * _padded_area(n, m, nr) < _padded_area(m, n, nr)
+    # wastes less: 256x128 @ 128x10 went from 17.5 to 9.4 us, 128x256 @ 256x10 (dW) from
+    # 17.2 to 10.4 (float32). The transpose back is a serial pass over m * n elements, so
+    # a parallel product swaps only for half the padded area; a serial one already for a
+    # fifth (float64, NR = 16: 104x100 @ 100x10 10.7-11.3 -> 9.7 us, 200x100 @ 100x10
+    # 18.5-19.7 -> 15.9-16.4, its dW 18.9-20.0 -> 17.1-17.2). Results are the same bits
+    # either way: each output element sums the same products in the same order.
+    normal, swapped = _padded_area(m, n, nr), _padded_area(n, m, nr)
+    swap = m > 0 and n > 0 and (2 * swapped < normal if parallel else 5 * swapped < 4 * normal)
     if swap:
         m, n = n, m
     n_pm = max(1, _ceil_div(m, MR))
     n_pn = max(1, _ceil_div(n, nr))
-    parallel = m * n * k >= SERIAL_WORK and threads > 1
     workers = threads if parallel else 1
     # Work of each A panel in full-tile units: the short last panel runs a 4- or 8-row
     # kernel, at lower efficiency than the 12-row one.
