@@ -111,8 +111,9 @@ class Sequential:
         # Backward pairs each layer with the layer below when the two can fuse an
         # activation derivative into the upper layer's input-gradient GEMM.
         self._fusion_below: list[Module | None] = fusion_partners(layers)
-        # An MLP (Dense layers only) trains through two native calls instead of the
-        # layers' methods where every product is serial anyway (nn/dense_stack.py).
+        # An MLP (Dense layers only) trains through one native call (forward, loss rows,
+        # backward) instead of the layers' methods where every product is serial anyway
+        # (nn/dense_stack.py).
         self._dense_stack = DenseStack.for_layers(layers, self._layout, self.dtype)
 
         self.loss: Any = None
