@@ -302,23 +302,15 @@ def _offset_in(view: np.ndarray, flat: np.ndarray) -> int | None:
     return start
 
 
-class _PenaltyDivisor(Callback):
-    """Before each step, tell the penalty the batch's weight (``weight * rows``)."""
-
-    def __init__(self, penalty: L2Penalty, weight: float) -> None:
-        self.penalty, self.weight = penalty, weight
-
-    def on_train_batch_begin(self, step: int, logs: dict[str, Any] | None = None) -> None:
-        self.penalty.divisor = self.weight * (logs or {})["size"]
-
-
 class _BatchWeight:
-    """The compiled loss, seen through, telling :class:`L2Penalty` each weighted batch's
-    total weight (scikit-learn's penalty divisor) before the loss host computes the
-    batch's weighted mean; everything else is the loss's own."""
+    """The compiled loss, seen through, telling :class:`L2Penalty` each batch's total
+    weight (scikit-learn's penalty divisor: the rows times the common weight, or the sum
+    of a weighted batch's weights) before the loss host computes the batch's mean;
+    everything else is the loss's own. (A per-batch callback could tell it too, but
+    turns on the fit loop's per-batch callback calls: a few microseconds a step.)"""
 
-    def __init__(self, loss: Any, penalty: L2Penalty) -> None:
-        self._loss, self._penalty = loss, penalty
+    def __init__(self, loss: Any, penalty: L2Penalty, weight: float) -> None:
+        self._loss, self._penalty, self._weight = loss, penalty, weight
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._loss, name)
@@ -328,6 +320,8 @@ class _BatchWeight:
             total = float(np.sum(targets.weight))
             # A batch of zero weights has gradient 0; it gets no penalty step either.
             self._penalty.divisor = total if total > 0 else math.inf
+        else:
+            self._penalty.divisor = self._weight * len(targets)
 
     def forward_backward(self, outputs: np.ndarray, targets: Any, grad: np.ndarray) -> float:
         self._note(targets)
@@ -481,8 +475,6 @@ class _NumbanetEstimator(BaseEstimator):
         weight = 1.0 if sw is None else float(sw[0])
         penalty = L2Penalty(params["alpha"]) if params["alpha"] > 0 else None
         callbacks: list[Callback] = []
-        if penalty is not None and uniform:
-            callbacks.append(_PenaltyDivisor(penalty, weight))
         total_weight = n * weight if uniform else float(np.sum(sw))
         convergence = _Convergence(self, penalty, steps, total_weight, validation)
         callbacks.append(convergence)
@@ -491,8 +483,9 @@ class _NumbanetEstimator(BaseEstimator):
         # Equal weights take the unweighted path (the weight only scales alpha's
         # divisor); unequal ones go to numbanet's own weighted mean (fit(sample_weight=)).
         weights = None if uniform else sw
-        if weights is not None and penalty is not None:
-            model.compile(loss=_BatchWeight(base_loss, penalty), optimizer=model.optimizer)
+        if penalty is not None:
+            model.compile(loss=_BatchWeight(base_loss, penalty, weight),
+                          optimizer=model.optimizer)
         try:
             with _threads(params["n_threads"]):
                 model.fit(X, targets, epochs=1 if incremental else params["max_iter"],
