@@ -15,6 +15,7 @@ from numbanet.kernels.norm import (
     norm_partials_shape,
 )
 from numbanet.nn.module import Module, Shape
+from numbanet.threads import get_num_threads
 
 __all__ = ["BatchNorm", "LayerNorm"]
 
@@ -156,6 +157,7 @@ class BatchNorm(Module):
         self._x = None
         self._fwd: _Step | None = None  # buffers of the last forward's and backward's shape
         self._bwd: _Step | None = None
+        self._threads: int | None = None  # Numba's thread count at the last forward
 
     def initialize(self, rng: np.random.Generator) -> None:
         if self.affine:
@@ -190,9 +192,13 @@ class BatchNorm(Module):
         x2 = x.reshape(rows, c)
         weight = self._params["weight"].value if self.affine else None
         bias = self._params["bias"].value if self.affine else None
+        # Asked once per step (~0.6 us), for the backward too: the kernels run serially
+        # on one thread.
+        self._threads = get_num_threads()
         batch_norm_forward(x2, training, self.eps, self.momentum, weight, bias,
                            self._buffers["running_mean"], self._buffers["running_var"],
-                           self._stats, self._coef, step.partials, step.acc, step.out2)
+                           self._stats, self._coef, step.partials, step.acc, step.out2,
+                           self._threads)
         self._x, self._batch_stats = x2, training
         return step.out
 
@@ -214,7 +220,7 @@ class BatchNorm(Module):
         else:
             w = dw = db = None
         batch_norm_backward(x2, dy.reshape(rows, c), w, self._batch_stats, self._stats,
-                            self._coef, partials, acc, dw, db, dx2)
+                            self._coef, partials, acc, dw, db, dx2, self._threads)
         return dx
 
     def __repr__(self) -> str:
@@ -281,6 +287,7 @@ class LayerNorm(Module):
         self._x = None
         self._fwd: _Step | None = None  # buffers of the last forward's and backward's shape
         self._bwd: _Step | None = None
+        self._threads: int | None = None  # Numba's thread count at the last forward
 
     def initialize(self, rng: np.random.Generator) -> None:
         if self.elementwise_affine:
@@ -305,9 +312,10 @@ class LayerNorm(Module):
         step = self._fwd = _step(self, self._fwd, x.shape, "y", row_stats=True)
         affine = self.elementwise_affine
         x2 = x.reshape(rows, n)
+        self._threads = get_num_threads()  # once per step, as in BatchNorm.forward
         layer_norm_forward(x2, self.eps, self._params["weight"].value if affine else None,
                            self._params["bias"].value if affine else None,
-                           step.out2, step.mean, step.rstd)
+                           step.out2, step.mean, step.rstd, self._threads)
         self._x, self._mean, self._rstd = x2, step.mean, step.rstd
         return step.out
 
@@ -328,7 +336,7 @@ class LayerNorm(Module):
         else:
             w = dw = db = None
         layer_norm_backward(x2, dy.reshape(rows, n), w, self._mean, self._rstd, partials,
-                            acc, self._totals, dw, db, dx2)
+                            acc, self._totals, dw, db, dx2, self._threads)
         return dx
 
     def __repr__(self) -> str:
