@@ -466,3 +466,27 @@ def test_warnings_are_not_raised_by_a_converged_fit():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         NumbanetClassifier((4,), max_iter=500, tol=1.0, random_state=0).fit(X, y)
+
+
+@pytest.mark.parametrize("activation, factor", [("relu", 6.0), ("logistic", 2.0)])
+def test_mlp_starts_in_mlpclassifiers_range(activation, factor):
+    """Weights and biases of every layer uniform in +-sqrt(factor / (fan_in + fan_out)),
+    scikit-learn's ``_init_coef``; checked on the model before any step."""
+    est = NumbanetClassifier((40, 30), activation=activation, max_iter=1, random_state=0)
+    params = est._checked_params()
+    model = est._build_model(params, 50, 4, "cross_entropy", seed=0)
+    for layer in model.layers:
+        bound = np.sqrt(factor / (layer.in_features + layer.out_features))
+        for values in (layer.weight.value, layer.bias.value):
+            assert np.abs(values).max() <= bound
+            # a uniform draw of this size spans most of the range, biases included
+            assert np.abs(values).max() > 0.8 * bound
+        assert np.std(layer.weight.value) == pytest.approx(bound / np.sqrt(3), rel=0.1)
+
+
+def test_a_layers_factory_keeps_numbanets_own_initialization():
+    est = NumbanetClassifier(layers=lambda n_in, n_out: [nbn.Dense(n_in, 8, "relu"),
+                                                         nbn.Dense(8, n_out)],
+                             max_iter=1, random_state=0)
+    model = est._build_model(est._checked_params(), 5, 3, "cross_entropy", seed=0)
+    assert not model.layers[0].bias.value.any()  # zero biases: numbanet's start
