@@ -313,7 +313,7 @@ def _init_like_sklearn(model: Sequential, activation: str, rng: np.random.Genera
     numbanet's own Dense initialisation (He uniform before ReLU, zero biases) trained
     the make_classification benchmark MLP (20-100-4, 20 epochs) to a training loss of
     0.21 and 93.6% test accuracy against scikit-learn's 0.18 and 95.2%; from this start
-    it reaches 0.18 and 95.0-95.2%, so the estimators are a drop-in in score too.
+    it reaches 0.17-0.18 and 95.0-95.3%, so the estimators are a drop-in in score too.
     """
     factor = 2.0 if activation == "sigmoid" else 6.0
     for layer in model.layers:

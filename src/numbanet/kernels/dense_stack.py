@@ -40,6 +40,7 @@ parameter. Offsets are in elements; every view is C-contiguous.
 
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import Any
 
 from numba import prange
@@ -288,11 +289,6 @@ def run_serial(x, params, grads, table, act_params, acts, work, partials, parts,
 '''
 
 
-class _Namespace:
-    def __init__(self, **kw: Any) -> None:
-        self.__dict__.update(kw)
-
-
 def _step_fallback(func: Any) -> Any:
     """The step for a row kernel that cannot be imported by name (defined in a
     function or ``__main__``): the template's code, compiled without a disk cache."""
@@ -316,7 +312,7 @@ def _step_fallback(func: Any) -> Any:
                         parts, t, aux, hp, gs, weight, d_out, rowloss, out)
         _add_shard_gradients(grads, table, parts)
 
-    return _Namespace(run_parallel=run_parallel, run_serial=run_serial)
+    return SimpleNamespace(run_parallel=run_parallel, run_serial=run_serial)
 
 
 class StepDriver:

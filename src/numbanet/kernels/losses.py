@@ -21,6 +21,7 @@ Generated, disk-cached driver modules are built as in :mod:`numbanet.kernels.upd
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 from typing import Any
 
 import numba
@@ -81,11 +82,6 @@ def run_serial(x, t, aux, hp, gs, grad, rowloss):
 '''
 
 
-class _Namespace:
-    def __init__(self, **kw: Any) -> None:
-        self.__dict__.update(kw)
-
-
 def _loss_fallback(func: Any) -> Any:
     k = as_kernel(func)
 
@@ -100,7 +96,7 @@ def _loss_fallback(func: Any) -> Any:
         for r in range(x.shape[0]):
             rowloss[r] = k(r, x, t, aux, hp, gs, grad)
 
-    return _Namespace(run_parallel=run_parallel, run_serial=run_serial, cached=False)
+    return SimpleNamespace(run_parallel=run_parallel, run_serial=run_serial, cached=False)
 
 
 class LossDriver:

@@ -36,7 +36,7 @@ import sys
 import tempfile
 import threading
 from collections.abc import Callable
-from types import ModuleType
+from types import ModuleType, SimpleNamespace
 from typing import Any
 
 import numba
@@ -218,11 +218,6 @@ def _import_generated(modname: str, source: str) -> ModuleType:
     return module
 
 
-class _Namespace:
-    def __init__(self, **kw: Any) -> None:
-        self.__dict__.update(kw)
-
-
 def _update_fallback(func: Any) -> Any:
     k = as_kernel(func)
 
@@ -236,7 +231,7 @@ def _update_fallback(func: Any) -> Any:
         for i in range(p.shape[0]):
             k(i, p, g, gs, slots, hp, sc)
 
-    return _Namespace(run_parallel=run_parallel, run_serial=run_serial, cached=False)
+    return SimpleNamespace(run_parallel=run_parallel, run_serial=run_serial, cached=False)
 
 
 class UpdateDriver:

@@ -80,8 +80,6 @@ class _RowPass(NamedTuple):
 
     kernel: Any  # the spec's row kernel for these targets
     driver: LossDriver  # its parallel/serial driver
-    targets: np.ndarray
-    aux: np.ndarray  # float64 class weights (ones when none)
     hp: tuple  # the flattened hyperparameters
     gs: float  # the gradient scale, 1 / divisor
     weight: np.ndarray | None  # float64 sample weights of the rows, or None
@@ -369,7 +367,7 @@ class Loss:
         dense = kind == "dense" and self._dense_driver is not None
         return _RowPass(self.spec.dense_kernel if dense else self.spec.kernel,
                         self._dense_driver if dense else self._driver,
-                        targets, aux, self._hp_tuple, gs, weight, self._rowloss, divisor)
+                        self._hp_tuple, gs, weight, self._rowloss, divisor)
 
     def _reduce(self, rows: _RowPass) -> float:
         """The reduced loss from ``rows.rowloss`` (already scaled by the sample weights)."""
