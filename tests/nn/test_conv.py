@@ -21,7 +21,8 @@ TOLERANCE = {"float64": 1e-10, "float32": 1e-4}
 # (id, in_channels, out_channels, kernel_size, options, (height, width), batch). Between
 # them they take every path of Conv2D: im2col + GEMM (normal and transposed outputs),
 # the transposed im2col and the direct kernels for one input channel, 1x1 without
-# im2col, and the direct grouped kernels.
+# im2col, the direct grouped kernels, and Winograd for 3x3 stride-1 kernels with 16 or
+# more channels in whole vectors (16, 32, 48 here on any CPU and dtype).
 CASES = [
     ("batch1-odd-image", 2, 3, 3, {}, (5, 7), 1),
     ("nonsquare-kernel-stride2-padding", 3, 4, (3, 2), {"stride": 2, "padding": (1, 0)},
@@ -52,6 +53,11 @@ CASES = [
     ("parallel-sized", 8, 16, 3, {"padding": 1, "activation": "relu"}, (16, 16), 8),
     ("lenet-second-conv", 6, 16, 5, {"activation": "relu"}, (14, 14), 3),
     ("strided-16-channels", 3, 16, 3, {"stride": 2, "padding": 1}, (9, 9), 2),
+    ("winograd-same-relu", 16, 16, 3, {"padding": "same", "activation": "relu"}, (7, 9), 2),
+    ("winograd-valid-batch1", 32, 48, 3, {}, (6, 5), 1),
+    ("winograd-padding2-tanh", 16, 32, 3, {"padding": 2, "activation": "tanh"}, (5, 6), 3),
+    ("winograd-rows-only-no-bias", 48, 16, 3, {"padding": (1, 0), "bias": False}, (9, 7), 2),
+    ("winograd-kernel-as-large-as-image", 16, 16, 3, {}, (3, 3), 2),
 ]
 
 
@@ -242,6 +248,7 @@ def test_fused_relu_derivative_matches_torch(name):
 @pytest.mark.parametrize("case", [c for c in CASES if c[0] in {
     "parallel-sized", "one-channel-direct", "depthwise", "16-channels-relu", "32-channels",
     "lenet-second-conv", "strided-16-channels", "groups2-dilated", "1x1",
+    "winograd-same-relu", "winograd-padding2-tanh",
 }], ids=lambda c: c[0])
 def test_conv2d_is_bit_identical_for_1_and_2_threads(case, dtype):
     _, cin, cout, kernel, options, (h, w), _ = case
@@ -272,6 +279,7 @@ CONFORMANCE = [
      (9, 8, 4), 8),
     ("one-channel", lambda: Conv2D(1, 6, 5, padding=2, activation="relu"), (28, 28, 1), 16),
     ("one-channel-strided", lambda: Conv2D(1, 4, 3, stride=2), (9, 11, 1), 4),
+    ("winograd", lambda: Conv2D(16, 32, 3, padding=1, activation="relu"), (9, 10, 16), 8),
 ]
 
 

@@ -1,5 +1,6 @@
-"""Conv2D against PyTorch on the routes resnet-small takes (issue 13): direct kernels up
-to 32 channels (forward, weight and input gradient), GEMM above, and the ReLU of an
+"""Conv2D against PyTorch on the routes resnet-small takes (issue 13): Winograd for its
+3x3 stride-1 convolutions (16, 32 and 64 channels), direct kernels up to 32 channels
+otherwise (forward, weight and input gradient), GEMM above, and the ReLU of an
 Activation layer below fused into the input gradient; bit-identical across threads."""
 
 import numpy as np
@@ -56,12 +57,22 @@ def test_conv_routes_match_torch(case, dtype):
 
 
 def test_direct_kernels_take_up_to_32_channels():
+    # 24 input channels are not whole vectors, so Winograd leaves this one to them.
     assert DIRECT_MAX_CHANNELS == 32
-    conv = nbn.Conv2D(32, 32, 3, padding=1, bias=False)
-    nbn.Sequential([conv], input_shape=(16, 16, 32), dtype="float32").forward(
-        np.ones((2, 16, 16, 32), np.float32))
-    plan = conv._plan_for((2, 16, 16, 32))
-    assert plan.direct and plan.gx is not None
+    conv = nbn.Conv2D(24, 32, 3, padding=1, bias=False)
+    nbn.Sequential([conv], input_shape=(16, 16, 24), dtype="float32").forward(
+        np.ones((2, 16, 16, 24), np.float32))
+    plan = conv._plan_for((2, 16, 16, 24))
+    assert plan.direct and plan.gx is not None and not plan.winograd
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("channels", [16, 32, 64])
+def test_resnet_3x3_convolutions_take_winograd(channels, dtype):
+    conv = nbn.Conv2D(channels, channels, 3, padding=1, bias=False)
+    nbn.Sequential([conv], input_shape=(8, 8, channels), dtype=dtype)
+    plan = conv._plan_for((2, 8, 8, channels))
+    assert plan.winograd and not plan.direct and plan.gx is None
 
 
 @pytest.mark.parametrize("case", [CASES[1], CASES[3]])

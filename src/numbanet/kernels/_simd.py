@@ -49,6 +49,7 @@ __all__ = [
     "vload",
     "vrelu",
     "vstore",
+    "vsub",
     "vzero",
 ]
 
@@ -220,6 +221,19 @@ def vadd(typingctx, a, b):
     def codegen(context, builder, sig, args):
         _allow_wide_vectors(builder)
         return builder.fadd(args[0], args[1])
+
+    return a(a, b), codegen
+
+
+@intrinsic
+def vsub(typingctx, a, b):
+    """``a - b`` lane by lane."""
+    if not (isinstance(a, SimdVec) and a == b):
+        return None
+
+    def codegen(context, builder, sig, args):
+        _allow_wide_vectors(builder)
+        return builder.fsub(args[0], args[1])
 
     return a(a, b), codegen
 

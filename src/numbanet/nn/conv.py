@@ -33,6 +33,14 @@ from numbanet.kernels.conv import (
 )
 from numbanet.kernels.matmul import GemmPlan, gemm_into, gemm_plan
 from numbanet.kernels.reductions import column_sum_into, column_sum_partials
+from numbanet.kernels.winograd import (
+    transform_weights_into,
+    weight_partials_shape,
+    winograd_applies,
+    winograd_conv_into,
+    winograd_weight_gradient_into,
+    winograd_workspace,
+)
 from numbanet.nn.dense import activation_name
 from numbanet.nn.init import init_weight
 from numbanet.nn.module import FusedDerivative, Module, Shape
@@ -89,11 +97,13 @@ def image_shape_error(layer: Module, in_shape: Shape, channels: int | None) -> V
 class _Plan(NamedTuple):
     """How a step computes for one input shape, decided once.
 
-    Forward and weight gradient (``groups == 1``) take one of four routes: ``pointwise``
-    (1x1, stride 1, no padding: the image is already the im2col matrix), ``direct`` (few
-    output channels: :func:`~numbanet.kernels.conv.direct_forward_into`, no im2col),
-    ``transposed`` (one input channel: im2col writes ``(K, M)``) or plain im2col + GEMM.
-    The input gradient takes the direct kernel when ``gx`` is set (a stride-1
+    Forward and weight gradient (``groups == 1``) take one of five routes: ``winograd``
+    (3x3, stride 1, at least 16 channels in whole vectors:
+    :mod:`numbanet.kernels.winograd`, which then computes the input gradient too),
+    ``pointwise`` (1x1, stride 1, no padding: the image is already the im2col matrix),
+    ``direct`` (few output channels: :func:`~numbanet.kernels.conv.direct_forward_into`,
+    no im2col), ``transposed`` (one input channel: im2col writes ``(K, M)``) or plain
+    im2col + GEMM. The input gradient takes the direct kernel when ``gx`` is set (a stride-1
     convolution with at most 32 input channels whose gradient grid is at most twice the
     output, :func:`~numbanet.kernels.conv.direct_input_gradient_applies`), else the GEMM
     and col2im.
@@ -104,6 +114,7 @@ class _Plan(NamedTuple):
     rows: int          # M = N * OH * OW
     depth: int         # K = KH * KW * C // groups
     pointwise: bool
+    winograd: bool
     direct: bool
     transposed: bool
     layout: DirectLayout | None     # direct: the padded input's layout
@@ -328,16 +339,17 @@ class Conv2D(Module):
         lanes = direct_lanes(dtype)
         pointwise = (kh, kw) == (1, 1) and self.stride == (1, 1) and self._pads == (0,) * 4
         grouped = self.groups > 1
-        direct = not pointwise and direct_applies(g, co, self.groups, dtype)
-        transposed = not grouped and not pointwise and not direct and c == 1
+        winograd = winograd_applies(g, c, co, self.groups, dtype)
+        direct = not pointwise and not winograd and direct_applies(g, co, self.groups, dtype)
+        transposed = not grouped and not pointwise and not winograd and not direct and c == 1
         gx = None
-        if not grouped and not pointwise and direct_input_gradient_applies(g, (h, w), c,
-                                                                           dtype):
+        if (not grouped and not pointwise and not winograd
+                and direct_input_gradient_applies(g, (h, w), c, dtype)):
             gx = transposed_geometry(g, (h, w))
         fwd_t = dw_t = False
         fwd = dw = dx = None
         work = None
-        if not grouped:
+        if not grouped and not winograd:
             fwd_t = gemm_prefers_transpose(rows, co, dtype)
             dw_t = gemm_prefers_transpose(depth, co, dtype)
             # z = cols @ W, or z.T = W.T @ cols.T
@@ -346,7 +358,7 @@ class Conv2D(Module):
             dw = gemm_plan(co, depth, rows, dtype) if dw_t else gemm_plan(depth, co, rows, dtype)
             dx = gemm_plan(rows, depth, co, dtype)      # dcols = dz @ W.T
             work = self.workspace.scratch(max(fwd.workspace, dw.workspace, dx.workspace))
-        plan = _Plan(geo, g, rows, depth, pointwise, direct, transposed,
+        plan = _Plan(geo, g, rows, depth, pointwise, winograd, direct, transposed,
                      direct_layout(g, lanes, w) if direct else None, gx,
                      None if gx is None else direct_layout(gx, lanes, ow),
                      fwd_t, dw_t, fwd, dw, dx, work)
@@ -362,6 +374,15 @@ class Conv2D(Module):
         array = self._buffers_own.get(name)
         if array is None or array.shape != shape or array.dtype != dtype:
             array = self._buffers_own[name] = np.empty(shape, dtype)
+        return array
+
+    def _winograd_work(self) -> np.ndarray:
+        """Per-thread scratch of the Winograd kernels (zeroed once: the forward's last
+        block of tiles computes, and drops, rows left from an earlier block)."""
+        shape = winograd_workspace(max_threads(), self.in_channels, self.out_channels)
+        array = self._buffers_own.get("winograd")
+        if array is None or array.shape != shape or array.dtype != self.workspace.dtype:
+            array = self._buffers_own["winograd"] = np.zeros(shape, self.workspace.dtype)
         return array
 
     def _tiles(self, p: _Plan) -> np.ndarray:
@@ -403,7 +424,17 @@ class Conv2D(Module):
         in_place = act.name == "identity" or act.name in _DERIVATIVE_FROM_OUTPUT
         y = z if in_place else ws.get("y", (n, p.geo.oh, p.geo.ow, co))
         cols = None
-        if p.direct:
+        if p.winograd:
+            c = self.in_channels
+            u = self._scratch("winograd_u", (16, c, co))
+            transform_weights_into(weight, u, self._scratch("winograd_t", (12 * co,), np.float64))
+            pt, _, pl, _ = self._pads
+            winograd_conv_into(x, u, bias, act.name == "relu", z, (pt, pl),
+                               self._winograd_work())
+            if act.name not in ("relu", "identity"):
+                act.forward_unchecked(self._matrix("z", z, p.rows, co),
+                                      self._matrix("y", y, p.rows, co))
+        elif p.direct:
             lay = p.layout
             xp = ws.get("xpad", (n, self.in_channels, lay.plane))
             relu = act.name == "relu"
@@ -498,7 +529,14 @@ class Conv2D(Module):
                                          self._matrix("dz", dz, p.rows, co))
         dz2 = self._matrix("dz2", dz, p.rows, co)
         bias_grad = self._params["bias"].grad if self.bias_enabled else None
-        if p.direct:
+        pt, _, pl, _ = self._pads
+        if p.winograd:
+            c = self.in_channels
+            parts = ws.get("winograd_parts", weight_partials_shape(n, p.geo.oh, p.geo.ow, c, co))
+            winograd_weight_gradient_into(x, dz, (pt, pl), weight.grad, self._winograd_work(),
+                                          parts, self._scratch("winograd_du", (16, c * co),
+                                                               np.float64))
+        elif p.direct:
             _, per_block = direct_workspace(max_threads(), p.layout, self.in_channels, co,
                                             direct_lanes(self.workspace.dtype))
             partials = ws.get("partials", direct_partials_shape(n, p.layout, per_block),
@@ -528,6 +566,14 @@ class Conv2D(Module):
         saved = None if below is None else below.saved
         if self.groups > 1:
             conv2d_grouped_backward_input_into(dz, weight.value, dx, g, self.groups, saved)
+            return dx
+        if p.winograd:
+            # dx = the output gradient convolved with the flipped kernel, padded 2 - pad.
+            u = self._scratch("winograd_u_dx", (16, co, self.in_channels))
+            transform_weights_into(weight.value, u,
+                                   self._scratch("winograd_t", (12 * co,), np.float64), flip=True)
+            winograd_conv_into(dz, u, None, False, dx, (2 - pt, 2 - pl), self._winograd_work(),
+                               saved)
             return dx
         if p.gx is not None:
             # dx = the output gradient, padded, convolved with the flipped kernel.
