@@ -242,7 +242,7 @@ def _weights_from_transformed(du, dw, c_in, c_out):
 # ---------------------------------------------------------------------------------------
 
 
-@kernel
+@kernel(inline="always")
 def _input_tile(xf, h, w, c, n, ih0, iw0, c0, vs, o, stride, edge):
     """``V = B^T d B`` of the 4x4 block at ``(ih0, iw0)`` of image ``n`` of ``xf`` (an
     ``(N, h, w, c)`` image batch, flat), zeros outside the image, channels
@@ -267,7 +267,7 @@ def _input_tile(xf, h, w, c, n, ih0, iw0, c0, vs, o, stride, edge):
     _transform_block(edge, 0, lanes, 4 * lanes, vs, o, stride)
 
 
-@kernel
+@kernel(inline="always")
 def _transform_block(src, p, col, row, vs, o, stride):
     """``V = B^T d B`` of the 4x4 block of vectors ``src[p + i * row + j * col]``."""
     d00, d01 = vload(src, p), vload(src, p + col)
@@ -305,7 +305,7 @@ def _transform_block(src, p, col, row, vs, o, stride):
     vstore(vs, o + 15 * stride, vsub(a31, a33))
 
 
-@kernel
+@kernel(inline="always")
 def _output_tile(ms, o, stride, z, n, oh0, ow0, k0, bias, has_bias, relu, saved, masked):
     """``Y = A^T M A`` of ``M[xi] = ms[o + xi * stride]`` (+ bias, ReLU, or zeroed where
     ``saved <= 0``) into the pixels of ``z[n, oh0:oh0+2, ow0:ow0+2, k0:k0+lanes]`` that
@@ -351,7 +351,7 @@ def _output_tile(ms, o, stride, z, n, oh0, ow0, k0, bias, has_bias, relu, saved,
             vstore(z, p + ow * k + k, y11)
 
 
-@kernel
+@kernel(inline="always")
 def _output_gradient_tile(dz, n, oh0, ow0, k0, ms, o, stride):
     """``dM = A dY A^T`` of the 2x2 block of ``dz[n]`` at ``(oh0, ow0)`` (zeros past the
     edge), channels ``k0 .. k0 + lanes``; ``dM[xi]`` goes to ``ms[o + xi * stride]``."""

@@ -153,8 +153,13 @@ class Conv2D(Module):
     ``OH = (H + pad_rows - dh * (KH - 1) - 1) // sh + 1`` (``pad_rows`` both sides), and
     likewise ``OW``.
 
-    How it computes (``groups == 1``): ``im2col`` copies each output pixel's receptive
-    field into a row of a ``(N*OH*OW, KH*KW*C)`` matrix, so the convolution is one GEMM
+    How it computes (``groups == 1``): a 3x3, stride-1, undilated convolution whose
+    channel counts are at least 16 and whole SIMD vectors (16, 32, 64, ... float32 on
+    any CPU) runs Winograd's F(2x2, 3x3) algorithm for its forward pass, input gradient
+    and weight gradient (:mod:`numbanet.kernels.winograd`: 2.25x fewer multiply-adds,
+    results within a few float rounding steps of the direct sum). Otherwise ``im2col``
+    copies each output pixel's receptive field into a row of a ``(N*OH*OW, KH*KW*C)``
+    matrix, so the convolution is one GEMM
     with the weight seen as ``(KH*KW*C, CO)``; its epilogue adds the bias and applies the
     activation. Backward: ``dW = cols.T @ dz`` and ``dcols = dz @ W.T`` (GEMMs), then
     ``col2im`` adds ``dcols`` back onto the input pixels. A 1x1 convolution with stride 1
@@ -172,8 +177,8 @@ class Conv2D(Module):
 
     Fusion: with ReLU the layer offers its derivative to the layer above
     (:meth:`fused_derivative`; pooling layers take it), and it applies the ReLU derivative
-    of the layer below in its input-gradient pass (col2im, the direct kernels, or the
-    GEMM epilogue for 1x1).
+    of the layer below in its input-gradient pass (col2im, the direct or Winograd kernels,
+    or the GEMM epilogue for 1x1).
 
     Initialisation: as a Dense layer with ``KH*KW*in_channels/groups`` inputs and
     ``out_channels`` outputs (:mod:`numbanet.nn.init`); bias zero.
