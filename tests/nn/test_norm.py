@@ -66,6 +66,8 @@ BN_SHAPES = [
     (1, 3, 2, 5),      # batch 1 of images: legal, 6 values per channel
     (3, 5, 7, 4),      # odd, non-square images
     (2, 33, 17, 3),    # enough rows for several reduction chunks
+    (3, 5, 7, 48),     # whole SIMD vectors per row (register column sums)
+    (2, 40, 41, 16),   # whole vectors, several chunks, a partial run of rows
 ]
 
 
@@ -290,7 +292,8 @@ def test_one_and_two_threads_are_bit_identical(make, shape, dtype):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("shape", [(300, 77), (64, 1024), (5, 3)], ids=str)
+@pytest.mark.parametrize("shape", [(300, 77), (64, 1024), (5, 3), (5000, 16), (777, 64)],
+                         ids=str)
 def test_serial_and_parallel_twins_are_bit_identical(shape, dtype):
     rng = np.random.default_rng(5)
     rows, cols = shape
