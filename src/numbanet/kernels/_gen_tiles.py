@@ -28,8 +28,11 @@ inside the arrays).
 
 from __future__ import annotations
 
-from numbanet._jit import kernel
+from numbanet._jit import ELEMENTWISE_FASTMATH, kernel
 from numbanet.kernels._simd import vadd, vbroadcast, vfma, vlanes, vload, vstore, vzero
+
+# No reassoc, as in numbanet.kernels.winograd (whose twins inline these tiles).
+_FLAGS = {"fastmath": set(ELEMENTWISE_FASTMATH)}
 '''
 
 
@@ -46,7 +49,7 @@ def _offset(base: str, row: int, stride: str, vector: int) -> str:
 def _tile(rows: int, nv: int) -> str:
     acc = [[f"c{i}_{j}" for j in range(nv)] for i in range(rows)]
     out = [
-        "@kernel",
+        "@kernel(**_FLAGS)",
         f"def _tile_{rows}x{nv}(kc, wa, oa, ra, sa, wb, ob, ldb, c, oc, ldc, accumulate):",
         f'    """``C[{rows}, {nv} vector{"s" if nv > 1 else ""}] (+)= A @ B``: '
         "A[i, s] = ``wa[oa + i*ra + s*sa]``,",

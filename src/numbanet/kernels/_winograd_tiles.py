@@ -14,11 +14,14 @@ inside the arrays).
 
 from __future__ import annotations
 
-from numbanet._jit import kernel
+from numbanet._jit import ELEMENTWISE_FASTMATH, kernel
 from numbanet.kernels._simd import vadd, vbroadcast, vfma, vlanes, vload, vstore, vzero
 
+# No reassoc, as in numbanet.kernels.winograd (whose twins inline these tiles).
+_FLAGS = {"fastmath": set(ELEMENTWISE_FASTMATH)}
 
-@kernel
+
+@kernel(**_FLAGS)
 def _tile_12x2(kc, wa, oa, ra, sa, wb, ob, ldb, c, oc, ldc, accumulate):
     """``C[12, 2 vectors] (+)= A @ B``: A[i, s] = ``wa[oa + i*ra + s*sa]``,
     row ``s`` of B at ``wb[ob + s*ldb]``, row ``i`` of C at ``c[oc + i*ldc]``."""
@@ -127,7 +130,7 @@ def _tile_12x2(kc, wa, oa, ra, sa, wb, ob, ldb, c, oc, ldc, accumulate):
     vstore(c, oc + 11 * ldc + 1 * lanes, c11_1)
 
 
-@kernel
+@kernel(**_FLAGS)
 def _tile_12x1(kc, wa, oa, ra, sa, wb, ob, ldb, c, oc, ldc, accumulate):
     """``C[12, 1 vector] (+)= A @ B``: A[i, s] = ``wa[oa + i*ra + s*sa]``,
     row ``s`` of B at ``wb[ob + s*ldb]``, row ``i`` of C at ``c[oc + i*ldc]``."""
@@ -198,7 +201,7 @@ def _tile_12x1(kc, wa, oa, ra, sa, wb, ob, ldb, c, oc, ldc, accumulate):
     vstore(c, oc + 11 * ldc, c11_0)
 
 
-@kernel
+@kernel(**_FLAGS)
 def _tile_8x2(kc, wa, oa, ra, sa, wb, ob, ldb, c, oc, ldc, accumulate):
     """``C[8, 2 vectors] (+)= A @ B``: A[i, s] = ``wa[oa + i*ra + s*sa]``,
     row ``s`` of B at ``wb[ob + s*ldb]``, row ``i`` of C at ``c[oc + i*ldc]``."""
@@ -275,7 +278,7 @@ def _tile_8x2(kc, wa, oa, ra, sa, wb, ob, ldb, c, oc, ldc, accumulate):
     vstore(c, oc + 7 * ldc + 1 * lanes, c7_1)
 
 
-@kernel
+@kernel(**_FLAGS)
 def _tile_8x1(kc, wa, oa, ra, sa, wb, ob, ldb, c, oc, ldc, accumulate):
     """``C[8, 1 vector] (+)= A @ B``: A[i, s] = ``wa[oa + i*ra + s*sa]``,
     row ``s`` of B at ``wb[ob + s*ldb]``, row ``i`` of C at ``c[oc + i*ldc]``."""
@@ -326,7 +329,7 @@ def _tile_8x1(kc, wa, oa, ra, sa, wb, ob, ldb, c, oc, ldc, accumulate):
     vstore(c, oc + 7 * ldc, c7_0)
 
 
-@kernel
+@kernel(**_FLAGS)
 def _tile_4x2(kc, wa, oa, ra, sa, wb, ob, ldb, c, oc, ldc, accumulate):
     """``C[4, 2 vectors] (+)= A @ B``: A[i, s] = ``wa[oa + i*ra + s*sa]``,
     row ``s`` of B at ``wb[ob + s*ldb]``, row ``i`` of C at ``c[oc + i*ldc]``."""
@@ -371,7 +374,7 @@ def _tile_4x2(kc, wa, oa, ra, sa, wb, ob, ldb, c, oc, ldc, accumulate):
     vstore(c, oc + 3 * ldc + 1 * lanes, c3_1)
 
 
-@kernel
+@kernel(**_FLAGS)
 def _tile_4x1(kc, wa, oa, ra, sa, wb, ob, ldb, c, oc, ldc, accumulate):
     """``C[4, 1 vector] (+)= A @ B``: A[i, s] = ``wa[oa + i*ra + s*sa]``,
     row ``s`` of B at ``wb[ob + s*ldb]``, row ``i`` of C at ``c[oc + i*ldc]``."""

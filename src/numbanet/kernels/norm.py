@@ -153,6 +153,11 @@ def norm_partials(rows: int, cols: int, dtype: np.dtype | type = np.float64) -> 
 #: the parallel twin inline them (numbanet._jit.ELEMENTWISE_FASTMATH). Their loops
 #: vectorize without them.
 _COEF_FLAGS = {"fastmath": set(ELEMENTWISE_FASTMATH)}
+#: Batch norm's column sums and elementwise passes: no ``reassoc`` either. Their vector
+#: accumulators add rows in order, and with ``reassoc`` LLVM may regroup an unrolled
+#: run differently in the serial and the parallel twin (it did so to the Winograd
+#: transforms). The row-major loops vectorize across columns without it.
+_SUM_FLAGS = {"fastmath": set(ELEMENTWISE_FASTMATH)}
 
 
 # ---------------------------------------------------------------------------------------
@@ -177,7 +182,7 @@ def _sum_chunks(partials, nchunks, clo, chi, t0, t1):
             t1[j] += p1[j]
 
 
-@kernel
+@kernel(**_SUM_FLAGS)
 def _scale_shift_rows(x, lo, hi, m, s, b, y):
     """``y[r] = (x[r] - m) * s + b`` for rows ``lo:hi``; ``m, s, b`` per column."""
     cols = x.shape[1]
@@ -232,7 +237,7 @@ def _start_runs(a0, a1, s0, s1):
         s1[j] = 0.0
 
 
-@kernel(inline="always")
+@kernel(inline="always", **_SUM_FLAGS)
 def _x_sums_1(x, w, start, end, j, k, a0, a1):
     """``a0[j:j+lanes] = sum (x - k)``, ``a1 = sum (x - k)**2`` over rows
     ``start:end`` of the ``w``-wide flat rows of ``x``, in registers."""
@@ -247,7 +252,7 @@ def _x_sums_1(x, w, start, end, j, k, a0, a1):
     vstore(a1, j, v1)
 
 
-@kernel(inline="always")
+@kernel(inline="always", **_SUM_FLAGS)
 def _x_sums_4(x, w, start, end, j, lanes, k, a0, a1):
     """:func:`_x_sums_1` for four column vectors at once: eight independent chains
     ((64, 8, 8, 64) float32 forward 0.057 -> 0.046 ms)."""
@@ -273,7 +278,7 @@ def _x_sums_4(x, w, start, end, j, lanes, k, a0, a1):
     vstore(a1, j + 3 * lanes, q3)
 
 
-@kernel(inline="always")
+@kernel(inline="always", **_SUM_FLAGS)
 def _dy_sums_1(x, dy, w, start, end, j, m, a0, a1):
     """``a0[j:j+lanes] = sum dy``, ``a1 = sum dy * (x - m)`` over rows ``start:end``,
     in registers."""
@@ -288,7 +293,7 @@ def _dy_sums_1(x, dy, w, start, end, j, m, a0, a1):
     vstore(a1, j, v1)
 
 
-@kernel(inline="always")
+@kernel(inline="always", **_SUM_FLAGS)
 def _dy_sums_4(x, dy, w, start, end, j, lanes, m, a0, a1):
     """:func:`_dy_sums_1` for four column vectors at once (see :func:`_x_sums_4`)."""
     m0, m1, m2, m3 = vload(m, j), vload(m, j + lanes), vload(m, j + 2 * lanes), \
@@ -313,7 +318,7 @@ def _dy_sums_4(x, dy, w, start, end, j, lanes, m, a0, a1):
     vstore(a1, j + 3 * lanes, q3)
 
 
-@kernel(inline="always")
+@kernel(inline="always", **_SUM_FLAGS)
 def _x_sums_wide(x, w, start, end, lanes, k, a0, a1):
     """``a0 += sum (x - k)``, ``a1 += sum (x - k)**2`` over rows ``start:end`` of wide
     rows of whole vectors, four rows per pass over ``a0``, ``a1`` (a quarter of their
@@ -334,7 +339,7 @@ def _x_sums_wide(x, w, start, end, lanes, k, a0, a1):
         r += rows
 
 
-@kernel(inline="always")
+@kernel(inline="always", **_SUM_FLAGS)
 def _dy_sums_wide(x, dy, w, start, end, lanes, m, a0, a1):
     """``a0 += sum dy``, ``a1 += sum dy * (x - m)`` likewise (see :func:`_x_sums_wide`)."""
     r = start
@@ -354,7 +359,7 @@ def _dy_sums_wide(x, dy, w, start, end, lanes, m, a0, a1):
         r += rows
 
 
-@kernel
+@kernel(**_SUM_FLAGS)
 def _bn_x_sums(x, lo, hi, clo, chi, k, a0, a1, s0, s1):
     """``s0 = sum (x - k)``, ``s1 = sum (x - k)**2`` over rows ``lo:hi``, columns
     ``clo:chi`` (``k``, per column, in the data's dtype: the first row, exactly).
@@ -403,7 +408,7 @@ def _bn_x_sums(x, lo, hi, clo, chi, k, a0, a1, s0, s1):
         _flush_runs(a0, a1, s0, s1)
 
 
-@kernel
+@kernel(**_SUM_FLAGS)
 def _bn_dy_sums(x, dy, lo, hi, clo, chi, m, a0, a1, s0, s1):
     """``s0 = sum dy``, ``s1 = sum dy * (x - m)`` over rows ``lo:hi`` of columns
     ``clo:chi`` (``m`` in the data's dtype), in runs as in :func:`_bn_x_sums`."""
@@ -548,7 +553,7 @@ def _bn_backward_coefs(stats, clo, chi, n, weight, affine, batch_stats, sums, dw
             db[j] = sdy[j]
 
 
-@kernel
+@kernel(**_SUM_FLAGS)
 def _bn_dx_rows(x, dy, lo, hi, m, a, b, c, dx):
     """``dx[r] = a * dy[r] + b * (x[r] - m) + c`` for rows ``lo:hi``."""
     cols = x.shape[1]

@@ -61,7 +61,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from numbanet._jit import kernel, parallel_kernel
+from numbanet._jit import ELEMENTWISE_FASTMATH, kernel, parallel_kernel
 from numbanet.kernels._simd import (
     LANES_FLOAT32,
     LANES_FLOAT64,
@@ -108,6 +108,12 @@ MAX_WEIGHT_TASKS = 8
 EDGE = 16 * 16
 #: Below this many multiply-adds the serial twins run (as the other conv kernels).
 PARALLEL_MIN = 1 << 15
+
+#: No ``reassoc``: the serial and parallel twins inline the tile transforms into
+#: different loops, and with it LLVM regrouped their additions differently there (the
+#: float32 forward differed between one and two threads in 5% of the outputs). Nothing
+#: here needs it: the products are explicit FMAs, the partial sums run in task order.
+_FLAGS = {"fastmath": set(ELEMENTWISE_FASTMATH)}
 
 
 def _lanes(dtype: object) -> int:
@@ -156,7 +162,7 @@ def weight_partials_shape(batch: int, oh: int, ow: int, in_channels: int,
 # ---------------------------------------------------------------------------------------
 
 
-@kernel
+@kernel(**_FLAGS)
 def _transform_weights(w, u, flip, t):
     """``u[xi, c, k] = (G g G^T)[xi]`` of ``g = w[:, :, c, k]``, in float64 then rounded;
     with ``flip``, ``u[xi, k, c]`` of ``w[2 - a, 2 - b, c, k]`` (the input gradient's
@@ -211,13 +217,13 @@ def transform_weights_into(w: np.ndarray, u: np.ndarray, scratch: np.ndarray,
     _transform_weights(w, u, flip, scratch.reshape(-1)[:12 * k].reshape(12, k))
 
 
-@kernel(inline="always")
+@kernel(inline="always", **_FLAGS)
 def _gt_side(d0, d1, d2, d3):
     """``G^T @ (d0, d1, d2, d3)``: three values from a column (or row) of a 4x4 tile."""
     return d0 + 0.5 * (d1 + d2), 0.5 * (d1 - d2), 0.5 * (d1 + d2) + d3
 
 
-@kernel
+@kernel(**_FLAGS)
 def _weights_from_transformed(du, dw, c_in, c_out):
     """``dw[a, b, c, k] = (G^T dU G)[a, b]`` of ``dU = du[:, c * K + k]`` (``du`` float64
     ``(16, C * K)``)."""
@@ -242,7 +248,7 @@ def _weights_from_transformed(du, dw, c_in, c_out):
 # ---------------------------------------------------------------------------------------
 
 
-@kernel(inline="always")
+@kernel(inline="always", **_FLAGS)
 def _input_tile(xf, h, w, c, n, ih0, iw0, c0, vs, o, stride, edge):
     """``V = B^T d B`` of the 4x4 block at ``(ih0, iw0)`` of image ``n`` of ``xf`` (an
     ``(N, h, w, c)`` image batch, flat), zeros outside the image, channels
@@ -267,7 +273,7 @@ def _input_tile(xf, h, w, c, n, ih0, iw0, c0, vs, o, stride, edge):
     _transform_block(edge, 0, lanes, 4 * lanes, vs, o, stride)
 
 
-@kernel(inline="always")
+@kernel(inline="always", **_FLAGS)
 def _transform_block(src, p, col, row, vs, o, stride):
     """``V = B^T d B`` of the 4x4 block of vectors ``src[p + i * row + j * col]``."""
     d00, d01 = vload(src, p), vload(src, p + col)
@@ -305,7 +311,7 @@ def _transform_block(src, p, col, row, vs, o, stride):
     vstore(vs, o + 15 * stride, vsub(a31, a33))
 
 
-@kernel(inline="always")
+@kernel(inline="always", **_FLAGS)
 def _output_tile(ms, o, stride, z, n, oh0, ow0, k0, bias, has_bias, relu, saved, masked):
     """``Y = A^T M A`` of ``M[xi] = ms[o + xi * stride]`` (+ bias, ReLU, or zeroed where
     ``saved <= 0``) into the pixels of ``z[n, oh0:oh0+2, ow0:ow0+2, k0:k0+lanes]`` that
@@ -351,7 +357,7 @@ def _output_tile(ms, o, stride, z, n, oh0, ow0, k0, bias, has_bias, relu, saved,
             vstore(z, p + ow * k + k, y11)
 
 
-@kernel(inline="always")
+@kernel(inline="always", **_FLAGS)
 def _output_gradient_tile(dz, n, oh0, ow0, k0, ms, o, stride):
     """``dM = A dY A^T`` of the 2x2 block of ``dz[n]`` at ``(oh0, ow0)`` (zeros past the
     edge), channels ``k0 .. k0 + lanes``; ``dM[xi]`` goes to ``ms[o + xi * stride]``."""
@@ -387,7 +393,7 @@ def _output_gradient_tile(dz, n, oh0, ow0, k0, ms, o, stride):
     vstore(ms, o + 15 * stride, vsub(zero, r31))
 
 
-@kernel(inline="always")
+@kernel(inline="always", **_FLAGS)
 def _tile_position(t, tiles_h, tiles_w):
     """Image, first output row and column of tile ``t``."""
     per_image = tiles_h * tiles_w
@@ -400,7 +406,7 @@ def _tile_position(t, tiles_h, tiles_w):
 # ---------------------------------------------------------------------------------------
 
 
-@kernel
+@kernel(**_FLAGS)
 def _conv_tiles(x, u, bias, has_bias, relu, z, pt, pl, saved, masked, slot, t0, t1):
     """Tiles ``t0 .. t1`` of ``z``, ``TILE_BLOCK`` at a time (serial)."""
     _, h, w, c = x.shape
@@ -438,7 +444,7 @@ def _conv_tiles(x, u, bias, has_bias, relu, z, pt, pl, saved, masked, slot, t0, 
                              has_bias, relu, saved, masked)
 
 
-@parallel_kernel
+@parallel_kernel(**_FLAGS)
 def _conv_parallel(x, u, bias, has_bias, relu, z, pt, pl, saved, masked, work):
     _, oh, ow, _ = z.shape
     tiles = z.shape[0] * ((oh + 1) // 2) * ((ow + 1) // 2)
@@ -486,7 +492,7 @@ def winograd_conv_into(x: np.ndarray, u: np.ndarray, bias: np.ndarray | None, re
 # ---------------------------------------------------------------------------------------
 
 
-@kernel(inline="always")
+@kernel(inline="always", **_FLAGS)
 def _accumulate_rows(rows, kc, vs, oa, c, ms, ob, k, part, oc, lanes):
     """``part[rows, :] += vs-rows^T @ ms-rows`` for ``rows`` (12, 8 or 4) channels."""
     k0 = 0
@@ -507,7 +513,7 @@ def _accumulate_rows(rows, kc, vs, oa, c, ms, ob, k, part, oc, lanes):
             _tile_4x1(kc, vs, oa, 1, c, ms, ob + k0, k, part, oc + k0, k, True)
 
 
-@kernel
+@kernel(**_FLAGS)
 def _weight_task(x, dz, pt, pl, slot, part, t0, t1):
     """``part[xi * C * K + c * K + k] = sum_t V[xi][t, c] dM[xi][t, k]`` over tiles
     ``t0 .. t1``, ``WEIGHT_BLOCK`` at a time (serial)."""
@@ -547,7 +553,7 @@ def _weight_task(x, dz, pt, pl, slot, part, t0, t1):
                                  (xi * c + c0) * k, lanes)
 
 
-@kernel(inline="always")
+@kernel(inline="always", **_FLAGS)
 def _task_tiles(s, tasks, tiles):
     """First tile of weight task ``s``: an even split in whole ``WEIGHT_BLOCK`` blocks."""
     if s >= tasks:
@@ -556,7 +562,7 @@ def _task_tiles(s, tasks, tiles):
     return min(tiles, (s * blocks // tasks) * WEIGHT_BLOCK)
 
 
-@kernel
+@kernel(**_FLAGS)
 def _sum_partials_rows(parts, du, e0, e1):
     """``du[:, e] = sum_s parts[s, e]`` in task order, float64, for ``e0 <= e < e1``."""
     for e in range(e0, e1):
@@ -566,7 +572,7 @@ def _sum_partials_rows(parts, du, e0, e1):
         du[e] = acc
 
 
-@parallel_kernel
+@parallel_kernel(**_FLAGS)
 def _weight_parallel(x, dz, pt, pl, work, parts, du):
     _, oh, ow, _ = dz.shape
     tiles = dz.shape[0] * ((oh + 1) // 2) * ((ow + 1) // 2)
@@ -581,7 +587,7 @@ def _weight_parallel(x, dz, pt, pl, work, parts, du):
         _sum_partials_rows(parts, flat, r * (size // rows), (r + 1) * (size // rows))
 
 
-@kernel
+@kernel(**_FLAGS)
 def _weight_serial(x, dz, pt, pl, work, parts, du):
     _, oh, ow, _ = dz.shape
     tiles = dz.shape[0] * ((oh + 1) // 2) * ((ow + 1) // 2)
