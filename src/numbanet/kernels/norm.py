@@ -238,6 +238,15 @@ def _start_runs(a0, a1, s0, s1):
 
 
 @kernel(inline="always", **_SUM_FLAGS)
+def _store_4(a, j, lanes, v0, v1, v2, v3):
+    """Four vectors into ``a[j : j + 4 * lanes]``."""
+    vstore(a, j, v0)
+    vstore(a, j + lanes, v1)
+    vstore(a, j + 2 * lanes, v2)
+    vstore(a, j + 3 * lanes, v3)
+
+
+@kernel(inline="always", **_SUM_FLAGS)
 def _x_sums_1(x, w, start, end, j, k, a0, a1):
     """``a0[j:j+lanes] = sum (x - k)``, ``a1 = sum (x - k)**2`` over rows
     ``start:end`` of the ``w``-wide flat rows of ``x``, in registers."""
@@ -268,14 +277,8 @@ def _x_sums_4(x, w, start, end, j, lanes, k, a0, a1):
         s0, s1, s2, s3 = vadd(s0, d0), vadd(s1, d1), vadd(s2, d2), vadd(s3, d3)
         q0, q1 = vfma(d0, d0, q0), vfma(d1, d1, q1)
         q2, q3 = vfma(d2, d2, q2), vfma(d3, d3, q3)
-    vstore(a0, j, s0)
-    vstore(a0, j + lanes, s1)
-    vstore(a0, j + 2 * lanes, s2)
-    vstore(a0, j + 3 * lanes, s3)
-    vstore(a1, j, q0)
-    vstore(a1, j + lanes, q1)
-    vstore(a1, j + 2 * lanes, q2)
-    vstore(a1, j + 3 * lanes, q3)
+    _store_4(a0, j, lanes, s0, s1, s2, s3)
+    _store_4(a1, j, lanes, q0, q1, q2, q3)
 
 
 @kernel(inline="always", **_SUM_FLAGS)
@@ -308,14 +311,8 @@ def _dy_sums_4(x, dy, w, start, end, j, lanes, m, a0, a1):
         q1 = vfma(g1, vsub(vload(x, e + lanes), m1), q1)
         q2 = vfma(g2, vsub(vload(x, e + 2 * lanes), m2), q2)
         q3 = vfma(g3, vsub(vload(x, e + 3 * lanes), m3), q3)
-    vstore(a0, j, s0)
-    vstore(a0, j + lanes, s1)
-    vstore(a0, j + 2 * lanes, s2)
-    vstore(a0, j + 3 * lanes, s3)
-    vstore(a1, j, q0)
-    vstore(a1, j + lanes, q1)
-    vstore(a1, j + 2 * lanes, q2)
-    vstore(a1, j + 3 * lanes, q3)
+    _store_4(a0, j, lanes, s0, s1, s2, s3)
+    _store_4(a1, j, lanes, q0, q1, q2, q3)
 
 
 @kernel(inline="always", **_SUM_FLAGS)

@@ -401,6 +401,21 @@ def _tile_position(t, tiles_h, tiles_w):
     return t // per_image, 2 * (r // tiles_w), 2 * (r % tiles_w)
 
 
+@kernel(**_FLAGS)
+def _input_tiles(x, pt, pl, tiles_h, tiles_w, b0, count, slot, block_c):
+    """``V`` of tiles ``b0 .. b0 + count`` into ``slot``: tile ``i``'s channels at
+    ``slot[xi * block_c + i * C:]``; the last :data:`EDGE` elements of ``slot`` are the
+    edge blocks' scratch."""
+    _, h, w, c = x.shape
+    xf = x.reshape(x.size)
+    edge = slot[slot.size - EDGE:]
+    lanes = vlanes(x)
+    for i in range(count):
+        n, r0, q0 = _tile_position(b0 + i, tiles_h, tiles_w)
+        for c0 in range(0, c, lanes):
+            _input_tile(xf, h, w, c, n, r0 - pt, q0 - pl, c0, slot, i * c + c0, block_c, edge)
+
+
 # ---------------------------------------------------------------------------------------
 # Forward (and input gradient)
 # ---------------------------------------------------------------------------------------
@@ -409,9 +424,7 @@ def _tile_position(t, tiles_h, tiles_w):
 @kernel(**_FLAGS)
 def _conv_tiles(x, u, bias, has_bias, relu, z, pt, pl, saved, masked, slot, t0, t1):
     """Tiles ``t0 .. t1`` of ``z``, ``TILE_BLOCK`` at a time (serial)."""
-    _, h, w, c = x.shape
-    xf = x.reshape(x.size)
-    edge = slot[slot.size - EDGE:]
+    c = x.shape[3]
     _, oh, ow, k = z.shape
     tiles_h, tiles_w = (oh + 1) // 2, (ow + 1) // 2
     lanes = vlanes(x)
@@ -420,11 +433,7 @@ def _conv_tiles(x, u, bias, has_bias, relu, z, pt, pl, saved, masked, slot, t0, 
     ms_start = 16 * block_c
     for b0 in range(t0, t1, TILE_BLOCK):
         count = min(TILE_BLOCK, t1 - b0)
-        for i in range(count):
-            n, r0, q0 = _tile_position(b0 + i, tiles_h, tiles_w)
-            for c0 in range(0, c, lanes):
-                _input_tile(xf, h, w, c, n, r0 - pt, q0 - pl, c0, slot, i * c + c0, block_c,
-                            edge)
+        _input_tiles(x, pt, pl, tiles_h, tiles_w, b0, count, slot, block_c)
         # M[xi] = V[xi] @ U[xi]: rows past `count` hold an earlier block's tiles, and
         # their results are never read.
         for xi in range(16):
@@ -517,9 +526,7 @@ def _accumulate_rows(rows, kc, vs, oa, c, ms, ob, k, part, oc, lanes):
 def _weight_task(x, dz, pt, pl, slot, part, t0, t1):
     """``part[xi * C * K + c * K + k] = sum_t V[xi][t, c] dM[xi][t, k]`` over tiles
     ``t0 .. t1``, ``WEIGHT_BLOCK`` at a time (serial)."""
-    _, h, w, c = x.shape
-    xf = x.reshape(x.size)
-    edge = slot[slot.size - EDGE:]
+    c = x.shape[3]
     _, oh, ow, k = dz.shape
     tiles_h, tiles_w = (oh + 1) // 2, (ow + 1) // 2
     lanes = vlanes(x)
@@ -529,11 +536,9 @@ def _weight_task(x, dz, pt, pl, slot, part, t0, t1):
     part[:] = 0
     for b0 in range(t0, t1, WEIGHT_BLOCK):
         count = min(WEIGHT_BLOCK, t1 - b0)
+        _input_tiles(x, pt, pl, tiles_h, tiles_w, b0, count, slot, block_c)
         for i in range(count):
             n, r0, q0 = _tile_position(b0 + i, tiles_h, tiles_w)
-            for c0 in range(0, c, lanes):
-                _input_tile(xf, h, w, c, n, r0 - pt, q0 - pl, c0, slot, i * c + c0, block_c,
-                            edge)
             for k0 in range(0, k, lanes):
                 _output_gradient_tile(dz, n, r0, q0, k0, slot, ms_start + i * k + k0, block_k)
         for xi in range(16):
