@@ -191,18 +191,14 @@ def _scale_shift_rows(x, lo, hi, m, s, b, y):
         # Whole vectors (16, 32, 64 channels of a CNN): explicit SIMD. A loop over a
         # short row (LLVM's vector body plus its remainder per row) ran at 20 GB/s.
         # Two rows per column vector: the coefficients are loaded once for both.
-        r = lo
-        while r + 2 <= hi:
+        for r in range(lo, hi, 2):
+            pair = r + 1 < hi
             for j in range(0, cols, lanes):
                 e = r * cols + j
                 mv, sv, bv = vload(m, j), vload(s, j), vload(b, j)
                 vstore(y, e, vfma(vsub(vload(x, e), mv), sv, bv))
-                vstore(y, e + cols, vfma(vsub(vload(x, e + cols), mv), sv, bv))
-            r += 2
-        if r < hi:
-            for j in range(0, cols, lanes):
-                e = r * cols + j
-                vstore(y, e, vfma(vsub(vload(x, e), vload(m, j)), vload(s, j), vload(b, j)))
+                if pair:
+                    vstore(y, e + cols, vfma(vsub(vload(x, e + cols), mv), sv, bv))
         return
     for r in range(lo, hi):
         for j in range(cols):
@@ -556,21 +552,15 @@ def _bn_dx_rows(x, dy, lo, hi, m, a, b, c, dx):
     cols = x.shape[1]
     lanes = vlanes(x)
     if cols % lanes == 0:  # whole vectors, two rows at a time, as in _scale_shift_rows
-        r = lo
-        while r + 2 <= hi:
+        for r in range(lo, hi, 2):
+            pair = r + 1 < hi
             for j in range(0, cols, lanes):
                 e = r * cols + j
                 mv, av, bv, cv = vload(m, j), vload(a, j), vload(b, j), vload(c, j)
                 vstore(dx, e, vfma(av, vload(dy, e), vfma(bv, vsub(vload(x, e), mv), cv)))
-                f = e + cols
-                vstore(dx, f, vfma(av, vload(dy, f), vfma(bv, vsub(vload(x, f), mv), cv)))
-            r += 2
-        if r < hi:
-            for j in range(0, cols, lanes):
-                e = r * cols + j
-                centred = vsub(vload(x, e), vload(m, j))
-                vstore(dx, e, vfma(vload(a, j), vload(dy, e),
-                                   vfma(vload(b, j), centred, vload(c, j))))
+                if pair:
+                    f = e + cols
+                    vstore(dx, f, vfma(av, vload(dy, f), vfma(bv, vsub(vload(x, f), mv), cv)))
         return
     for r in range(lo, hi):
         for j in range(cols):
