@@ -15,6 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import numbanet
+from numbanet.kernels._simd import lanes_for
 from numbanet.kernels.activations import ACTIVATION_IDS, elementwise_forward_unchecked
 from numbanet.kernels.matmul import (
     KC,
@@ -124,9 +125,9 @@ def test_many_small_tasks_reuse_thread_slots(ta, tb, dtype):
     # many more tasks than threads (1-2 panels each, edge panels, several k blocks) so
     # every slot is reused, with stale NaN workspace content, and compare both drivers.
     rng = np.random.default_rng(12)
-    m, k, n = 5 * MR + 7, 2 * KC + 9, 3 * mm.NV * mm._lanes(dtype) + 5
+    m, k, n = 5 * MR + 7, 2 * KC + 9, 3 * mm.NV * lanes_for(dtype) + 5
     a, b = _operands(rng, m, k, n, ta, tb, dtype)
-    nr = mm.NV * mm._lanes(dtype)
+    nr = mm.NV * lanes_for(dtype)
     kc = mm.kc_for(dtype)
     threads = numbanet.threads.max_threads()
     outs = []
@@ -260,7 +261,7 @@ def test_packed_layouts_match_numpy(dtype):
     # columns are unspecified (they only feed discarded results), so compare the valid
     # entries only. Both transposed and plain sources must give the same layout.
     rng = np.random.default_rng(7)
-    nr = mm.NV * mm._lanes(dtype)
+    nr = mm.NV * lanes_for(dtype)
     kc = mm.kc_for(dtype)
     m, k, n = MR + 5, kc + 19, nr - 3  # two A panels (one short), one padded B panel
     a = rng.standard_normal((m, k)).astype(dtype)
@@ -467,7 +468,7 @@ def test_relu_epilogues_keep_nan_and_zero_conventions_on_simd_and_edge_tiles(dty
     # both must treat NaN and zero alike. Forward: relu(NaN) = NaN (numpy.maximum);
     # backward: relu'(0) = 0 and a NaN input passes the gradient (torch's
     # threshold_backward).
-    nr = mm.NV * mm._lanes(dtype)
+    nr = mm.NV * lanes_for(dtype)
     m, n, k = MR, 2 * nr + 3, 3
     relu = ACTIVATION_IDS["relu"]
     x = np.zeros((m, k), dtype)

@@ -26,6 +26,7 @@ The arrays must be C-contiguous.
 
 from __future__ import annotations
 
+import numpy as np
 from llvmlite import ir
 from numba import types
 from numba.core import cgutils
@@ -33,6 +34,7 @@ from numba.extending import intrinsic, models, overload, register_model
 
 __all__ = [
     "WIDE_VECTORS",
+    "lanes_for",
     "LANES_FLOAT32",
     "LANES_FLOAT64",
     "SimdVec",
@@ -298,6 +300,13 @@ def vkeep_where_positive(typingctx, z, g):
         return _zero_where(builder, args[0], "<=", args[1])
 
     return g(z, g), codegen
+
+
+def lanes_for(dtype: object) -> int:
+    """Lanes of a vector of ``dtype`` (a dtype or anything ``numpy.dtype`` takes), for
+    Python code that sizes or plans kernels; :func:`vlanes` is the same number inside
+    them."""
+    return _VECTOR_BITS // (8 * np.dtype(dtype).itemsize)
 
 
 def vlanes(like):

@@ -67,7 +67,7 @@ import numpy as np
 from numbanet._jit import kernel, parallel_kernel
 from numbanet._validation import check_float_array
 from numbanet.kernels._simd import (
-    WIDE_VECTORS,
+    lanes_for,
     sload,
     sstore,
     transpose_copy,
@@ -449,7 +449,7 @@ def gemm_prefers_transpose(m: int, n: int, dtype: object) -> bool:
     fifth (measured: a 6400 x 150 x 16 product 1.05 ms -> 0.70 ms, its weight gradient
     1.06 -> 0.71 ms, one thread).
     """
-    lanes = (64 if WIDE_VECTORS else 32) // np.dtype(dtype).itemsize
+    lanes = lanes_for(dtype)
     nr = NV * lanes
 
     def area(rows: int, cols: int) -> int:
@@ -590,7 +590,7 @@ _CHUNKS_PER_TASK = 4
 def direct_lanes(dtype: object) -> int:
     """Output pixels per vector in the direct kernels (16 float32 / 8 float64 values with
     AVX-512, else 8 / 4)."""
-    return (64 if WIDE_VECTORS else 32) // np.dtype(dtype).itemsize
+    return lanes_for(dtype)
 
 
 def direct_applies(g: tuple[int, ...], out_channels: int, groups: int, dtype: object) -> bool:

@@ -77,8 +77,8 @@ from numbanet._jit import kernel, parallel_kernel
 from numbanet._validation import Integer, check_arg, check_float_array
 from numbanet.kernels._simd import (
     LANES_FLOAT32,
-    LANES_FLOAT64,
     WIDE_VECTORS,
+    lanes_for,
     prefetch,
     sload,
     sstore,
@@ -1121,10 +1121,6 @@ class GemmPlan(NamedTuple):
     narrow: bool = False
 
 
-def _lanes(dtype: np.dtype) -> int:
-    return LANES_FLOAT32 if np.dtype(dtype) == np.float32 else LANES_FLOAT64
-
-
 def _ceil_div(a: int, b: int) -> int:
     return -(-a // b)
 
@@ -1145,7 +1141,7 @@ def gemm_plan(m: int, n: int, k: int, dtype: object) -> GemmPlan:
     Returns:
         A :class:`GemmPlan`.
     """
-    return _plan(int(m), int(n), int(k), NV * _lanes(dtype),
+    return _plan(int(m), int(n), int(k), NV * lanes_for(dtype),
                  int(numba.config.NUMBA_NUM_THREADS))
 
 

@@ -63,8 +63,7 @@ import numpy as np
 
 from numbanet._jit import ELEMENTWISE_FASTMATH, kernel, parallel_kernel
 from numbanet.kernels._simd import (
-    LANES_FLOAT32,
-    LANES_FLOAT64,
+    lanes_for,
     vadd,
     vkeep_where_positive,
     vlanes,
@@ -116,10 +115,6 @@ PARALLEL_MIN = 1 << 15
 _FLAGS = {"fastmath": set(ELEMENTWISE_FASTMATH)}
 
 
-def _lanes(dtype: object) -> int:
-    return LANES_FLOAT64 if np.dtype(dtype) == np.float64 else LANES_FLOAT32
-
-
 def winograd_applies(g: tuple[int, ...], in_channels: int, out_channels: int, groups: int,
                      dtype: object) -> bool:
     """Whether these kernels compute a convolution: a 3x3 kernel, stride 1, no dilation,
@@ -127,7 +122,7 @@ def winograd_applies(g: tuple[int, ...], in_channels: int, out_channels: int, gr
     without; half that in float64) of at least 16 channels (fewer lose to the direct
     kernels: the transforms' cost does not shrink with the channels)."""
     kh, kw, sh, sw, _, _, dh, dw, _, _ = g
-    lanes = _lanes(dtype)
+    lanes = lanes_for(dtype)
     return ((kh, kw, sh, sw, dh, dw) == (3, 3, 1, 1, 1, 1) and groups == 1
             and in_channels >= 16 and out_channels >= 16
             and in_channels % lanes == 0 and out_channels % lanes == 0)
@@ -140,7 +135,9 @@ def winograd_workspace(threads: int, in_channels: int, out_channels: int) -> tup
     return threads, per_tile * max(TILE_BLOCK, WEIGHT_BLOCK) + EDGE
 
 
-def _tile_count(batch: int, oh: int, ow: int) -> int:
+@kernel(inline="always", **_FLAGS)
+def _tile_count(batch, oh, ow):
+    """Tiles of ``batch`` outputs of ``oh x ow`` pixels (2x2 each, cut at the edges)."""
     return batch * ((oh + 1) // 2) * ((ow + 1) // 2)
 
 
@@ -458,8 +455,7 @@ def _conv_tiles(x, u, bias, has_bias, relu, z, pt, pl, saved, masked, slot, t0, 
 
 @parallel_kernel(**_FLAGS)
 def _conv_parallel(x, u, bias, has_bias, relu, z, pt, pl, saved, masked, work):
-    _, oh, ow, _ = z.shape
-    tiles = z.shape[0] * ((oh + 1) // 2) * ((ow + 1) // 2)
+    tiles = _tile_count(z.shape[0], z.shape[1], z.shape[2])
     for q in numba.prange(-(-tiles // CHUNK_TILES)):
         # A thread runs one iteration at a time: its slot of `work` is private.
         _conv_tiles(x, u, bias, has_bias, relu, z, pt, pl, saved, masked,
@@ -582,8 +578,7 @@ def _sum_partials_rows(parts, du, e0, e1):
 
 @parallel_kernel(**_FLAGS)
 def _weight_parallel(x, dz, pt, pl, work, parts, du):
-    _, oh, ow, _ = dz.shape
-    tiles = dz.shape[0] * ((oh + 1) // 2) * ((ow + 1) // 2)
+    tiles = _tile_count(dz.shape[0], dz.shape[1], dz.shape[2])
     tasks = parts.shape[0]
     for s in numba.prange(tasks):
         _weight_task(x, dz, pt, pl, work[numba.get_thread_id()], parts[s],
@@ -597,8 +592,7 @@ def _weight_parallel(x, dz, pt, pl, work, parts, du):
 
 @kernel(**_FLAGS)
 def _weight_serial(x, dz, pt, pl, work, parts, du):
-    _, oh, ow, _ = dz.shape
-    tiles = dz.shape[0] * ((oh + 1) // 2) * ((ow + 1) // 2)
+    tiles = _tile_count(dz.shape[0], dz.shape[1], dz.shape[2])
     tasks = parts.shape[0]
     for s in range(tasks):
         _weight_task(x, dz, pt, pl, work[0], parts[s], _task_tiles(s, tasks, tiles),
