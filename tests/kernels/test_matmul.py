@@ -120,6 +120,32 @@ def test_serial_twin_and_parallel_kernel_agree_bitwise(ta, tb, dtype):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("ta,tb", TRANSPOSES)
+@pytest.mark.parametrize("parallel", [False, True])
+def test_one_vector_edge_panel_equals_the_padded_full_tile_bitwise(ta, tb, parallel, dtype):
+    # A last column panel with at most one vector of valid columns runs a one-vector
+    # tile: its columns must be the same FMA chains as a full tile's, so the product
+    # with B zero-padded to whole panels has the same bits in those columns. Rows cover
+    # each edge row kernel (all, 2/3 and 1/3 of MR); k past one k-block accumulates.
+    lanes = lanes_for(dtype)
+    nr = 2 * lanes
+    rng = np.random.default_rng(11)
+    for last_rows, k, edge in [(MR, 9, 1), (MR // 3, KC + 5, lanes), (2 * MR // 3, 40, 3)]:
+        n = 2 * nr + edge
+        # The fewest whole panels above the last one for which the plan tiles out itself
+        # (a short output is tiled transposed instead: GemmPlan.swap).
+        m = next(m for m in range(MR + last_rows, 100 * MR, MR)
+                 if not gemm_plan(m, n, k, dtype).swap)
+        a, b = _operands(rng, m, k, n, ta, tb, dtype)
+        pad = 3 * nr - n
+        b_pad = np.pad(b, ((0, pad), (0, 0)) if tb else ((0, 0), (0, pad)))
+        out = _run(a, b, ta, tb, parallel=parallel)
+        full = _run(a, b_pad, ta, tb, parallel=parallel)
+        _assert_close(out, a, b, ta, tb)
+        np.testing.assert_array_equal(out, full[:, :n])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("ta,tb", TRANSPOSES)
 def test_many_small_tasks_reuse_thread_slots(ta, tb, dtype):
     # Tasks pack their panels into the running thread's slot of the workspace: force
     # many more tasks than threads (1-2 panels each, edge panels, several k blocks) so

@@ -150,6 +150,6 @@ def test_winograd_applies_to_3x3_stride_1_whole_vectors(dtype):
 
 
 def test_generated_tiles_match_their_template():
-    module = Path(_gen_tiles.__file__).with_name("_winograd_tiles.py")
+    module = Path(_gen_tiles.__file__).with_name("_tiles.py")
     assert module.read_text() == _gen_tiles.render(), (
         "run `python -m numbanet.kernels._gen_tiles` after editing the template")

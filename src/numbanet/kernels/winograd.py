@@ -73,7 +73,7 @@ from numbanet.kernels._simd import (
     vsub,
     vzero,
 )
-from numbanet.kernels._winograd_tiles import (
+from numbanet.kernels._tiles import (
     _tile_4x1,
     _tile_4x2,
     _tile_8x1,
