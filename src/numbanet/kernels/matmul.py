@@ -19,7 +19,9 @@
    registers and performs one broadcast-FMA per register per step of ``k`` (see
    :mod:`numbanet.kernels._simd`). With AVX-512 that is 12 x 32 float32 or 12 x 16
    float64 on 24 zmm registers; on other CPUs 6 x 16 float32 or 6 x 8 float64 on 12
-   256-bit registers.
+   256-bit registers. A last column panel with at most one vector of valid columns (the
+   4 past 96 of a 100-wide float64 output) runs a tile one vector wide instead
+   (:mod:`numbanet.kernels._tiles`, the same sums for those columns).
 4. After the last ``KC`` block of a tile, the **epilogue** adds the bias and applies
    ReLU (or the identity) to the tile's row segments while they are still in L1, or
    (backward) multiplies them by ReLU's derivative (see :func:`gemm_into`). Other
