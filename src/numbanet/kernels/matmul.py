@@ -86,9 +86,7 @@ from numbanet.kernels._simd import (
     sstore,
     transpose_copy,
     vadd,
-    vbroadcast,
     vcopy_masked,
-    vfma,
     vkeep_where_positive,
     vlanes,
     vload,
@@ -98,10 +96,15 @@ from numbanet.kernels._simd import (
 )
 from numbanet.kernels._tiles import (
     _tile_2x1,
+    _tile_2x2,
     _tile_4x1,
+    _tile_4x2,
     _tile_6x1,
+    _tile_6x2,
     _tile_8x1,
+    _tile_8x2,
     _tile_12x1,
+    _tile_12x2,
 )
 from numbanet.kernels.activations import (
     ACTIVATION_IDS,
@@ -180,401 +183,25 @@ _NO_ACTIVATION = -1
 
 
 # ---------------------------------------------------------------------------------------
-# Micro-kernel
+# Micro-kernels: register tiles rendered by numbanet.kernels._gen_tiles
 # ---------------------------------------------------------------------------------------
-
-
-@kernel
-def _micro_kernel_12(kc, wa, oa, wb, ob, c, oc, ldc, accumulate):
-    """``C[12, NR] (+)= A_panel[:12] @ B_panel`` on one register tile.
-
-    Args:
-        kc: steps of ``k`` in this block.
-        wa, oa: packed A (1-D) and the offset of a ``[kc][MR]`` panel in it.
-        wb, ob: packed B (1-D) and the offset of a ``[kc][NR]`` panel in it.
-        c, oc, ldc: C-contiguous output (any rank), flat offset of the tile's first
-            element and the row stride in elements; the tile must lie inside ``c``.
-        accumulate: add to the tile instead of overwriting it.
-
-    Serial. The accumulators are SIMD values, so LLVM keeps them in registers; the
-    inner loop is ``NV`` vector loads of B and 12 broadcast-FMAs per vector.
-    """
-    lanes = vlanes(wb)
-    c0_0, c0_1 = vzero(wb), vzero(wb)
-    c1_0, c1_1 = vzero(wb), vzero(wb)
-    c2_0, c2_1 = vzero(wb), vzero(wb)
-    c3_0, c3_1 = vzero(wb), vzero(wb)
-    c4_0, c4_1 = vzero(wb), vzero(wb)
-    c5_0, c5_1 = vzero(wb), vzero(wb)
-    c6_0, c6_1 = vzero(wb), vzero(wb)
-    c7_0, c7_1 = vzero(wb), vzero(wb)
-    c8_0, c8_1 = vzero(wb), vzero(wb)
-    c9_0, c9_1 = vzero(wb), vzero(wb)
-    c10_0, c10_1 = vzero(wb), vzero(wb)
-    c11_0, c11_1 = vzero(wb), vzero(wb)
-    for _ in range(kc):
-        b0 = vload(wb, ob)
-        b1 = vload(wb, ob + lanes)
-        x = vbroadcast(wa, oa)
-        c0_0 = vfma(x, b0, c0_0)
-        c0_1 = vfma(x, b1, c0_1)
-        x = vbroadcast(wa, oa + 1)
-        c1_0 = vfma(x, b0, c1_0)
-        c1_1 = vfma(x, b1, c1_1)
-        x = vbroadcast(wa, oa + 2)
-        c2_0 = vfma(x, b0, c2_0)
-        c2_1 = vfma(x, b1, c2_1)
-        x = vbroadcast(wa, oa + 3)
-        c3_0 = vfma(x, b0, c3_0)
-        c3_1 = vfma(x, b1, c3_1)
-        x = vbroadcast(wa, oa + 4)
-        c4_0 = vfma(x, b0, c4_0)
-        c4_1 = vfma(x, b1, c4_1)
-        x = vbroadcast(wa, oa + 5)
-        c5_0 = vfma(x, b0, c5_0)
-        c5_1 = vfma(x, b1, c5_1)
-        x = vbroadcast(wa, oa + 6)
-        c6_0 = vfma(x, b0, c6_0)
-        c6_1 = vfma(x, b1, c6_1)
-        x = vbroadcast(wa, oa + 7)
-        c7_0 = vfma(x, b0, c7_0)
-        c7_1 = vfma(x, b1, c7_1)
-        x = vbroadcast(wa, oa + 8)
-        c8_0 = vfma(x, b0, c8_0)
-        c8_1 = vfma(x, b1, c8_1)
-        x = vbroadcast(wa, oa + 9)
-        c9_0 = vfma(x, b0, c9_0)
-        c9_1 = vfma(x, b1, c9_1)
-        x = vbroadcast(wa, oa + 10)
-        c10_0 = vfma(x, b0, c10_0)
-        c10_1 = vfma(x, b1, c10_1)
-        x = vbroadcast(wa, oa + 11)
-        c11_0 = vfma(x, b0, c11_0)
-        c11_1 = vfma(x, b1, c11_1)
-        oa += MR
-        ob += 2 * lanes
-    if accumulate:
-        c0_0 = vadd(c0_0, vload(c, oc))
-        c0_1 = vadd(c0_1, vload(c, oc + lanes))
-        c1_0 = vadd(c1_0, vload(c, oc + 1 * ldc))
-        c1_1 = vadd(c1_1, vload(c, oc + 1 * ldc + lanes))
-        c2_0 = vadd(c2_0, vload(c, oc + 2 * ldc))
-        c2_1 = vadd(c2_1, vload(c, oc + 2 * ldc + lanes))
-        c3_0 = vadd(c3_0, vload(c, oc + 3 * ldc))
-        c3_1 = vadd(c3_1, vload(c, oc + 3 * ldc + lanes))
-        c4_0 = vadd(c4_0, vload(c, oc + 4 * ldc))
-        c4_1 = vadd(c4_1, vload(c, oc + 4 * ldc + lanes))
-        c5_0 = vadd(c5_0, vload(c, oc + 5 * ldc))
-        c5_1 = vadd(c5_1, vload(c, oc + 5 * ldc + lanes))
-        c6_0 = vadd(c6_0, vload(c, oc + 6 * ldc))
-        c6_1 = vadd(c6_1, vload(c, oc + 6 * ldc + lanes))
-        c7_0 = vadd(c7_0, vload(c, oc + 7 * ldc))
-        c7_1 = vadd(c7_1, vload(c, oc + 7 * ldc + lanes))
-        c8_0 = vadd(c8_0, vload(c, oc + 8 * ldc))
-        c8_1 = vadd(c8_1, vload(c, oc + 8 * ldc + lanes))
-        c9_0 = vadd(c9_0, vload(c, oc + 9 * ldc))
-        c9_1 = vadd(c9_1, vload(c, oc + 9 * ldc + lanes))
-        c10_0 = vadd(c10_0, vload(c, oc + 10 * ldc))
-        c10_1 = vadd(c10_1, vload(c, oc + 10 * ldc + lanes))
-        c11_0 = vadd(c11_0, vload(c, oc + 11 * ldc))
-        c11_1 = vadd(c11_1, vload(c, oc + 11 * ldc + lanes))
-    vstore(c, oc, c0_0)
-    vstore(c, oc + lanes, c0_1)
-    vstore(c, oc + 1 * ldc, c1_0)
-    vstore(c, oc + 1 * ldc + lanes, c1_1)
-    vstore(c, oc + 2 * ldc, c2_0)
-    vstore(c, oc + 2 * ldc + lanes, c2_1)
-    vstore(c, oc + 3 * ldc, c3_0)
-    vstore(c, oc + 3 * ldc + lanes, c3_1)
-    vstore(c, oc + 4 * ldc, c4_0)
-    vstore(c, oc + 4 * ldc + lanes, c4_1)
-    vstore(c, oc + 5 * ldc, c5_0)
-    vstore(c, oc + 5 * ldc + lanes, c5_1)
-    vstore(c, oc + 6 * ldc, c6_0)
-    vstore(c, oc + 6 * ldc + lanes, c6_1)
-    vstore(c, oc + 7 * ldc, c7_0)
-    vstore(c, oc + 7 * ldc + lanes, c7_1)
-    vstore(c, oc + 8 * ldc, c8_0)
-    vstore(c, oc + 8 * ldc + lanes, c8_1)
-    vstore(c, oc + 9 * ldc, c9_0)
-    vstore(c, oc + 9 * ldc + lanes, c9_1)
-    vstore(c, oc + 10 * ldc, c10_0)
-    vstore(c, oc + 10 * ldc + lanes, c10_1)
-    vstore(c, oc + 11 * ldc, c11_0)
-    vstore(c, oc + 11 * ldc + lanes, c11_1)
-
-
-@kernel
-def _micro_kernel_8(kc, wa, oa, wb, ob, c, oc, ldc, accumulate):
-    """``C[8, NR] (+)= A_panel[:8] @ B_panel`` on one register tile.
-
-    Args:
-        kc: steps of ``k`` in this block.
-        wa, oa: packed A (1-D) and the offset of a ``[kc][MR]`` panel in it.
-        wb, ob: packed B (1-D) and the offset of a ``[kc][NR]`` panel in it.
-        c, oc, ldc: C-contiguous output (any rank), flat offset of the tile's first
-            element and the row stride in elements; the tile must lie inside ``c``.
-        accumulate: add to the tile instead of overwriting it.
-
-    Serial. The accumulators are SIMD values, so LLVM keeps them in registers; the
-    inner loop is ``NV`` vector loads of B and 8 broadcast-FMAs per vector.
-    """
-    lanes = vlanes(wb)
-    c0_0, c0_1 = vzero(wb), vzero(wb)
-    c1_0, c1_1 = vzero(wb), vzero(wb)
-    c2_0, c2_1 = vzero(wb), vzero(wb)
-    c3_0, c3_1 = vzero(wb), vzero(wb)
-    c4_0, c4_1 = vzero(wb), vzero(wb)
-    c5_0, c5_1 = vzero(wb), vzero(wb)
-    c6_0, c6_1 = vzero(wb), vzero(wb)
-    c7_0, c7_1 = vzero(wb), vzero(wb)
-    for _ in range(kc):
-        b0 = vload(wb, ob)
-        b1 = vload(wb, ob + lanes)
-        x = vbroadcast(wa, oa)
-        c0_0 = vfma(x, b0, c0_0)
-        c0_1 = vfma(x, b1, c0_1)
-        x = vbroadcast(wa, oa + 1)
-        c1_0 = vfma(x, b0, c1_0)
-        c1_1 = vfma(x, b1, c1_1)
-        x = vbroadcast(wa, oa + 2)
-        c2_0 = vfma(x, b0, c2_0)
-        c2_1 = vfma(x, b1, c2_1)
-        x = vbroadcast(wa, oa + 3)
-        c3_0 = vfma(x, b0, c3_0)
-        c3_1 = vfma(x, b1, c3_1)
-        x = vbroadcast(wa, oa + 4)
-        c4_0 = vfma(x, b0, c4_0)
-        c4_1 = vfma(x, b1, c4_1)
-        x = vbroadcast(wa, oa + 5)
-        c5_0 = vfma(x, b0, c5_0)
-        c5_1 = vfma(x, b1, c5_1)
-        x = vbroadcast(wa, oa + 6)
-        c6_0 = vfma(x, b0, c6_0)
-        c6_1 = vfma(x, b1, c6_1)
-        x = vbroadcast(wa, oa + 7)
-        c7_0 = vfma(x, b0, c7_0)
-        c7_1 = vfma(x, b1, c7_1)
-        oa += MR
-        ob += 2 * lanes
-    if accumulate:
-        c0_0 = vadd(c0_0, vload(c, oc))
-        c0_1 = vadd(c0_1, vload(c, oc + lanes))
-        c1_0 = vadd(c1_0, vload(c, oc + 1 * ldc))
-        c1_1 = vadd(c1_1, vload(c, oc + 1 * ldc + lanes))
-        c2_0 = vadd(c2_0, vload(c, oc + 2 * ldc))
-        c2_1 = vadd(c2_1, vload(c, oc + 2 * ldc + lanes))
-        c3_0 = vadd(c3_0, vload(c, oc + 3 * ldc))
-        c3_1 = vadd(c3_1, vload(c, oc + 3 * ldc + lanes))
-        c4_0 = vadd(c4_0, vload(c, oc + 4 * ldc))
-        c4_1 = vadd(c4_1, vload(c, oc + 4 * ldc + lanes))
-        c5_0 = vadd(c5_0, vload(c, oc + 5 * ldc))
-        c5_1 = vadd(c5_1, vload(c, oc + 5 * ldc + lanes))
-        c6_0 = vadd(c6_0, vload(c, oc + 6 * ldc))
-        c6_1 = vadd(c6_1, vload(c, oc + 6 * ldc + lanes))
-        c7_0 = vadd(c7_0, vload(c, oc + 7 * ldc))
-        c7_1 = vadd(c7_1, vload(c, oc + 7 * ldc + lanes))
-    vstore(c, oc, c0_0)
-    vstore(c, oc + lanes, c0_1)
-    vstore(c, oc + 1 * ldc, c1_0)
-    vstore(c, oc + 1 * ldc + lanes, c1_1)
-    vstore(c, oc + 2 * ldc, c2_0)
-    vstore(c, oc + 2 * ldc + lanes, c2_1)
-    vstore(c, oc + 3 * ldc, c3_0)
-    vstore(c, oc + 3 * ldc + lanes, c3_1)
-    vstore(c, oc + 4 * ldc, c4_0)
-    vstore(c, oc + 4 * ldc + lanes, c4_1)
-    vstore(c, oc + 5 * ldc, c5_0)
-    vstore(c, oc + 5 * ldc + lanes, c5_1)
-    vstore(c, oc + 6 * ldc, c6_0)
-    vstore(c, oc + 6 * ldc + lanes, c6_1)
-    vstore(c, oc + 7 * ldc, c7_0)
-    vstore(c, oc + 7 * ldc + lanes, c7_1)
-
-
-@kernel
-def _micro_kernel_6(kc, wa, oa, wb, ob, c, oc, ldc, accumulate):
-    """``C[6, NR] (+)= A_panel[:6] @ B_panel`` on one register tile.
-
-    Args:
-        kc: steps of ``k`` in this block.
-        wa, oa: packed A (1-D) and the offset of a ``[kc][MR]`` panel in it.
-        wb, ob: packed B (1-D) and the offset of a ``[kc][NR]`` panel in it.
-        c, oc, ldc: C-contiguous output (any rank), flat offset of the tile's first
-            element and the row stride in elements; the tile must lie inside ``c``.
-        accumulate: add to the tile instead of overwriting it.
-
-    Serial. The accumulators are SIMD values, so LLVM keeps them in registers; the
-    inner loop is ``NV`` vector loads of B and 6 broadcast-FMAs per vector.
-    """
-    lanes = vlanes(wb)
-    c0_0, c0_1 = vzero(wb), vzero(wb)
-    c1_0, c1_1 = vzero(wb), vzero(wb)
-    c2_0, c2_1 = vzero(wb), vzero(wb)
-    c3_0, c3_1 = vzero(wb), vzero(wb)
-    c4_0, c4_1 = vzero(wb), vzero(wb)
-    c5_0, c5_1 = vzero(wb), vzero(wb)
-    for _ in range(kc):
-        b0 = vload(wb, ob)
-        b1 = vload(wb, ob + lanes)
-        x = vbroadcast(wa, oa)
-        c0_0 = vfma(x, b0, c0_0)
-        c0_1 = vfma(x, b1, c0_1)
-        x = vbroadcast(wa, oa + 1)
-        c1_0 = vfma(x, b0, c1_0)
-        c1_1 = vfma(x, b1, c1_1)
-        x = vbroadcast(wa, oa + 2)
-        c2_0 = vfma(x, b0, c2_0)
-        c2_1 = vfma(x, b1, c2_1)
-        x = vbroadcast(wa, oa + 3)
-        c3_0 = vfma(x, b0, c3_0)
-        c3_1 = vfma(x, b1, c3_1)
-        x = vbroadcast(wa, oa + 4)
-        c4_0 = vfma(x, b0, c4_0)
-        c4_1 = vfma(x, b1, c4_1)
-        x = vbroadcast(wa, oa + 5)
-        c5_0 = vfma(x, b0, c5_0)
-        c5_1 = vfma(x, b1, c5_1)
-        oa += MR
-        ob += 2 * lanes
-    if accumulate:
-        c0_0 = vadd(c0_0, vload(c, oc))
-        c0_1 = vadd(c0_1, vload(c, oc + lanes))
-        c1_0 = vadd(c1_0, vload(c, oc + 1 * ldc))
-        c1_1 = vadd(c1_1, vload(c, oc + 1 * ldc + lanes))
-        c2_0 = vadd(c2_0, vload(c, oc + 2 * ldc))
-        c2_1 = vadd(c2_1, vload(c, oc + 2 * ldc + lanes))
-        c3_0 = vadd(c3_0, vload(c, oc + 3 * ldc))
-        c3_1 = vadd(c3_1, vload(c, oc + 3 * ldc + lanes))
-        c4_0 = vadd(c4_0, vload(c, oc + 4 * ldc))
-        c4_1 = vadd(c4_1, vload(c, oc + 4 * ldc + lanes))
-        c5_0 = vadd(c5_0, vload(c, oc + 5 * ldc))
-        c5_1 = vadd(c5_1, vload(c, oc + 5 * ldc + lanes))
-    vstore(c, oc, c0_0)
-    vstore(c, oc + lanes, c0_1)
-    vstore(c, oc + 1 * ldc, c1_0)
-    vstore(c, oc + 1 * ldc + lanes, c1_1)
-    vstore(c, oc + 2 * ldc, c2_0)
-    vstore(c, oc + 2 * ldc + lanes, c2_1)
-    vstore(c, oc + 3 * ldc, c3_0)
-    vstore(c, oc + 3 * ldc + lanes, c3_1)
-    vstore(c, oc + 4 * ldc, c4_0)
-    vstore(c, oc + 4 * ldc + lanes, c4_1)
-    vstore(c, oc + 5 * ldc, c5_0)
-    vstore(c, oc + 5 * ldc + lanes, c5_1)
-
-
-@kernel
-def _micro_kernel_4(kc, wa, oa, wb, ob, c, oc, ldc, accumulate):
-    """``C[4, NR] (+)= A_panel[:4] @ B_panel`` on one register tile.
-
-    Args:
-        kc: steps of ``k`` in this block.
-        wa, oa: packed A (1-D) and the offset of a ``[kc][MR]`` panel in it.
-        wb, ob: packed B (1-D) and the offset of a ``[kc][NR]`` panel in it.
-        c, oc, ldc: C-contiguous output (any rank), flat offset of the tile's first
-            element and the row stride in elements; the tile must lie inside ``c``.
-        accumulate: add to the tile instead of overwriting it.
-
-    Serial. The accumulators are SIMD values, so LLVM keeps them in registers; the
-    inner loop is ``NV`` vector loads of B and 4 broadcast-FMAs per vector.
-    """
-    lanes = vlanes(wb)
-    c0_0, c0_1 = vzero(wb), vzero(wb)
-    c1_0, c1_1 = vzero(wb), vzero(wb)
-    c2_0, c2_1 = vzero(wb), vzero(wb)
-    c3_0, c3_1 = vzero(wb), vzero(wb)
-    for _ in range(kc):
-        b0 = vload(wb, ob)
-        b1 = vload(wb, ob + lanes)
-        x = vbroadcast(wa, oa)
-        c0_0 = vfma(x, b0, c0_0)
-        c0_1 = vfma(x, b1, c0_1)
-        x = vbroadcast(wa, oa + 1)
-        c1_0 = vfma(x, b0, c1_0)
-        c1_1 = vfma(x, b1, c1_1)
-        x = vbroadcast(wa, oa + 2)
-        c2_0 = vfma(x, b0, c2_0)
-        c2_1 = vfma(x, b1, c2_1)
-        x = vbroadcast(wa, oa + 3)
-        c3_0 = vfma(x, b0, c3_0)
-        c3_1 = vfma(x, b1, c3_1)
-        oa += MR
-        ob += 2 * lanes
-    if accumulate:
-        c0_0 = vadd(c0_0, vload(c, oc))
-        c0_1 = vadd(c0_1, vload(c, oc + lanes))
-        c1_0 = vadd(c1_0, vload(c, oc + 1 * ldc))
-        c1_1 = vadd(c1_1, vload(c, oc + 1 * ldc + lanes))
-        c2_0 = vadd(c2_0, vload(c, oc + 2 * ldc))
-        c2_1 = vadd(c2_1, vload(c, oc + 2 * ldc + lanes))
-        c3_0 = vadd(c3_0, vload(c, oc + 3 * ldc))
-        c3_1 = vadd(c3_1, vload(c, oc + 3 * ldc + lanes))
-    vstore(c, oc, c0_0)
-    vstore(c, oc + lanes, c0_1)
-    vstore(c, oc + 1 * ldc, c1_0)
-    vstore(c, oc + 1 * ldc + lanes, c1_1)
-    vstore(c, oc + 2 * ldc, c2_0)
-    vstore(c, oc + 2 * ldc + lanes, c2_1)
-    vstore(c, oc + 3 * ldc, c3_0)
-    vstore(c, oc + 3 * ldc + lanes, c3_1)
-
-
-@kernel
-def _micro_kernel_2(kc, wa, oa, wb, ob, c, oc, ldc, accumulate):
-    """``C[2, NR] (+)= A_panel[:2] @ B_panel`` on one register tile.
-
-    Args:
-        kc: steps of ``k`` in this block.
-        wa, oa: packed A (1-D) and the offset of a ``[kc][MR]`` panel in it.
-        wb, ob: packed B (1-D) and the offset of a ``[kc][NR]`` panel in it.
-        c, oc, ldc: C-contiguous output (any rank), flat offset of the tile's first
-            element and the row stride in elements; the tile must lie inside ``c``.
-        accumulate: add to the tile instead of overwriting it.
-
-    Serial. The accumulators are SIMD values, so LLVM keeps them in registers; the
-    inner loop is ``NV`` vector loads of B and 2 broadcast-FMAs per vector.
-    """
-    lanes = vlanes(wb)
-    c0_0, c0_1 = vzero(wb), vzero(wb)
-    c1_0, c1_1 = vzero(wb), vzero(wb)
-    for _ in range(kc):
-        b0 = vload(wb, ob)
-        b1 = vload(wb, ob + lanes)
-        x = vbroadcast(wa, oa)
-        c0_0 = vfma(x, b0, c0_0)
-        c0_1 = vfma(x, b1, c0_1)
-        x = vbroadcast(wa, oa + 1)
-        c1_0 = vfma(x, b0, c1_0)
-        c1_1 = vfma(x, b1, c1_1)
-        oa += MR
-        ob += 2 * lanes
-    if accumulate:
-        c0_0 = vadd(c0_0, vload(c, oc))
-        c0_1 = vadd(c0_1, vload(c, oc + lanes))
-        c1_0 = vadd(c1_0, vload(c, oc + 1 * ldc))
-        c1_1 = vadd(c1_1, vload(c, oc + 1 * ldc + lanes))
-    vstore(c, oc, c0_0)
-    vstore(c, oc + lanes, c0_1)
-    vstore(c, oc + 1 * ldc, c1_0)
-    vstore(c, oc + 1 * ldc + lanes, c1_1)
-
 
 # The register tile for the target: 12 x 2 vectors (24 of the 32 zmm registers) with
 # AVX-512, 6 x 2 vectors (12 of the 16 ymm registers) otherwise. The shorter kernels
 # serve the last A panel when it has at most 2/3 or 1/3 of MR valid rows.
 # A last column panel with at most one vector of valid columns takes the same row
-# counts one vector wide (numbanet.kernels._tiles): half the FMAs of a padded full tile,
-# and the same sums for its valid columns (each output element is the same FMA chain over
-# k). A 100-column float64 output: 7 panels of 16 cost 31.8 us at 100 x 64 x 100, as
-# much as 112 columns (34.4 us); 96 columns took 27.7.
+# counts one vector wide: half the FMAs of a padded full tile, and the same sums for its
+# valid columns (each output element is the same FMA chain over k). A 100-column float64
+# output: 7 panels of 16 cost 31.8 us at 100 x 64 x 100, as much as 112 columns
+# (34.4 us); 96 columns took 27.7.
+# Every tile reads the packed panels through constant strides (A rows 1 apart, steps MR
+# apart; B rows NR apart), passed at its one call site in _macro_tile, where it is
+# inlined: the loop compiles as if the strides were written into it.
 if WIDE_VECTORS:
-    _kernel_full, _kernel_two_thirds, _kernel_third = (
-        _micro_kernel_12, _micro_kernel_8, _micro_kernel_4)
+    _kernel_full, _kernel_two_thirds, _kernel_third = _tile_12x2, _tile_8x2, _tile_4x2
     _edge_full, _edge_two_thirds, _edge_third = _tile_12x1, _tile_8x1, _tile_4x1
 else:
-    _kernel_full, _kernel_two_thirds, _kernel_third = (
-        _micro_kernel_6, _micro_kernel_4, _micro_kernel_2)
+    _kernel_full, _kernel_two_thirds, _kernel_third = _tile_6x2, _tile_4x2, _tile_2x2
     _edge_full, _edge_two_thirds, _edge_third = _tile_6x1, _tile_4x1, _tile_2x1
 
 
@@ -873,11 +500,11 @@ def _macro_tile(t, mb, nb, a, transpose_a, b, transpose_b, out, k, slot,
                     else:
                         _edge_full(kcb, slot, oa, 1, MR, slot, ob, nr, c, oc, ldc, into)
                 elif mr <= _MR_THIRD:
-                    _kernel_third(kcb, slot, oa, slot, ob, c, oc, ldc, into)
+                    _kernel_third(kcb, slot, oa, 1, MR, slot, ob, nr, c, oc, ldc, into)
                 elif mr <= _MR_TWO_THIRDS:
-                    _kernel_two_thirds(kcb, slot, oa, slot, ob, c, oc, ldc, into)
+                    _kernel_two_thirds(kcb, slot, oa, 1, MR, slot, ob, nr, c, oc, ldc, into)
                 else:
-                    _kernel_full(kcb, slot, oa, slot, ob, c, oc, ldc, into)
+                    _kernel_full(kcb, slot, oa, 1, MR, slot, ob, nr, c, oc, ldc, into)
                 if not direct:
                     for r in range(mr):
                         orow = out[i0 + r, j0 : j0 + nn]
