@@ -1,4 +1,5 @@
-"""Explicit SIMD vectors for Numba kernels (private; used by the GEMM micro-kernel).
+"""Explicit SIMD vectors for Numba kernels (private; the GEMM and Winograd register tiles,
+the normalisations' sums).
 
 Numba 0.68 does not run LLVM's SLP vectorizer, so a hand-unrolled register tile of
 scalar accumulators stays scalar. This module adds a small vector value type,
@@ -49,9 +50,12 @@ __all__ = [
     "vkeep_where_positive",
     "vlanes",
     "vload",
+    "vmul",
     "vrelu",
+    "vsplat",
     "vstore",
     "vsub",
+    "vsum",
     "vzero",
 ]
 
@@ -183,6 +187,24 @@ def vbroadcast(typingctx, arr, index):
 
 
 @intrinsic
+def vsplat(typingctx, value, like):
+    """All lanes set to ``value``, a scalar of the array ``like``'s dtype."""
+    if not _check_array(like) or value != like.dtype:
+        return None
+    vec_ty = _vec_type_for(like.dtype)
+
+    def codegen(context, builder, sig, args):
+        _allow_wide_vectors(builder)
+        llvm_vec = context.get_value_type(vec_ty)
+        one = builder.insert_element(ir.Constant(llvm_vec, ir.Undefined), args[0],
+                                     ir.Constant(ir.IntType(32), 0))
+        mask = ir.Constant(ir.VectorType(ir.IntType(32), vec_ty.lanes), [0] * vec_ty.lanes)
+        return builder.shuffle_vector(one, ir.Constant(llvm_vec, ir.Undefined), mask)
+
+    return vec_ty(value, like), codegen
+
+
+@intrinsic
 def vzero(typingctx, like):
     """A vector of zeros with the dtype of the array ``like``."""
     if not _check_array(like):
@@ -238,6 +260,46 @@ def vsub(typingctx, a, b):
         return builder.fsub(args[0], args[1])
 
     return a(a, b), codegen
+
+
+@intrinsic
+def vmul(typingctx, a, b):
+    """``a * b`` lane by lane."""
+    if not (isinstance(a, SimdVec) and a == b):
+        return None
+
+    def codegen(context, builder, sig, args):
+        _allow_wide_vectors(builder)
+        return builder.fmul(args[0], args[1])
+
+    return a(a, b), codegen
+
+
+@intrinsic
+def vsum(typingctx, v):
+    """The sum of ``v``'s lanes in a fixed tree: the upper half added to the lower half,
+    lane by lane, until one lane is left (16 lanes: ``v[i] + v[i + 8]``, then ``+ 4``,
+    ``+ 2``, ``+ 1``). Without ``reassoc`` in the kernel's flags the order is this one in
+    every kernel that calls it, unlike a vectorized ``s += x[j]``, whose order LLVM
+    picks per compilation."""
+    if not isinstance(v, SimdVec):
+        return None
+
+    def codegen(context, builder, sig, args):
+        _allow_wide_vectors(builder)
+        vec = args[0]
+        i32 = ir.IntType(32)
+        n = v.lanes
+        while n > 1:
+            half = n // 2
+            low = ir.Constant(ir.VectorType(i32, half), list(range(half)))
+            high = ir.Constant(ir.VectorType(i32, half), list(range(half, n)))
+            vec = builder.fadd(builder.shuffle_vector(vec, vec, low),
+                               builder.shuffle_vector(vec, vec, high))
+            n = half
+        return builder.extract_element(vec, ir.Constant(i32, 0))
+
+    return v.dtype(v), codegen
 
 
 @intrinsic

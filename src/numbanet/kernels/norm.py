@@ -67,7 +67,19 @@ import numba
 import numpy as np
 
 from numbanet._jit import ELEMENTWISE_FASTMATH, kernel, parallel_kernel
-from numbanet.kernels._simd import vadd, vfma, vlanes, vload, vstore, vsub, vzero
+from numbanet.kernels._simd import (
+    vadd,
+    vbroadcast,
+    vfma,
+    vlanes,
+    vload,
+    vmul,
+    vsplat,
+    vstore,
+    vsub,
+    vsum,
+    vzero,
+)
 
 __all__ = [
     "CHUNK_ELEMENTS",
@@ -800,33 +812,69 @@ def batch_norm_backward(x: np.ndarray, dy: np.ndarray, weight: np.ndarray | None
 # ---------------------------------------------------------------------------------------
 
 
-@kernel
+@kernel(inline="always", **_SUM_FLAGS)
+def _ln_x_sums(x, r, cols):
+    """``(sum d, sum d*d)`` with ``d = x[r, j] - x[r, 0]`` over the row's ``cols``
+    elements, in the data's dtype and in an order fixed by ``cols`` alone:
+    whole vectors into four vector accumulators in turn (four add chains, not one: wide
+    rows are latency-bound on a single chain), those added pairwise and their lanes by
+    :func:`~numbanet.kernels._simd.vsum`, then the columns past the last whole vector."""
+    lanes = vlanes(x)
+    whole = cols - cols % lanes
+    base = r * cols
+    kv = vbroadcast(x, base)
+    s0, s1, s2, s3 = vzero(x), vzero(x), vzero(x), vzero(x)
+    q0, q1, q2, q3 = vzero(x), vzero(x), vzero(x), vzero(x)
+    j = 0
+    while j + 4 * lanes <= whole:
+        d0 = vsub(vload(x, base + j), kv)
+        d1 = vsub(vload(x, base + j + lanes), kv)
+        d2 = vsub(vload(x, base + j + 2 * lanes), kv)
+        d3 = vsub(vload(x, base + j + 3 * lanes), kv)
+        s0, q0 = vadd(s0, d0), vfma(d0, d0, q0)
+        s1, q1 = vadd(s1, d1), vfma(d1, d1, q1)
+        s2, q2 = vadd(s2, d2), vfma(d2, d2, q2)
+        s3, q3 = vadd(s3, d3), vfma(d3, d3, q3)
+        j += 4 * lanes
+    while j < whole:
+        d0 = vsub(vload(x, base + j), kv)
+        s0, q0 = vadd(s0, d0), vfma(d0, d0, q0)
+        j += lanes
+    s = vsum(vadd(vadd(s0, s1), vadd(s2, s3)))
+    q = vsum(vadd(vadd(q0, q1), vadd(q2, q3)))
+    k = x[r, 0]
+    for jj in range(whole, cols):
+        d = x[r, jj] - k
+        s += d
+        q += d * d
+    return s, q
+
+
+@kernel(**_SUM_FLAGS)
 def _ln_forward_rows(x, lo, hi, eps, weight, bias, affine, y, mean, rstd):
     """Normalise rows ``lo:hi`` into ``y``; each row's mean and invstd (float64) into
     ``mean``, ``rstd``.
 
-    One pass for the statistics, shifted by the row's first value
+    One pass for the statistics (:func:`_ln_x_sums`), shifted by the row's first value
     (``var = E[(x - k)^2] - E[x - k]^2`` keeps its precision far from zero) and summed
-    in the data's dtype, as PyTorch does (each vector lane sums C / 32 values; float64
-    sums made this pass 1.3x slower: conversions and half-width vectors), then one for
-    the output, which reads the row from L1. Rows are indexed directly (``x[r, j]``):
-    a view per row would cost NRT reference counting worth ~100 elements of work.
+    in the data's dtype, as PyTorch does (float64 sums made this pass 1.3x slower:
+    conversions and half-width vectors), then one for the output, which reads the row
+    from L1. The sums are explicit vectors in a fixed order, and the flags leave out
+    ``reassoc``: with a plain ``s += d`` loop LLVM chose the order, and chose it
+    differently for the serial and the parallel twin when they were compiled in
+    different processes (5098 of 65536 outputs differed for 1024 x 64 float32, so a
+    model trained on one thread and then on two gave other bits). Rows are indexed
+    directly (``x[r, j]``): a view per row would cost NRT reference counting worth ~100
+    elements of work.
     """
     cols = x.shape[1]
-    zero = x.dtype.type(0)
     for r in range(lo, hi):
-        k = x[r, 0]
-        s = zero
-        q = zero
-        for j in range(cols):
-            d = x[r, j] - k
-            s += d
-            q += d * d
+        s, q = _ln_x_sums(x, r, cols)
         d = np.float64(s) / cols
         var = np.float64(q) / cols - d * d
         if var < 0.0:
             var = 0.0
-        mu = np.float64(k) + d
+        mu = np.float64(x[r, 0]) + d
         inv = 1.0 / math.sqrt(var + eps)
         mean[r] = mu
         rstd[r] = inv
@@ -864,7 +912,54 @@ def _ln_dx_coefs(rows_sum, rows_dot, rs, cols, dtype):
     return b, c
 
 
-@kernel
+@kernel(inline="always", **_SUM_FLAGS)
+def _ln_dy_step(x, dy, weight, affine, a1, base, j, mv, s, t):
+    """One vector of :func:`_ln_dy_sums` at column ``j``: ``(s + g, t + g * (x - m))``."""
+    e = vload(dy, base + j)
+    if affine:
+        vstore(a1, j, vadd(vload(a1, j), e))
+        g = vmul(e, vload(weight, j))
+    else:
+        g = e
+    return vadd(s, g), vfma(g, vsub(vload(x, base + j), mv), t)
+
+
+@kernel(inline="always", **_SUM_FLAGS)
+def _ln_dy_sums(x, dy, weight, affine, a1, r, cols, m):
+    """``(sum g, sum g * (x - m))`` over row ``r`` with ``g = dy * weight`` (``g = dy``
+    without affine parameters), in the data's dtype and an order fixed by ``cols``, as
+    :func:`_ln_x_sums`; with affine parameters also ``a1[j] += dy[r, j]``."""
+    lanes = vlanes(x)
+    whole = cols - cols % lanes
+    base = r * cols
+    mv = vsplat(m, x)
+    s0, s1, s2, s3 = vzero(x), vzero(x), vzero(x), vzero(x)
+    t0, t1, t2, t3 = vzero(x), vzero(x), vzero(x), vzero(x)
+    j = 0
+    while j + 4 * lanes <= whole:
+        s0, t0 = _ln_dy_step(x, dy, weight, affine, a1, base, j, mv, s0, t0)
+        s1, t1 = _ln_dy_step(x, dy, weight, affine, a1, base, j + lanes, mv, s1, t1)
+        s2, t2 = _ln_dy_step(x, dy, weight, affine, a1, base, j + 2 * lanes, mv, s2, t2)
+        s3, t3 = _ln_dy_step(x, dy, weight, affine, a1, base, j + 3 * lanes, mv, s3, t3)
+        j += 4 * lanes
+    while j < whole:
+        s0, t0 = _ln_dy_step(x, dy, weight, affine, a1, base, j, mv, s0, t0)
+        j += lanes
+    s = vsum(vadd(vadd(s0, s1), vadd(s2, s3)))
+    t = vsum(vadd(vadd(t0, t1), vadd(t2, t3)))
+    for jj in range(whole, cols):
+        e = dy[r, jj]
+        if affine:
+            a1[jj] += e
+            g = e * weight[jj]
+        else:
+            g = e
+        s += g
+        t += g * (x[r, jj] - m)
+    return s, t
+
+
+@kernel(**_SUM_FLAGS)
 def _ln_backward_rows(x, dy, lo, hi, weight, affine, mean, rstd, need_dx, dx, a0, a1,
                       pw, pb):
     """Rows ``lo:hi``: ``dx`` per row, and (affine) this chunk's float64 partial column
@@ -873,21 +968,19 @@ def _ln_backward_rows(x, dy, lo, hi, weight, affine, mean, rstd, need_dx, dx, a0
     Per row, two loops over the row (the second reads it from L1): ``s1 = sum g`` and
     ``s2 = sum g * (x - m)`` (``g = dy * weight``) in the data's dtype, as PyTorch does
     (these feed only that row's ``dx``; float64 conversions would make this loop
-    compute-bound), then ``dx``. With affine parameters their sums ride along, in runs
-    of :data:`RUN_ROWS` rows in the data's dtype (``a0``, ``a1``) added into ``pw``,
-    ``pb``, as in :func:`_bn_x_sums`: ``a1 += dy`` in the first loop, ``a0 += dy * xhat``
-    in the second. Split so, each loop stores to at most two arrays besides reading
-    three: LLVM vectorizes a loop only while it needs at most 8 run-time alias checks,
-    and ``dx``, ``a0`` and ``a1`` in one loop need 12 (it ran scalar, 1.5x slower).
-    This one sweep replaced a second one over the chunk for the parameter sums (float64
-    accumulators, four rows at a time): 1.4-1.6x faster on 256 x 1024.
+    compute-bound), as explicit vectors in a fixed order (:func:`_ln_dy_sums`; why, in
+    :func:`_ln_forward_rows`), then ``dx``. With affine parameters their sums ride
+    along, in runs of :data:`RUN_ROWS` rows in the data's dtype (``a0``, ``a1``) added
+    into ``pw``, ``pb``, as in :func:`_bn_x_sums`: ``a1 += dy`` in the first loop,
+    ``a0 += dy * xhat`` in the second. This one sweep replaced a second one over the
+    chunk for the parameter sums (float64 accumulators, four rows at a time): 1.4-1.6x
+    faster on 256 x 1024.
 
     The order depends on ``lo`` and ``hi`` only. Rows are indexed directly, as in
     :func:`_ln_forward_rows`.
     """
     cols = x.shape[1]
     dt = x.dtype.type
-    zero = dt(0)
     if affine:
         _start_runs(a0, a1, pw, pb)
     if need_dx and affine:
@@ -896,14 +989,7 @@ def _ln_backward_rows(x, dy, lo, hi, weight, affine, mean, rstd, need_dx, dx, a0
                 m = dt(mean[r])
                 rs = rstd[r]
                 rd = dt(rs)
-                s1 = zero
-                s2 = zero
-                for j in range(cols):
-                    e = dy[r, j]
-                    a1[j] += e
-                    g = e * weight[j]
-                    s1 += g
-                    s2 += g * (x[r, j] - m)
+                s1, s2 = _ln_dy_sums(x, dy, weight, True, a1, r, cols, m)
                 b, c = _ln_dx_coefs(s1, s2, rs, cols, dt)
                 for j in range(cols):
                     e = dy[r, j]
@@ -916,12 +1002,7 @@ def _ln_backward_rows(x, dy, lo, hi, weight, affine, mean, rstd, need_dx, dx, a0
             m = dt(mean[r])
             rs = rstd[r]
             rd = dt(rs)
-            s1 = zero
-            s2 = zero
-            for j in range(cols):
-                g = dy[r, j]
-                s1 += g
-                s2 += g * (x[r, j] - m)
+            s1, s2 = _ln_dy_sums(x, dy, weight, False, a1, r, cols, m)
             b, c = _ln_dx_coefs(s1, s2, rs, cols, dt)
             for j in range(cols):
                 dx[r, j] = rd * dy[r, j] + b * (x[r, j] - m) + c
