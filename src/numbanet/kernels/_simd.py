@@ -50,6 +50,7 @@ __all__ = [
     "vkeep_where_positive",
     "vlanes",
     "vload",
+    "vload_part",
     "vmul",
     "vrelu",
     "vsplat",
@@ -427,8 +428,9 @@ def _lane_mask(builder, lanes, count):
     return builder.icmp_signed("<", lane_ids, limit)
 
 
-def _masked_load(context, builder, vec_ty, ptr, count):
-    """Load the first ``count`` lanes at ``ptr``; other lanes are zero, never read."""
+def _masked_load(context, builder, vec_ty, ptr, count, fill=None):
+    """Load the first ``count`` lanes at ``ptr``; other lanes are ``fill``'s (zero
+    without it), never read."""
     llvm_vec = context.get_value_type(vec_ty)
     lanes = vec_ty.lanes
     i32 = ir.IntType(32)
@@ -438,7 +440,8 @@ def _masked_load(context, builder, vec_ty, ptr, count):
     name = f"llvm.masked.load.v{lanes}f{vec_ty.dtype.bitwidth}.p0"
     fn = cgutils.get_or_insert_function(builder.module, fnty, name)
     align = context.get_abi_sizeof(context.get_value_type(vec_ty.dtype))
-    return builder.call(fn, [vptr, ir.Constant(i32, align), mask, ir.Constant(llvm_vec, None)])
+    passthru = ir.Constant(llvm_vec, None) if fill is None else fill
+    return builder.call(fn, [vptr, ir.Constant(i32, align), mask, passthru])
 
 
 def _masked_store(context, builder, vec_ty, value, ptr, count):
@@ -453,6 +456,26 @@ def _masked_store(context, builder, vec_ty, value, ptr, count):
     fn = cgutils.get_or_insert_function(builder.module, fnty, name)
     align = context.get_abi_sizeof(context.get_value_type(vec_ty.dtype))
     builder.call(fn, [value, vptr, ir.Constant(i32, align), mask])
+
+
+@intrinsic
+def vload_part(typingctx, arr, index, count, fill):
+    """``arr.flat[index : index + count]`` in the first ``count`` lanes (``count <=
+    lanes``), ``fill``'s lanes in the others: a row's last partial vector, with lanes
+    that add nothing (one masked load; elements past ``count`` are never read)."""
+    if not _check_array(arr) or not isinstance(index, types.Integer):
+        return None
+    vec_ty = _vec_type_for(arr.dtype)
+    if not isinstance(count, types.Integer) or fill != vec_ty:
+        return None
+
+    def codegen(context, builder, sig, args):
+        _allow_wide_vectors(builder)
+        n = context.cast(builder, args[2], sig.args[2], types.int64)
+        ptr = _element_pointer(context, builder, arr, args[0], args[1])
+        return _masked_load(context, builder, vec_ty, ptr, n, args[3])
+
+    return vec_ty(arr, index, count, fill), codegen
 
 
 @intrinsic

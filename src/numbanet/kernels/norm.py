@@ -73,6 +73,7 @@ from numbanet.kernels._simd import (
     vfma,
     vlanes,
     vload,
+    vload_part,
     vmul,
     vsplat,
     vstore,
@@ -817,8 +818,8 @@ def _ln_x_sums(x, r, cols):
     """``(sum d, sum d*d)`` with ``d = x[r, j] - x[r, 0]`` over the row's ``cols``
     elements, in the data's dtype and in an order fixed by ``cols`` alone:
     whole vectors into four vector accumulators in turn (four add chains, not one: wide
-    rows are latency-bound on a single chain), those added pairwise and their lanes by
-    :func:`~numbanet.kernels._simd.vsum`, then the columns past the last whole vector."""
+    rows are latency-bound on a single chain), the last partial vector into the second,
+    then those added pairwise and their lanes by :func:`~numbanet.kernels._simd.vsum`."""
     lanes = vlanes(x)
     whole = cols - cols % lanes
     base = r * cols
@@ -840,14 +841,12 @@ def _ln_x_sums(x, r, cols):
         d0 = vsub(vload(x, base + j), kv)
         s0, q0 = vadd(s0, d0), vfma(d0, d0, q0)
         j += lanes
-    s = vsum(vadd(vadd(s0, s1), vadd(s2, s3)))
-    q = vsum(vadd(vadd(q0, q1), vadd(q2, q3)))
-    k = x[r, 0]
-    for jj in range(whole, cols):
-        d = x[r, jj] - k
-        s += d
-        q += d * d
-    return s, q
+    # The last partial vector, with no branch: with no columns left it loads nothing and
+    # adds zeros. (Under an ``if``, the accumulators it joins stopped living in registers:
+    # the backward ran 2.4x slower.) Its empty lanes load k, so they add 0.
+    d1 = vsub(vload_part(x, base + whole, cols - whole, kv), kv)
+    s1, q1 = vadd(s1, d1), vfma(d1, d1, q1)
+    return vsum(vadd(vadd(s0, s1), vadd(s2, s3))), vsum(vadd(vadd(q0, q1), vadd(q2, q3)))
 
 
 @kernel(**_SUM_FLAGS)
@@ -913,22 +912,18 @@ def _ln_dx_coefs(rows_sum, rows_dot, rs, cols, dtype):
 
 
 @kernel(inline="always", **_SUM_FLAGS)
-def _ln_dy_step(x, dy, weight, affine, a1, base, j, mv, s, t):
+def _ln_dy_step(x, dy, weight, affine, base, j, mv, s, t):
     """One vector of :func:`_ln_dy_sums` at column ``j``: ``(s + g, t + g * (x - m))``."""
     e = vload(dy, base + j)
-    if affine:
-        vstore(a1, j, vadd(vload(a1, j), e))
-        g = vmul(e, vload(weight, j))
-    else:
-        g = e
+    g = vmul(e, vload(weight, j)) if affine else e
     return vadd(s, g), vfma(g, vsub(vload(x, base + j), mv), t)
 
 
 @kernel(inline="always", **_SUM_FLAGS)
-def _ln_dy_sums(x, dy, weight, affine, a1, r, cols, m):
+def _ln_dy_sums(x, dy, weight, affine, r, cols, m):
     """``(sum g, sum g * (x - m))`` over row ``r`` with ``g = dy * weight`` (``g = dy``
     without affine parameters), in the data's dtype and an order fixed by ``cols``, as
-    :func:`_ln_x_sums`; with affine parameters also ``a1[j] += dy[r, j]``."""
+    :func:`_ln_x_sums`. Loads only: the row's stores are :func:`_ln_dx_row`'s."""
     lanes = vlanes(x)
     whole = cols - cols % lanes
     base = r * cols
@@ -937,26 +932,50 @@ def _ln_dy_sums(x, dy, weight, affine, a1, r, cols, m):
     t0, t1, t2, t3 = vzero(x), vzero(x), vzero(x), vzero(x)
     j = 0
     while j + 4 * lanes <= whole:
-        s0, t0 = _ln_dy_step(x, dy, weight, affine, a1, base, j, mv, s0, t0)
-        s1, t1 = _ln_dy_step(x, dy, weight, affine, a1, base, j + lanes, mv, s1, t1)
-        s2, t2 = _ln_dy_step(x, dy, weight, affine, a1, base, j + 2 * lanes, mv, s2, t2)
-        s3, t3 = _ln_dy_step(x, dy, weight, affine, a1, base, j + 3 * lanes, mv, s3, t3)
+        s0, t0 = _ln_dy_step(x, dy, weight, affine, base, j, mv, s0, t0)
+        s1, t1 = _ln_dy_step(x, dy, weight, affine, base, j + lanes, mv, s1, t1)
+        s2, t2 = _ln_dy_step(x, dy, weight, affine, base, j + 2 * lanes, mv, s2, t2)
+        s3, t3 = _ln_dy_step(x, dy, weight, affine, base, j + 3 * lanes, mv, s3, t3)
         j += 4 * lanes
     while j < whole:
-        s0, t0 = _ln_dy_step(x, dy, weight, affine, a1, base, j, mv, s0, t0)
+        s0, t0 = _ln_dy_step(x, dy, weight, affine, base, j, mv, s0, t0)
         j += lanes
-    s = vsum(vadd(vadd(s0, s1), vadd(s2, s3)))
-    t = vsum(vadd(vadd(t0, t1), vadd(t2, t3)))
-    for jj in range(whole, cols):
-        e = dy[r, jj]
+    # The last partial vector, with no branch (see _ln_x_sums); its empty lanes take
+    # dy = 0 and x = m.
+    n = cols - whole
+    e = vload_part(dy, base + whole, n, vzero(x))
+    g = vmul(e, vload_part(weight, whole, n, vzero(x))) if affine else e
+    s1 = vadd(s1, g)
+    t1 = vfma(g, vsub(vload_part(x, base + whole, n, mv), mv), t1)
+    return vsum(vadd(vadd(s0, s1), vadd(s2, s3))), vsum(vadd(vadd(t0, t1), vadd(t2, t3)))
+
+
+@kernel(inline="always", **_SUM_FLAGS)
+def _ln_dx_row(x, dy, weight, affine, r, cols, m, rd, b, c, dx, a0, a1):
+    """Row ``r`` of ``dx = rd * g + b * (x - m) + c`` (``g = dy * weight``, or ``dy``),
+    and with affine parameters the run sums ``a0 += dy * xhat``, ``a1 += dy``. Explicit
+    vectors: left to LLVM, a loop storing to three arrays needs more run-time alias
+    checks than it allows, and ran scalar."""
+    lanes = vlanes(x)
+    base = r * cols
+    mv, rv, bv, cv = vsplat(m, x), vsplat(rd, x), vsplat(b, x), vsplat(c, x)
+    whole = cols - cols % lanes
+    for j in range(0, whole, lanes):
+        e = vload(dy, base + j)
+        xm = vsub(vload(x, base + j), mv)
+        g = vmul(e, vload(weight, j)) if affine else e
+        vstore(dx, base + j, vadd(vfma(bv, xm, vmul(rv, g)), cv))
         if affine:
-            a1[jj] += e
-            g = e * weight[jj]
-        else:
-            g = e
-        s += g
-        t += g * (x[r, jj] - m)
-    return s, t
+            vstore(a0, j, vfma(e, vmul(xm, rv), vload(a0, j)))
+            vstore(a1, j, vadd(vload(a1, j), e))
+    for j in range(whole, cols):
+        e = dy[r, j]
+        xm = x[r, j] - m
+        g = e * weight[j] if affine else e
+        dx[r, j] = b * xm + rd * g + c
+        if affine:
+            a0[j] += e * (xm * rd)
+            a1[j] += e
 
 
 @kernel(**_SUM_FLAGS)
@@ -969,12 +988,12 @@ def _ln_backward_rows(x, dy, lo, hi, weight, affine, mean, rstd, need_dx, dx, a0
     ``s2 = sum g * (x - m)`` (``g = dy * weight``) in the data's dtype, as PyTorch does
     (these feed only that row's ``dx``; float64 conversions would make this loop
     compute-bound), as explicit vectors in a fixed order (:func:`_ln_dy_sums`; why, in
-    :func:`_ln_forward_rows`), then ``dx``. With affine parameters their sums ride
-    along, in runs of :data:`RUN_ROWS` rows in the data's dtype (``a0``, ``a1``) added
-    into ``pw``, ``pb``, as in :func:`_bn_x_sums`: ``a1 += dy`` in the first loop,
-    ``a0 += dy * xhat`` in the second. This one sweep replaced a second one over the
-    chunk for the parameter sums (float64 accumulators, four rows at a time): 1.4-1.6x
-    faster on 256 x 1024.
+    :func:`_ln_forward_rows`), then ``dx`` (:func:`_ln_dx_row`). With affine parameters
+    their sums ride along in that second loop, in runs of :data:`RUN_ROWS` rows in the
+    data's dtype (``a0 += dy * xhat``, ``a1 += dy``) added into ``pw``, ``pb``, as in
+    :func:`_bn_x_sums`. This one sweep replaced a second one over the chunk for the
+    parameter sums (float64 accumulators, four rows at a time): 1.4-1.6x faster on
+    256 x 1024.
 
     The order depends on ``lo`` and ``hi`` only. Rows are indexed directly, as in
     :func:`_ln_forward_rows`.
@@ -988,24 +1007,17 @@ def _ln_backward_rows(x, dy, lo, hi, weight, affine, mean, rstd, need_dx, dx, a0
             for r in range(start, min(start + RUN_ROWS, hi)):
                 m = dt(mean[r])
                 rs = rstd[r]
-                rd = dt(rs)
-                s1, s2 = _ln_dy_sums(x, dy, weight, True, a1, r, cols, m)
+                s1, s2 = _ln_dy_sums(x, dy, weight, True, r, cols, m)
                 b, c = _ln_dx_coefs(s1, s2, rs, cols, dt)
-                for j in range(cols):
-                    e = dy[r, j]
-                    xm = x[r, j] - m
-                    dx[r, j] = rd * (e * weight[j]) + b * xm + c
-                    a0[j] += e * (xm * rd)
+                _ln_dx_row(x, dy, weight, True, r, cols, m, dt(rs), b, c, dx, a0, a1)
             _flush_runs(a0, a1, pw, pb)
     elif need_dx:
         for r in range(lo, hi):
             m = dt(mean[r])
             rs = rstd[r]
-            rd = dt(rs)
-            s1, s2 = _ln_dy_sums(x, dy, weight, False, a1, r, cols, m)
+            s1, s2 = _ln_dy_sums(x, dy, weight, False, r, cols, m)
             b, c = _ln_dx_coefs(s1, s2, rs, cols, dt)
-            for j in range(cols):
-                dx[r, j] = rd * dy[r, j] + b * (x[r, j] - m) + c
+            _ln_dx_row(x, dy, weight, False, r, cols, m, dt(rs), b, c, dx, a0, a1)
     elif affine:
         for start in range(lo, hi, RUN_ROWS):
             for r in range(start, min(start + RUN_ROWS, hi)):
