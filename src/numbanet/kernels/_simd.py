@@ -130,6 +130,15 @@ def _check_array(arr):
     return isinstance(arr, types.Array) and arr.dtype in (types.float32, types.float64)
 
 
+def _splat(context, builder, vec_ty, scalar):
+    """A ``vec_ty`` vector with every lane ``scalar`` (insert, then a zero-mask shuffle)."""
+    llvm_vec = context.get_value_type(vec_ty)
+    one = builder.insert_element(ir.Constant(llvm_vec, ir.Undefined), scalar,
+                                 ir.Constant(ir.IntType(32), 0))
+    mask = ir.Constant(ir.VectorType(ir.IntType(32), vec_ty.lanes), [0] * vec_ty.lanes)
+    return builder.shuffle_vector(one, ir.Constant(llvm_vec, ir.Undefined), mask)
+
+
 @intrinsic
 def vload(typingctx, arr, index):
     """Load ``lanes`` consecutive elements ``arr.flat[index : index + lanes]``."""
@@ -177,12 +186,7 @@ def vbroadcast(typingctx, arr, index):
     def codegen(context, builder, sig, args):
         _allow_wide_vectors(builder)
         ptr = _element_pointer(context, builder, arr, args[0], args[1])
-        scalar = builder.load(ptr)
-        llvm_vec = context.get_value_type(vec_ty)
-        one = builder.insert_element(ir.Constant(llvm_vec, ir.Undefined), scalar,
-                                     ir.Constant(ir.IntType(32), 0))
-        mask = ir.Constant(ir.VectorType(ir.IntType(32), vec_ty.lanes), [0] * vec_ty.lanes)
-        return builder.shuffle_vector(one, ir.Constant(llvm_vec, ir.Undefined), mask)
+        return _splat(context, builder, vec_ty, builder.load(ptr))
 
     return vec_ty(arr, index), codegen
 
@@ -196,11 +200,7 @@ def vsplat(typingctx, value, like):
 
     def codegen(context, builder, sig, args):
         _allow_wide_vectors(builder)
-        llvm_vec = context.get_value_type(vec_ty)
-        one = builder.insert_element(ir.Constant(llvm_vec, ir.Undefined), args[0],
-                                     ir.Constant(ir.IntType(32), 0))
-        mask = ir.Constant(ir.VectorType(ir.IntType(32), vec_ty.lanes), [0] * vec_ty.lanes)
-        return builder.shuffle_vector(one, ir.Constant(llvm_vec, ir.Undefined), mask)
+        return _splat(context, builder, vec_ty, args[0])
 
     return vec_ty(value, like), codegen
 
