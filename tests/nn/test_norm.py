@@ -211,7 +211,12 @@ def test_batch_norm_with_one_value_per_feature_in_training_raises_like_torch():
 
 # -- LayerNorm against torch --------------------------------------------------------
 
-LN_SHAPES = [(4, 6), (1, 5), (3, 1), (3, 5, 7, 4), (2, 3, 1025), (256, 1024)]
+# Rows of at most four SIMD vectors are held in registers (K.LN_NARROW_VECTORS): 64
+# float32 columns with AVX-512 are four whole vectors, 50 end in a partial one, 27
+# float64 columns in three whole and a partial one (with AVX2, fewer of these are
+# narrow); 1025 and 1024 columns take the general path.
+LN_SHAPES = [(4, 6), (1, 5), (3, 1), (3, 5, 7, 4), (5, 64), (6, 50), (3, 4, 27), (2, 17),
+             (2, 3, 1025), (256, 1024)]
 
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
@@ -292,8 +297,8 @@ def test_one_and_two_threads_are_bit_identical(make, shape, dtype):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("shape", [(300, 77), (64, 1024), (5, 3), (5000, 16), (777, 64)],
-                         ids=str)
+@pytest.mark.parametrize("shape", [(300, 77), (64, 1024), (5, 3), (5000, 16), (777, 64),
+                                   (2500, 27)], ids=str)
 def test_serial_and_parallel_twins_are_bit_identical(shape, dtype):
     rng = np.random.default_rng(5)
     rows, cols = shape

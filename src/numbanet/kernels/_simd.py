@@ -55,6 +55,7 @@ __all__ = [
     "vrelu",
     "vsplat",
     "vstore",
+    "vstore_part",
     "vsub",
     "vsum",
     "vzero",
@@ -476,6 +477,38 @@ def vload_part(typingctx, arr, index, count, fill):
         return _masked_load(context, builder, vec_ty, ptr, n, args[3])
 
     return vec_ty(arr, index, count, fill), codegen
+
+
+@intrinsic
+def vstore_part(typingctx, arr, index, count, vec):
+    """The first ``count`` lanes of ``vec`` into ``arr.flat[index : index + count]``
+    (``count <= lanes``); elements past ``count`` are not touched.
+
+    With AVX-512, one masked store. Without it, one scalar store per lane below
+    ``count``: AVX2's masked store (``vmaskmovps``) is microcoded on AMD's cores, and a
+    layer norm over 20 float32 columns ran 1.3x slower with it than without the
+    vectors."""
+    if not _check_array(arr) or not isinstance(index, types.Integer):
+        return None
+    vec_ty = _vec_type_for(arr.dtype)
+    if not isinstance(count, types.Integer) or vec != vec_ty:
+        return None
+
+    def codegen(context, builder, sig, args):
+        _allow_wide_vectors(builder)
+        n = context.cast(builder, args[2], sig.args[2], types.int64)
+        ptr = _element_pointer(context, builder, arr, args[0], args[1])
+        if WIDE_VECTORS:
+            _masked_store(context, builder, vec_ty, args[3], ptr, n)
+            return context.get_dummy_value()
+        i64 = ir.IntType(64)
+        for lane in range(vec_ty.lanes):
+            with builder.if_then(builder.icmp_signed("<", ir.Constant(i64, lane), n)):
+                builder.store(builder.extract_element(args[3], ir.Constant(i64, lane)),
+                              builder.gep(ptr, [ir.Constant(i64, lane)]))
+        return context.get_dummy_value()
+
+    return types.none(arr, index, count, vec), codegen
 
 
 @intrinsic
