@@ -33,6 +33,11 @@ layer norm backward              read x, dy, write dx (likewise; the parameter s
                                  ride along)
 ===============================  =============================================
 
+Layer norm's rows of at most :data:`LN_NARROW_VECTORS` SIMD vectors (a CNN's 16-64
+channels) are held in registers whole instead: loaded once, normalised (or
+differentiated) from the registers, with the weights and the parameter run sums in
+registers too (:func:`_ln_forward_narrow`, :func:`_ln_backward_narrow`).
+
 Determinism: every column sum (batch statistics, parameter gradients) runs over fixed
 chunks of rows, :func:`chunk_rows` rows each, chosen from the array's shape alone: in
 runs of :data:`RUN_ROWS` rows in the data's dtype, each added into a float64 partial.
