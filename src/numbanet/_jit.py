@@ -45,6 +45,14 @@ FASTMATH = frozenset({"reassoc", "contract", "nsz", "arcp"})
 #: differed by 1 ulp in 35% of elements in one cold-cache run.
 ELEMENTWISE_FASTMATH = frozenset({"contract", "nsz"})
 
+#: No fastmath flag at all: every operation rounds as written, so however LLVM
+#: vectorizes or inlines a loop, its results are the same bits. Optimizer kernels take it
+#: (``@kernel(fastmath=set(EXACT_MATH))``): their serial and parallel drivers then agree
+#: bit for bit, which lets the update run in parallel on smaller buffers when there are
+#: threads to spare (numbanet.kernels.updates.EXACT_PARALLEL_MIN). An update is
+#: memory-bound; the flags bought it nothing measurable.
+EXACT_MATH: frozenset[str] = frozenset()
+
 _COMMON: dict[str, Any] = {
     "cache": True,
     "fastmath": set(FASTMATH),

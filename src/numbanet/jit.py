@@ -23,10 +23,17 @@ Attributes:
     FASTMATH: the fastmath flags every kernel gets by default.
     ELEMENTWISE_FASTMATH: the narrower set for elementwise kernels whose serial and
         parallel twins must agree bit for bit (``@kernel(fastmath=set(ELEMENTWISE_FASTMATH))``).
+    EXACT_MATH: no flag at all, for optimizer kernels (``@kernel(fastmath=set(EXACT_MATH))``):
+        every operation rounds as written, so the update's serial and parallel drivers
+        agree bit for bit, and numbanet may then run the update in parallel on buffers
+        of :data:`numbanet.kernels.updates.EXACT_PARALLEL_MIN` elements and more when it
+        has more than one thread. A kernel with fastmath flags runs in parallel only from
+        :data:`numbanet.kernels.updates.SERIAL_THRESHOLD` elements, whatever the thread
+        count, so that its results never depend on it.
 """
 
 from __future__ import annotations
 
-from numbanet._jit import ELEMENTWISE_FASTMATH, FASTMATH, kernel, parallel_kernel
+from numbanet._jit import ELEMENTWISE_FASTMATH, EXACT_MATH, FASTMATH, kernel, parallel_kernel
 
-__all__ = ["ELEMENTWISE_FASTMATH", "FASTMATH", "kernel", "parallel_kernel"]
+__all__ = ["ELEMENTWISE_FASTMATH", "EXACT_MATH", "FASTMATH", "kernel", "parallel_kernel"]

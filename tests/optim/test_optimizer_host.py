@@ -200,3 +200,80 @@ def test_grads_sharing_memory_with_params_are_rejected():
     buf = np.zeros(8)
     with pytest.raises(ValueError, match="grads must not share memory with params"):
         nbp.get_optimizer("sgd").step(buf, buf)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("name", sorted(CONFORMANCE_LR))
+def test_builtin_kernels_round_as_written_so_both_drivers_give_the_same_bits(name, dtype):
+    """The built-in kernels compile with no fastmath flag (EXACT_MATH): the serial loop
+    and the prange driver (2 threads) then agree bit for bit on every element, which is
+    what lets the host pick the parallel driver by the thread count."""
+    from numbanet.kernels.updates import EXACT_PARALLEL_MIN, compiled_exactly
+
+    # Every optional term switched on, so that all of the kernel's arithmetic runs.
+    options = {"weight_decay": 0.01}
+    options.update({"sgd": {"momentum": 0.9, "nesterov": True},
+                    "rmsprop": {"momentum": 0.9, "centered": True},
+                    "adam": {"amsgrad": True}, "adamw": {"amsgrad": True},
+                    "nadam": {"decoupled_weight_decay": True},
+                    "radam": {"decoupled_weight_decay": True}}.get(name, {}))
+    opt = nbp.get_optimizer(name, **options)
+    assert compiled_exactly(opt.spec.kernel)
+    n = EXACT_PARALLEL_MIN + 1237
+    rng = np.random.default_rng(7)
+    p0 = rng.standard_normal(n).astype(dtype)
+    grads = [rng.standard_normal(n).astype(dtype) for _ in range(3)]
+    results = []
+    old = numba.get_num_threads()
+    try:
+        numba.set_num_threads(min(2, numba.config.NUMBA_NUM_THREADS))
+        for run in ("run_serial", "run_parallel"):
+            o = nbp.get_optimizer(name, **options)
+            p = p0.copy()
+            o._ensure_slots(p)
+            for step, g in enumerate(grads, start=1):
+                getattr(o.driver, run)(p, g, 1.0, o._slots, o._hp_tuple, o._prepare(step))
+            results.append(p)
+    finally:
+        numba.set_num_threads(old)
+    assert results[0].tobytes() == results[1].tobytes()
+
+
+def test_the_thread_count_picks_the_driver_only_for_exact_kernels(monkeypatch):
+    """Between EXACT_PARALLEL_MIN and SERIAL_THRESHOLD elements: an exact kernel runs in
+    parallel on 2 threads and serially on 1; a kernel with numbanet's default fastmath
+    flags runs serially on any thread count (its drivers may differ in the last bit)."""
+    from numbanet.jit import kernel
+    from numbanet.kernels.updates import (
+        EXACT_PARALLEL_MIN,
+        SERIAL_THRESHOLD,
+        UpdateDriver,
+        compiled_exactly,
+    )
+
+    @kernel
+    def fast_sgd(i, p, g, gs, slots, hp, sc):
+        p[i] -= hp[0] * g[i] * gs
+
+    assert not compiled_exactly(fast_sgd)
+    n = (EXACT_PARALLEL_MIN + SERIAL_THRESHOLD) // 2
+    p, g = np.zeros(n), np.ones(n)
+    adam = nbp.get_optimizer("adam")
+    adam._ensure_slots(p)
+    cases = [(adam.driver, adam._slots, adam._hp_tuple, adam._prepare(1), True),
+             (UpdateDriver(fast_sgd), (), (0.1,), (), False)]
+    old = numba.get_num_threads()
+    try:
+        for driver, slots, hp, sc, exact in cases:
+            for threads in (1, min(2, numba.config.NUMBA_NUM_THREADS)):
+                numba.set_num_threads(threads)
+                ran: list[str] = []
+                for which in ("parallel", "serial"):
+                    monkeypatch.setattr(driver, f"run_{which}",
+                                        lambda *a, which=which, ran=ran: ran.append(which))
+                driver(p, g, 1.0, slots, hp, sc)
+                expected = "parallel" if exact and threads > 1 else "serial"
+                assert ran == [expected], (exact, threads)
+                monkeypatch.undo()
+    finally:
+        numba.set_num_threads(old)

@@ -129,9 +129,12 @@ def test_every_loss_value_and_gradient_do_not_depend_on_threads(name):
     _assert_bitwise_equal(_under_1_and_n_threads(run))
 
 
+# 100_003: odd, above the update driver's parallel threshold; 7_517: between its
+# EXACT_PARALLEL_MIN and SERIAL_THRESHOLD, where the built-in kernels (exact math) run in
+# parallel with more than one thread and serially with one.
+@pytest.mark.parametrize("size", [100_003, 7_517])
 @pytest.mark.parametrize("name", sorted(nbn.list_optimizers()))
-def test_every_optimizer_step_does_not_depend_on_threads(name):
-    size = 100_003  # odd, above the update driver's parallel threshold
+def test_every_optimizer_step_does_not_depend_on_threads(name, size):
     p0 = RNG.standard_normal(size).astype(np.float32)
     grads = [RNG.standard_normal(size).astype(np.float32) for _ in range(3)]
 

@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import math
 
-from numbanet._jit import kernel
+from numbanet._jit import EXACT_MATH, kernel
 from numbanet.hookspecs import hookimpl
 from numbanet.specs import OptimizerSpec
 
 
-@kernel
+@kernel(fastmath=set(EXACT_MATH))  # rounds as written: see numbanet.jit
 def adadelta_kernel(i, p, g, gs, slots, hp, sc):
     """``hp = (lr, rho, eps, weight_decay)``, ``sc = (1 - rho,)``. Touches index ``i`` only."""
     lr, rho, eps, wd = hp[0], hp[1], hp[2], hp[3]

@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import math
 
-from numbanet._jit import kernel
+from numbanet._jit import EXACT_MATH, kernel
 from numbanet.hookspecs import hookimpl
 from numbanet.specs import OptimizerSpec
 
 
-@kernel
+@kernel(fastmath=set(EXACT_MATH))  # rounds as written: see numbanet.jit
 def adagrad_kernel(i, p, g, gs, slots, hp, sc):
     """``hp = (lr, lr_decay, weight_decay, initial_accumulator_value, eps)``,
     ``sc = (clr, first_step)``. Touches index ``i`` only."""

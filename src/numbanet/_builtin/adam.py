@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 
-from numbanet._jit import kernel
+from numbanet._jit import EXACT_MATH, kernel
 from numbanet.hookspecs import hookimpl
 from numbanet.specs import OptimizerSpec
 
@@ -26,7 +26,7 @@ ADAM_BOUNDS = {"lr": "[0, inf)", "betas": "[0, 1)", "eps": "[0, inf)",
                "weight_decay": "[0, inf)"}
 
 
-@kernel
+@kernel(fastmath=set(EXACT_MATH))  # rounds as written: see numbanet.jit
 def adam_kernel(i, p, g, gs, slots, hp, sc):
     """``hp = (lr, β1, β2, eps, weight_decay, amsgrad)``,
     ``sc = (lr/bc1, 1/sqrt(bc2), 1-β1, 1-β2)``. Touches index ``i`` only."""

@@ -14,12 +14,12 @@ Slots: ``exp_avg``, ``exp_inf``. Reference: Kingma & Ba, ICLR 2015, section 7.
 from __future__ import annotations
 
 from numbanet._builtin.adam import ADAM_BOUNDS
-from numbanet._jit import kernel
+from numbanet._jit import EXACT_MATH, kernel
 from numbanet.hookspecs import hookimpl
 from numbanet.specs import OptimizerSpec
 
 
-@kernel
+@kernel(fastmath=set(EXACT_MATH))  # rounds as written: see numbanet.jit
 def adamax_kernel(i, p, g, gs, slots, hp, sc):
     """``hp = (lr, β1, β2, eps, weight_decay)``, ``sc = (lr/bc1, 1-β1)``.
     Touches index ``i`` only."""

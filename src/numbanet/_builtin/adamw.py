@@ -18,12 +18,12 @@ from __future__ import annotations
 import math
 
 from numbanet._builtin.adam import ADAM_BOUNDS, adam_prepare
-from numbanet._jit import kernel
+from numbanet._jit import EXACT_MATH, kernel
 from numbanet.hookspecs import hookimpl
 from numbanet.specs import OptimizerSpec
 
 
-@kernel
+@kernel(fastmath=set(EXACT_MATH))  # rounds as written: see numbanet.jit
 def adamw_kernel(i, p, g, gs, slots, hp, sc):
     """``hp = (lr, β1, β2, eps, weight_decay, amsgrad)``,
     ``sc = (lr/bc1, 1/sqrt(bc2), 1-β1, 1-β2, 1-lr·weight_decay)``. Touches index ``i`` only."""

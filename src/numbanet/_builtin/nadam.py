@@ -19,12 +19,12 @@ from __future__ import annotations
 
 import math
 
-from numbanet._jit import kernel
+from numbanet._jit import EXACT_MATH, kernel
 from numbanet.hookspecs import hookimpl
 from numbanet.specs import OptimizerSpec
 
 
-@kernel
+@kernel(fastmath=set(EXACT_MATH))  # rounds as written: see numbanet.jit
 def nadam_kernel(i, p, g, gs, slots, hp, sc):
     """``hp = (lr, β1, β2, eps, weight_decay, momentum_decay, decoupled)``,
     ``sc = (c_grad, c_mom, 1/(1-β2^t), 1-β1, 1-β2, 1-lr·weight_decay)``.

@@ -20,12 +20,12 @@ from __future__ import annotations
 
 import math
 
-from numbanet._jit import kernel
+from numbanet._jit import EXACT_MATH, kernel
 from numbanet.hookspecs import hookimpl
 from numbanet.specs import OptimizerSpec
 
 
-@kernel
+@kernel(fastmath=set(EXACT_MATH))  # rounds as written: see numbanet.jit
 def radam_kernel(i, p, g, gs, slots, hp, sc):
     """``hp = (lr, β1, β2, eps, weight_decay, decoupled)``,
     ``sc = (lr/bc1, rectify, r sqrt(bc2), 1-β1, 1-β2, 1-lr·weight_decay)``.

@@ -19,12 +19,12 @@ from __future__ import annotations
 
 import math
 
-from numbanet._jit import kernel
+from numbanet._jit import EXACT_MATH, kernel
 from numbanet.hookspecs import hookimpl
 from numbanet.specs import OptimizerSpec
 
 
-@kernel
+@kernel(fastmath=set(EXACT_MATH))  # rounds as written: see numbanet.jit
 def rmsprop_kernel(i, p, g, gs, slots, hp, sc):
     """``hp = (lr, alpha, eps, weight_decay, momentum, centered)``, ``sc = (1 - alpha,)``.
     Touches index ``i`` only."""

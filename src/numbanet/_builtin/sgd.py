@@ -19,12 +19,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from numbanet._jit import kernel
+from numbanet._jit import EXACT_MATH, kernel
 from numbanet.hookspecs import hookimpl
 from numbanet.specs import OptimizerSpec
 
 
-@kernel
+@kernel(fastmath=set(EXACT_MATH))  # rounds as written: see numbanet.jit
 def sgd_kernel(i, p, g, gs, slots, hp, sc):
     """Per-element SGD. ``hp = (lr, momentum, dampening, weight_decay, nesterov)``,
     ``sc = (first_step, 1 - dampening)``. Touches index ``i`` only."""

@@ -46,9 +46,11 @@ from numbanet._jit import kernel as _serial_jit
 from numbanet._jit import parallel_kernel as _parallel_jit
 
 __all__ = [
+    "EXACT_PARALLEL_MIN",
     "SERIAL_THRESHOLD",
     "UpdateDriver",
     "cache_dir",
+    "compiled_exactly",
     "driver_module",
     "update_driver",
 ]
@@ -57,6 +59,14 @@ __all__ = [
 #: microseconds to start, and milliseconds when other processes keep the cores busy).
 SERIAL_THRESHOLD = 1 << 15
 
+#: With more than one thread, an optimizer kernel compiled with exact math
+#: (numbanet._jit.EXACT_MATH: no fastmath flag) runs in parallel from this length.
+#: After a two-thread training pass the other core holds copies of the parameter lines it
+#: read, and every write must first invalidate them: the serial Adam over the digits
+#: MLP's 7510 float64 parameters took 34 us there against 9 us on one thread, and
+#: splitting it over both cores halves that work.
+EXACT_PARALLEL_MIN = 1 << 12
+
 # Below SERIAL_THRESHOLD the plain serial loop runs. An earlier version ran the prange
 # driver on one thread for mid-sized buffers, because the serial loop of the built-in
 # kernels stayed scalar; the cause was a store under a branch (Adam's AMSGrad), not the
@@ -64,16 +74,12 @@ SERIAL_THRESHOLD = 1 << 15
 # n=7960 float32: run_serial 4.2-9.6 us vs the one-thread prange 8.7-18.6 us (Adam,
 # NAdam, AdamW, SGD with momentum), switching the thread count included.
 #
-# The choice depends on the buffer's length only, never on the thread count, because the
-# two twins need not agree bit for bit: a kernel's flags allow FMA contraction, and LLVM
-# contracts ``g * gs + wd * x`` one way in one loop and the other way in the other (SGD:
-# 25-100 of 4-12 thousand elements differ in the last bit). A rule like "parallel from
-# 4096 elements when there is more than one thread" would have been worth it: after a
-# two-thread training pass, the serial Adam on the digits MLP's 7520 float64 parameters
-# takes 17-30 us instead of its 9 us on data in this core's cache (the other core holds
-# copies of the parameter lines it read, and every write first invalidates them), the
-# parallel one 12 us, about 4 % of the step. It would also make results depend on the
-# thread count.
+# Results must not depend on the thread count. For a kernel with fastmath flags the
+# choice therefore depends on the buffer's length only: its two drivers need not agree
+# bit for bit, because LLVM may contract ``g * gs + wd * x`` into an FMA one way in one
+# loop and the other way in the other (SGD: 25-100 of 4-12 thousand elements differed
+# in the last bit). A kernel compiled with exact math rounds every operation as written
+# in both drivers, so for it the thread count may choose too (EXACT_PARALLEL_MIN).
 
 # Bump when a template changes, so old generated modules are not reused.
 _TEMPLATE_VERSION = "1"
@@ -245,6 +251,15 @@ def _update_fallback(func: Any) -> Any:
     return SimpleNamespace(run_parallel=run_parallel, run_serial=run_serial, cached=False)
 
 
+def compiled_exactly(func: Any) -> bool:
+    """Whether kernel ``func`` compiles with no fastmath flag (numbanet._jit.EXACT_MATH):
+    then its serial and parallel drivers give the same bits. A plain Python function is
+    compiled with numbanet's default flags (:func:`as_kernel`), so it is not."""
+    if not isinstance(func, numba.core.registry.CPUDispatcher):
+        return False
+    return not func.targetoptions.get("fastmath")
+
+
 class UpdateDriver:
     """Runs one optimizer kernel over flat buffers; parallel or serial by size.
 
@@ -252,6 +267,11 @@ class UpdateDriver:
     1-D C-contiguous arrays of one float dtype, ``slots`` a tuple of such arrays, ``gs`` a
     float, ``hp`` and ``sc`` tuples of float64. Arguments are not checked here; the
     :class:`numbanet.optim.Optimizer` host checks them once.
+
+    The parallel driver runs from ``threshold`` elements (:data:`SERIAL_THRESHOLD`), and
+    for a kernel compiled with exact math also from :data:`EXACT_PARALLEL_MIN` elements
+    when Numba has more than one thread; either way the bits do not depend on the
+    thread count.
     """
 
     def __init__(self, func: Any, threshold: int | None = None) -> None:
@@ -259,6 +279,7 @@ class UpdateDriver:
         self.run_parallel = self.module.run_parallel
         self.run_serial = self.module.run_serial
         self.threshold = SERIAL_THRESHOLD if threshold is None else threshold
+        self.exact = compiled_exactly(func)
 
     @property
     def disk_cached(self) -> bool:
@@ -278,10 +299,12 @@ class UpdateDriver:
         hp: tuple[float, ...],
         sc: tuple[float, ...],
     ) -> None:
-        if p.shape[0] < self.threshold:
-            self.run_serial(p, g, gs, slots, hp, sc)
-        else:
+        n = p.shape[0]
+        if n >= self.threshold or (self.exact and n >= EXACT_PARALLEL_MIN
+                                   and numba.get_num_threads() > 1):
             self.run_parallel(p, g, gs, slots, hp, sc)
+        else:
+            self.run_serial(p, g, gs, slots, hp, sc)
 
 
 _drivers: dict[Any, UpdateDriver] = {}

@@ -20,13 +20,13 @@ Example:
 from __future__ import annotations
 
 from numbanet import hookspecs
-from numbanet.jit import kernel
+from numbanet.jit import EXACT_MATH, kernel
 from numbanet.specs import OptimizerSpec
 
 __version__ = "0.1.0"
 
 
-@kernel
+@kernel(fastmath=set(EXACT_MATH))  # rounds as written: see numbanet.jit
 def lion_kernel(i, p, g, gs, slots, hp, sc):
     """``hp = (lr, β1, β2, weight_decay)``, ``sc = (1 - lr·wd, 1 - β1, 1 - β2)``.
 
