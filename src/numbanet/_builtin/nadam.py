@@ -42,7 +42,9 @@ def nadam_kernel(i, p, g, gs, slots, hp, sc):
     m[i] = mi
     v[i] = vi
     den = math.sqrt(vi * sc[2]) + eps
-    p[i] = x - sc[0] * d / den - sc[1] * mi / den
+    # One division: with exact math LLVM no longer shares 1/den between two (the
+    # in-cache update of 7510 float64 elements took 13 -> 17 us with two).
+    p[i] = x - (sc[0] * d + sc[1] * mi) / den
 
 
 # The running product Π_t depends on every earlier step; keep it per (β1, ψ) so prepare
