@@ -941,6 +941,17 @@ def _store_slot(arr, base, cols, i, v):
         vstore_part(arr, base + i * lanes, n, v)
 
 
+@kernel(inline="always", **_SUM_FLAGS)
+def _param_slots(param, cols, affine, absent):
+    """A narrow row's four slots of the ``(C,)`` parameter ``param`` (zeros past the
+    row), or four ``absent`` vectors without affine parameters."""
+    if not affine:
+        return absent, absent, absent, absent
+    zero = vzero(param)
+    return (_load_slot(param, 0, cols, 0, zero), _load_slot(param, 0, cols, 1, zero),
+            _load_slot(param, 0, cols, 2, zero), _load_slot(param, 0, cols, 3, zero))
+
+
 @kernel(**_SUM_FLAGS)
 def _ln_forward_narrow(x, lo, hi, eps, weight, bias, affine, y, mean, rstd):
     """:func:`_ln_forward_rows` for rows of at most :data:`LN_NARROW_VECTORS` vectors:
@@ -952,16 +963,9 @@ def _ln_forward_narrow(x, lo, hi, eps, weight, bias, affine, y, mean, rstd):
     (16384, 64) float32.)"""
     cols = x.shape[1]
     dt = x.dtype.type
-    zero = vzero(x)
-    one = vsplat(dt(1), x)
-    w0 = _load_slot(weight, 0, cols, 0, zero) if affine else one
-    w1 = _load_slot(weight, 0, cols, 1, zero) if affine else one
-    w2 = _load_slot(weight, 0, cols, 2, zero) if affine else one
-    w3 = _load_slot(weight, 0, cols, 3, zero) if affine else one
-    b0 = _load_slot(bias, 0, cols, 0, zero) if affine else zero
-    b1 = _load_slot(bias, 0, cols, 1, zero) if affine else zero
-    b2 = _load_slot(bias, 0, cols, 2, zero) if affine else zero
-    b3 = _load_slot(bias, 0, cols, 3, zero) if affine else zero
+    # Without affine parameters w = 1 and b = 0, which change no bit of the output.
+    w0, w1, w2, w3 = _param_slots(weight, cols, affine, vsplat(dt(1), x))
+    b0, b1, b2, b3 = _param_slots(bias, cols, affine, vzero(x))
     for r in range(lo, hi):
         base = r * cols
         kv = vbroadcast(x, base)
@@ -976,7 +980,7 @@ def _ln_forward_narrow(x, lo, hi, eps, weight, bias, affine, y, mean, rstd):
         mean[r] = mu
         rstd[r] = inv
         mv, rv = vsplat(dt(mu), x), vsplat(dt(inv), x)
-        # y = (x - m) * r * w + b; without affine parameters w = 1 and b = 0 change no bit.
+        # y = (x - m) * r * w + b
         _store_slot(y, base, cols, 0, vfma(vmul(vsub(x0, mv), rv), w0, b0))
         _store_slot(y, base, cols, 1, vfma(vmul(vsub(x1, mv), rv), w1, b1))
         _store_slot(y, base, cols, 2, vfma(vmul(vsub(x2, mv), rv), w2, b2))
@@ -1098,12 +1102,8 @@ def _ln_backward_narrow(x, dy, lo, hi, weight, affine, mean, rstd, need_dx, dx, 
     cols = x.shape[1]
     dt = x.dtype.type
     zero = vzero(x)
-    one = vsplat(dt(1), x)
     # Without affine parameters g = dy * 1 = dy, bit for bit.
-    w0 = _load_slot(weight, 0, cols, 0, zero) if affine else one
-    w1 = _load_slot(weight, 0, cols, 1, zero) if affine else one
-    w2 = _load_slot(weight, 0, cols, 2, zero) if affine else one
-    w3 = _load_slot(weight, 0, cols, 3, zero) if affine else one
+    w0, w1, w2, w3 = _param_slots(weight, cols, affine, vsplat(dt(1), x))
     if affine:
         _start_runs(a0, a1, pw, pb)
     for start in range(lo, hi, RUN_ROWS):
