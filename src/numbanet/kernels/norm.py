@@ -942,14 +942,28 @@ def _store_slot(arr, base, cols, i, v):
 
 
 @kernel(inline="always", **_SUM_FLAGS)
+def _load_slots(arr, base, cols, fill):
+    """The four slots of the narrow row at ``arr.flat[base:]`` (:func:`_load_slot`)."""
+    return (_load_slot(arr, base, cols, 0, fill), _load_slot(arr, base, cols, 1, fill),
+            _load_slot(arr, base, cols, 2, fill), _load_slot(arr, base, cols, 3, fill))
+
+
+@kernel(inline="always", **_SUM_FLAGS)
+def _store_slots(arr, base, cols, v0, v1, v2, v3):
+    """Four slots into the narrow row at ``arr.flat[base:]`` (:func:`_store_slot`)."""
+    _store_slot(arr, base, cols, 0, v0)
+    _store_slot(arr, base, cols, 1, v1)
+    _store_slot(arr, base, cols, 2, v2)
+    _store_slot(arr, base, cols, 3, v3)
+
+
+@kernel(inline="always", **_SUM_FLAGS)
 def _param_slots(param, cols, affine, absent):
     """A narrow row's four slots of the ``(C,)`` parameter ``param`` (zeros past the
     row), or four ``absent`` vectors without affine parameters."""
     if not affine:
         return absent, absent, absent, absent
-    zero = vzero(param)
-    return (_load_slot(param, 0, cols, 0, zero), _load_slot(param, 0, cols, 1, zero),
-            _load_slot(param, 0, cols, 2, zero), _load_slot(param, 0, cols, 3, zero))
+    return _load_slots(param, 0, cols, vzero(param))
 
 
 @kernel(**_SUM_FLAGS)
@@ -969,10 +983,7 @@ def _ln_forward_narrow(x, lo, hi, eps, weight, bias, affine, y, mean, rstd):
     for r in range(lo, hi):
         base = r * cols
         kv = vbroadcast(x, base)
-        x0 = _load_slot(x, base, cols, 0, kv)
-        x1 = _load_slot(x, base, cols, 1, kv)
-        x2 = _load_slot(x, base, cols, 2, kv)
-        x3 = _load_slot(x, base, cols, 3, kv)
+        x0, x1, x2, x3 = _load_slots(x, base, cols, kv)
         d0, d1, d2, d3 = vsub(x0, kv), vsub(x1, kv), vsub(x2, kv), vsub(x3, kv)
         s = vsum(vadd(vadd(d0, d1), vadd(d2, d3)))
         q = vsum(vadd(vadd(vmul(d0, d0), vmul(d1, d1)), vadd(vmul(d2, d2), vmul(d3, d3))))
@@ -981,10 +992,10 @@ def _ln_forward_narrow(x, lo, hi, eps, weight, bias, affine, y, mean, rstd):
         rstd[r] = inv
         mv, rv = vsplat(dt(mu), x), vsplat(dt(inv), x)
         # y = (x - m) * r * w + b
-        _store_slot(y, base, cols, 0, vfma(vmul(vsub(x0, mv), rv), w0, b0))
-        _store_slot(y, base, cols, 1, vfma(vmul(vsub(x1, mv), rv), w1, b1))
-        _store_slot(y, base, cols, 2, vfma(vmul(vsub(x2, mv), rv), w2, b2))
-        _store_slot(y, base, cols, 3, vfma(vmul(vsub(x3, mv), rv), w3, b3))
+        _store_slots(y, base, cols, vfma(vmul(vsub(x0, mv), rv), w0, b0),
+                     vfma(vmul(vsub(x1, mv), rv), w1, b1),
+                     vfma(vmul(vsub(x2, mv), rv), w2, b2),
+                     vfma(vmul(vsub(x3, mv), rv), w3, b3))
 
 
 @parallel_kernel
@@ -1113,14 +1124,9 @@ def _ln_backward_narrow(x, dy, lo, hi, weight, affine, mean, rstd, need_dx, dx, 
             base = r * cols
             m = dt(mean[r])
             mv = vsplat(m, x)
-            e0 = _load_slot(dy, base, cols, 0, zero)
-            e1 = _load_slot(dy, base, cols, 1, zero)
-            e2 = _load_slot(dy, base, cols, 2, zero)
-            e3 = _load_slot(dy, base, cols, 3, zero)
-            xm0 = vsub(_load_slot(x, base, cols, 0, mv), mv)
-            xm1 = vsub(_load_slot(x, base, cols, 1, mv), mv)
-            xm2 = vsub(_load_slot(x, base, cols, 2, mv), mv)
-            xm3 = vsub(_load_slot(x, base, cols, 3, mv), mv)
+            e0, e1, e2, e3 = _load_slots(dy, base, cols, zero)
+            x0, x1, x2, x3 = _load_slots(x, base, cols, mv)
+            xm0, xm1, xm2, xm3 = vsub(x0, mv), vsub(x1, mv), vsub(x2, mv), vsub(x3, mv)
             g0, g1, g2, g3 = vmul(e0, w0), vmul(e1, w1), vmul(e2, w2), vmul(e3, w3)
             s1 = vsum(vadd(vadd(g0, g1), vadd(g2, g3)))
             s2 = vsum(vadd(vadd(vmul(g0, xm0), vmul(g1, xm1)),
@@ -1133,19 +1139,10 @@ def _ln_backward_narrow(x, dy, lo, hi, weight, affine, mean, rstd, need_dx, dx, 
             d2, p2, q2 = _ln_dx_slot(e2, xm2, g2, rv, bv, cv, p2, q2)
             d3, p3, q3 = _ln_dx_slot(e3, xm3, g3, rv, bv, cv, p3, q3)
             if need_dx:
-                _store_slot(dx, base, cols, 0, d0)
-                _store_slot(dx, base, cols, 1, d1)
-                _store_slot(dx, base, cols, 2, d2)
-                _store_slot(dx, base, cols, 3, d3)
+                _store_slots(dx, base, cols, d0, d1, d2, d3)
         if affine:
-            _store_slot(a0, 0, cols, 0, p0)
-            _store_slot(a0, 0, cols, 1, p1)
-            _store_slot(a0, 0, cols, 2, p2)
-            _store_slot(a0, 0, cols, 3, p3)
-            _store_slot(a1, 0, cols, 0, q0)
-            _store_slot(a1, 0, cols, 1, q1)
-            _store_slot(a1, 0, cols, 2, q2)
-            _store_slot(a1, 0, cols, 3, q3)
+            _store_slots(a0, 0, cols, p0, p1, p2, p3)
+            _store_slots(a1, 0, cols, q0, q1, q2, q3)
             _flush_runs(a0, a1, pw, pb)
 
 
