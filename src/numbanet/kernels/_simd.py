@@ -459,21 +459,35 @@ def _masked_store(context, builder, vec_ty, value, ptr, count):
     builder.call(fn, [value, vptr, ir.Constant(i32, align), mask])
 
 
+def _partial_vec_type(arr, index, count, vec):
+    """Typing of :func:`vload_part` / :func:`vstore_part`: ``arr``'s vector type when
+    ``index`` and ``count`` are integers and ``vec`` is that type, else ``None``."""
+    if not _check_array(arr) or not isinstance(index, types.Integer):
+        return None
+    vec_ty = _vec_type_for(arr.dtype)
+    if not isinstance(count, types.Integer) or vec != vec_ty:
+        return None
+    return vec_ty
+
+
+def _partial_count_and_pointer(context, builder, sig, args):
+    """``(count as i64, pointer to arr.flat[index])`` of a partial load or store."""
+    _allow_wide_vectors(builder)
+    n = context.cast(builder, args[2], sig.args[2], types.int64)
+    return n, _element_pointer(context, builder, sig.args[0], args[0], args[1])
+
+
 @intrinsic
 def vload_part(typingctx, arr, index, count, fill):
     """``arr.flat[index : index + count]`` in the first ``count`` lanes (``count <=
     lanes``), ``fill``'s lanes in the others: a row's last partial vector, with lanes
     that add nothing (one masked load; elements past ``count`` are never read)."""
-    if not _check_array(arr) or not isinstance(index, types.Integer):
-        return None
-    vec_ty = _vec_type_for(arr.dtype)
-    if not isinstance(count, types.Integer) or fill != vec_ty:
+    vec_ty = _partial_vec_type(arr, index, count, fill)
+    if vec_ty is None:
         return None
 
     def codegen(context, builder, sig, args):
-        _allow_wide_vectors(builder)
-        n = context.cast(builder, args[2], sig.args[2], types.int64)
-        ptr = _element_pointer(context, builder, arr, args[0], args[1])
+        n, ptr = _partial_count_and_pointer(context, builder, sig, args)
         return _masked_load(context, builder, vec_ty, ptr, n, args[3])
 
     return vec_ty(arr, index, count, fill), codegen
@@ -488,16 +502,12 @@ def vstore_part(typingctx, arr, index, count, vec):
     ``count``: AVX2's masked store (``vmaskmovps``) is microcoded on AMD's cores, and a
     layer norm over 20 float32 columns ran 1.3x slower with it than without the
     vectors."""
-    if not _check_array(arr) or not isinstance(index, types.Integer):
-        return None
-    vec_ty = _vec_type_for(arr.dtype)
-    if not isinstance(count, types.Integer) or vec != vec_ty:
+    vec_ty = _partial_vec_type(arr, index, count, vec)
+    if vec_ty is None:
         return None
 
     def codegen(context, builder, sig, args):
-        _allow_wide_vectors(builder)
-        n = context.cast(builder, args[2], sig.args[2], types.int64)
-        ptr = _element_pointer(context, builder, arr, args[0], args[1])
+        n, ptr = _partial_count_and_pointer(context, builder, sig, args)
         if WIDE_VECTORS:
             _masked_store(context, builder, vec_ty, args[3], ptr, n)
             return context.get_dummy_value()
