@@ -216,7 +216,7 @@ def test_batch_norm_with_one_value_per_feature_in_training_raises_like_torch():
 # float64 columns in three whole and a partial one (with AVX2, fewer of these are
 # narrow); 1025 and 1024 columns take the general path.
 LN_SHAPES = [(4, 6), (1, 5), (3, 1), (3, 5, 7, 4), (5, 64), (6, 50), (3, 4, 27), (2, 17),
-             (2, 3, 1025), (256, 1024)]
+             (2, 3, 1025), (7, 100), (9, 70), (256, 1024)]
 
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
