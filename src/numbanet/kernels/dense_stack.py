@@ -212,8 +212,15 @@ def _backward_shard(x, params, grads, shard, act_params, acts, work, partials, d
 def _add_in_range(dst, start, src, src_start, count, lo, hi):
     """``dst[j] += src[src_start + j - start]`` for the ``j`` of ``[start, start + count)``
     that lie in ``[lo, hi)``."""
-    for j in range(max(lo, start), min(hi, start + count)):
-        dst[j] += src[src_start + j - start]
+    first, end = max(lo, start), min(hi, start + count)
+    if end <= first:
+        return
+    # Views from zero: a loop over range(first, end) keeps a wraparound check per access
+    # and does not vectorize (as in numbanet.kernels.penalty).
+    target = dst[first:end]
+    source = src[src_start + first - start : src_start + end - start]
+    for j in range(end - first):
+        target[j] += source[j]
 
 
 @kernel
