@@ -648,3 +648,87 @@ def test_one_column_past_narrow_n_is_packed_again():
     assert gemm_plan(200, mm.NARROW_N, 100, np.float64).narrow
     assert not gemm_plan(200, mm.NARROW_N + 1, 100, np.float64).narrow
     assert not gemm_plan(200, 1, 0, np.float64).narrow  # k == 0: the zero fill
+
+
+# ---------------------------------------------------------------------------------------
+# Few steps of k (k <= SMALL_K): no packing, the epilogue from the registers
+# ---------------------------------------------------------------------------------------
+
+# (m, k, n): row counts past whole blocks of four (1, 3, 5, 61, 99, 103), outputs of
+# whole vector pairs only (32; 16 in float64), of a partial last vector only (5
+# columns), and of both (100 = 6 pairs of float64 vectors and 4 columns; 3 pairs of
+# float32 and 4), k = 1 and k = SMALL_K. Shapes whose plan is not swapped in either dtype.
+SMALL_K_SHAPES = [(1, 1, 5), (3, 1, 97), (4, 7, 32), (5, mm.SMALL_K, 16), (61, 9, 50),
+                  (99, 3, 70), (103, 10, 100), (104, 10, 100)]
+
+
+def _packed_plan(k, dtype):
+    """A serial packed plan, one panel per task: the path the small-k products took
+    before, whose bits theirs must equal."""
+    nr = mm.NV * lanes_for(dtype)
+    kce = min(mm.kc_for(dtype), k)
+    threads = numbanet.threads.max_threads()
+    return GemmPlan(1, 1, threads * (MR * kce + nr * kce + MR * nr), False)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("ta,tb", TRANSPOSES)
+@pytest.mark.parametrize("m,k,n", SMALL_K_SHAPES)
+def test_small_k_products_equal_the_packed_path_bitwise_with_every_epilogue(m, k, n, ta, tb,
+                                                                            dtype):
+    rng = np.random.default_rng(m + 7 * k + n)
+    a, b = _operands(rng, m, k, n, ta, tb, dtype)
+    plan = gemm_plan(m, n, k, dtype)
+    assert plan.small_k and not plan.parallel
+    packed = _packed_plan(k, dtype)
+    ref, scale = _reference(a, b, ta, tb)
+    tol = (1e-5 if dtype == np.float32 else 1e-13) * (k + 1)
+    bias = rng.standard_normal(n).astype(dtype)
+    saved = rng.standard_normal((m, n)).astype(dtype)
+    relu, tanh = ACTIVATION_IDS["relu"], ACTIVATION_IDS["tanh"]
+    epilogues = [{}, {"bias": bias}, {"bias": bias, "act_id": relu},
+                 {"bias": bias, "act_id": ACTIVATION_IDS["identity"]},
+                 {"act_id": relu, "derivative": True, "z_saved": saved},
+                 {"bias": bias, "act_id": tanh}]
+    for epilogue in epilogues:
+        results = []
+        for p in (plan, packed):
+            work = np.full(p.workspace, np.nan, dtype)  # stale content must not leak
+            out = np.full((m, n), np.nan, dtype)
+            y = np.full((m, n), np.nan, dtype)
+            act = epilogue.get("act_id", -1)
+            gemm_into(a, b, out, ta, tb, work, p,
+                      y=y if act >= 0 and not epilogue.get("derivative") else None,
+                      **epilogue)
+            results.append((out, y))
+        for new, old in zip(results[0], results[1], strict=True):
+            np.testing.assert_array_equal(new, old)
+        out, y = results[0]
+        expected = ref + (bias if "bias" in epilogue else 0)
+        if epilogue.get("derivative"):
+            expected = ref * (saved > 0)
+            assert (out[saved <= 0] == 0).all()
+        assert np.all(np.abs(out - expected) <= tol * (scale + np.abs(bias)))
+        if epilogue.get("act_id") == tanh:  # its own pass, into y
+            assert np.all(np.abs(y - np.tanh(expected)) <= 10 * tol * (1 + scale))
+        if epilogue.get("act_id") == relu and not epilogue.get("derivative"):
+            np.testing.assert_array_equal(y, np.maximum(out, 0))
+
+
+def test_small_k_plans_only_for_serial_short_products_neither_narrow_nor_swapped():
+    f64 = np.float64
+    nr = mm.NV * lanes_for(f64)
+    assert gemm_plan(200, 100, mm.SMALL_K, f64).small_k
+    assert not gemm_plan(200, 100, mm.SMALL_K + 1, f64).small_k
+    assert not gemm_plan(200, 100, 0, f64).small_k  # k == 0: the zero fill
+    assert gemm_plan(200, mm.NARROW_N, 10, f64).narrow  # a few columns: dot products
+    assert not gemm_plan(200, mm.NARROW_N, 10, f64).small_k
+    assert gemm_plan(200, 10, 10, f64).swap  # a classifier's 10 outputs: tiled transposed
+    assert not gemm_plan(200, 10, 10, f64).small_k
+    # op(b) past SMALL_K_B_ELEMENTS (an im2col convolution's long output) stays packed.
+    long_n = mm.SMALL_K_B_ELEMENTS // 8 + 1
+    assert not gemm_plan(12, long_n, 8, f64).small_k
+    # Parallel products keep the packed path; on a one-thread pool the same shape is
+    # serial and takes the small-k kernel (same bits either way).
+    assert not mm._plan(100_000, 100, 10, nr, 2).small_k
+    assert mm._plan(100_000, 100, 10, nr, 1).small_k

@@ -15,10 +15,11 @@ the shards runs each shard's forward pass, its rows of the loss and its backward
 serially: one parallel region per step instead of one per product (and the thread that
 computed a shard's outputs computes their loss gradient and backward pass: its rows
 never move to another core's cache). Within a shard every kernel is the
-layers' own serial kernel (:func:`~numbanet.kernels.matmul._gemm_serial`, or
+layers' own serial kernel (:func:`~numbanet.kernels.matmul._gemm_serial`,
 :func:`~numbanet.kernels.matmul._narrow_gemm` for outputs of at most ``NARROW_N``
-columns, with the same plans and epilogues; the same activation passes; the same
-fixed-order bias sums).
+columns, or :func:`~numbanet.kernels.matmul._small_k_gemm` for products of at most
+``SMALL_K`` steps, with the same plans and epilogues; the same activation passes; the
+same fixed-order bias sums).
 
 Results. The forward pass computes each output row from its input row alone, so its
 values do not depend on the sharding. In the backward pass shard ``s`` computes its own
@@ -53,7 +54,7 @@ from numba import prange
 from numbanet._jit import kernel, parallel_kernel
 from numbanet.kernels.activations import IDENTITY, RELU, _backward_serial, _forward_serial
 from numbanet.kernels.losses import run_reraising, scale_row_range
-from numbanet.kernels.matmul import _gemm_serial, _narrow_gemm
+from numbanet.kernels.matmul import _gemm_serial, _narrow_gemm, _small_k_gemm
 from numbanet.kernels.reductions import ROW_CHUNK, _column_sum_serial
 from numbanet.kernels.updates import as_kernel, driver_module
 
@@ -91,7 +92,9 @@ PLAN_FORWARD = 16
 PLAN_DW = PLAN_FORWARD + 9
 PLAN_DX = PLAN_DW + 9
 # within a plan
-MB, NB, SWAP, NARROW = 0, 1, 2, 3  # the GemmPlan
+MB, NB, SWAP, ROUTE = 0, 1, 2, 3  # the GemmPlan
+# ROUTE: which kernel computes the product (GemmPlan.narrow, GemmPlan.small_k, or neither)
+ROUTE_PACKED, ROUTE_NARROW, ROUTE_SMALL_K = 0, 1, 2
 TRANSPOSE_A, TRANSPOSE_B = 4, 5
 HAS_BIAS = 6
 EPILOGUE_ACT = 7  # the activation id of the epilogue, or -1
@@ -107,9 +110,12 @@ def _product(a, b, out, work, plan, bias, y, z_saved):
     :func:`~numbanet.kernels.matmul.gemm_into` would use."""
     transpose_a, transpose_b = plan[TRANSPOSE_A] != 0, plan[TRANSPOSE_B] != 0
     has_bias, derivative = plan[HAS_BIAS] != 0, plan[DERIVATIVE] != 0
-    if plan[NARROW] != 0:
+    if plan[ROUTE] == ROUTE_NARROW:
         _narrow_gemm(a, b, out, transpose_a, transpose_b, work, bias, has_bias, y,
                      z_saved, plan[EPILOGUE_ACT], derivative)
+    elif plan[ROUTE] == ROUTE_SMALL_K:
+        _small_k_gemm(a, b, out, transpose_a, transpose_b, work, bias, has_bias, y,
+                      z_saved, plan[EPILOGUE_ACT], derivative)
     else:
         _gemm_serial(a, b, out, transpose_a, transpose_b, work, plan[MB], plan[NB],
                      plan[SWAP] != 0, bias, has_bias, y, z_saved, plan[EPILOGUE_ACT],

@@ -98,10 +98,17 @@ def _boundary(s: int, n_shards: int, rows: int) -> int:
     return s * rows // n_shards // MR * MR
 
 
+def _route(plan: GemmPlan) -> int:
+    """The table's code for the kernel that computes ``plan``'s product."""
+    if plan.narrow:
+        return k.ROUTE_NARROW
+    return k.ROUTE_SMALL_K if plan.small_k else k.ROUTE_PACKED
+
+
 def _plan_columns(plan: GemmPlan, transpose_a: bool, transpose_b: bool, has_bias: bool,
                   epilogue_act: int, derivative: bool) -> list[int]:
     """A product's ``PLAN_WIDTH`` table columns (see numbanet.kernels.dense_stack)."""
-    return [plan.mb, plan.nb, int(plan.swap), int(plan.narrow), int(transpose_a),
+    return [plan.mb, plan.nb, int(plan.swap), _route(plan), int(transpose_a),
             int(transpose_b), int(has_bias), epilogue_act, int(derivative)]
 
 
