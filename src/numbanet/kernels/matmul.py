@@ -692,7 +692,10 @@ def _small_k_gemm(a, b, out, transpose_a, transpose_b, work, bias, has_bias, y, 
         bt = b
     zero = vzero(out)
     pairs = n - n % (2 * lanes)
-    relu, identity = act_id == RELU, act_id == IDENTITY
+    # y receives the activation only in the forward epilogue (with the derivative,
+    # act_id names the activation whose derivative is applied).
+    relu = act_id == RELU and not derivative
+    identity = act_id == IDENTITY and not derivative
     for i0 in range(0, m, 4):
         rows = min(4, m - i0)
         x0, x1 = i0 * ra, min(i0 + 1, m - 1) * ra
@@ -721,9 +724,9 @@ def _small_k_gemm(a, b, out, transpose_a, transpose_b, work, bias, has_bias, y, 
                 elif has_bias:
                     v = vadd(v, vload(bias, col))
                 vstore(out, o, v)
-                if not derivative and relu:
+                if relu:
                     vstore(y, o, vrelu(v))
-                elif not derivative and identity:
+                elif identity:
                     vstore(y, o, v)
         for j in range(pairs, n, lanes):
             count = min(lanes, n - j)
@@ -743,9 +746,9 @@ def _small_k_gemm(a, b, out, transpose_a, transpose_b, work, bias, has_bias, y, 
                 elif has_bias:
                     v = vadd(v, vload_part(bias, j, count, zero))
                 vstore_part(out, o, count, v)
-                if not derivative and relu:
+                if relu:
                     vstore_part(y, o, count, vrelu(v))
-                elif not derivative and identity:
+                elif identity:
                     vstore_part(y, o, count, v)
 
 
