@@ -468,3 +468,52 @@ def test_a_plugin_layer_sharing_a_builtin_name_loads_as_itself(tmp_path):
             nbp.unregister_plugin("shadow-dense")
     with pytest.raises(ValueError, match=r"from the plugin 'shadow-dense', which is not"):
         nbn.load(tmp_path / "m.npz")
+
+
+# -- Workspace.get_placed --------------------------------------------------------------
+
+
+def _circular_gap(a: int, b: int) -> int:
+    d = abs(a - b) % 4096
+    return min(d, 4096 - d)
+
+
+@pytest.mark.parametrize("away", [(), (16,), (0,), (1000,), (16, 16), (16, 2064),
+                                  (1024, 3072), (500, 2600), (4095, 1)], ids=str)
+def test_placed_buffers_start_farthest_from_the_given_page_offsets(away):
+    from numbanet.nn.module import PLACEMENTS, Workspace, farthest_placement
+
+    # Brute force over every 64-byte page offset gives the best gap; the placement
+    # (restricted to quarter pages) must be within 512 bytes of it, and it must be the
+    # best of the quarter pages.
+    def gap(c):
+        return min((_circular_gap(c, o) for o in away), default=4096)
+
+    chosen = farthest_placement(away)
+    assert chosen in PLACEMENTS
+    assert gap(chosen) == max(gap(c) for c in PLACEMENTS)
+    if len(away) <= 2:
+        assert gap(chosen) >= 512
+    ws = Workspace(np.dtype(np.float32))
+    buf = ws.get_placed("y", (8, 1024), away)
+    assert buf.shape == (8, 1024) and buf.dtype == np.float32 and buf.flags.c_contiguous
+    assert buf.ctypes.data % 4096 == chosen
+    assert buf.flags.writeable
+    buf[...] = 7.0
+    again = ws.get_placed("y", (8, 1024), away)
+    assert again is buf  # the same view while the placement holds
+    assert ws.get("other", (8, 1024)).ctypes.data != buf.ctypes.data
+
+
+def test_placed_buffers_move_with_their_inputs_and_small_ones_are_plain():
+    from numbanet.nn.module import Workspace
+
+    ws = Workspace(np.dtype(np.float64))
+    a = ws.get_placed("dx", (4, 512), (0,))
+    b = ws.get_placed("dx", (4, 512), (2048,))
+    assert _circular_gap(a.ctypes.data % 4096, 0) >= 1024
+    assert _circular_gap(b.ctypes.data % 4096, 2048) >= 1024
+    small = ws.get_placed("s", (2, 3), (0,))  # under a page: the plain buffer
+    assert small is ws.get("s", (2, 3))
+    ws.clear()
+    assert ws.get_placed("dx", (4, 512), (0,)).shape == (4, 512)

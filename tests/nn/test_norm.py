@@ -484,3 +484,42 @@ def test_config_round_trip_and_repr():
     assert repr(ln) == "LayerNorm(8)"
     assert nbn.nn.layer_from_config(ln.get_config()).get_config() == ln.get_config()
     assert {"BatchNorm", "LayerNorm"} <= set(nbn.list_layers())
+
+
+def _at_page_offset(values: np.ndarray, offset: int) -> np.ndarray:
+    """A copy of ``values`` whose first element sits ``offset`` bytes into a page."""
+    raw = np.empty(values.nbytes + 2 * 4096, np.uint8)
+    start = (offset - raw.ctypes.data) % 4096
+    out = raw[start:start + values.nbytes].view(values.dtype).reshape(values.shape)
+    out[...] = values
+    return out
+
+
+def _page_gap(a: np.ndarray, b: np.ndarray) -> int:
+    d = (a.ctypes.data - b.ctypes.data) % 4096
+    return min(d, 4096 - d)
+
+
+@pytest.mark.parametrize("make", [lambda c: nbn.BatchNorm(c), lambda c: nbn.LayerNorm(c)],
+                         ids=["BatchNorm", "LayerNorm"])
+def test_outputs_are_placed_a_quarter_page_from_their_inputs_with_the_same_values(make):
+    """y sits >= 512 bytes (within a page) from x, and dx from both x and dy, wherever
+    the caller's arrays start; the values are those of inputs at any other offset."""
+    rng = np.random.default_rng(11)
+    shape = (64, 1024)  # rows of one page of float32
+    x0 = rng.normal(size=shape).astype(np.float32)
+    dy0 = rng.normal(size=shape).astype(np.float32)
+    reference = None
+    model = one_layer(make(1024), (1024,), "float32")
+    for ox, ody in [(16, 16), (0, 1024), (1040, 2064), (3088, 3100), (2048, 2000)]:
+        x, dy = _at_page_offset(x0, ox), _at_page_offset(dy0, ody)
+        y = model.layers[0].forward(x, True)
+        assert _page_gap(y, x) >= 512
+        dx = model.layers[0].backward(dy)
+        assert min(_page_gap(dx, x), _page_gap(dx, dy)) >= 512
+        grads = [p.grad.copy() for p in model.parameters()]
+        got = [y.copy(), dx.copy(), *grads]
+        if reference is None:
+            reference = got
+        for a, b in zip(got, reference, strict=True):
+            np.testing.assert_array_equal(a, b)
