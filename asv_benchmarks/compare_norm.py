@@ -1,7 +1,7 @@
 """Side by side: numbanet's BatchNorm and LayerNorm against PyTorch, forward + backward.
 
 Run: ``python asv_benchmarks/compare_norm.py [--threads 1 2] [--rounds 5] [--cores 0,1]
-[--dtype float32]`` (needs torch).
+[--dtype float32] [--mode paired [--pairs 15] [--slice 0.25]]`` (needs torch).
 
 Cases (float32 by default), one training step of the layer alone: forward in training
 mode, then backward with the input gradient and both parameter gradients:
@@ -16,13 +16,23 @@ the model's input check and output copy are left out), PyTorch through the modul
 and ``y.backward(dy)`` (its autograd overhead included: that is what its users pay).
 
 Method: each framework runs in its own process, pinned (``os.sched_setaffinity``) to the
-same cores and limited to the same number of threads. Rounds alternate which framework
-goes first, so load from other processes hits both alike. A process warms up (compiles,
-or loads numbanet's kernels from the disk cache), then times single calls for about a
-second per case and reports the median; the table shows the median over rounds of those
-medians, and the ratio PyTorch time / numbanet time (above 1: numbanet is faster). On a
-machine shared with other jobs, also compare the "best" columns (each framework's
-fastest round).
+same cores and limited to the same number of threads; a process warms up (compiles, or
+loads numbanet's kernels from the disk cache) before it times anything. Two modes:
+
+* ``--mode rounds`` (default): a fresh process per framework and round. Rounds alternate
+  which framework goes first, so load from other processes hits both alike. A process
+  times single calls for about a second per case and reports the median; the table
+  shows the median over rounds of those medians, and the ratio PyTorch time / numbanet
+  time (above 1: numbanet is faster). On a machine shared with other jobs, also compare
+  the "best" columns (each framework's fastest round).
+* ``--mode paired``: one process per framework for the whole run, and the parent asks
+  them in turn to time a case for ``--slice`` seconds (0.25), ``--pairs`` times (15)
+  per case, alternating which goes first. Each pair gives a ratio of two medians
+  measured a fraction of a second apart; the table shows the median and quartiles of
+  those ratios. On a shared machine whose load changes over seconds (on the 2-vCPU
+  development VM, a compute-bound loop on both vCPUs ran at half speed in about one
+  check in fifteen, as if the host gave both one core), a slow stretch then lands in
+  one pair instead of in one framework's whole round.
 
 Memory traffic: the table's GB/s counts the passes the kernels make over arrays of the
 input's size (:mod:`numbanet.kernels.norm`): BatchNorm 8 (forward reads x twice and
@@ -66,14 +76,15 @@ def _time_calls(fn, seconds: float = 1.0, warmup: float = 0.2) -> tuple[float, f
     return statistics.median(samples), min(samples)
 
 
-def _numbanet_cases(dtype: str, threads: int) -> dict:
+def _numbanet_steps(dtype: str, threads: int) -> dict:
+    """case name -> a function running one forward + backward of numbanet's layer."""
     import numpy as np
 
     import numbanet as nbn
 
     nbn.set_num_threads(threads)
     rng = np.random.default_rng(0)
-    results = {}
+    steps = {}
     for kind, shape in CASES:
         layer = getattr(nbn, kind)(shape[-1])
         model = nbn.Sequential([layer], seed=0, dtype=dtype, input_shape=shape[1:])
@@ -85,17 +96,18 @@ def _numbanet_cases(dtype: str, threads: int) -> dict:
             layer.forward(x, True)
             layer.backward(dy, need_input_grad=True)
 
-        results[f"{kind} {shape}"] = _time_calls(step)
-    return results
+        steps[f"{kind} {shape}"] = step
+    return steps
 
 
-def _torch_cases(dtype: str, threads: int) -> dict:
+def _torch_steps(dtype: str, threads: int) -> dict:
+    """case name -> a function running one forward + backward of PyTorch's module."""
     import torch
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     tdtype = getattr(torch, dtype)
-    results = {}
+    steps = {}
     for kind, shape in CASES:
         c = shape[-1]
         if kind == "BatchNorm" and len(shape) == 4:
@@ -115,8 +127,11 @@ def _torch_cases(dtype: str, threads: int) -> dict:
             module(x).backward(dy)
             x.grad = None
 
-        results[f"{kind} {shape}"] = _time_calls(step)
-    return results
+        steps[f"{kind} {shape}"] = step
+    return steps
+
+
+_STEP_BUILDERS = {"numbanet": _numbanet_steps, "torch": _torch_steps}
 
 
 def _bandwidth() -> dict:
@@ -134,25 +149,98 @@ def _bandwidth() -> dict:
 
 def _worker(args: argparse.Namespace) -> None:
     os.sched_setaffinity(0, args.cores)
-    if args.worker == "numbanet":
-        results = _numbanet_cases(args.dtype, args.threads)
-    elif args.worker == "torch":
-        results = _torch_cases(args.dtype, args.threads)
-    else:
-        results = _bandwidth()
-    print(json.dumps(results))
+    if args.worker == "bandwidth":
+        print(json.dumps(_bandwidth()))
+        return
+    steps = _STEP_BUILDERS[args.worker](args.dtype, args.threads)
+    if not args.serve:
+        print(json.dumps({key: _time_calls(step) for key, step in steps.items()}))
+        return
+    # Paired mode: warm every case up, say so, then time one case per request line
+    # ("case name<TAB>seconds") until stdin closes.
+    for step in steps.values():
+        _time_calls(step, seconds=0.05, warmup=0.2)
+    print("ready", flush=True)
+    for line in sys.stdin:
+        key, seconds = line.rstrip("\n").split("\t")
+        print(json.dumps(_time_calls(steps[key], seconds=float(seconds), warmup=0.02)),
+              flush=True)
 
 
-def _run_worker(name: str, threads: int, cores: list[int], dtype: str) -> dict:
+def _worker_command(name: str, threads: int, cores: list[int], dtype: str,
+                    serve: bool = False) -> tuple[list[str], dict]:
     env = dict(os.environ, NUMBA_NUM_THREADS=str(max(threads, 1)),
                OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads),
                OPENBLAS_NUM_THREADS="1")
     cmd = [sys.executable, __file__, "--worker", name, "--threads", str(threads),
            "--cores", ",".join(map(str, cores)), "--dtype", dtype]
+    return cmd + (["--serve"] if serve else []), env
+
+
+def _run_worker(name: str, threads: int, cores: list[int], dtype: str) -> dict:
+    cmd, env = _worker_command(name, threads, cores, dtype)
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise SystemExit(f"{name} worker failed:\n{done.stderr}")
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _case_bytes(shape: tuple[int, ...], dtype: str) -> int:
+    nbytes = 4 if dtype == "float32" else 8
+    for d in shape:
+        nbytes *= d
+    return nbytes
+
+
+def _paired(threads: int, cores: list[int], args: argparse.Namespace) -> None:
+    """Paired mode for one thread count: start both workers, alternate their slices,
+    print the table."""
+    workers = {}
+    try:
+        for name in ("numbanet", "torch"):
+            cmd, env = _worker_command(name, threads, cores, args.dtype, serve=True)
+            proc = subprocess.Popen(cmd, env=env, stdin=subprocess.PIPE,
+                                    stdout=subprocess.PIPE, text=True)
+            workers[name] = proc
+        for name, proc in workers.items():
+            if proc.stdout.readline().strip() != "ready":
+                raise SystemExit(f"{name} worker failed to start (see its output above)")
+
+        def ask(name: str, key: str) -> float:
+            proc = workers[name]
+            proc.stdin.write(f"{key}\t{args.slice}\n")
+            proc.stdin.flush()
+            reply = proc.stdout.readline()
+            if not reply:
+                raise SystemExit(f"{name} worker stopped")
+            return json.loads(reply)[0]
+
+        print(f"\nthreads={threads}, cores {cores}; microseconds per forward + backward, "
+              f"medians over {args.pairs} pairs of slices; ratio = PyTorch / numbanet per "
+              f"pair: median [quartiles]")
+        header = (f"{'case':<32}{'numbanet':>10}{'torch':>10}{'ratio':>7}"
+                  f"{'quartiles':>15}{'nb GB/s':>9}")
+        print(header)
+        print("-" * len(header))
+        for kind, shape in CASES:
+            key = f"{kind} {shape}"
+            nb, pt = [], []
+            for p in range(args.pairs):
+                order = ("numbanet", "torch") if p % 2 == 0 else ("torch", "numbanet")
+                got = {name: ask(name, key) for name in order}
+                nb.append(got["numbanet"])
+                pt.append(got["torch"])
+            ratios = sorted(t / n for t, n in zip(pt, nb, strict=True))
+            q1, _, q3 = statistics.quantiles(ratios, n=4)
+            nb_med = statistics.median(nb)
+            gbs = PASSES[kind] * _case_bytes(shape, args.dtype) / nb_med / 1e9
+            print(f"{key:<32}{nb_med * 1e6:>10.1f}{statistics.median(pt) * 1e6:>10.1f}"
+                  f"{statistics.median(ratios):>7.2f}{f'[{q1:.2f}, {q3:.2f}]':>15}"
+                  f"{gbs:>9.1f}")
+    finally:
+        for proc in workers.values():
+            proc.stdin.close()
+            proc.wait()
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -163,8 +251,16 @@ def main(argv: list[str] | None = None) -> None:
                         help="comma-separated cores to pin to (default: the first "
                              "max(threads) cores this process may use)")
     parser.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    parser.add_argument("--mode", default="rounds", choices=["rounds", "paired"],
+                        help="a fresh process per framework and round (rounds), or one "
+                             "per framework timing alternate slices (paired)")
+    parser.add_argument("--pairs", type=int, default=15,
+                        help="paired mode: pairs of slices per case")
+    parser.add_argument("--slice", type=float, default=0.25,
+                        help="paired mode: seconds of single calls per slice")
     parser.add_argument("--worker", choices=["numbanet", "torch", "bandwidth"],
                         help=argparse.SUPPRESS)
+    parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.cores is not None:
         args.cores = [int(c) for c in args.cores.split(",")]
@@ -183,10 +279,14 @@ def main(argv: list[str] | None = None) -> None:
         load_text = f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}"
     except OSError:
         load_text = "load average unknown"
-    print(f"compare_norm: {args.dtype}, {args.rounds} rounds, {os.cpu_count()} CPUs, "
-          f"{load_text} at start")
+    plan = (f"{args.rounds} rounds" if args.mode == "rounds"
+            else f"{args.pairs} pairs of {args.slice} s slices per case")
+    print(f"compare_norm: {args.dtype}, {plan}, {os.cpu_count()} CPUs, {load_text} at start")
     for threads in args.threads:
         cores = cores_all[:threads]
+        if args.mode == "paired":
+            _paired(threads, cores, args)
+            continue
         runs: dict[str, list[dict]] = {"numbanet": [], "torch": []}
         for r in range(args.rounds):
             order = ["numbanet", "torch"] if r % 2 == 0 else ["torch", "numbanet"]
@@ -204,10 +304,7 @@ def main(argv: list[str] | None = None) -> None:
             pt = [run[key][0] for run in runs["torch"]]
             nb_med, pt_med = statistics.median(nb), statistics.median(pt)
             nb_best, pt_best = min(nb), min(pt)
-            nbytes = 4 if args.dtype == "float32" else 8
-            for d in shape:
-                nbytes *= d
-            gbs = PASSES[kind] * nbytes / nb_med / 1e9
+            gbs = PASSES[kind] * _case_bytes(shape, args.dtype) / nb_med / 1e9
             print(f"{key:<32}{nb_med * 1e6:>10.1f}{pt_med * 1e6:>10.1f}"
                   f"{pt_med / nb_med:>7.2f}{nb_best * 1e6:>10.1f}{pt_best * 1e6:>10.1f}"
                   f"{pt_best / nb_best:>7.2f}{gbs:>9.1f}")

@@ -18,7 +18,9 @@ alike; each timed fit starts after a pause, so that the other library's spinning
 threads have gone quiet. The table shows medians over repeats, and the ratio of each
 library's fastest repeat (on a machine shared with other jobs the fastest repeat
 approximates idle cores: a 2-thread fork-join pool, OpenBLAS's or Numba's, collapses
-when another process takes one of the cores). numbanet's kernels are compiled (or loaded
+when another process takes one of the cores), and the median of the per-repeat ratios
+("paired": the two fits of a repeat ran back to back, so a slow stretch of the machine
+lasting seconds tends to hit both). numbanet's kernels are compiled (or loaded
 from Numba's disk cache) by an untimed fit first. Thread counts: numbanet through
 ``numbanet.set_num_threads``, scikit-learn's BLAS through ``OPENBLAS_NUM_THREADS`` (set
 before numpy loads) and ``threadpoolctl``.
@@ -138,7 +140,7 @@ def main(argv=None) -> int:
           f"{args.repeats} repeats", flush=True)
     header = (f"{'dataset':<14}{'rows':>8}{'epochs':>7}  {'dtype':<8}"
               f"{'sklearn score':>14}{'numbanet score':>15}{'sklearn s':>11}"
-              f"{'numbanet s':>11}{'speedup':>9}{'best/best':>10}")
+              f"{'numbanet s':>11}{'speedup':>9}{'best/best':>10}{'paired':>8}")
     print(header)
     print("-" * len(header), flush=True)
     for name in args.datasets.split(","):
@@ -162,14 +164,18 @@ def main(argv=None) -> int:
                                            f"not {epochs}")
                     scores[key].append(float(est.score(Xb, y_te)))
             t_sk, t_nb = statistics.median(times["sk"]), statistics.median(times["nb"])
+            # Each repeat's two fits ran back to back: the median of their ratios.
+            paired = statistics.median(a / b for a, b in zip(times["sk"], times["nb"],
+                                                             strict=True))
             print(f"{name:<14}{X_tr.shape[0]:>8}{epochs:>7}  {dtype:<8}"
                   f"{statistics.median(scores['sk']):>14.4f}"
                   f"{statistics.median(scores['nb']):>15.4f}"
                   f"{t_sk:>11.3f}{t_nb:>11.3f}{t_sk / t_nb:>8.1f}x"
-                  f"{min(times['sk']) / min(times['nb']):>9.1f}x", flush=True)
+                  f"{min(times['sk']) / min(times['nb']):>9.1f}x{paired:>7.1f}x", flush=True)
     print(f"(scores: accuracy, R² for diabetes; fit seconds and speedup: medians over "
-          f"repeats; best/best: fastest repeat over fastest repeat; load average at the "
-          f"end {os.getloadavg()[0]:.2f})")
+          f"repeats; best/best: fastest repeat over fastest repeat; paired: median over "
+          f"repeats of the ratio of that repeat's two fits, run back to back; load "
+          f"average at the end {os.getloadavg()[0]:.2f})")
     del np
     return 0
 
