@@ -192,6 +192,15 @@ def _case_bytes(shape: tuple[int, ...], dtype: str) -> int:
     return nbytes
 
 
+def _print_header(threads: int, cores: list[int], what: str, columns: str) -> None:
+    """The title and column heads of one thread count's table; ``columns`` are the
+    mode's own, between the ratio and the bandwidth."""
+    print(f"\nthreads={threads}, cores {cores}; microseconds per forward + backward ({what})")
+    header = f"{'case':<32}{'numbanet':>10}{'torch':>10}{'ratio':>7}{columns}{'nb GB/s':>9}"
+    print(header)
+    print("-" * len(header))
+
+
 def _paired(threads: int, cores: list[int], args: argparse.Namespace) -> None:
     """Paired mode for one thread count: start both workers, alternate their slices,
     print the table."""
@@ -215,13 +224,9 @@ def _paired(threads: int, cores: list[int], args: argparse.Namespace) -> None:
                 raise SystemExit(f"{name} worker stopped")
             return json.loads(reply)[0]
 
-        print(f"\nthreads={threads}, cores {cores}; microseconds per forward + backward, "
-              f"medians over {args.pairs} pairs of slices; ratio = PyTorch / numbanet per "
-              f"pair: median [quartiles]")
-        header = (f"{'case':<32}{'numbanet':>10}{'torch':>10}{'ratio':>7}"
-                  f"{'quartiles':>15}{'nb GB/s':>9}")
-        print(header)
-        print("-" * len(header))
+        _print_header(threads, cores,
+                      f"medians over {args.pairs} pairs of slices; ratio = PyTorch / "
+                      f"numbanet per pair: median [quartiles]", f"{'quartiles':>15}")
         for kind, shape in CASES:
             key = f"{kind} {shape}"
             nb, pt = [], []
@@ -292,12 +297,9 @@ def main(argv: list[str] | None = None) -> None:
             order = ["numbanet", "torch"] if r % 2 == 0 else ["torch", "numbanet"]
             for name in order:
                 runs[name].append(_run_worker(name, threads, cores, args.dtype))
-        print(f"\nthreads={threads}, cores {cores}; microseconds per forward + backward "
-              f"(median over rounds of per-round medians; best = fastest round's median)")
-        header = (f"{'case':<32}{'numbanet':>10}{'torch':>10}{'ratio':>7}"
-                  f"{'best nb':>10}{'best pt':>10}{'ratio':>7}{'nb GB/s':>9}")
-        print(header)
-        print("-" * len(header))
+        _print_header(threads, cores,
+                      "median over rounds of per-round medians; best = fastest round's "
+                      "median", f"{'best nb':>10}{'best pt':>10}{'ratio':>7}")
         for kind, shape in CASES:
             key = f"{kind} {shape}"
             nb = [run[key][0] for run in runs["numbanet"]]
