@@ -138,11 +138,12 @@ class Workspace:
         the buffer starts at the page offset (:func:`farthest_placement`) farthest from
         the inputs' offsets ``away_from`` (bytes, from :func:`page_offset`).
 
-        Why: arrays of 128 KiB and more come from ``mmap``, so NumPy's, PyTorch's and
-        this workspace's all start 16 bytes into a page. Rows of 1024 float32 are a
-        page long, so every row of every such array maps its column ``j`` to the same
-        L1 set (8 ways); a kernel walking four rows of ``x``, ``dy`` and ``dx`` at once
-        (layer norm's) then evicts its own lines. Placing ``dx`` apart: layer norm's
+        Why: rows of 1024 float32 are a page long, so column ``j`` of every row of
+        every array that starts at the same page offset falls in the same L1 set (8
+        ways), and a kernel walking four rows of ``x``, ``dy`` and ``dx`` at once (layer
+        norm's) then evicts its own lines. Freshly ``mmap``-ed arrays (128 KiB and more:
+        NumPy's, PyTorch's, this workspace's) all start 16 bytes into a page; reused heap
+        memory starts anywhere. Placing ``dx`` apart: layer norm's
         (256, 1024) float32 forward + backward, one thread, with ``x`` and ``dy`` at
         the same offset, 187-228 -> 149-164 us (medians of four rounds).
 
