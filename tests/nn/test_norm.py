@@ -318,15 +318,23 @@ def test_serial_and_parallel_twins_are_bit_identical(shape, dtype):
         partials, acc = K.norm_partials(rows, cols), K.norm_partials(rows, cols, dtype)
         y, dx, dw, db = (np.empty_like(x), np.empty_like(x), np.empty(cols, dtype),
                          np.empty(cols, dtype))
-        bn_f(x, True, 1e-5, 0.1, w, b, True, rm, rv, stats, coef, partials, acc, chunk, y)
+        bn_f(x, True, 1e-5, 0.1, w, b, True, rm, rv, stats, coef, partials, acc, chunk,
+             False, y)
         bn_b(x, dy, w, True, True, True, stats, coef, partials, acc, chunk, dw, db, dx)
+        # The forward with a ReLU layer's pass folded in (eval mode: the running
+        # statistics stay as they are) rectifies exactly that output.
+        y_eval, y_relu = np.empty_like(x), np.empty_like(x)
+        for relu, out in ((False, y_eval), (True, y_relu)):
+            bn_f(x, False, 1e-5, 0.1, w, b, True, rm, rv, stats, coef, partials, acc,
+                 chunk, relu, out)
+        np.testing.assert_array_equal(y_relu, np.where(y_eval < 0, 0, y_eval))
         mean, rstd, totals = np.empty(rows), np.empty(rows), np.empty((2, cols))
         y2, dx2, dw2, db2 = (np.empty_like(x), np.empty_like(x), np.empty(cols, dtype),
                              np.empty(cols, dtype))
         ln_f(x, 1e-5, w, b, True, y2, mean, rstd, chunk)
         ln_b(x, dy, w, True, mean, rstd, True, dx2, partials, acc, totals, chunk, dw2,
             db2)
-        results.append([y, dx, dw, db, rm, rv, y2, dx2, dw2, db2])
+        results.append([y, dx, dw, db, rm, rv, y2, dx2, dw2, db2, y_relu])
     for a, b_ in zip(*results, strict=True):
         np.testing.assert_array_equal(a, b_)
 

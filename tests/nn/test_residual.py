@@ -119,6 +119,104 @@ def test_inner_layers_fuse_activation_derivatives_like_sequential():
     assert block._partners == [None, layers[0], None, None]
 
 
+def _resnet_like(dtype, fused, seed=0):
+    """Conv + BN + ReLU, a post-activation residual block + ReLU, pooling, Dense. With
+    ``fused=False`` a Dropout(0.0) (the identity) sits before every ReLU, so no ReLU is
+    right above the layer that could apply it: the same values, each ReLU in its own
+    pass."""
+    def relu():
+        return [nbn.Activation("relu")] if fused else [nbn.Dropout(0.0), nbn.Activation("relu")]
+
+    conv = lambda cin, cout: nbn.Conv2D(cin, cout, 3, padding=1, bias=False)  # noqa: E731
+    block = nbn.Residual([conv(8, 8), nbn.BatchNorm(8), *relu(), conv(8, 8),
+                          nbn.BatchNorm(8)])
+    return nbn.Sequential([conv(3, 8), nbn.BatchNorm(8), *relu(), block, *relu(),
+                           nbn.GlobalAvgPool2D(), nbn.Dense(8, 4)],
+                          input_shape=(16, 15, 3), seed=seed, dtype=dtype)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("size", [1, 15, 16, 17, 1000, 65536, 3 * 16384 + 70001])
+def test_residual_sums_equal_numpy_on_any_thread_count(size, dtype):
+    """The block's sum kernel: NumPy's sum and the ReLU layer's rule (NaN passes, as
+    numpy.maximum) on every size around the vector width and the chunks, serial and
+    parallel, 1 and 2 threads."""
+    from numbanet.kernels.residual import add_into
+
+    rng = np.random.default_rng(size)
+    a, b = rng.normal(size=size).astype(dtype), rng.normal(size=size).astype(dtype)
+    a[::97] = np.nan
+    want = a + b
+    for relu in (False, True):
+        expected = np.maximum(want, 0) if relu else want
+        outs = []
+        previous = nbn.get_num_threads()
+        try:
+            for threads in (1, 2):
+                nbn.set_num_threads(threads)
+                out = np.empty_like(a)
+                add_into(a, b, out, relu)
+                outs.append(out)
+        finally:
+            nbn.set_num_threads(previous)
+        np.testing.assert_array_equal(outs[0], expected)
+        np.testing.assert_array_equal(outs[1], expected)
+    into_a = a.copy()
+    add_into(into_a, b, into_a, True)  # out may be an input
+    np.testing.assert_array_equal(into_a, np.maximum(want, 0))
+
+
+def test_relus_above_batchnorm_and_residual_are_applied_by_the_layer_below():
+    model = _resnet_like("float32", fused=True)
+    block = model.layers[3]
+    assert [layer.input_rectified for layer in model.layers] == [
+        False, False, True, False, True, False, False]
+    assert [layer.input_rectified for layer in block.layers] == [
+        False, False, True, False, False]
+    # The ReLU layer hands on the array its producer wrote: no buffer, no pass of its own.
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(5, 16, 15, 3)).astype(np.float32)
+    h = model.layers[1].forward(model.layers[0].forward(x, True), True)
+    assert model.layers[2].forward(h, True) is h
+    assert (h >= 0).all() and (h == 0).any()
+    # Unfused: the same layers with a Dropout(0.0) in between take their own pass.
+    plain = _resnet_like("float32", fused=False)
+    assert not any(layer.input_rectified for layer in plain.layers)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_fused_relus_give_the_same_bits_as_their_own_passes(dtype, threads):
+    """Outputs, input gradient, every parameter gradient and the running statistics
+    after two training steps, fused against unfused (batch 37: the residual sums and
+    the batch norms of 37 x 16 x 15 x 8 values take their parallel kernels)."""
+    from numbanet.kernels.norm import PARALLEL_MIN as K_NORM_PARALLEL_MIN
+    from numbanet.kernels.residual import PARALLEL_MIN
+
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(37, 16, 15, 3)).astype(dtype)
+    y = rng.integers(0, 4, size=37)
+    assert 37 * 16 * 15 * 8 >= max(PARALLEL_MIN, K_NORM_PARALLEL_MIN)
+    results = []
+    previous = nbn.get_num_threads()
+    nbn.set_num_threads(threads)
+    try:
+        for fused in (True, False):
+            model = _resnet_like(dtype, fused)
+            model.compile("cross_entropy", nbn.get_optimizer("sgd", lr=0.1))
+            for _ in range(2):
+                model.train_step(x, y)
+            out = model.forward(x, training=True)
+            dx = model.backward(np.ones_like(out))
+            results.append([out, dx, model.flat_gradients.copy(), model.flat_parameters.copy(),
+                            *(layer.buffer("running_var").copy() for layer in
+                              [model.layers[1], model.layers[-4 if fused else -5].layers[1]])])
+    finally:
+        nbn.set_num_threads(previous)
+    for a, b in zip(*results, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_nested_residual_blocks_name_three_levels_and_round_trip_their_config():
     inner = nbn.Residual([nbn.Dense(4, 4, activation="tanh"), nbn.LayerNorm(4)])
     outer = nbn.Residual([nbn.Dense(4, 4), inner, nbn.Dropout(0.2)])

@@ -80,6 +80,7 @@ from numbanet.kernels._simd import (
     vload,
     vload_part,
     vmul,
+    vrelu,
     vsplat,
     vstore,
     vstore_part,
@@ -208,8 +209,11 @@ def _sum_chunks(partials, nchunks, clo, chi, t0, t1):
 
 
 @kernel(**_SUM_FLAGS)
-def _scale_shift_rows(x, lo, hi, m, s, b, y):
-    """``y[r] = (x[r] - m) * s + b`` for rows ``lo:hi``; ``m, s, b`` per column."""
+def _scale_shift_rows(x, lo, hi, m, s, b, relu, y):
+    """``y[r] = (x[r] - m) * s + b`` for rows ``lo:hi``; ``m, s, b`` per column. With
+    ``relu``, ``y[r] = relu((x[r] - m) * s + b)`` (``0 if v < 0 else v``, the ReLU
+    layer's own rule, so NaN passes through): a ReLU layer right after the batch norm,
+    applied here instead of in a pass of its own (:meth:`BatchNorm.absorb_output_relu`)."""
     cols = x.shape[1]
     lanes = vlanes(x)
     if cols % lanes == 0:
@@ -221,13 +225,17 @@ def _scale_shift_rows(x, lo, hi, m, s, b, y):
             for j in range(0, cols, lanes):
                 e = r * cols + j
                 mv, sv, bv = vload(m, j), vload(s, j), vload(b, j)
-                vstore(y, e, vfma(vsub(vload(x, e), mv), sv, bv))
+                v0 = vfma(vsub(vload(x, e), mv), sv, bv)
+                vstore(y, e, vrelu(v0) if relu else v0)
                 if pair:
-                    vstore(y, e + cols, vfma(vsub(vload(x, e + cols), mv), sv, bv))
+                    v1 = vfma(vsub(vload(x, e + cols), mv), sv, bv)
+                    vstore(y, e + cols, vrelu(v1) if relu else v1)
         return
+    zero = x.dtype.type(0)
     for r in range(lo, hi):
         for j in range(cols):
-            y[r, j] = (x[r, j] - m[j]) * s[j] + b[j]
+            v = (x[r, j] - m[j]) * s[j] + b[j]
+            y[r, j] = zero if relu and v < zero else v
 
 
 # ---------------------------------------------------------------------------------------
@@ -594,7 +602,7 @@ def _bn_dx_rows(x, dy, lo, hi, m, a, b, c, dx):
 
 @parallel_kernel
 def _bn_forward_parallel(x, training, eps, momentum, weight, bias, affine, run_mean,
-                         run_var, stats, coef, partials, acc, chunk, y):
+                         run_var, stats, coef, partials, acc, chunk, relu, y):
     """Batch norm forward; three ``prange`` loops, each race-free:
 
     1. (training) over (row chunk, column block) tasks: task ``(c, b)`` writes only
@@ -642,12 +650,13 @@ def _bn_forward_parallel(x, training, eps, momentum, weight, bias, affine, run_m
         _bn_eval_coefs(eps, weight, bias, affine, run_mean, run_var, stats, coef)
     for c in numba.prange(nchunks):
         lo = c * chunk
-        _scale_shift_rows(x, lo, min(lo + chunk, n), coef[0], coef[1], coef[2], y)
+        _scale_shift_rows(x, lo, min(lo + chunk, n), coef[0], coef[1], coef[2], relu,
+                          y)
 
 
 @kernel
 def _bn_forward_serial(x, training, eps, momentum, weight, bias, affine, run_mean,
-                       run_var, stats, coef, partials, acc, chunk, y):
+                       run_var, stats, coef, partials, acc, chunk, relu, y):
     """Serial twin of :func:`_bn_forward_parallel` (same chunks, same result bit for bit)."""
     n, cols = x.shape
     nchunks = (n + chunk - 1) // chunk
@@ -679,7 +688,8 @@ def _bn_forward_serial(x, training, eps, momentum, weight, bias, affine, run_mea
         _bn_eval_coefs(eps, weight, bias, affine, run_mean, run_var, stats, coef)
     for c in range(nchunks):
         lo = c * chunk
-        _scale_shift_rows(x, lo, min(lo + chunk, n), coef[0], coef[1], coef[2], y)
+        _scale_shift_rows(x, lo, min(lo + chunk, n), coef[0], coef[1], coef[2], relu,
+                          y)
 
 
 @parallel_kernel
@@ -759,7 +769,8 @@ def batch_norm_forward(x: np.ndarray, training: bool, eps: float, momentum: floa
                        weight: np.ndarray | None, bias: np.ndarray | None,
                        running_mean: np.ndarray, running_var: np.ndarray,
                        stats: np.ndarray, coef: np.ndarray, partials: np.ndarray,
-                       acc: np.ndarray, y: np.ndarray, threads: int | None = None) -> None:
+                       acc: np.ndarray, y: np.ndarray, threads: int | None = None,
+                       relu: bool = False) -> None:
     """Batch norm over the rows of ``x`` (one feature per column); unchecked.
 
     Args:
@@ -779,6 +790,8 @@ def batch_norm_forward(x: np.ndarray, training: bool, eps: float, momentum: floa
         y: ``(rows, C)`` like ``x``; receives the output.
         threads: the number of threads Numba runs (``numba.get_num_threads()``), if the
             caller knows it (as for every wrapper here; see :func:`_use_parallel`).
+        relu: write ``relu(y)`` instead (``0 if v < 0 else v``, as the ReLU layer),
+            what a ReLU layer after the batch norm would compute, without its pass.
 
     Parallel at :data:`PARALLEL_MIN` elements and above on more than one thread; the
     result is the same bit for bit on either path and for any thread count.
@@ -788,7 +801,7 @@ def batch_norm_forward(x: np.ndarray, training: bool, eps: float, momentum: floa
     run = _bn_forward_parallel if _use_parallel(x, threads) else _bn_forward_serial
     run(x, training, eps, momentum, one if weight is None else weight,
         one if bias is None else bias, affine, running_mean, running_var, stats, coef,
-        partials, acc, chunk_rows(x.shape[0], x.shape[1]), y)
+        partials, acc, chunk_rows(x.shape[0], x.shape[1]), relu, y)
 
 
 def batch_norm_backward(x: np.ndarray, dy: np.ndarray, weight: np.ndarray | None,

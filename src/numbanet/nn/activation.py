@@ -28,6 +28,9 @@ class Activation(Module):
     a convolution, Dense or pooling layer above then zeroes its input gradient where
     this layer's output is not positive, and this layer's backward passes the gradient
     through untouched (ResNet's BN, ReLU, conv: no separate pass over the gradient).
+    In a model, a ReLU right above a BatchNorm or a Residual is applied by that layer as
+    it writes its output (:func:`numbanet.nn.module.fuse_output_relus`), and this
+    layer's forward passes its input through: no separate pass forward either.
     """
 
     def __init__(self, name: str):
@@ -49,7 +52,15 @@ class Activation(Module):
             raise ValueError(f"{self!r} needs at least one feature axis, got samples of shape ()")
         return tuple(in_shape)
 
+    @property
+    def is_relu(self) -> bool:
+        return self._act.id == RELU
+
     def forward(self, x: np.ndarray, training: bool) -> np.ndarray:
+        if self.input_rectified:
+            # The layer below applied this ReLU as it wrote x: x is this layer's output.
+            self._x = self._y = x
+            return x
         y = self.workspace.get("y", x.shape)
         self._act.forward_unchecked(_rows(x), _rows(y))
         self._x, self._y = x, y

@@ -128,7 +128,8 @@ class BatchNorm(Module):
     Kernels (:mod:`numbanet.kernels.norm`): the forward reads ``x`` twice (fixed-order
     column sums, then the normalisation) and writes ``y`` once; the backward
     reads ``x`` and ``dy`` twice and writes ``dx`` once. Results are bit-identical for
-    any thread count.
+    any thread count. In a model, an ``Activation("relu")`` right after the layer is
+    applied as ``y`` is written (:meth:`set_output_relu`), saving that layer's pass.
     """
 
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1,
@@ -144,6 +145,7 @@ class BatchNorm(Module):
         self._batch_stats = False
         self._stats: np.ndarray | None = None
         self._coef: np.ndarray | None = None
+        self._relu_output = False  # set_output_relu: a ReLU layer above is applied here
 
     def parameter_shapes(self) -> list[tuple[str, Shape]]:
         c = self.num_features
@@ -184,6 +186,11 @@ class BatchNorm(Module):
         return {"type": self.layer_type, "num_features": self.num_features, "eps": self.eps,
                 "momentum": self.momentum, "affine": self.affine}
 
+    def set_output_relu(self, on: bool) -> bool:
+        # The kernels clamp as they write y; backward reads x and the coefficients only.
+        self._relu_output = bool(on)
+        return self._relu_output
+
     def forward(self, x: np.ndarray, training: bool) -> np.ndarray:
         c = self.num_features
         if x.ndim < 2 or x.shape[-1] != c:
@@ -206,7 +213,7 @@ class BatchNorm(Module):
         batch_norm_forward(x2, training, self.eps, self.momentum, weight, bias,
                            self._buffers["running_mean"], self._buffers["running_var"],
                            self._stats, self._coef, step.partials, step.acc, step.out2,
-                           self._threads)
+                           self._threads, relu=self._relu_output)
         self._x, self._x_in, self._batch_stats = x2, x, training
         return step.out
 

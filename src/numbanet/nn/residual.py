@@ -7,7 +7,15 @@ from typing import Any
 
 import numpy as np
 
-from numbanet.nn.module import Module, Shape, backward_chain, check_roles, fusion_partners
+from numbanet.kernels.residual import add_into
+from numbanet.nn.module import (
+    Module,
+    Shape,
+    backward_chain,
+    check_roles,
+    fuse_output_relus,
+    fusion_partners,
+)
 from numbanet.nn.parameter import Parameter
 
 __all__ = ["Residual"]
@@ -16,6 +24,17 @@ __all__ = ["Residual"]
 def _split(items: dict[str, Any], index: int) -> dict[str, Any]:
     prefix = f"{index}."
     return {name[len(prefix):]: v for name, v in items.items() if name.startswith(prefix)}
+
+
+def _add(a: np.ndarray, b: np.ndarray, out: np.ndarray, relu: bool) -> None:
+    """``out = a + b`` (rectified with ``relu``): the chunked kernel for the model's
+    C-contiguous buffers, NumPy for anything else (the same values)."""
+    if a.flags.c_contiguous and b.flags.c_contiguous and a.dtype == b.dtype == out.dtype:
+        add_into(a, b, out, relu)
+        return
+    np.add(a, b, out=out)
+    if relu:
+        np.copyto(out, 0, where=out < 0)
 
 
 class Residual(Module):
@@ -35,7 +54,9 @@ class Residual(Module):
     input also feeds the skip connection.
 
     The usual post-activation block of a ResNet is ``Residual([conv, BatchNorm, ReLU,
-    conv, BatchNorm])`` followed by ``Activation("relu")``.
+    conv, BatchNorm])`` followed by ``Activation("relu")``. In a model that ReLU is
+    applied as the sum is written, and the one inside the block by the BatchNorm below
+    it (:func:`~numbanet.nn.module.fuse_output_relus`): no pass of their own forward.
 
     Example:
         >>> import numbanet as nbn
@@ -72,6 +93,8 @@ class Residual(Module):
             raise ValueError("Residual: the same layer object appears twice in layers")
         self.layers: list[Module] = built
         self._partners = fusion_partners(built)
+        fuse_output_relus(built)
+        self._relu_output = False  # set_output_relu: a ReLU layer after the block
 
     # -- structure -----------------------------------------------------------------
     @property
@@ -132,8 +155,13 @@ class Residual(Module):
             raise ValueError(f"{self!r}: its layers turned input of shape {x.shape} into "
                              f"{h.shape}; a residual block needs the same shape")
         y = self.workspace.get("y", x.shape)
-        np.add(x, h, out=y)
+        _add(x, h, y, self._relu_output)
         return y
+
+    def set_output_relu(self, on: bool) -> bool:
+        # The sum is rectified as it is written; backward does not read it.
+        self._relu_output = bool(on)
+        return self._relu_output
 
     def backward(self, dy: np.ndarray, need_input_grad: bool = True) -> np.ndarray | None:
         # Through f (inner fusion as in Sequential), then the skip connection adds dy.
@@ -142,7 +170,7 @@ class Residual(Module):
             return None
         assert df is not None
         dx = self.workspace.get("dx", dy.shape)
-        np.add(dy, df, out=dx)
+        _add(dy, df, dx, False)
         return dx
 
     def __repr__(self) -> str:

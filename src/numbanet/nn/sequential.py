@@ -19,6 +19,7 @@ from numbanet.nn.module import (
     Workspace,
     backward_chain,
     check_roles,
+    fuse_output_relus,
     fusion_partners,
 )
 from numbanet.nn.parameter import Parameter
@@ -111,6 +112,9 @@ class Sequential:
         # Backward pairs each layer with the layer below when the two can fuse an
         # activation derivative into the upper layer's input-gradient GEMM.
         self._fusion_below: list[Module | None] = fusion_partners(layers)
+        # A ReLU layer right above a BatchNorm or a Residual is applied by that layer as
+        # it writes its output (no pass of its own forward).
+        fuse_output_relus(layers)
         # An MLP (Dense layers only) trains through one native call (forward, loss rows,
         # backward) instead of the layers' methods where every product is serial anyway
         # (nn/dense_stack.py).
