@@ -213,7 +213,7 @@ def _scale_shift_rows(x, lo, hi, m, s, b, relu, y):
     """``y[r] = (x[r] - m) * s + b`` for rows ``lo:hi``; ``m, s, b`` per column. With
     ``relu``, ``y[r] = relu((x[r] - m) * s + b)`` (``0 if v < 0 else v``, the ReLU
     layer's own rule, so NaN passes through): a ReLU layer right after the batch norm,
-    applied here instead of in a pass of its own (:meth:`BatchNorm.absorb_output_relu`)."""
+    applied here instead of in a pass of its own (``BatchNorm.set_output_relu``)."""
     cols = x.shape[1]
     lanes = vlanes(x)
     if cols % lanes == 0:

@@ -2,7 +2,7 @@
 follows the block) and ``dx = dy + df`` backward, over flat arrays.
 
 ``numpy.add`` computed them before, on one thread: the small ResNet of ``numbanet
-bench`` adds four tensors of up to 4 MiB per block and step. Here the arrays are cut
+bench`` makes two such sums of up to 4 MiB per block and step. Here the arrays are cut
 into fixed chunks of :data:`CHUNK` elements; from :data:`PARALLEL_MIN` elements on, a
 ``prange`` spreads the chunks over the threads. Each element is one addition rounded to
 the dtype, so the result is NumPy's bit for bit, on any thread count.
