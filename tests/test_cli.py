@@ -113,7 +113,9 @@ def test_plot_needs_matplotlib_or_writes_png(tmp_path):
     png = tmp_path / "curves.png"
     result = run("train", "--epochs", "2", "--hidden", "16", "--quiet", "--plot", str(png))
     if importlib.util.find_spec("matplotlib") is None:
-        assert result.returncode == 1 and "pip install matplotlib" in result.stderr
+        # A user error: one line, exit status 2, like every other (docs/guide.md).
+        assert result.returncode == 2 and "pip install matplotlib" in result.stderr
+        assert "Traceback" not in result.stderr and len(result.stderr.splitlines()) == 1
         assert not png.exists()
     else:
         assert result.returncode == 0, result.stderr
