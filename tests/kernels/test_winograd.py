@@ -1,4 +1,4 @@
-"""Winograd F(2x2, 3x3) kernels against a direct NumPy convolution in float64: forward
+"""Winograd F(4x4, 3x3) kernels against a direct NumPy convolution in float64: forward
 (bias, ReLU), input gradient (flipped kernel, ReLU derivative of the layer below) and
 weight gradient, on awkward shapes and paddings; 1 vs 2 threads bit-identical."""
 
@@ -17,13 +17,15 @@ from numbanet.threads import max_threads
 TOLERANCE = {np.float32: 2e-6, np.float64: 1e-13}
 
 # (batch, height, width, in_channels, out_channels, (pad_top, pad_left)); the output is
-# (height + 2 * pad - 2) wide, so odd sizes leave half tiles at the bottom and right.
+# (height + 2 * pad - 2) wide, so sizes that are not multiples of 4 leave tiles cut at the
+# bottom and right (by 1, 2 or 3 pixels).
 CASES = [
     (2, 7, 5, 16, 16, (1, 1)),
     (1, 8, 8, 32, 48, (1, 1)),
     (3, 9, 10, 16, 64, (0, 0)),
     (2, 6, 11, 32, 16, (2, 2)),
-    (1, 3, 3, 16, 32, (1, 1)),   # a 3x3 output: four tiles, three of them cut
+    (1, 3, 3, 16, 32, (1, 1)),   # a 3x3 output: one tile, cut on both sides
+    (2, 6, 10, 16, 16, (1, 1)),  # 6x10 outputs: tiles cut by two rows and columns
     (2, 5, 12, 48, 32, (0, 1)),  # asymmetric padding
     (5, 16, 16, 16, 16, (1, 1)),  # enough tiles for several tasks
 ]
@@ -64,18 +66,19 @@ def _run(x, w, bias, dz, pads, relu, saved):
     oh, ow = h + 2 * pt - 2, wd + 2 * pl - 2
     dtype = x.dtype
     work = np.zeros(winograd.winograd_workspace(max_threads(), c, k), dtype)
-    u = np.empty((16, c, k), dtype)
-    winograd.transform_weights_into(w, u, np.empty(12 * k))
+    u = np.empty((winograd.POSITIONS, c, k), dtype)
+    scratch = np.empty(winograd.weight_scratch_shape(max_threads(), c, k))
+    winograd.transform_weights_into(w, u, scratch)
     z = np.empty((n, oh, ow, k), dtype)
     winograd.winograd_conv_into(x, u, bias, relu, z, pads, work)
-    ud = np.empty((16, k, c), dtype)
-    winograd.transform_weights_into(w, ud, np.empty(12 * k), flip=True)
+    ud = np.empty((winograd.POSITIONS, k, c), dtype)
+    winograd.transform_weights_into(w, ud, scratch, flip=True)
     dx = np.empty_like(x)
     winograd.winograd_conv_into(dz, ud, None, False, dx, (2 - pt, 2 - pl), work, saved)
     parts = np.empty(winograd.weight_partials_shape(n, oh, ow, c, k), dtype)
     dw = np.empty_like(w)
     winograd.winograd_weight_gradient_into(x, dz, pads, dw, work, parts,
-                                           np.empty((16, c * k)))
+                                           np.empty((winograd.POSITIONS, c * k)))
     return z, dx, dw
 
 
@@ -127,11 +130,45 @@ def test_winograd_is_bit_identical_for_1_and_2_threads(dtype):
         np.testing.assert_array_equal(a, b)
 
 
+# The F(4x4, 3x3) kernel transform, written out (rows of G: the interpolation points 0,
+# 1, -1, 2, -2 and infinity).
+G = np.array([[1 / 4, 0, 0], [-1 / 6, -1 / 6, -1 / 6], [-1 / 6, 1 / 6, -1 / 6],
+              [1 / 24, 1 / 12, 1 / 6], [1 / 24, -1 / 12, 1 / 6], [0, 0, 1]])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
+@pytest.mark.parametrize("flip", [False, True], ids=["forward", "flipped"])
+def test_weight_transform_matches_numpy_on_any_thread_count(flip, dtype):
+    """``G g G^T`` per channel pair (flipped: the kernel rotated by 180 degrees, the
+    channel axes swapped), serial and parallel (32 x 48 channels: 55,296 values, above
+    the parallel threshold) bit-identical."""
+    c, k = 32, 48
+    w = np.random.default_rng(3).standard_normal((3, 3, c, k)).astype(dtype)
+    g = w[::-1, ::-1].transpose(0, 1, 3, 2) if flip else w
+    expected = np.einsum("ia,abck,jb->ijck", G, g.astype(np.float64), G).reshape(36, *g.shape[2:])
+    scratch = np.empty(winograd.weight_scratch_shape(max_threads(), c, k))
+    old = nbn.get_num_threads()
+    results = []
+    try:
+        for threads in (1, min(2, max_threads())):
+            nbn.set_num_threads(threads)
+            u = np.empty(expected.shape, dtype)
+            winograd.transform_weights_into(w, u, scratch, flip=flip)
+            results.append(u)
+    finally:
+        nbn.set_num_threads(old)
+    np.testing.assert_array_equal(results[0], results[1])
+    rtol = 1e-6 if dtype == np.float32 else 1e-14
+    np.testing.assert_allclose(results[0], expected, rtol=rtol, atol=rtol * np.abs(expected).max())
+
+
 def test_weight_tasks_depend_on_shapes_only():
     assert winograd.weight_tasks(1, 2, 2) == 1
     assert winograd.weight_tasks(64, 32, 32) == winograd.MAX_WEIGHT_TASKS
-    # 64 images of 8x8 outputs: 1,024 tiles, 22 blocks of 48.
-    assert winograd.weight_tasks(64, 8, 8) == min(winograd.MAX_WEIGHT_TASKS, 22)
+    # 64 images of 8x8 outputs: 256 tiles of 4x4.
+    shares = 256 // winograd.WEIGHT_TASK_TILES
+    assert winograd.weight_tasks(64, 8, 8) == min(winograd.MAX_WEIGHT_TASKS, shares)
+    assert winograd.weight_tasks(1, 8, 8) == 1
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])

@@ -34,8 +34,10 @@ from numbanet.kernels.conv import (
 from numbanet.kernels.matmul import GemmPlan, gemm_into, gemm_plan
 from numbanet.kernels.reductions import column_sum_into, column_sum_partials
 from numbanet.kernels.winograd import (
+    POSITIONS,
     transform_weights_into,
     weight_partials_shape,
+    weight_scratch_shape,
     winograd_applies,
     winograd_conv_into,
     winograd_weight_gradient_into,
@@ -155,9 +157,10 @@ class Conv2D(Module):
 
     How it computes (``groups == 1``): a 3x3, stride-1, undilated convolution whose
     channel counts are at least 16 and whole SIMD vectors (16, 32, 64, ... float32 on
-    any CPU) runs Winograd's F(2x2, 3x3) algorithm for its forward pass, input gradient
-    and weight gradient (:mod:`numbanet.kernels.winograd`: 2.25x fewer multiply-adds,
-    results within a few float rounding steps of the direct sum). Otherwise ``im2col``
+    any CPU) runs Winograd's F(4x4, 3x3) algorithm for its forward pass, input gradient
+    and weight gradient (:mod:`numbanet.kernels.winograd`: 4x fewer multiply-adds;
+    float32 results within about 4e-6 of the output's largest magnitude of the direct
+    sum, float64 within 1e-14). Otherwise ``im2col``
     copies each output pixel's receptive field into a row of a ``(N*OH*OW, KH*KW*C)``
     matrix, so the convolution is one GEMM
     with the weight seen as ``(KH*KW*C, CO)``; its epilogue adds the bias and applies the
@@ -401,6 +404,11 @@ class Conv2D(Module):
             size = max(size, direct_workspace(max_threads(), p.layout_dx, co, c, lanes)[0][1])
         return self._scratch("tiles", (max_threads(), size))
 
+    def _winograd_weight_scratch(self) -> np.ndarray:
+        """Float64 scratch of :func:`~numbanet.kernels.winograd.transform_weights_into`."""
+        return self._scratch("winograd_t", weight_scratch_shape(
+            max_threads(), self.in_channels, self.out_channels), np.float64)
+
     def _btiles(self, co: int) -> np.ndarray:
         """Per-thread scratch of :func:`~numbanet.kernels.conv.untranspose_into`."""
         return self._scratch("btiles", (max_threads(), direct_lanes(self.workspace.dtype) * co))
@@ -431,8 +439,8 @@ class Conv2D(Module):
         cols = None
         if p.winograd:
             c = self.in_channels
-            u = self._scratch("winograd_u", (16, c, co))
-            transform_weights_into(weight, u, self._scratch("winograd_t", (12 * co,), np.float64))
+            u = self._scratch("winograd_u", (POSITIONS, c, co))
+            transform_weights_into(weight, u, self._winograd_weight_scratch())
             pt, _, pl, _ = self._pads
             winograd_conv_into(x, u, bias, act.name == "relu", z, (pt, pl),
                                self._winograd_work())
@@ -539,7 +547,7 @@ class Conv2D(Module):
             c = self.in_channels
             parts = ws.get("winograd_parts", weight_partials_shape(n, p.geo.oh, p.geo.ow, c, co))
             winograd_weight_gradient_into(x, dz, (pt, pl), weight.grad, self._winograd_work(),
-                                          parts, self._scratch("winograd_du", (16, c * co),
+                                          parts, self._scratch("winograd_du", (POSITIONS, c * co),
                                                                np.float64))
         elif p.direct:
             _, per_block = direct_workspace(max_threads(), p.layout, self.in_channels, co,
@@ -574,9 +582,9 @@ class Conv2D(Module):
             return dx
         if p.winograd:
             # dx = the output gradient convolved with the flipped kernel, padded 2 - pad.
-            u = self._scratch("winograd_u_dx", (16, co, self.in_channels))
+            u = self._scratch("winograd_u_dx", (POSITIONS, co, self.in_channels))
             transform_weights_into(weight.value, u,
-                                   self._scratch("winograd_t", (12 * co,), np.float64), flip=True)
+                                   self._winograd_weight_scratch(), flip=True)
             winograd_conv_into(dz, u, None, False, dx, (2 - pt, 2 - pl), self._winograd_work(),
                                saved)
             return dx
