@@ -9,6 +9,8 @@ import pytest
 import numbanet as nbn
 from numbanet.kernels import conv as kc
 from numbanet.kernels import pooling as kp
+from numbanet.kernels._simd import lanes_for
+from numbanet.kernels.matmul import MR, NV
 from numbanet.threads import max_threads
 
 DTYPES = [np.float32, np.float64]
@@ -252,9 +254,13 @@ def test_untranspose_applies_bias_and_relu(m, co, dtype):
 
 
 def test_gemm_prefers_transpose_for_narrow_outputs_the_gemm_does_not_swap():
-    assert kc.gemm_prefers_transpose(6400, 16, np.float32)  # LeNet's second conv
-    assert not kc.gemm_prefers_transpose(6400, 64, np.float32)
-    assert not kc.gemm_prefers_transpose(50176, 6, np.float32)  # the GEMM swaps itself
+    # The register tile's columns: 32 float32 with AVX-512, 16 with AVX2.
+    nr = NV * lanes_for(np.float32)
+    # Half a tile of output channels (LeNet's second conv has 16: half, with AVX-512).
+    assert kc.gemm_prefers_transpose(6400, nr // 2, np.float32)
+    assert not kc.gemm_prefers_transpose(6400, 2 * nr, np.float32)
+    if nr > 2 * MR:  # only then can a transpose save more than half the padded area
+        assert not kc.gemm_prefers_transpose(50176, 6, np.float32)  # the GEMM swaps itself
 
 
 # -- pooling -------------------------------------------------------------------------
