@@ -23,11 +23,12 @@ so with ``U[xi] = (G g G^T)[xi]`` (per channel pair, once per step, in float64) 
 ``V[xi] = (B^T d B)[xi]`` (per tile and input channel), each of the 36 positions ``xi`` of
 the 6x6 transformed tile is a matrix product over the channels,
 ``M[xi][t, k] = sum_c V[xi][t, c] U[xi][c, k]``, and the output tile is ``A^T M A``: 4x
-fewer multiply-adds than the direct convolution (F(2x2, 3x3), which this replaced, saves
-2.25x: measured 1.5-1.8x slower per convolution at 16-64 channels), paid for with the
-transforms (a few adds and multiplies by 2, 4, 5 and 8 per value). The larger constants
+fewer multiply-adds than the direct convolution, paid for with the transforms (a few adds
+and multiplies by 2, 4, 5 and 8 per value). F(2x2, 3x3), which this replaced, saves
+2.25x; against it, forward and input gradient measured 1.2-1.45x faster at 16-64
+channels, the weight gradient 1.0-1.17x (docs/performance.md). The larger constants
 cost accuracy: results differ from the direct sum by about 4e-6 of the output's largest
-magnitude in float32 (F(2x2, 3x3): 2e-7), 7e-15 in float64.
+magnitude in float32 (F(2x2, 3x3): 2e-7), about 1e-14 in float64.
 
 Layouts: images ``(N, H, W, C)``, weights ``(3, 3, C, K)``, outputs ``(N, OH, OW, K)``,
 C-contiguous float32 or float64, ``C`` and ``K`` multiples of the SIMD width (so every
