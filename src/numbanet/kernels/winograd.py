@@ -362,6 +362,17 @@ def _a_times(y0, y1, y2, y3, four, eight):
 
 
 @kernel(inline="always", **_FLAGS)
+def _store_six(arr, o, stride, v0, v1, v2, v3, v4, v5):
+    """``v0 .. v5`` into ``arr[o + i * stride]``, ``i = 0 .. 5``."""
+    vstore(arr, o, v0)
+    vstore(arr, o + stride, v1)
+    vstore(arr, o + 2 * stride, v2)
+    vstore(arr, o + 3 * stride, v3)
+    vstore(arr, o + 4 * stride, v4)
+    vstore(arr, o + 5 * stride, v5)
+
+
+@kernel(inline="always", **_FLAGS)
 def _transform_block(src, p, col, row, tmp, vs, o, stride):
     """``V = B^T d B`` of the 6x6 block of vectors ``src[p + i * row + j * col]`` into
     ``vs[o + (6 * i + j) * stride]``; ``tmp`` holds 36 vectors in between."""
@@ -374,25 +385,14 @@ def _transform_block(src, p, col, row, tmp, vs, o, stride):
             vload(src, q), vload(src, q + row), vload(src, q + 2 * row),
             vload(src, q + 3 * row), vload(src, q + 4 * row), vload(src, q + 5 * row),
             four, minus_four, minus_five)
-        vstore(tmp, j * lanes, r0)
-        vstore(tmp, (SIDE + j) * lanes, r1)
-        vstore(tmp, (2 * SIDE + j) * lanes, r2)
-        vstore(tmp, (3 * SIDE + j) * lanes, r3)
-        vstore(tmp, (4 * SIDE + j) * lanes, r4)
-        vstore(tmp, (5 * SIDE + j) * lanes, r5)
+        _store_six(tmp, j * lanes, SIDE * lanes, r0, r1, r2, r3, r4, r5)
     for i in range(SIDE):  # (B^T d) B, row by row
         t = SIDE * i * lanes
         r0, r1, r2, r3, r4, r5 = _b_transpose(
             vload(tmp, t), vload(tmp, t + lanes), vload(tmp, t + 2 * lanes),
             vload(tmp, t + 3 * lanes), vload(tmp, t + 4 * lanes), vload(tmp, t + 5 * lanes),
             four, minus_four, minus_five)
-        q = o + SIDE * i * stride
-        vstore(vs, q, r0)
-        vstore(vs, q + stride, r1)
-        vstore(vs, q + 2 * stride, r2)
-        vstore(vs, q + 3 * stride, r3)
-        vstore(vs, q + 4 * stride, r4)
-        vstore(vs, q + 5 * stride, r5)
+        _store_six(vs, o + SIDE * i * stride, stride, r0, r1, r2, r3, r4, r5)
 
 
 @kernel(inline="always", **_FLAGS)
@@ -493,24 +493,13 @@ def _output_gradient_tile(dz, n, oh0, ow0, k0, ms, o, stride, tmp):
             m0, m1, m2, m3, m4, m5 = _a_times(y0, y1, y2, y3, four, eight)
         else:
             m0 = m1 = m2 = m3 = m4 = m5 = zero
-        vstore(tmp, j * lanes, m0)
-        vstore(tmp, (TILE + j) * lanes, m1)
-        vstore(tmp, (2 * TILE + j) * lanes, m2)
-        vstore(tmp, (3 * TILE + j) * lanes, m3)
-        vstore(tmp, (4 * TILE + j) * lanes, m4)
-        vstore(tmp, (5 * TILE + j) * lanes, m5)
+        _store_six(tmp, j * lanes, TILE * lanes, m0, m1, m2, m3, m4, m5)
     for i in range(SIDE):  # (A dY) A^T, row by row
         t = TILE * i * lanes
         m0, m1, m2, m3, m4, m5 = _a_times(vload(tmp, t), vload(tmp, t + lanes),
                                           vload(tmp, t + 2 * lanes), vload(tmp, t + 3 * lanes),
                                           four, eight)
-        q = o + SIDE * i * stride
-        vstore(ms, q, m0)
-        vstore(ms, q + stride, m1)
-        vstore(ms, q + 2 * stride, m2)
-        vstore(ms, q + 3 * stride, m3)
-        vstore(ms, q + 4 * stride, m4)
-        vstore(ms, q + 5 * stride, m5)
+        _store_six(ms, o + SIDE * i * stride, stride, m0, m1, m2, m3, m4, m5)
 
 
 @kernel(inline="always", **_FLAGS)
