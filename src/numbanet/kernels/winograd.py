@@ -174,9 +174,23 @@ def winograd_workspace(threads: int, in_channels: int, out_channels: int) -> tup
 
 
 @kernel(inline="always", **_FLAGS)
+def _tile_grid(oh, ow):
+    """Tile rows and columns of an ``oh x ow`` output (4x4 tiles, cut at the edges)."""
+    return (oh + TILE - 1) // TILE, (ow + TILE - 1) // TILE
+
+
+@kernel(inline="always", **_FLAGS)
 def _tile_count(batch, oh, ow):
-    """Tiles of ``batch`` outputs of ``oh x ow`` pixels (4x4 each, cut at the edges)."""
-    return batch * ((oh + TILE - 1) // TILE) * ((ow + TILE - 1) // TILE)
+    """Tiles of ``batch`` outputs of ``oh x ow`` pixels."""
+    tiles_h, tiles_w = _tile_grid(oh, ow)
+    return batch * tiles_h * tiles_w
+
+
+@kernel(inline="always", **_FLAGS)
+def _slot_tail(slot):
+    """The last :data:`EDGE` elements of a thread's scratch ``slot``: the edge blocks'
+    copy (36 vectors), then the 2-D transforms' intermediate block (36 vectors)."""
+    return slot[slot.size - EDGE:slot.size - EDGE // 2], slot[slot.size - EDGE // 2:]
 
 
 def weight_tasks(batch: int, oh: int, ow: int) -> int:
@@ -517,8 +531,7 @@ def _input_tiles(x, pt, pl, tiles_h, tiles_w, b0, count, slot, block_c):
     edge blocks' and the transforms' scratch."""
     _, h, w, c = x.shape
     xf = x.reshape(x.size)
-    edge = slot[slot.size - EDGE:slot.size - EDGE // 2]
-    tmp = slot[slot.size - EDGE // 2:]
+    edge, tmp = _slot_tail(slot)
     lanes = vlanes(x)
     for i in range(count):
         n, r0, q0 = _tile_position(b0 + i, tiles_h, tiles_w)
@@ -537,12 +550,12 @@ def _conv_tiles(x, u, bias, has_bias, relu, z, pt, pl, saved, masked, slot, t0, 
     """Tiles ``t0 .. t1`` of ``z``, ``TILE_BLOCK`` at a time (serial)."""
     c = x.shape[3]
     _, oh, ow, k = z.shape
-    tiles_h, tiles_w = (oh + TILE - 1) // TILE, (ow + TILE - 1) // TILE
+    tiles_h, tiles_w = _tile_grid(oh, ow)
     lanes = vlanes(x)
     block_c = TILE_BLOCK * c
     block_k = TILE_BLOCK * k
     ms_start = POSITIONS * block_c
-    tmp = slot[slot.size - EDGE // 2:]
+    _, tmp = _slot_tail(slot)
     for b0 in range(t0, t1, TILE_BLOCK):
         count = min(TILE_BLOCK, t1 - b0)
         _input_tiles(x, pt, pl, tiles_h, tiles_w, b0, count, slot, block_c)
@@ -642,14 +655,14 @@ def _weight_task(x, dz, pt, pl, slot, part, t0, t1):
     set the time)."""
     c = x.shape[3]
     _, oh, ow, k = dz.shape
-    tiles_h, tiles_w = (oh + TILE - 1) // TILE, (ow + TILE - 1) // TILE
+    tiles_h, tiles_w = _tile_grid(oh, ow)
     lanes = vlanes(x)
     blocks = -(-(t1 - t0) // WEIGHT_BLOCK)
     block = -(-(t1 - t0) // blocks)
     block_c = block * c
     block_k = block * k
     ms_start = POSITIONS * block_c
-    tmp = slot[slot.size - EDGE // 2:]
+    _, tmp = _slot_tail(slot)
     for b0 in range(t0, t1, block):
         count = min(block, t1 - b0)
         accumulate = b0 > t0
