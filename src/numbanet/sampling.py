@@ -43,6 +43,7 @@ from typing import Any
 
 import numpy as np
 
+from numbanet._aligned import aligned_empty
 from numbanet._validation import check_positive_int
 from numbanet.kernels.gather import as_rows, gather_row_pairs
 
@@ -246,7 +247,7 @@ class LazyRows:
         if buf is None or buf.dtype != dtype:
             if len(cache) >= 8:
                 cache.clear()
-            buf = cache[rows] = np.empty((rows, *self.shape[1:]), dtype=dtype)
+            buf = cache[rows] = aligned_empty((rows, *self.shape[1:]), dtype)
         return buf
 
     def take(self, index: slice | np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
@@ -372,8 +373,8 @@ class BatchLoader:
         if sampler.shuffle:
             for rows in sampler.batch_sizes():
                 if rows:
-                    xb = np.empty((rows,) + X.shape[1:], dtype=X.dtype)
-                    tb = np.empty((rows,) + targets.shape[1:], dtype=targets.dtype)
+                    xb = aligned_empty((rows,) + X.shape[1:], X.dtype)
+                    tb = aligned_empty((rows,) + targets.shape[1:], targets.dtype)
                     self._buffers[rows] = xb, tb
                     if self._x_rows is not None and self._target_rows is not None:
                         self._row_buffers[rows] = as_rows(xb), as_rows(tb)

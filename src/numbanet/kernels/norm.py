@@ -71,6 +71,7 @@ import math
 import numba
 import numpy as np
 
+from numbanet._aligned import aligned_empty
 from numbanet._jit import ELEMENTWISE_FASTMATH, kernel, parallel_kernel
 from numbanet.kernels._simd import (
     vadd,
@@ -170,8 +171,9 @@ def norm_partials_shape(rows: int, cols: int) -> tuple[int, int, int]:
 def norm_partials(rows: int, cols: int, dtype: np.dtype | type = np.float64) -> np.ndarray:
     """An uninitialised workspace of shape :func:`norm_partials_shape` for a
     ``(rows, cols)`` input: float64 ``partials`` by default; with the data's dtype, the
-    ``acc`` run sums (see :data:`RUN_ROWS`)."""
-    return np.empty(norm_partials_shape(rows, cols), dtype=dtype)
+    ``acc`` run sums (see :data:`RUN_ROWS`). 64-byte aligned (:mod:`numbanet._aligned`:
+    layer norm's (256, 1024) float32 backward, one thread, 78 -> 72 us)."""
+    return aligned_empty(norm_partials_shape(rows, cols), dtype)
 
 
 #: Flags of the per-column coefficient helpers: no ``reassoc``/``arcp``, so LLVM cannot

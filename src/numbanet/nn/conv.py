@@ -7,6 +7,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from numbanet._aligned import aligned_empty
 from numbanet._validation import Boolean, Integer, check_arg
 from numbanet.kernels.activations import RELU, get_activation
 from numbanet.kernels.conv import (
@@ -381,7 +382,7 @@ class Conv2D(Module):
         dtype = self.workspace.dtype if dtype is None else np.dtype(dtype)
         array = self._buffers_own.get(name)
         if array is None or array.shape != shape or array.dtype != dtype:
-            array = self._buffers_own[name] = np.empty(shape, dtype)
+            array = self._buffers_own[name] = aligned_empty(shape, dtype)
         return array
 
     def _winograd_work(self) -> np.ndarray:

@@ -32,6 +32,7 @@ from typing import Any, NamedTuple
 import numba
 import numpy as np
 
+from numbanet._aligned import aligned_empty, aligned_zeros
 from numbanet.kernels import dense_stack as k
 from numbanet.kernels.activations import IDENTITY, RELU
 from numbanet.kernels.matmul import MR, SERIAL_WORK, GemmPlan, gemm_plan
@@ -211,10 +212,10 @@ class DenseStack:
                 row[k.PLAN_DW : k.PLAN_DX] = _plan_columns(dw, True, False, False, -1, False)
                 row[k.PLAN_DX : k.N_COLUMNS] = _plan_columns(  # dx = dz @ W.T, * ReLU' below
                     dx, False, True, False, RELU if relu_below else -1, relu_below)
-        return _Step(table, np.zeros(sizes["acts"], self.dtype),
-                     np.empty(sizes["work"], self.dtype),
-                     np.empty(sizes["partials"], np.float64),
-                     np.zeros(max(sizes["parts"], 1), self.dtype), serial)
+        return _Step(table, aligned_zeros(sizes["acts"], self.dtype),
+                     aligned_empty(sizes["work"], self.dtype),
+                     aligned_empty(sizes["partials"], np.float64),
+                     aligned_zeros(max(sizes["parts"], 1), self.dtype), serial)
 
     def _plans(self, rows: int, layer: Dense) -> tuple[GemmPlan, GemmPlan, GemmPlan]:
         n_in, n_out = layer.in_features, layer.out_features

@@ -54,6 +54,7 @@ from typing import Any, ClassVar, NamedTuple
 
 import numpy as np
 
+from numbanet._aligned import aligned_empty
 from numbanet.nn.parameter import ROLES, Parameter
 
 # Distinct batch sizes whose buffers a layer keeps: an epoch of fit touches up to five
@@ -129,7 +130,7 @@ class Workspace:
         array = buffers.get(name)
         if array is None or array.shape != dims or (dtype is not None
                                                      and array.dtype != dtype):
-            array = buffers[name] = np.empty(dims, dtype=self.dtype if dtype is None else dtype)
+            array = buffers[name] = aligned_empty(dims, self.dtype if dtype is None else dtype)
         return array
 
     def get_placed(self, name: str, shape: Sequence[int],
@@ -170,7 +171,7 @@ class Workspace:
         and shared by every batch size."""
         buffer = self._scratch
         if buffer is None or buffer.shape[0] < size:
-            buffer = self._scratch = np.empty(max(size, 1), dtype=self.dtype)
+            buffer = self._scratch = aligned_empty(max(size, 1), self.dtype)
         return buffer
 
     def clear(self) -> None:

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from numbanet._aligned import aligned_zeros
 from numbanet._validation import Integer, Optional, check_arg, resolve_dtype
 from numbanet.kernels.checks import all_finite
 from numbanet.nn.dense_stack import DenseStack
@@ -203,9 +204,9 @@ class Sequential:
 
         self._layout, n_params = lay_out(lambda layer: layer.parameter_shapes())
         self._buffer_layout, n_buffers = lay_out(lambda layer: layer.buffer_shapes())
-        self.flat_parameters = np.zeros(n_params, dtype=self.dtype)
-        self.flat_gradients = np.zeros(n_params, dtype=self.dtype)
-        self.flat_buffers = np.zeros(n_buffers, dtype=self.dtype)
+        self.flat_parameters = aligned_zeros(n_params, self.dtype)
+        self.flat_gradients = aligned_zeros(n_params, self.dtype)
+        self.flat_buffers = aligned_zeros(n_buffers, self.dtype)
         self._parameters: list[Parameter] = []
         self._buffers: dict[str, np.ndarray] = {}
         entries, buffer_entries = iter(self._layout), iter(self._buffer_layout)

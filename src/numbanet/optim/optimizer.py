@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 from numba.core.errors import NumbaError
 
+from numbanet._aligned import aligned_zeros
 from numbanet._validation import (
     InstanceOf,
     Optional,
@@ -221,7 +222,7 @@ class Optimizer:
                 )
             if first is not None or self._pending is None:
                 return
-        self._slots = tuple(np.zeros_like(params) for _ in self.spec.slots)
+        self._slots = tuple(aligned_zeros(params.shape, params.dtype) for _ in self.spec.slots)
         if self._pending is not None:
             state, layout = self._pending
             self._pending = None
