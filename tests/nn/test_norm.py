@@ -214,9 +214,13 @@ def test_batch_norm_with_one_value_per_feature_in_training_raises_like_torch():
 # Rows of at most four SIMD vectors are held in registers (K.LN_NARROW_VECTORS): 64
 # float32 columns with AVX-512 are four whole vectors, 50 end in a partial one, 27
 # float64 columns in three whole and a partial one (with AVX2, fewer of these are
-# narrow); 1025 and 1024 columns take the general path.
+# narrow); 1025 and 1024 columns take the general path. With AVX-512, rows of at least
+# 4 KiB that are whole column blocks (K.LN_BLOCK_VECTORS vectors: 128 float32, 64
+# float64 columns) take the column-block dx sweep: (256, 1024) in eight chunks of one
+# run of rows (K.RUN_ROWS) each, (9, 1024) in one short run, and in float64 (70, 512)
+# in a chunk of two runs and a short one.
 LN_SHAPES = [(4, 6), (1, 5), (3, 1), (3, 5, 7, 4), (5, 64), (6, 50), (3, 4, 27), (2, 17),
-             (2, 3, 1025), (7, 100), (9, 70), (256, 1024)]
+             (2, 3, 1025), (7, 100), (9, 70), (256, 1024), (9, 1024), (70, 512)]
 
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
@@ -298,7 +302,7 @@ def test_one_and_two_threads_are_bit_identical(make, shape, dtype):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("shape", [(300, 77), (64, 1024), (5, 3), (5000, 16), (777, 64),
-                                   (2500, 27)], ids=str)
+                                   (2500, 27), (300, 1024), (150, 512)], ids=str)
 def test_serial_and_parallel_twins_are_bit_identical(shape, dtype):
     rng = np.random.default_rng(5)
     rows, cols = shape
@@ -332,8 +336,8 @@ def test_serial_and_parallel_twins_are_bit_identical(shape, dtype):
         y2, dx2, dw2, db2 = (np.empty_like(x), np.empty_like(x), np.empty(cols, dtype),
                              np.empty(cols, dtype))
         ln_f(x, 1e-5, w, b, True, y2, mean, rstd, chunk)
-        ln_b(x, dy, w, True, mean, rstd, True, dx2, partials, acc, totals, chunk, dw2,
-            db2)
+        ln_b(x, dy, w, True, mean, rstd, True, dx2, partials, acc,
+             K.ln_coefs(rows, cols, dtype), totals, chunk, dw2, db2)
         results.append([y, dx, dw, db, rm, rv, y2, dx2, dw2, db2, y_relu])
     for a, b_ in zip(*results, strict=True):
         np.testing.assert_array_equal(a, b_)

@@ -12,6 +12,7 @@ from numbanet.kernels.norm import (
     batch_norm_forward,
     layer_norm_backward,
     layer_norm_forward,
+    ln_coefs_shape,
     norm_partials_shape,
 )
 from numbanet.nn.module import Module, Shape, page_offset
@@ -35,6 +36,12 @@ def _partials(layer: Module, batch: int, rows: int,
             layer.workspace.get("acc", shape, rows=batch))
 
 
+def _ln_coefs(layer: Module, batch: int, rows: int, cols: int) -> np.ndarray:
+    """LayerNorm backward's per-chunk scratch for a run's row coefficients
+    (:func:`~numbanet.kernels.norm.ln_coefs_shape`), kept under the batch size."""
+    return layer.workspace.get("coefs", ln_coefs_shape(rows, cols), rows=batch)
+
+
 class _Step(NamedTuple):
     """A batch shape's workspace buffers, looked up once per shape and kept by the layer:
     a steady-state step then makes no workspace call. (Those lookups and reshapes were
@@ -47,16 +54,19 @@ class _Step(NamedTuple):
     acc: np.ndarray  # per-chunk run sums in the model's dtype
     mean: np.ndarray | None  # LayerNorm forward: per-row statistics, (rows,) float64
     rstd: np.ndarray | None
+    coefs: np.ndarray | None  # LayerNorm backward: a run's row coefficients per chunk
     inputs: tuple[np.ndarray, ...]  # the arrays `out` was placed away from (see _step)
 
 
 def _step(layer: Module, cached: _Step | None, shape: tuple[int, ...], out: str,
-          inputs: tuple[np.ndarray, ...], row_stats: bool = False) -> _Step:
+          inputs: tuple[np.ndarray, ...], row_stats: bool = False,
+          coefs: bool = False) -> _Step:
     """``cached`` if it is for ``shape`` and the same ``inputs``, else the buffers for
     them: ``out`` (``"y"`` or ``"dx"``) placed in its page away from the ``inputs`` the
     kernel reads in step with it (``x``; ``x`` and ``dy``:
     :meth:`~numbanet.nn.module.Workspace.get_placed`), the chunk sums and, with
-    ``row_stats``, LayerNorm's per-row statistics.
+    ``row_stats``, LayerNorm's per-row statistics; with ``coefs``, its backward's
+    coefficient scratch (:func:`_ln_coefs`).
 
     In a model the inputs are other layers' workspace buffers, the same arrays every
     step, so the placement is chosen once; the identity test costs nanoseconds, the
@@ -76,7 +86,8 @@ def _step(layer: Module, cached: _Step | None, shape: tuple[int, ...], out: str,
         # them by batch size like every other buffer).
         mean = layer.workspace.get("mean", shape[:-1], dtype=np.float64).reshape(rows)
         rstd = layer.workspace.get("rstd", shape[:-1], dtype=np.float64).reshape(rows)
-    return _Step(shape, y, y.reshape(rows, cols), partials, acc, mean, rstd, inputs)
+    return _Step(shape, y, y.reshape(rows, cols), partials, acc, mean, rstd,
+                 _ln_coefs(layer, shape[0], rows, cols) if coefs else None, inputs)
 
 
 def _last_axis_error(layer: Module, features: int, in_shape: Shape) -> ValueError | None:
@@ -342,17 +353,20 @@ class LayerNorm(Module):
         assert self._totals is not None
         rows, n = x2.shape
         if need_input_grad:
-            step = self._bwd = _step(self, self._bwd, dy.shape, "dx", (self._x_in, dy))
+            step = self._bwd = _step(self, self._bwd, dy.shape, "dx", (self._x_in, dy),
+                                     coefs=True)
             partials, acc, dx, dx2 = step.partials, step.acc, step.out, step.out2
+            coefs = step.coefs
         else:  # the first layer's backward: no dx buffer
             (partials, acc), dx, dx2 = _partials(self, dy.shape[0], rows, n), None, None
+            coefs = _ln_coefs(self, dy.shape[0], rows, n)
         if self.elementwise_affine:
             weight = self._params["weight"]
             w, dw, db = weight.value, weight.grad, self._params["bias"].grad
         else:
             w = dw = db = None
         layer_norm_backward(x2, dy.reshape(rows, n), w, self._mean, self._rstd, partials,
-                            acc, self._totals, dw, db, dx2, self._threads)
+                            acc, coefs, self._totals, dw, db, dx2, self._threads)
         return dx
 
     def __repr__(self) -> str:
