@@ -107,6 +107,26 @@ def test_numbanet_kernels_use_the_dependency_aware_cache():
     assert stamp[1] == kc.dependency_digest("numbanet.kernels.matmul", path)
 
 
+def test_a_kernel_that_cannot_be_cached_warns_and_runs():
+    """A parallel kernel that asks for the thread count uses a dynamic global, so Numba
+    cannot cache it and says so with a warning (which reads the locator's source file);
+    the kernel must still run."""
+    import numba
+    import numpy as np
+    from numba.core.errors import NumbaWarning
+
+    @parallel_kernel
+    def _threads_into(x):  # pragma: no cover - compiled
+        n = numba.get_num_threads()
+        for i in numba.prange(x.shape[0]):
+            x[i] = n
+
+    out = np.zeros(4)
+    with pytest.warns(NumbaWarning, match="Cannot cache"):
+        _threads_into(out)
+    np.testing.assert_array_equal(out, numba.get_num_threads())
+
+
 # ------------------------------------------------ end to end, in fresh processes
 
 _PROBE = """

@@ -276,6 +276,13 @@ class _DependencyStampedLocator:
         self._inner = inner
         self._py_func = py_func
 
+    def __getattr__(self, name: str) -> Any:
+        # Everything else is the inner locator's: Numba reads its private `_py_file`
+        # to warn that a kernel cannot be cached (one that uses a dynamic global such
+        # as numba.get_num_threads in a parallel region), and that warning became an
+        # AttributeError while this class did not pass the attribute on.
+        return getattr(self._inner, name)
+
     def ensure_cache_path(self) -> None:
         self._inner.ensure_cache_path()
 
