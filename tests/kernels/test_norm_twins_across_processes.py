@@ -46,8 +46,8 @@ def run(threads, shape, dtype, affine):
     db = np.empty(cols, dtype) if affine else None
     norm.layer_norm_backward(x, dy, w, mean, rstd, norm.norm_partials(rows, cols),
                              norm.norm_partials(rows, cols, dtype),
-                             norm.ln_coefs(rows, cols, dtype), np.empty((2, cols)),
-                             dw, db, dx, threads=threads)
+                             norm.ln_coefs(rows, cols, dtype), dw, db, dx,
+                             threads=threads)
     return [a for a in (y, mean, rstd, dx, dw, db) if a is not None]
 
 

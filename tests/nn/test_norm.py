@@ -302,8 +302,13 @@ def test_one_and_two_threads_are_bit_identical(make, shape, dtype):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("shape", [(300, 77), (64, 1024), (5, 3), (5000, 16), (777, 64),
-                                   (2500, 27), (300, 1024), (150, 512)], ids=str)
+                                   (2500, 27), (300, 1024), (150, 512), (70, 4100)],
+                         ids=str)
 def test_serial_and_parallel_twins_are_bit_identical(shape, dtype):
+    """The serial twins against the parallel ones split into 2, 3 and 7 parts (the
+    thread counts a user may run; the parts need not match Numba's threads, so one
+    process checks them all). (70, 4100) has two column blocks per row chunk, so parts
+    also end inside a chunk."""
     rng = np.random.default_rng(5)
     rows, cols = shape
     x = (rng.normal(size=shape) * 3 + 1).astype(dtype)
@@ -311,36 +316,62 @@ def test_serial_and_parallel_twins_are_bit_identical(shape, dtype):
     w, b = rng.normal(size=cols).astype(dtype), rng.normal(size=cols).astype(dtype)
     chunk = K.chunk_rows(rows, cols)
     results = []
-    for bn_f, bn_b, ln_f, ln_b in [
-        (K._bn_forward_serial, K._bn_backward_serial, K._ln_forward_serial,
-         K._ln_backward_serial),
-        (K._bn_forward_parallel, K._bn_backward_parallel, K._ln_forward_parallel,
-         K._ln_backward_parallel),
-    ]:
+    serial = (K._bn_forward_serial, K._bn_backward_serial, K._ln_forward_serial,
+              K._ln_backward_serial)
+    parallel = (K._bn_forward_parallel, K._bn_backward_parallel, K._ln_forward_parallel,
+                K._ln_backward_parallel)
+    for (bn_f, bn_b, ln_f, ln_b), parts in [(serial, 1), (parallel, 2), (parallel, 3),
+                                            (parallel, 7)]:
         rm, rv = np.zeros(cols, dtype), np.ones(cols, dtype)
         stats, coef = np.zeros((4, cols)), np.zeros((4, cols), dtype)
         partials, acc = K.norm_partials(rows, cols), K.norm_partials(rows, cols, dtype)
         y, dx, dw, db = (np.empty_like(x), np.empty_like(x), np.empty(cols, dtype),
                          np.empty(cols, dtype))
         bn_f(x, True, 1e-5, 0.1, w, b, True, rm, rv, stats, coef, partials, acc, chunk,
-             False, y)
-        bn_b(x, dy, w, True, True, True, stats, coef, partials, acc, chunk, dw, db, dx)
+             parts, False, y)
+        bn_b(x, dy, w, True, True, True, stats, coef, partials, acc, chunk, parts, dw, db,
+             dx)
         # The forward with a ReLU layer's pass folded in (eval mode: the running
         # statistics stay as they are) rectifies exactly that output.
         y_eval, y_relu = np.empty_like(x), np.empty_like(x)
         for relu, out in ((False, y_eval), (True, y_relu)):
             bn_f(x, False, 1e-5, 0.1, w, b, True, rm, rv, stats, coef, partials, acc,
-                 chunk, relu, out)
+                 chunk, parts, relu, out)
         np.testing.assert_array_equal(y_relu, np.where(y_eval < 0, 0, y_eval))
-        mean, rstd, totals = np.empty(rows), np.empty(rows), np.empty((2, cols))
+        mean, rstd = np.empty(rows), np.empty(rows)
         y2, dx2, dw2, db2 = (np.empty_like(x), np.empty_like(x), np.empty(cols, dtype),
                              np.empty(cols, dtype))
         ln_f(x, 1e-5, w, b, True, y2, mean, rstd, chunk)
         ln_b(x, dy, w, True, mean, rstd, True, dx2, partials, acc,
-             K.ln_coefs(rows, cols, dtype), totals, chunk, dw2, db2)
+             K.ln_coefs(rows, cols, dtype), chunk, parts, dw2, db2)
         results.append([y, dx, dw, db, rm, rv, y2, dx2, dw2, db2, y_relu])
-    for a, b_ in zip(*results, strict=True):
-        np.testing.assert_array_equal(a, b_)
+    for other in results[1:]:
+        for a, b_ in zip(results[0], other, strict=True):
+            np.testing.assert_array_equal(a, b_)
+
+
+@pytest.mark.parametrize("nblocks", [1, 2, 3])
+@pytest.mark.parametrize("nchunks", [1, 2, 3, 5, 8, 13, 16, 31])
+def test_partials_tree_is_the_same_for_any_split(nchunks, nblocks):
+    """The pairwise tree over chunk partials: each part folds the nodes within its whole
+    chunks, the caller the rest. Integer-valued partials add exactly, so the total must
+    equal NumPy's sum; random ones must give the serial fold's bits for every split."""
+    rng = np.random.default_rng(nchunks * 10 + nblocks)
+    exact = rng.integers(-1000, 1000, size=(nchunks, 2, 5)).astype(np.float64)
+    noisy = rng.normal(size=(nchunks, 2, 5)) * 10.0 ** rng.integers(-8, 8, size=(nchunks, 1, 1))
+    for data in (exact, noisy):
+        whole = data.copy()
+        K._fold_inside(whole, nchunks, 0, nchunks)
+        if data is exact:
+            np.testing.assert_array_equal(whole[0], exact.sum(axis=0))
+        for nparts in range(1, nchunks * nblocks + 1):
+            split = data.copy()
+            for p in range(nparts):
+                t0, t1 = K._part(nchunks * nblocks, nparts, p)
+                c0, c1 = K._whole_chunks(t0, t1, nblocks)
+                K._fold_inside(split, nchunks, c0, c1)
+            K._fold_across(split, nchunks, nblocks, nparts)
+            np.testing.assert_array_equal(split[0], whole[0])
 
 
 @pytest.mark.parametrize("make", [lambda: nbn.BatchNorm(6, momentum=1.0),

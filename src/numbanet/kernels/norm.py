@@ -41,12 +41,26 @@ registers too (:func:`_ln_forward_narrow`, :func:`_ln_backward_narrow`).
 Determinism: every column sum (batch statistics, parameter gradients) runs over fixed
 chunks of rows, :func:`chunk_rows` rows each, chosen from the array's shape alone: in
 runs of :data:`RUN_ROWS` rows in the data's dtype, each added into a float64 partial.
-Chunk ``c`` writes only ``partials[c]`` and ``acc[c]`` (the run sums); the partials
-are then added per column in chunk order. Elementwise
-passes write disjoint rows. So results depend on the data and the shape, never on the
-thread count, and the serial twins (below :data:`PARALLEL_MIN` elements) walk the same
-chunks in the same order. Batch statistics subtract the first row before squaring
-(shifted sums): ``var = E[(x - k)^2] - E[x - k]^2`` loses no precision to a large mean;
+Chunk ``c`` writes only ``partials[c]`` and ``acc[c]`` (the run sums). The partials
+are then added per column in a pairwise tree fixed by the chunk count
+(:func:`_fold_inside`): ``partials[lo] += partials[lo + w]`` for widths ``w = 1, 2,
+4, ...``, leaving the total in ``partials[0]``. Elementwise passes write disjoint
+rows. So results depend on the data and the shape, never on the thread count, and the
+serial twins (below :data:`PARALLEL_MIN` elements) walk the same chunks and the same
+tree.
+
+Parallel twins split the chunks into one contiguous range per thread (:func:`_part`),
+and each thread folds the tree's nodes that lie within its own range, in its own
+cache; the calling thread then folds the rest (with two threads, one node). So one
+chunk's worth of partials (``2 * C`` float64) crosses from the other core, not half
+of them. On the 2-vCPU test machine a cache line written by one core at times costs
+the other several times more to read (an empty parallel region then takes 2.7-3.1 us
+instead of 1.5), and layer norm's (256, 1024) float32 step on two threads took 106-108
+us with the partials added in chunk order on the calling thread, 80-82 us with the
+tree (65 and 64 us when lines crossed fast); docs/performance.md has the measurements.
+
+Batch statistics subtract the first row before squaring (shifted sums):
+``var = E[(x - k)^2] - E[x - k]^2`` loses no precision to a large mean;
 layer norm shifts each row by its first value likewise.
 
 Per-row loops index 2-D arrays directly (``x[r, j]``, ``j`` from zero, so they still
@@ -117,10 +131,10 @@ CHUNK_ELEMENTS = 32768
 #: Fewest rows per chunk, so wide rows (C beyond CHUNK_ELEMENTS / 16) still keep the
 #: partials at most 1/8 of the data's size.
 MIN_CHUNK_ROWS = 16
-#: Columns per task in batch norm's column sums and in the combining of partials. Rows
-#: up to this wide are one task per row chunk, indexed directly; wider ones are split
-#: into strips, one view per row and strip. Scheduling only: each column's sum runs over
-#: the same rows in the same order whatever the strip.
+#: Columns per task in batch norm's column sums. Rows up to this wide are one task per
+#: row chunk, indexed directly; wider ones are split into strips, one view per row and
+#: strip. Scheduling only: each column's sum runs over the same rows in the same order
+#: whatever the strip.
 COL_BLOCK = 2048
 #: Rows a column sum takes in the data's dtype (float32 for float32 data) before adding
 #: them into its float64 partial. Per element, a float64 accumulator costs two
@@ -162,14 +176,15 @@ _STAND_INS = {np.dtype(t): (np.empty(0, dtype=t), np.empty((0, 0), dtype=t))
               for t in (np.float32, np.float64)}
 
 
-def _use_parallel(x: np.ndarray, threads: int | None) -> bool:
-    """Whether a wrapper runs the parallel twin: at :data:`PARALLEL_MIN` elements and
-    above, with more than one thread (``threads``: the caller's count, or ``None`` to ask
-    Numba, ~0.6 us). On one thread a parallel region still costs ~2 us to launch: 4-5%
-    of a 256 x 1024 step. Either twin gives the same result bit for bit."""
+def _parts(x: np.ndarray, threads: int | None) -> int:
+    """How many parts a wrapper splits the work into: the thread count (``threads``: the
+    caller's count, or ``None`` to ask Numba, ~0.6 us) at :data:`PARALLEL_MIN` elements
+    and above, when that is more than one, for the parallel twin; else 1, for the serial
+    twin. On one thread a parallel region still costs ~2 us to launch: 4-5% of a
+    256 x 1024 step. Either twin gives the same result bit for bit."""
     if x.size < PARALLEL_MIN:
-        return False
-    return (numba.get_num_threads() if threads is None else threads) > 1
+        return 1
+    return max(1, numba.get_num_threads() if threads is None else threads)
 
 
 def chunk_rows(rows: int, cols: int) -> int:
@@ -221,20 +236,64 @@ _SUM_FLAGS = {"fastmath": set(ELEMENTWISE_FASTMATH)}
 
 
 @kernel
-def _sum_chunks(partials, nchunks, clo, chi, t0, t1):
-    """``t0 = sum_c partials[c, 0, clo:chi]``, ``t1`` likewise from row 1; chunks in order."""
-    w = chi - clo
-    p0 = partials[0, 0, clo:chi]
-    p1 = partials[0, 1, clo:chi]
-    for j in range(w):
-        t0[j] = p0[j]
-        t1[j] = p1[j]
-    for c in range(1, nchunks):
-        p0 = partials[c, 0, clo:chi]
-        p1 = partials[c, 1, clo:chi]
-        for j in range(w):
-            t0[j] += p0[j]
-            t1[j] += p1[j]
+def _part(ntasks, nparts, p):
+    """Tasks ``[lo, hi)`` of part ``p`` of ``nparts``: contiguous, sizes differing by at
+    most one. A parallel twin runs one part per thread (``prange(nparts)``)."""
+    return p * ntasks // nparts, (p + 1) * ntasks // nparts
+
+
+@kernel
+def _whole_chunks(t0, t1, nblocks):
+    """The chunks ``[c0, c1)`` all of whose ``nblocks`` column-block tasks (task
+    ``c * nblocks + b``) lie in tasks ``[t0, t1)``; ``c0 >= c1`` when there are none."""
+    return (t0 + nblocks - 1) // nblocks, t1 // nblocks
+
+
+@kernel
+def _fold(partials, lo, mid):
+    """``partials[lo] += partials[mid]``, both rows: one node of the pairwise tree."""
+    a0, a1 = partials[lo, 0], partials[lo, 1]
+    b0, b1 = partials[mid, 0], partials[mid, 1]
+    for j in range(a0.shape[0]):
+        a0[j] += b0[j]
+        a1[j] += b1[j]
+
+
+@kernel
+def _fold_inside(partials, nchunks, c0, c1):
+    """Every node of the pairwise tree over ``nchunks`` chunks that lies within chunks
+    ``[c0, c1)``, lower levels first. A node of width ``2 * w`` starts at a multiple of
+    ``2 * w`` and adds ``partials[lo + w]`` (its right half's total) into ``partials[lo]``
+    (its left half's); all of ``[0, nchunks)`` leaves the total in ``partials[0]``."""
+    w = 1
+    while w < nchunks:
+        lo = (c0 + 2 * w - 1) // (2 * w) * (2 * w)
+        while lo + w < min(lo + 2 * w, nchunks) and min(lo + 2 * w, nchunks) <= c1:
+            _fold(partials, lo, lo + w)
+            lo += 2 * w
+        w *= 2
+
+
+@kernel
+def _fold_across(partials, nchunks, nblocks, nparts):
+    """The tree's nodes that no part folded (:func:`_fold_inside` over each part's
+    :func:`_whole_chunks`), lower levels first: afterwards ``partials[0]`` holds the
+    total. Runs on the calling thread after the parts' ``prange``."""
+    ntasks = nchunks * nblocks
+    w = 1
+    while w < nchunks:
+        for lo in range(0, nchunks - w, 2 * w):
+            hi = min(lo + 2 * w, nchunks)
+            folded = False
+            for p in range(nparts):
+                t0, t1 = _part(ntasks, nparts, p)
+                c0, c1 = _whole_chunks(t0, t1, nblocks)
+                if c0 <= lo and hi <= c1:
+                    folded = True
+                    break
+            if not folded:
+                _fold(partials, lo, lo + w)
+        w *= 2
 
 
 @kernel(**_SUM_FLAGS)
@@ -629,52 +688,93 @@ def _bn_dx_rows(x, dy, lo, hi, m, a, b, c, dx):
             dx[r, j] = a[j] * dy[r, j] + b[j] * (x[r, j] - m[j]) + c[j]
 
 
-@parallel_kernel
-def _bn_forward_parallel(x, training, eps, momentum, weight, bias, affine, run_mean,
-                         run_var, stats, coef, partials, acc, chunk, relu, y):
-    """Batch norm forward; three ``prange`` loops, each race-free:
-
-    1. (training) over (row chunk, column block) tasks: task ``(c, b)`` writes only
-       ``partials[c, :, block b]`` and ``acc[c, :, block b]``;
-    2. (training) over column blocks: block ``b`` adds its columns' partials in chunk
-       order and writes only its columns of ``stats``, ``coef`` and the running buffers
-       (on the calling thread when there is one block, rows up to COL_BLOCK wide);
-    3. over row chunks: chunk ``c`` writes only its rows of ``y``.
-    """
+@kernel
+def _bn_x_sums_part(x, p, nparts, chunk, k, partials, acc):
+    """Part ``p`` of batch norm's column sums of ``x - k`` and their squares: its
+    (row chunk, column block) tasks, then the tree's nodes within its chunks."""
     n, cols = x.shape
     nchunks = (n + chunk - 1) // chunk
     nblocks = (cols + COL_BLOCK - 1) // COL_BLOCK
+    t0, t1 = _part(nchunks * nblocks, nparts, p)
+    for t in range(t0, t1):
+        c = t // nblocks
+        b = t - c * nblocks
+        lo = c * chunk
+        clo = b * COL_BLOCK
+        chi = min(clo + COL_BLOCK, cols)
+        _bn_x_sums(x, lo, min(lo + chunk, n), clo, chi, k[clo:chi], acc[c, 0, clo:chi],
+                   acc[c, 1, clo:chi], partials[c, 0, clo:chi], partials[c, 1, clo:chi])
+    c0, c1 = _whole_chunks(t0, t1, nblocks)
+    _fold_inside(partials, nchunks, c0, c1)
+
+
+@kernel
+def _bn_dy_sums_part(x, dy, p, nparts, chunk, m, partials, acc):
+    """Part ``p`` of batch norm backward's column sums of ``dy`` and ``dy * (x - m)``
+    (as :func:`_bn_x_sums_part`)."""
+    n, cols = x.shape
+    nchunks = (n + chunk - 1) // chunk
+    nblocks = (cols + COL_BLOCK - 1) // COL_BLOCK
+    t0, t1 = _part(nchunks * nblocks, nparts, p)
+    for t in range(t0, t1):
+        c = t // nblocks
+        b = t - c * nblocks
+        lo = c * chunk
+        clo = b * COL_BLOCK
+        chi = min(clo + COL_BLOCK, cols)
+        _bn_dy_sums(x, dy, lo, min(lo + chunk, n), clo, chi, m[clo:chi],
+                    acc[c, 0, clo:chi], acc[c, 1, clo:chi], partials[c, 0, clo:chi],
+                    partials[c, 1, clo:chi])
+    c0, c1 = _whole_chunks(t0, t1, nblocks)
+    _fold_inside(partials, nchunks, c0, c1)
+
+
+@kernel
+def _bn_sums_total(partials, nchunks, nblocks, nparts, stats):
+    """The parts' trees finished (:func:`_fold_across`); the totals into ``stats`` rows
+    2 and 3."""
+    _fold_across(partials, nchunks, nblocks, nparts)
+    t0, t1, p0, p1 = stats[2], stats[3], partials[0, 0], partials[0, 1]
+    for j in range(t0.shape[0]):
+        t0[j] = p0[j]
+        t1[j] = p1[j]
+
+
+@kernel
+def _bn_shift(x, stats, coef):
+    """The shift ``k`` = the first row: exact in the data's dtype (``coef[0]``, read by
+    the sums) and in float64 (``stats[0]``, read by :func:`_bn_train_coefs`)."""
+    k = coef[0]
+    x0 = x[0]
+    for j in range(x.shape[1]):
+        k[j] = x0[j]
+        stats[0, j] = np.float64(x0[j])
+
+
+@parallel_kernel
+def _bn_forward_parallel(x, training, eps, momentum, weight, bias, affine, run_mean,
+                         run_var, stats, coef, partials, acc, chunk, nparts, relu, y):
+    """Batch norm forward; two ``prange`` loops, each race-free:
+
+    1. (training) over ``nparts`` parts (:func:`_part`) of the (row chunk, column
+       block) tasks: task ``(c, b)`` writes only ``partials[c, :, block b]`` and
+       ``acc[c, :, block b]``, and a part folds only the chunks it did whole. Then, on
+       the calling thread, the rest of the tree, the statistics, the running buffers
+       and the coefficients (a parallel region is a barrier, and on a busy machine a
+       barrier waits for a descheduled worker);
+    2. over row chunks: chunk ``c`` writes only its rows of ``y``.
+    """
+    n, cols = x.shape
+    nchunks = (n + chunk - 1) // chunk
     if training:
-        # The shift k = the first row: exact in the data's dtype (coef[0], read by the
-        # sums) and in float64 (stats[0], read by _bn_train_coefs).
-        k = coef[0]
-        x0 = x[0]
-        for j in range(cols):
-            k[j] = x0[j]
-            stats[0, j] = np.float64(x0[j])
-        for t in numba.prange(nchunks * nblocks):
-            c = t // nblocks
-            b = t - c * nblocks
-            lo = c * chunk
-            hi = min(lo + chunk, n)
-            clo = b * COL_BLOCK
-            chi = min(clo + COL_BLOCK, cols)
-            _bn_x_sums(x, lo, hi, clo, chi, k[clo:chi], acc[c, 0, clo:chi],
-                       acc[c, 1, clo:chi], partials[c, 0, clo:chi], partials[c, 1, clo:chi])
-        if nblocks == 1:
-            # One block: combine on this thread. A parallel region is a barrier, and on
-            # a busy machine a barrier waits for a descheduled worker (milliseconds).
-            _sum_chunks(partials, nchunks, 0, cols, stats[2], stats[3])
-            _bn_train_coefs(stats, 0, cols, np.float64(n), eps, momentum, weight, bias,
-                            affine, run_mean, run_var, coef)
-        else:
-            for b in numba.prange(nblocks):
-                clo = b * COL_BLOCK
-                chi = min(clo + COL_BLOCK, cols)
-                _sum_chunks(partials, nchunks, clo, chi, stats[2, clo:chi],
-                            stats[3, clo:chi])
-                _bn_train_coefs(stats, clo, chi, np.float64(n), eps, momentum, weight,
-                                bias, affine, run_mean, run_var, coef)
+        _bn_shift(x, stats, coef)
+        nblocks = (cols + COL_BLOCK - 1) // COL_BLOCK
+        parts = min(nparts, nchunks * nblocks)
+        for p in numba.prange(parts):
+            _bn_x_sums_part(x, p, parts, chunk, coef[0], partials, acc)
+        _bn_sums_total(partials, nchunks, nblocks, parts, stats)
+        _bn_train_coefs(stats, 0, cols, np.float64(n), eps, momentum, weight, bias, affine,
+                        run_mean, run_var, coef)
     else:
         _bn_eval_coefs(eps, weight, bias, affine, run_mean, run_var, stats, coef)
     for c in numba.prange(nchunks):
@@ -685,76 +785,40 @@ def _bn_forward_parallel(x, training, eps, momentum, weight, bias, affine, run_m
 
 @kernel
 def _bn_forward_serial(x, training, eps, momentum, weight, bias, affine, run_mean,
-                       run_var, stats, coef, partials, acc, chunk, relu, y):
-    """Serial twin of :func:`_bn_forward_parallel` (same chunks, same result bit for bit)."""
+                       run_var, stats, coef, partials, acc, chunk, nparts, relu, y):
+    """Serial twin of :func:`_bn_forward_parallel`: one part, the same chunks and tree
+    (the same result bit for bit); ``nparts`` is ignored."""
     n, cols = x.shape
     nchunks = (n + chunk - 1) // chunk
-    nblocks = (cols + COL_BLOCK - 1) // COL_BLOCK
     if training:
-        # The shift k = the first row: exact in the data's dtype (coef[0], read by the
-        # sums) and in float64 (stats[0], read by _bn_train_coefs).
-        k = coef[0]
-        x0 = x[0]
-        for j in range(cols):
-            k[j] = x0[j]
-            stats[0, j] = np.float64(x0[j])
-        for t in range(nchunks * nblocks):
-            c = t // nblocks
-            b = t - c * nblocks
-            lo = c * chunk
-            hi = min(lo + chunk, n)
-            clo = b * COL_BLOCK
-            chi = min(clo + COL_BLOCK, cols)
-            _bn_x_sums(x, lo, hi, clo, chi, k[clo:chi], acc[c, 0, clo:chi],
-                       acc[c, 1, clo:chi], partials[c, 0, clo:chi], partials[c, 1, clo:chi])
-        for b in range(nblocks):
-            clo = b * COL_BLOCK
-            chi = min(clo + COL_BLOCK, cols)
-            _sum_chunks(partials, nchunks, clo, chi, stats[2, clo:chi], stats[3, clo:chi])
-            _bn_train_coefs(stats, clo, chi, np.float64(n), eps, momentum, weight, bias,
-                            affine, run_mean, run_var, coef)
+        _bn_shift(x, stats, coef)
+        nblocks = (cols + COL_BLOCK - 1) // COL_BLOCK
+        _bn_x_sums_part(x, 0, 1, chunk, coef[0], partials, acc)
+        _bn_sums_total(partials, nchunks, nblocks, 1, stats)
+        _bn_train_coefs(stats, 0, cols, np.float64(n), eps, momentum, weight, bias, affine,
+                        run_mean, run_var, coef)
     else:
         _bn_eval_coefs(eps, weight, bias, affine, run_mean, run_var, stats, coef)
-    for c in range(nchunks):
-        lo = c * chunk
-        _scale_shift_rows(x, lo, min(lo + chunk, n), coef[0], coef[1], coef[2], relu,
-                          y)
+    _scale_shift_rows(x, 0, n, coef[0], coef[1], coef[2], relu, y)
 
 
 @parallel_kernel
 def _bn_backward_parallel(x, dy, weight, affine, batch_stats, need_dx, stats, coef,
-                          partials, acc, chunk, dweight, dbias, dx):
+                          partials, acc, chunk, nparts, dweight, dbias, dx):
     """Batch norm backward; ``prange`` loops as in :func:`_bn_forward_parallel`: column
-    sums of ``dy`` and ``dy * (x - mean)`` per (chunk, block) task, per-column
-    coefficients per block, then ``dx`` per row chunk."""
+    sums of ``dy`` and ``dy * (x - mean)`` per part, the rest of the tree and the
+    per-column coefficients on the calling thread, then ``dx`` per row chunk."""
     n, cols = x.shape
     nchunks = (n + chunk - 1) // chunk
-    nblocks = (cols + COL_BLOCK - 1) // COL_BLOCK
     sums = affine or batch_stats
     if sums:
-        for t in numba.prange(nchunks * nblocks):
-            c = t // nblocks
-            b = t - c * nblocks
-            lo = c * chunk
-            hi = min(lo + chunk, n)
-            clo = b * COL_BLOCK
-            chi = min(clo + COL_BLOCK, cols)
-            _bn_dy_sums(x, dy, lo, hi, clo, chi, coef[0, clo:chi], acc[c, 0, clo:chi],
-                        acc[c, 1, clo:chi], partials[c, 0, clo:chi], partials[c, 1, clo:chi])
-    if nblocks == 1:  # on this thread: one barrier fewer (see _bn_forward_parallel)
-        if sums:
-            _sum_chunks(partials, nchunks, 0, cols, stats[2], stats[3])
-        _bn_backward_coefs(stats, 0, cols, np.float64(n), weight, affine, batch_stats,
-                           sums, dweight, dbias, coef)
-    else:
-        for b in numba.prange(nblocks):
-            clo = b * COL_BLOCK
-            chi = min(clo + COL_BLOCK, cols)
-            if sums:
-                _sum_chunks(partials, nchunks, clo, chi, stats[2, clo:chi],
-                            stats[3, clo:chi])
-            _bn_backward_coefs(stats, clo, chi, np.float64(n), weight, affine,
-                               batch_stats, sums, dweight, dbias, coef)
+        nblocks = (cols + COL_BLOCK - 1) // COL_BLOCK
+        parts = min(nparts, nchunks * nblocks)
+        for p in numba.prange(parts):
+            _bn_dy_sums_part(x, dy, p, parts, chunk, coef[0], partials, acc)
+        _bn_sums_total(partials, nchunks, nblocks, parts, stats)
+    _bn_backward_coefs(stats, 0, cols, np.float64(n), weight, affine, batch_stats, sums,
+                       dweight, dbias, coef)
     if need_dx:
         for c in numba.prange(nchunks):
             lo = c * chunk
@@ -764,34 +828,19 @@ def _bn_backward_parallel(x, dy, weight, affine, batch_stats, need_dx, stats, co
 
 @kernel
 def _bn_backward_serial(x, dy, weight, affine, batch_stats, need_dx, stats, coef,
-                        partials, acc, chunk, dweight, dbias, dx):
-    """Serial twin of :func:`_bn_backward_parallel`."""
+                        partials, acc, chunk, nparts, dweight, dbias, dx):
+    """Serial twin of :func:`_bn_backward_parallel`; ``nparts`` is ignored."""
     n, cols = x.shape
     nchunks = (n + chunk - 1) // chunk
-    nblocks = (cols + COL_BLOCK - 1) // COL_BLOCK
     sums = affine or batch_stats
     if sums:
-        for t in range(nchunks * nblocks):
-            c = t // nblocks
-            b = t - c * nblocks
-            lo = c * chunk
-            hi = min(lo + chunk, n)
-            clo = b * COL_BLOCK
-            chi = min(clo + COL_BLOCK, cols)
-            _bn_dy_sums(x, dy, lo, hi, clo, chi, coef[0, clo:chi], acc[c, 0, clo:chi],
-                        acc[c, 1, clo:chi], partials[c, 0, clo:chi], partials[c, 1, clo:chi])
-    for b in range(nblocks):
-        clo = b * COL_BLOCK
-        chi = min(clo + COL_BLOCK, cols)
-        if sums:
-            _sum_chunks(partials, nchunks, clo, chi, stats[2, clo:chi], stats[3, clo:chi])
-        _bn_backward_coefs(stats, clo, chi, np.float64(n), weight, affine, batch_stats,
-                           sums, dweight, dbias, coef)
+        nblocks = (cols + COL_BLOCK - 1) // COL_BLOCK
+        _bn_dy_sums_part(x, dy, 0, 1, chunk, coef[0], partials, acc)
+        _bn_sums_total(partials, nchunks, nblocks, 1, stats)
+    _bn_backward_coefs(stats, 0, cols, np.float64(n), weight, affine, batch_stats, sums,
+                       dweight, dbias, coef)
     if need_dx:
-        for c in range(nchunks):
-            lo = c * chunk
-            _bn_dx_rows(x, dy, lo, min(lo + chunk, n), coef[0], coef[1], coef[2], coef[3],
-                        dx)
+        _bn_dx_rows(x, dy, 0, n, coef[0], coef[1], coef[2], coef[3], dx)
 
 
 def batch_norm_forward(x: np.ndarray, training: bool, eps: float, momentum: float,
@@ -818,7 +867,7 @@ def batch_norm_forward(x: np.ndarray, training: bool, eps: float, momentum: floa
         acc: from ``norm_partials(rows, C, x.dtype)``; overwritten.
         y: ``(rows, C)`` like ``x``; receives the output.
         threads: the number of threads Numba runs (``numba.get_num_threads()``), if the
-            caller knows it (as for every wrapper here; see :func:`_use_parallel`).
+            caller knows it (as for every wrapper here; see :func:`_parts`).
         relu: write ``relu(y)`` instead (``0 if v < 0 else v``, as the ReLU layer),
             what a ReLU layer after the batch norm would compute, without its pass.
 
@@ -827,10 +876,11 @@ def batch_norm_forward(x: np.ndarray, training: bool, eps: float, momentum: floa
     """
     affine = weight is not None
     one = _STAND_INS[x.dtype][0]
-    run = _bn_forward_parallel if _use_parallel(x, threads) else _bn_forward_serial
+    parts = _parts(x, threads)
+    run = _bn_forward_parallel if parts > 1 else _bn_forward_serial
     run(x, training, eps, momentum, one if weight is None else weight,
         one if bias is None else bias, affine, running_mean, running_var, stats, coef,
-        partials, acc, chunk_rows(x.shape[0], x.shape[1]), relu, y)
+        partials, acc, chunk_rows(x.shape[0], x.shape[1]), parts, relu, y)
 
 
 def batch_norm_backward(x: np.ndarray, dy: np.ndarray, weight: np.ndarray | None,
@@ -855,9 +905,10 @@ def batch_norm_backward(x: np.ndarray, dy: np.ndarray, weight: np.ndarray | None
     """
     affine = weight is not None
     one, two = _STAND_INS[x.dtype]
-    run = _bn_backward_parallel if _use_parallel(x, threads) else _bn_backward_serial
+    parts = _parts(x, threads)
+    run = _bn_backward_parallel if parts > 1 else _bn_backward_serial
     run(x, dy, one if weight is None else weight, affine, batch_stats, dx is not None,
-        stats, coef, partials, acc, chunk_rows(x.shape[0], x.shape[1]),
+        stats, coef, partials, acc, chunk_rows(x.shape[0], x.shape[1]), parts,
         one if dweight is None else dweight, one if dbias is None else dbias,
         two if dx is None else dx)
 
@@ -1442,50 +1493,56 @@ def _ln_backward_rows(x, dy, lo, hi, weight, affine, mean, rstd, need_dx, dx, a0
 
 
 @kernel
-def _ln_param_grads(partials, nchunks, clo, chi, totals, dweight, dbias):
-    _sum_chunks(partials, nchunks, clo, chi, totals[0, clo:chi], totals[1, clo:chi])
-    for j in range(clo, chi):
-        dweight[j] = totals[0, j]
-        dbias[j] = totals[1, j]
+def _ln_param_grads(partials, dweight, dbias):
+    """``dweight``, ``dbias`` from the tree's totals in ``partials[0]``."""
+    p0, p1 = partials[0, 0], partials[0, 1]
+    for j in range(dweight.shape[0]):
+        dweight[j] = p0[j]
+        dbias[j] = p1[j]
+
+
+@kernel
+def _ln_backward_part(x, dy, p, nparts, weight, affine, mean, rstd, need_dx, dx,
+                      partials, acc, coefs, chunk):
+    """Part ``p`` (:func:`_part`) of layer norm backward: its row chunks, then (affine)
+    the tree's nodes within them."""
+    n = x.shape[0]
+    nchunks = (n + chunk - 1) // chunk
+    c0, c1 = _part(nchunks, nparts, p)
+    for c in range(c0, c1):
+        lo = c * chunk
+        _ln_backward_rows(x, dy, lo, min(lo + chunk, n), weight, affine, mean, rstd,
+                          need_dx, dx, acc[c, 0], acc[c, 1], partials[c, 0],
+                          partials[c, 1], coefs[c])
+    if affine:
+        _fold_inside(partials, nchunks, c0, c1)
 
 
 @parallel_kernel
 def _ln_backward_parallel(x, dy, weight, affine, mean, rstd, need_dx, dx, partials,
-                          acc, coefs, totals, chunk, dweight, dbias):
-    """``prange`` over row chunks (chunk ``c`` writes its rows of ``dx`` and
-    ``partials[c]`` only), then over column blocks (block ``b`` adds its columns'
-    partials in chunk order into ``dweight``, ``dbias``)."""
-    n, cols = x.shape
-    nchunks = (n + chunk - 1) // chunk
-    for c in numba.prange(nchunks):
-        lo = c * chunk
-        _ln_backward_rows(x, dy, lo, min(lo + chunk, n), weight, affine, mean, rstd,
-                          need_dx, dx, acc[c, 0], acc[c, 1], partials[c, 0],
-                          partials[c, 1], coefs[c])
+                          acc, coefs, chunk, nparts, dweight, dbias):
+    """``prange`` over ``nparts`` parts of the row chunks (chunk ``c`` writes its rows
+    of ``dx`` and ``partials[c]`` only; a part folds only its own chunks), then the rest
+    of the tree and the parameter gradients on the calling thread."""
+    nchunks = (x.shape[0] + chunk - 1) // chunk
+    parts = min(nparts, nchunks)
+    for p in numba.prange(parts):
+        _ln_backward_part(x, dy, p, parts, weight, affine, mean, rstd, need_dx, dx,
+                          partials, acc, coefs, chunk)
     if affine:
-        nblocks = (cols + COL_BLOCK - 1) // COL_BLOCK
-        if nblocks == 1:  # on this thread: one barrier fewer (see _bn_forward_parallel)
-            _ln_param_grads(partials, nchunks, 0, cols, totals, dweight, dbias)
-        else:
-            for b in numba.prange(nblocks):
-                clo = b * COL_BLOCK
-                _ln_param_grads(partials, nchunks, clo, min(clo + COL_BLOCK, cols), totals,
-                                dweight, dbias)
+        _fold_across(partials, nchunks, 1, parts)
+        _ln_param_grads(partials, dweight, dbias)
 
 
 @kernel
 def _ln_backward_serial(x, dy, weight, affine, mean, rstd, need_dx, dx, partials,
-                        acc, coefs, totals, chunk, dweight, dbias):
-    """Serial twin of :func:`_ln_backward_parallel` (same chunks, same result)."""
-    n, cols = x.shape
-    nchunks = (n + chunk - 1) // chunk
-    for c in range(nchunks):
-        lo = c * chunk
-        _ln_backward_rows(x, dy, lo, min(lo + chunk, n), weight, affine, mean, rstd,
-                          need_dx, dx, acc[c, 0], acc[c, 1], partials[c, 0],
-                          partials[c, 1], coefs[c])
+                        acc, coefs, chunk, nparts, dweight, dbias):
+    """Serial twin of :func:`_ln_backward_parallel` (one part: the same chunks, tree
+    and result); ``nparts`` is ignored."""
+    _ln_backward_part(x, dy, 0, 1, weight, affine, mean, rstd, need_dx, dx, partials,
+                      acc, coefs, chunk)
     if affine:
-        _ln_param_grads(partials, nchunks, 0, cols, totals, dweight, dbias)
+        _ln_param_grads(partials, dweight, dbias)
 
 
 def layer_norm_forward(x: np.ndarray, eps: float, weight: np.ndarray | None,
@@ -1507,14 +1564,14 @@ def layer_norm_forward(x: np.ndarray, eps: float, weight: np.ndarray | None,
     """
     affine = weight is not None
     one = _STAND_INS[x.dtype][0]
-    run = _ln_forward_parallel if _use_parallel(x, threads) else _ln_forward_serial
+    run = _ln_forward_parallel if _parts(x, threads) > 1 else _ln_forward_serial
     run(x, eps, one if weight is None else weight, one if bias is None else bias, affine,
         y, mean, rstd, chunk_rows(x.shape[0], x.shape[1]))
 
 
 def layer_norm_backward(x: np.ndarray, dy: np.ndarray, weight: np.ndarray | None,
                         mean: np.ndarray, rstd: np.ndarray, partials: np.ndarray,
-                        acc: np.ndarray, coefs: np.ndarray, totals: np.ndarray,
+                        acc: np.ndarray, coefs: np.ndarray,
                         dweight: np.ndarray | None, dbias: np.ndarray | None,
                         dx: np.ndarray | None, threads: int | None = None) -> None:
     """Gradients of :func:`layer_norm_forward`; unchecked.
@@ -1523,8 +1580,8 @@ def layer_norm_backward(x: np.ndarray, dy: np.ndarray, weight: np.ndarray | None
         x, weight, mean, rstd: as given to and left by the forward.
         dy: ``(rows, C)``, d(loss)/dy.
         partials: from ``norm_partials(rows, C)``; acc: from
-            ``norm_partials(rows, C, x.dtype)``; totals: ``(2, C)`` float64; all
-            overwritten (used only with a weight).
+            ``norm_partials(rows, C, x.dtype)``; both overwritten (used only with a
+            weight).
         coefs: from ``ln_coefs(rows, C, x.dtype)``; overwritten (each run's row
             coefficients, with a weight and ``dx``).
         dweight, dbias: ``(C,)``; receive the parameter gradients, or ``None`` (no affine).
@@ -1533,8 +1590,9 @@ def layer_norm_backward(x: np.ndarray, dy: np.ndarray, weight: np.ndarray | None
     """
     affine = weight is not None
     one, two = _STAND_INS[x.dtype]
-    run = _ln_backward_parallel if _use_parallel(x, threads) else _ln_backward_serial
+    parts = _parts(x, threads)
+    run = _ln_backward_parallel if parts > 1 else _ln_backward_serial
     run(x, dy, one if weight is None else weight, affine, mean, rstd, dx is not None,
-        two if dx is None else dx, partials, acc, coefs, totals,
-        chunk_rows(x.shape[0], x.shape[1]),
+        two if dx is None else dx, partials, acc, coefs,
+        chunk_rows(x.shape[0], x.shape[1]), parts,
         one if dweight is None else dweight, one if dbias is None else dbias)

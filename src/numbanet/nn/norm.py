@@ -299,7 +299,6 @@ class LayerNorm(Module):
         self._x_in: np.ndarray | None = None  # the forward's x as given (x reshaped is _x)
         self._mean: np.ndarray | None = None
         self._rstd: np.ndarray | None = None
-        self._totals: np.ndarray | None = None
 
     def parameter_shapes(self) -> list[tuple[str, Shape]]:
         n = self.normalized_shape
@@ -310,7 +309,6 @@ class LayerNorm(Module):
 
     def attach(self, params: Any, dtype: np.dtype, buffers: Any = None) -> None:
         super().attach(params, dtype, buffers)
-        self._totals = np.zeros((2, self.normalized_shape), dtype=np.float64)
         self._x = self._x_in = None
         self._fwd: _Step | None = None  # buffers of the last forward's and backward's shape
         self._bwd: _Step | None = None
@@ -350,7 +348,6 @@ class LayerNorm(Module):
         x2 = self._x
         if x2 is None or self._mean is None or self._rstd is None:
             raise RuntimeError("LayerNorm.backward called before forward")
-        assert self._totals is not None
         rows, n = x2.shape
         if need_input_grad:
             step = self._bwd = _step(self, self._bwd, dy.shape, "dx", (self._x_in, dy),
@@ -366,7 +363,7 @@ class LayerNorm(Module):
         else:
             w = dw = db = None
         layer_norm_backward(x2, dy.reshape(rows, n), w, self._mean, self._rstd, partials,
-                            acc, coefs, self._totals, dw, db, dx2, self._threads)
+                            acc, coefs, dw, db, dx2, self._threads)
         return dx
 
     def __repr__(self) -> str:
