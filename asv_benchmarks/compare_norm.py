@@ -37,6 +37,14 @@ loads numbanet's kernels from the disk cache) before it times anything. Two mode
   check in fifteen, as if the host gave both one core), a slow stretch then lands in
   one pair instead of in one framework's whole round.
 
+  With two or more threads the numbanet worker also times an empty parallel region
+  (one ``prange`` iteration per thread, nothing else) for 0.02 s after each pair, and
+  the table's "handoff" column gives its median in microseconds: the cost of waking
+  the other threads and collecting them, cache lines crossing between cores. On the
+  2-vCPU development VM it is 1.5-1.6 us most of the time and 2.7-3.1 us in the
+  stretches where a line written by one core costs the other several times more to
+  read; the two-thread norms are slower in those (docs/performance.md).
+
 Memory traffic: the table's GB/s counts the passes the kernels make over arrays of the
 input's size (:mod:`numbanet.kernels.norm`): BatchNorm 8 (forward reads x twice and
 writes y; backward reads x and dy twice and writes dx), LayerNorm 5 (forward reads x and
@@ -166,6 +174,8 @@ def _worker(args: argparse.Namespace) -> None:
         return
     # Paired mode: warm every case up, say so, then time one case per request line
     # ("case name<TAB>seconds") until stdin closes.
+    if args.worker == "numbanet":
+        steps["handoff"] = _empty_parallel_region(args.threads)
     for step in steps.values():
         _time_calls(step, seconds=0.05, warmup=0.2)
     print("ready", flush=True)
@@ -173,6 +183,21 @@ def _worker(args: argparse.Namespace) -> None:
         key, seconds = line.rstrip("\n").split("\t")
         print(json.dumps(_time_calls(steps[key], seconds=float(seconds), warmup=0.02)),
               flush=True)
+
+
+def _empty_parallel_region(threads: int):
+    """A function launching a Numba parallel region with one empty iteration per thread
+    (what every parallel kernel pays to start and join its threads)."""
+    import numba
+    import numpy as np
+
+    @numba.njit(parallel=True)
+    def region(flags):
+        for t in numba.prange(flags.shape[0]):
+            flags[t] = t
+
+    flags = np.zeros(max(threads, 1) * 8)[::8]  # one cache line per thread
+    return lambda: region(flags)
 
 
 def _worker_command(name: str, threads: int, cores: list[int], dtype: str,
@@ -223,33 +248,38 @@ def _paired(threads: int, cores: list[int], args: argparse.Namespace) -> None:
             if proc.stdout.readline().strip() != "ready":
                 raise SystemExit(f"{name} worker failed to start (see its output above)")
 
-        def ask(name: str, key: str) -> float:
+        def ask(name: str, key: str, seconds: float = args.slice) -> float:
             proc = workers[name]
-            proc.stdin.write(f"{key}\t{args.slice}\n")
+            proc.stdin.write(f"{key}\t{seconds}\n")
             proc.stdin.flush()
             reply = proc.stdout.readline()
             if not reply:
                 raise SystemExit(f"{name} worker stopped")
             return json.loads(reply)[0]
 
+        handoff = threads > 1
         _print_header(threads, cores,
                       f"medians over {args.pairs} pairs of slices; ratio = PyTorch / "
-                      f"numbanet per pair: median [quartiles]", f"{'quartiles':>15}")
+                      f"numbanet per pair: median [quartiles]",
+                      f"{'quartiles':>15}" + (f"{'handoff':>9}" if handoff else ""))
         for kind, shape in CASES:
             key = f"{kind} {shape}"
-            nb, pt = [], []
+            nb, pt, hand = [], [], []
             for p in range(args.pairs):
                 order = ("numbanet", "torch") if p % 2 == 0 else ("torch", "numbanet")
                 got = {name: ask(name, key) for name in order}
                 nb.append(got["numbanet"])
                 pt.append(got["torch"])
+                if handoff:
+                    hand.append(ask("numbanet", "handoff", 0.02))
             ratios = sorted(t / n for t, n in zip(pt, nb, strict=True))
             q1, _, q3 = statistics.quantiles(ratios, n=4)
             nb_med = statistics.median(nb)
             gbs = PASSES[kind] * _case_bytes(shape, args.dtype) / nb_med / 1e9
+            hand_us = f"{statistics.median(hand) * 1e6:>9.1f}" if handoff else ""
             print(f"{key:<32}{nb_med * 1e6:>10.1f}{statistics.median(pt) * 1e6:>10.1f}"
                   f"{statistics.median(ratios):>7.2f}{f'[{q1:.2f}, {q3:.2f}]':>15}"
-                  f"{gbs:>9.1f}")
+                  f"{hand_us}{gbs:>9.1f}")
     finally:
         for proc in workers.values():
             proc.stdin.close()
