@@ -689,9 +689,11 @@ def _bn_dx_rows(x, dy, lo, hi, m, a, b, c, dx):
 
 
 @kernel
-def _bn_x_sums_part(x, p, nparts, chunk, k, partials, acc):
-    """Part ``p`` of batch norm's column sums of ``x - k`` and their squares: its
-    (row chunk, column block) tasks, then the tree's nodes within its chunks."""
+def _bn_sums_part(x, dy, grads, p, nparts, chunk, ref, partials, acc):
+    """Part ``p`` (:func:`_part`) of batch norm's column sums: its (row chunk, column
+    block) tasks, then the tree's nodes within its chunks. The sums of ``x - ref`` and
+    their squares (:func:`_bn_x_sums`; ``ref`` the shift ``k``), or with ``grads`` of
+    ``dy`` and ``dy * (x - ref)`` (:func:`_bn_dy_sums`; ``ref`` the mean)."""
     n, cols = x.shape
     nchunks = (n + chunk - 1) // chunk
     nblocks = (cols + COL_BLOCK - 1) // COL_BLOCK
@@ -700,31 +702,15 @@ def _bn_x_sums_part(x, p, nparts, chunk, k, partials, acc):
         c = t // nblocks
         b = t - c * nblocks
         lo = c * chunk
+        hi = min(lo + chunk, n)
         clo = b * COL_BLOCK
         chi = min(clo + COL_BLOCK, cols)
-        _bn_x_sums(x, lo, min(lo + chunk, n), clo, chi, k[clo:chi], acc[c, 0, clo:chi],
-                   acc[c, 1, clo:chi], partials[c, 0, clo:chi], partials[c, 1, clo:chi])
-    c0, c1 = _whole_chunks(t0, t1, nblocks)
-    _fold_inside(partials, nchunks, c0, c1)
-
-
-@kernel
-def _bn_dy_sums_part(x, dy, p, nparts, chunk, m, partials, acc):
-    """Part ``p`` of batch norm backward's column sums of ``dy`` and ``dy * (x - m)``
-    (as :func:`_bn_x_sums_part`)."""
-    n, cols = x.shape
-    nchunks = (n + chunk - 1) // chunk
-    nblocks = (cols + COL_BLOCK - 1) // COL_BLOCK
-    t0, t1 = _part(nchunks * nblocks, nparts, p)
-    for t in range(t0, t1):
-        c = t // nblocks
-        b = t - c * nblocks
-        lo = c * chunk
-        clo = b * COL_BLOCK
-        chi = min(clo + COL_BLOCK, cols)
-        _bn_dy_sums(x, dy, lo, min(lo + chunk, n), clo, chi, m[clo:chi],
-                    acc[c, 0, clo:chi], acc[c, 1, clo:chi], partials[c, 0, clo:chi],
-                    partials[c, 1, clo:chi])
+        a0, a1 = acc[c, 0, clo:chi], acc[c, 1, clo:chi]
+        s0, s1 = partials[c, 0, clo:chi], partials[c, 1, clo:chi]
+        if grads:
+            _bn_dy_sums(x, dy, lo, hi, clo, chi, ref[clo:chi], a0, a1, s0, s1)
+        else:
+            _bn_x_sums(x, lo, hi, clo, chi, ref[clo:chi], a0, a1, s0, s1)
     c0, c1 = _whole_chunks(t0, t1, nblocks)
     _fold_inside(partials, nchunks, c0, c1)
 
@@ -771,7 +757,7 @@ def _bn_forward_parallel(x, training, eps, momentum, weight, bias, affine, run_m
         nblocks = (cols + COL_BLOCK - 1) // COL_BLOCK
         parts = min(nparts, nchunks * nblocks)
         for p in numba.prange(parts):
-            _bn_x_sums_part(x, p, parts, chunk, coef[0], partials, acc)
+            _bn_sums_part(x, x, False, p, parts, chunk, coef[0], partials, acc)
         _bn_sums_total(partials, nchunks, nblocks, parts, stats)
         _bn_train_coefs(stats, 0, cols, np.float64(n), eps, momentum, weight, bias, affine,
                         run_mean, run_var, coef)
@@ -793,7 +779,7 @@ def _bn_forward_serial(x, training, eps, momentum, weight, bias, affine, run_mea
     if training:
         _bn_shift(x, stats, coef)
         nblocks = (cols + COL_BLOCK - 1) // COL_BLOCK
-        _bn_x_sums_part(x, 0, 1, chunk, coef[0], partials, acc)
+        _bn_sums_part(x, x, False, 0, 1, chunk, coef[0], partials, acc)
         _bn_sums_total(partials, nchunks, nblocks, 1, stats)
         _bn_train_coefs(stats, 0, cols, np.float64(n), eps, momentum, weight, bias, affine,
                         run_mean, run_var, coef)
@@ -815,7 +801,7 @@ def _bn_backward_parallel(x, dy, weight, affine, batch_stats, need_dx, stats, co
         nblocks = (cols + COL_BLOCK - 1) // COL_BLOCK
         parts = min(nparts, nchunks * nblocks)
         for p in numba.prange(parts):
-            _bn_dy_sums_part(x, dy, p, parts, chunk, coef[0], partials, acc)
+            _bn_sums_part(x, dy, True, p, parts, chunk, coef[0], partials, acc)
         _bn_sums_total(partials, nchunks, nblocks, parts, stats)
     _bn_backward_coefs(stats, 0, cols, np.float64(n), weight, affine, batch_stats, sums,
                        dweight, dbias, coef)
@@ -835,7 +821,7 @@ def _bn_backward_serial(x, dy, weight, affine, batch_stats, need_dx, stats, coef
     sums = affine or batch_stats
     if sums:
         nblocks = (cols + COL_BLOCK - 1) // COL_BLOCK
-        _bn_dy_sums_part(x, dy, 0, 1, chunk, coef[0], partials, acc)
+        _bn_sums_part(x, dy, True, 0, 1, chunk, coef[0], partials, acc)
         _bn_sums_total(partials, nchunks, nblocks, 1, stats)
     _bn_backward_coefs(stats, 0, cols, np.float64(n), weight, affine, batch_stats, sums,
                        dweight, dbias, coef)
